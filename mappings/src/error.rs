@@ -1,0 +1,133 @@
+//! Errors of loading mappings and of mapping events.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// A problem found while loading a mapping file, with its location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The mapping file (or table file) at fault.
+    pub file: PathBuf,
+    /// 1-based line of the offending node, when known.
+    pub line: Option<u64>,
+    /// 1-based column of the offending node, when known.
+    pub column: Option<u64>,
+    /// Dotted path of the field at fault, e.g. `fhir[1].resource.subject`.
+    pub field: String,
+    /// What is wrong, lowercase, without a trailing period.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": {}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Every problem found while loading one or more mapping files.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LoadErrors(pub Vec<LoadError>);
+
+impl fmt::Display for LoadErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for LoadErrors {}
+
+/// Why one event could not be mapped. Every variant is permanent: mapping the
+/// same event with the same mappings fails the same way, so the event is
+/// parked with this reason rather than retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MapError {
+    /// No loaded mapping matches the event.
+    #[error("no mapping matches event {event} from source `{source_app}`")]
+    NoMapping {
+        /// The event's source app.
+        source_app: String,
+        /// The message id, or `(no id)`.
+        event: String,
+    },
+    /// More than one mapping matches the event.
+    #[error("event {event} from source `{source_app}` matches several mappings: {}", mappings.join(", "))]
+    Ambiguous {
+        /// The event's source app.
+        source_app: String,
+        /// The message id, or `(no id)`.
+        event: String,
+        /// Ids of the matching mappings.
+        mappings: Vec<String>,
+    },
+    /// The event carries no id: the mapping has no `event_id` expression and
+    /// the message no id.
+    #[error("mapping `{mapping}`: event has no id (no `event_id` expression and no message id)")]
+    NoEventId {
+        /// The mapping id.
+        mapping: String,
+    },
+    /// An expression failed, or produced a value of the wrong kind.
+    #[error("mapping `{mapping}` field `{field}` (line {line}), event {event}: {message}")]
+    Field {
+        /// The mapping id.
+        mapping: String,
+        /// Dotted path of the field in the mapping file.
+        field: String,
+        /// Line of the field in the mapping file.
+        line: u64,
+        /// The event id, or the message id before the event id is known.
+        event: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A produced FHIR resource does not validate.
+    #[error("mapping `{mapping}` resource `{resource}`, event {event}: {message}")]
+    InvalidFhir {
+        /// The mapping id.
+        mapping: String,
+        /// The name of the resource in the mapping.
+        resource: String,
+        /// The event id.
+        event: String,
+        /// The validator's message.
+        message: String,
+    },
+}
+
+impl MapError {
+    /// Mapping errors are never worth retrying as they are: the event needs
+    /// a fixed mapping or a fixed payload.
+    pub const fn is_retryable(&self) -> bool {
+        false
+    }
+
+    /// A short, stable reason code for metrics and dead-letter filters.
+    pub const fn reason(&self) -> &'static str {
+        match self {
+            Self::NoMapping { .. } => "no_mapping",
+            Self::Ambiguous { .. } => "ambiguous_mapping",
+            Self::NoEventId { .. } => "no_event_id",
+            Self::Field { .. } => "mapping_error",
+            Self::InvalidFhir { .. } => "invalid_fhir",
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Expressions: minijinja in expression mode, compiled once at load.
+//!
+//! One process-wide environment holds the functions and filters; it has no
+//! template loader, undefined values are strict and every evaluation is
+//! bounded by [`FUEL`]. Expressions are compiled when a mapping loads and
+//! evaluated against a per-event [`crate::context::Scope`].
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+
+use minijinja::{Environment, Expression, UndefinedBehavior, Value};
+
+/// Instructions one evaluation may execute. A mapping expression needs tens;
+/// this bound stops a runaway `range(10**9)` without limiting real mappings.
+pub(crate) const FUEL: u64 = 50_000;
+
+static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    // `new()` brings the builtin filters, tests and globals and no loader:
+    // expressions cannot include or import anything.
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_recursion_limit(64);
+    crate::functions::register(&mut env);
+    env
+});
+
+static GLOBALS: LazyLock<HashSet<String>> =
+    LazyLock::new(|| ENV.globals().map(|(name, _)| name.to_owned()).collect());
+
+/// A compiled expression with where it came from.
+pub(crate) struct Expr {
+    compiled: Expression<'static, 'static>,
+    /// Dotted path of the field in the mapping file.
+    pub(crate) field: String,
+    /// Line of the field in the mapping file.
+    pub(crate) line: u64,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Expr").field("field", &self.field).field("line", &self.line).finish()
+    }
+}
+
+impl Expr {
+    /// Compiles `source`; the error message is the parser's, with the
+    /// position inside the expression.
+    pub(crate) fn compile(source: &str, field: String, line: u64) -> Result<Self, String> {
+        if source.trim().is_empty() {
+            return Err("empty expression".into());
+        }
+        let compiled = ENV.compile_expression_owned(source.to_owned()).map_err(describe)?;
+        Ok(Self { compiled, field, line })
+    }
+
+    /// Names the expression reads that are neither functions nor locals.
+    pub(crate) fn free_variables(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .compiled
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|n| !GLOBALS.contains(n))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Dotted paths the expression reads, e.g. `refs.patient`.
+    pub(crate) fn nested_variables(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.compiled.undeclared_variables(true).into_iter().collect();
+        names.sort();
+        names
+    }
+
+    /// Evaluates against a scope.
+    pub(crate) fn eval(&self, scope: &Value) -> Result<Value, String> {
+        self.compiled.eval(scope.clone()).map_err(describe)
+    }
+}
+
+/// A readable one-line message from a minijinja error, without values.
+fn describe(err: minijinja::Error) -> String {
+    let mut msg = match err.detail() {
+        Some(detail) => format!("{}: {detail}", kind_text(&err)),
+        None => kind_text(&err),
+    };
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        msg.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    msg
+}
+
+fn kind_text(err: &minijinja::Error) -> String {
+    use minijinja::ErrorKind as K;
+    match err.kind() {
+        K::SyntaxError => "syntax error".into(),
+        K::UndefinedError => "undefined value".into(),
+        K::UnknownFunction => "unknown function".into(),
+        K::UnknownFilter => "unknown filter".into(),
+        K::UnknownTest => "unknown test".into(),
+        K::UnknownMethod => "unknown method".into(),
+        K::OutOfFuel => format!("evaluation ran out of fuel ({FUEL} steps)"),
+        K::InvalidOperation => "invalid operation".into(),
+        K::MissingArgument => "missing argument".into(),
+        K::TooManyArguments => "too many arguments".into(),
+        K::CannotDeserialize => "wrong argument type".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// The secret key for `pseudonym()`. It never prints.
+#[derive(Clone)]
+pub struct PseudonymKey(pub(crate) Arc<[u8]>);
+
+impl PseudonymKey {
+    /// The environment variable production deployments set.
+    pub const ENV_VAR: &'static str = "KIUNGO_PSEUDONYM_KEY";
+
+    /// A key from bytes (at least 16).
+    pub fn new(bytes: &[u8]) -> Result<Self, String> {
+        if bytes.len() < 16 {
+            return Err(format!("pseudonym key must be at least 16 bytes, got {}", bytes.len()));
+        }
+        Ok(Self(Arc::from(bytes)))
+    }
+
+    /// The key from [`Self::ENV_VAR`], if set.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var(Self::ENV_VAR) {
+            Ok(v) => Self::new(v.as_bytes())
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", Self::ENV_VAR)),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(e) => Err(format!("{}: {e}", Self::ENV_VAR)),
+        }
+    }
+
+    /// The fixed key mapping test cases use, so that expected pseudonyms are
+    /// the same on every machine. Never use it for real data.
+    pub fn for_tests() -> Self {
+        Self(Arc::from(&b"kiungo-test-pseudonym-key-not-secret"[..]))
+    }
+}
+
+impl fmt::Debug for PseudonymKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PseudonymKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syntax_errors_point_into_the_expression() {
+        let err = Expr::compile("event.fields.(", "let.x".into(), 3).expect_err("bad");
+        assert!(err.starts_with("syntax error"), "{err}");
+    }
+
+    #[test]
+    fn free_variables_exclude_functions() {
+        let e = Expr::compile("uuid5(source ~ event.id) ~ visit_date | date", "f".into(), 1).expect("compiles");
+        assert_eq!(e.free_variables(), vec!["event", "source", "visit_date"]);
+    }
+
+    #[test]
+    fn fuel_bounds_runaway_expressions() {
+        let e = Expr::compile("range(100000) | map('string') | join", "f".into(), 1).expect("compiles");
+        let err = e.eval(&Value::from(())).expect_err("out of fuel");
+        assert!(err.contains("fuel"), "{err}");
+    }
+
+    #[test]
+    fn key_never_prints() {
+        assert_eq!(format!("{:?}", PseudonymKey::for_tests()), "PseudonymKey(<redacted>)");
+        assert!(PseudonymKey::new(b"short").is_err());
+    }
+}

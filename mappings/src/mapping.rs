@@ -1,0 +1,828 @@
+//! Loading mappings and applying them to events.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use minijinja::Value;
+use serde_saphyr::Spanned;
+
+use crate::context::{RUNTIME, Runtime, Scope};
+use crate::error::{LoadError, LoadErrors, MapError};
+use crate::expr::{Expr, PseudonymKey};
+use crate::functions::KIUNGO_NS;
+use crate::output::{Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent};
+use crate::period::PeriodType;
+use crate::spec::{Method, RawMapping, RawNode};
+use crate::table::Table;
+use crate::template::{self, Tpl};
+use crate::testcase::TestCase;
+
+/// One event as it arrives from an app.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The source app (`cht`, `commcare`, `kobo`, ...): the queue, routing
+    /// key or HTTP path it came in on.
+    pub source: String,
+    /// The transport's message id (AMQP `message_id`), if any.
+    pub message_id: Option<String>,
+    /// The app's payload.
+    pub payload: serde_json::Value,
+}
+
+/// Names every scope defines before `let` bindings.
+const BASE_VARS: [&str; 3] = ["event", "source", "message_id"];
+/// Names defined once the event id and resource references are known.
+const OUTPUT_VARS: [&str; 2] = ["event_id", "refs"];
+
+/// A loaded, checked mapping.
+#[derive(Debug)]
+pub struct Mapping {
+    /// Unique id.
+    pub id: String,
+    /// Version.
+    pub version: u32,
+    /// Human description.
+    pub description: String,
+    /// Source app it applies to.
+    pub source: String,
+    /// File it was loaded from.
+    pub file: PathBuf,
+    match_: Option<Expr>,
+    event_id: Option<Expr>,
+    replaces: Option<Expr>,
+    lets: Vec<(Arc<str>, Expr)>,
+    tables: Vec<(Arc<str>, Value)>,
+    fhir: Vec<FhirRule>,
+    dhis2: Vec<Dhis2Rule>,
+    pub(crate) tests: Vec<TestCase>,
+}
+
+#[derive(Debug)]
+struct FhirRule {
+    name: String,
+    resource_type: String,
+    line: u64,
+    when: Option<Expr>,
+    id: Option<Expr>,
+    method: Method,
+    if_none_exist: Option<Expr>,
+    template: Tpl,
+}
+
+#[derive(Debug)]
+struct IdField {
+    tpl: Tpl,
+    field: String,
+    line: u64,
+    allow_default: bool,
+}
+
+#[derive(Debug)]
+struct Dhis2Rule {
+    name: String,
+    data_element: IdField,
+    category_option_combo: IdField,
+    attribute_option_combo: IdField,
+    org_unit: IdField,
+    period_type: PeriodType,
+    period_date: Expr,
+    value: Option<(Tpl, String, u64)>,
+    aggregation: Aggregation,
+    when: Option<Expr>,
+}
+
+/// Problems collected while compiling one file.
+struct Problems<'a> {
+    file: &'a Path,
+    list: Vec<LoadError>,
+}
+
+impl Problems<'_> {
+    fn at(&mut self, field: impl Into<String>, line: u64, column: u64, message: impl Into<String>) {
+        self.list.push(LoadError {
+            file: self.file.to_path_buf(),
+            line: Some(line),
+            column: Some(column),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn at_span<T>(&mut self, field: impl Into<String>, span: &Spanned<T>, message: impl Into<String>) {
+        self.at(field, span.referenced.line(), span.referenced.column(), message);
+    }
+
+    /// Compiles an always-expression field and checks its free variables.
+    fn expr(&mut self, src: &Spanned<String>, field: &str, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Option<Expr> {
+        match Expr::compile(&src.value, field.to_owned(), src.referenced.line()) {
+            Ok(e) => {
+                self.check_vars(&e, src.referenced.column(), allowed, fhir_names);
+                Some(e)
+            }
+            Err(msg) => {
+                self.at_span(field, src, msg);
+                None
+            }
+        }
+    }
+
+    fn check_vars(&mut self, e: &Expr, column: u64, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) {
+        for message in undefined_names(e, allowed, fhir_names) {
+            self.at(e.field.clone(), e.line, column, message);
+        }
+    }
+
+    fn template(&mut self, node: &Spanned<RawNode>, field: &str, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Tpl {
+        let mut found = Vec::new();
+        let tpl = template::compile(node, field, &mut found, &mut |e, errs| {
+            for message in undefined_names(e, allowed, fhir_names) {
+                errs.push((e.field.clone(), e.line, 0, message));
+            }
+        });
+        for (field, line, column, message) in found {
+            self.list.push(LoadError {
+                file: self.file.to_path_buf(),
+                line: Some(line),
+                column: (column > 0).then_some(column),
+                field,
+                message,
+            });
+        }
+        tpl
+    }
+}
+
+/// Messages for every name `e` reads that is not in `allowed`, and every
+/// `refs.X` that names no FHIR resource of the mapping.
+fn undefined_names(e: &Expr, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for name in e.free_variables() {
+        if !allowed.contains(&name) {
+            let mut known: Vec<&str> = allowed.iter().map(String::as_str).filter(|n| !n.starts_with("__")).collect();
+            known.sort_unstable();
+            out.push(format!("undefined name `{name}` (defined here: {})", known.join(", ")));
+        }
+    }
+    if let Some(names) = fhir_names {
+        for path in e.nested_variables() {
+            if let Some(r) = path.strip_prefix("refs.") {
+                let r = r.split('.').next().unwrap_or(r);
+                if !names.contains(r) {
+                    out.push(format!("`refs.{r}` names no resource of this mapping"));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with("__")
+}
+
+/// Checks a DHIS2 identifier given literally or produced by an expression.
+fn dhis2_id(text: &str, allow_default: bool) -> Result<String, String> {
+    if allow_default && text == "default" {
+        return Ok(DEFAULT_COMBO.to_owned());
+    }
+    if let Some(code) = text.strip_prefix("code:") {
+        if code.trim().is_empty() {
+            return Err("`code:` needs a code after it".into());
+        }
+        return Ok(text.to_owned());
+    }
+    let mut chars = text.chars();
+    let ok = text.len() == 11
+        && matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        let also = if allow_default { ", `default`" } else { "" };
+        Err(format!(
+            "`{text}` is not a DHIS2 UID (11 letters and digits, starting with a letter), `code:CODE`{also}"
+        ))
+    }
+}
+
+impl Mapping {
+    /// Loads and checks one mapping file. Test cases are loaded, not run.
+    pub fn load(file: &Path) -> Result<Self, Vec<LoadError>> {
+        let fail = |line: Option<u64>, column: Option<u64>, message: String| {
+            vec![LoadError { file: file.to_path_buf(), line, column, field: String::new(), message }]
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
+        let options = serde_saphyr::options! { with_snippet: false };
+        let raw: RawMapping = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
+            let loc = e.location();
+            fail(loc.map(|l| l.line()), loc.map(|l| l.column()), e.to_string())
+        })?;
+        let mut p = Problems { file, list: Vec::new() };
+
+        let id = raw.id.value.clone();
+        let valid_id = !id.is_empty()
+            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+        if !valid_id {
+            p.at_span("id", &raw.id, "mapping ids use lowercase letters, digits, `-`, `_` and `.`");
+        }
+        if raw.version.value == 0 {
+            p.at_span("version", &raw.version, "versions start at 1");
+        }
+        if raw.source.value.trim().is_empty() {
+            p.at_span("source", &raw.source, "source must not be empty");
+        }
+
+        let base: HashSet<String> = BASE_VARS.iter().map(|s| (*s).to_owned()).chain([RUNTIME.to_owned()]).collect();
+        let match_ = raw.match_.as_ref().and_then(|m| p.expr(m, "match", &base, None));
+
+        // Tables, then `let` bindings, each visible to what follows.
+        let mut scope_names = base.clone();
+        let reserved: HashSet<&str> = BASE_VARS.iter().chain(OUTPUT_VARS.iter()).copied().collect();
+        let mut tables = Vec::new();
+        for (name, spec) in &raw.tables {
+            let field = format!("tables.{name}");
+            if !is_identifier(name) || reserved.contains(name.as_str()) {
+                p.at_span(&field, spec, format!("`{name}` cannot name a table (reserved or not an identifier)"));
+                continue;
+            }
+            match Table::load(name, &spec.value, file) {
+                Ok(t) => {
+                    scope_names.insert(name.clone());
+                    tables.push((Arc::<str>::from(name.as_str()), Value::from_object(t)));
+                }
+                Err((Some(other_file), line, msg)) => p.list.push(LoadError {
+                    file: other_file,
+                    line,
+                    column: None,
+                    field,
+                    message: msg,
+                }),
+                Err((None, _, msg)) => p.at_span(&field, spec, msg),
+            }
+        }
+        let mut lets = Vec::new();
+        for (name, src) in &raw.lets {
+            let field = format!("let.{name}");
+            if !is_identifier(name) || reserved.contains(name.as_str()) || scope_names.contains(name) {
+                p.at_span(&field, src, format!("`{name}` cannot be bound (reserved, a table, already bound, or not an identifier)"));
+                continue;
+            }
+            if let Some(e) = p.expr(src, &field, &scope_names, None) {
+                lets.push((Arc::<str>::from(name.as_str()), e));
+            }
+            scope_names.insert(name.clone());
+        }
+        let event_id = raw.event_id.as_ref().and_then(|e| p.expr(e, "event_id", &scope_names, None));
+        let replaces = raw.replaces.as_ref().and_then(|e| p.expr(e, "replaces", &scope_names, None));
+
+        let mut out_names = scope_names.clone();
+        out_names.extend(OUTPUT_VARS.iter().map(|s| (*s).to_owned()));
+        let fhir_names: HashSet<String> = raw.fhir.iter().map(|f| f.value.name.value.clone()).collect();
+
+        let mut fhir = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, rule) in raw.fhir.iter().enumerate() {
+            let r = &rule.value;
+            let field = format!("fhir[{i}]");
+            if !is_identifier(&r.name.value) {
+                p.at_span(format!("{field}.name"), &r.name, "resource names are identifiers (letters, digits, `_`)");
+            }
+            if !seen.insert(r.name.value.clone()) {
+                p.at_span(format!("{field}.name"), &r.name, format!("duplicate resource name `{}`", r.name.value));
+            }
+            let resource_type = match &r.resource.value {
+                RawNode::Map(entries) => match entries.iter().find(|(k, _)| k == "resourceType") {
+                    Some((_, Spanned { value: RawNode::Str(t), .. })) if kiungo_fhir_validate::is_resource_type(t) => t.clone(),
+                    Some((_, node)) => {
+                        p.at_span(format!("{field}.resource.resourceType"), node, "`resourceType` must be a literal FHIR resource type");
+                        String::new()
+                    }
+                    None => {
+                        p.at_span(format!("{field}.resource"), &r.resource, "missing `resourceType`");
+                        String::new()
+                    }
+                },
+                _ => {
+                    p.at_span(format!("{field}.resource"), &r.resource, "a resource template must be a mapping");
+                    String::new()
+                }
+            };
+            let method = r.method.as_ref().map_or(Method::Update, |m| m.value);
+            let needs_query = matches!(method, Method::Create | Method::ConditionalUpdate);
+            match (needs_query, &r.if_none_exist) {
+                (true, None) => p.at_span(format!("{field}.method"), rule, "`create` and `conditional_update` need `if_none_exist`"),
+                (false, Some(q)) => p.at_span(format!("{field}.if_none_exist"), q, "`if_none_exist` applies to `create` and `conditional_update` only"),
+                _ => {}
+            }
+            let pre_names = { let mut s = scope_names.clone(); s.insert("event_id".into()); s };
+            let when = r.when.as_ref().and_then(|w| p.expr(w, &format!("{field}.when"), &pre_names, None));
+            let id = r.id.as_ref().and_then(|w| p.expr(w, &format!("{field}.id"), &pre_names, None));
+            let if_none_exist = r.if_none_exist.as_ref().and_then(|w| p.expr(w, &format!("{field}.if_none_exist"), &out_names, Some(&fhir_names)));
+            let template = p.template(&r.resource, &format!("{field}.resource"), &out_names, Some(&fhir_names));
+            fhir.push(FhirRule {
+                name: r.name.value.clone(),
+                resource_type,
+                line: rule.referenced.line(),
+                when,
+                id,
+                method,
+                if_none_exist,
+                template,
+            });
+        }
+
+        let mut dhis2 = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, rule) in raw.dhis2.iter().enumerate() {
+            let r = &rule.value;
+            let field = format!("dhis2[{i}]");
+            if !seen.insert(r.name.value.clone()) {
+                p.at_span(format!("{field}.name"), &r.name, format!("duplicate contribution name `{}`", r.name.value));
+            }
+            let id_field = |node: Option<&Spanned<RawNode>>, key: &str, allow_default: bool, p: &mut Problems<'_>| {
+                let f = format!("{field}.{key}");
+                let default_node;
+                let node = match node {
+                    Some(n) => n,
+                    None => {
+                        default_node = Spanned::new(RawNode::Str("default".into()), rule.referenced, rule.defined);
+                        &default_node
+                    }
+                };
+                if let RawNode::Str(s) = &node.value {
+                    if !s.starts_with('=') || s.starts_with("==") {
+                        if let Err(msg) = dhis2_id(s, allow_default) {
+                            p.at_span(&f, node, msg);
+                        }
+                    }
+                } else {
+                    p.at_span(&f, node, "expected a DHIS2 id or an `=expression`");
+                }
+                let tpl = p.template(node, &f, &out_names, None);
+                let tpl = match tpl {
+                    Tpl::Lit(Some(serde_json::Value::String(s))) => {
+                        Tpl::Lit(Some(serde_json::Value::String(dhis2_id(&s, allow_default).unwrap_or(s))))
+                    }
+                    other => other,
+                };
+                IdField { tpl, field: f, line: node.referenced.line(), allow_default }
+            };
+            let data_element = id_field(Some(&r.data_element), "data_element", false, &mut p);
+            let category_option_combo = id_field(r.category_option_combo.as_ref(), "category_option_combo", true, &mut p);
+            let attribute_option_combo = id_field(r.attribute_option_combo.as_ref(), "attribute_option_combo", true, &mut p);
+            let org_unit = id_field(Some(&r.org_unit), "org_unit", false, &mut p);
+            let period_type = match crate::spec::period_type(&r.period.value.period_type) {
+                Ok(t) => t,
+                Err(msg) => {
+                    p.at_span(format!("{field}.period.type"), &r.period.value.period_type, msg);
+                    PeriodType::Monthly
+                }
+            };
+            let period_date = p.expr(&r.period.value.date, &format!("{field}.period.date"), &out_names, None);
+            let aggregation = r.aggregation.value;
+            let value = match (&r.value, aggregation) {
+                (Some(v), Aggregation::Count) => {
+                    p.at_span(format!("{field}.value"), v, "`count` contributes 1 per event and takes no `value`");
+                    None
+                }
+                (None, Aggregation::Count) => None,
+                (None, _) => {
+                    p.at_span(format!("{field}.aggregation"), &r.aggregation, "this aggregation needs a `value`");
+                    None
+                }
+                (Some(v), _) => {
+                    let f = format!("{field}.value");
+                    Some((p.template(v, &f, &out_names, None), f, v.referenced.line()))
+                }
+            };
+            let when = r.when.as_ref().and_then(|w| p.expr(w, &format!("{field}.when"), &out_names, None));
+            if let Some(period_date) = period_date {
+                dhis2.push(Dhis2Rule {
+                    name: r.name.value.clone(),
+                    data_element,
+                    category_option_combo,
+                    attribute_option_combo,
+                    org_unit,
+                    period_type,
+                    period_date,
+                    value,
+                    aggregation,
+                    when,
+                });
+            }
+        }
+
+        if raw.fhir.is_empty() && raw.dhis2.is_empty() {
+            p.at(String::new(), 1, 1, "a mapping must produce something: add `fhir` or `dhis2`");
+        }
+        let mut tests = Vec::new();
+        if raw.tests.is_empty() {
+            p.at(String::new(), 1, 1, "a mapping needs at least one test case under `tests`");
+        }
+        for (i, t) in raw.tests.iter().enumerate() {
+            match TestCase::from_raw(t, i, file, &raw.source.value) {
+                Ok(tc) => tests.push(tc),
+                Err((field, message)) => p.at_span(field, t, message),
+            }
+        }
+
+        if !p.list.is_empty() {
+            return Err(p.list);
+        }
+        Ok(Self {
+            id,
+            version: raw.version.value,
+            description: raw.description,
+            source: raw.source.value,
+            file: file.to_path_buf(),
+            match_,
+            event_id,
+            replaces,
+            lets,
+            tables,
+            fhir,
+            dhis2,
+            tests,
+        })
+    }
+
+    /// Line of a FHIR rule in the mapping file, for load errors.
+    fn fhir_line(&self, name: &str) -> Option<u64> {
+        self.fhir.iter().find(|r| r.name == name).map(|r| r.line)
+    }
+
+    /// Whether the event is one this mapping applies to.
+    fn matches(&self, scope: &Value, label: &str) -> Result<bool, MapError> {
+        match &self.match_ {
+            None => Ok(true),
+            Some(e) => e.eval(scope).map(|v| v.is_true()).map_err(|m| self.field_error(e, label, m)),
+        }
+    }
+
+    fn field_error(&self, e: &Expr, event: &str, message: String) -> MapError {
+        MapError::Field { mapping: self.id.clone(), field: e.field.clone(), line: e.line, event: event.to_owned(), message }
+    }
+
+    fn eval_string(&self, e: &Expr, scope: &Value, label: &str) -> Result<Option<String>, MapError> {
+        let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
+        let json = crate::json::from_value(&v).map_err(|m| self.field_error(e, label, m))?;
+        match json {
+            None => Ok(None),
+            Some(j) => match crate::json::scalar_string(&j) {
+                Some(s) if s.trim().is_empty() => Ok(None),
+                Some(s) => Ok(Some(s)),
+                None => Err(self.field_error(e, label, "expected text or a number".into())),
+            },
+        }
+    }
+
+    fn eval_when(&self, when: Option<&Expr>, scope: &Value, label: &str) -> Result<bool, MapError> {
+        match when {
+            None => Ok(true),
+            Some(e) => e.eval(scope).map(|v| v.is_true()).map_err(|m| self.field_error(e, label, m)),
+        }
+    }
+
+    /// Maps one event whose scope (event, source, message id, runtime) is
+    /// built and that this mapping matched.
+    fn apply_in(&self, event: &Event, scope_obj: &Scope, scope: &Value, validate_fhir: bool) -> Result<MappedEvent, MapError> {
+        let msg_label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
+        for (name, table) in &self.tables {
+            scope_obj.set(name, table.clone());
+        }
+        for (name, e) in &self.lets {
+            let v = e.eval(scope).map_err(|m| self.field_error(e, &msg_label, m))?;
+            scope_obj.set(name, v);
+        }
+        let event_id = match &self.event_id {
+            Some(e) => self.eval_string(e, scope, &msg_label)?,
+            None => None,
+        }
+        .or_else(|| event.message_id.clone())
+        .ok_or_else(|| MapError::NoEventId { mapping: self.id.clone() })?;
+        let label = event_id.as_str();
+        let replaces = match &self.replaces {
+            Some(e) => self.eval_string(e, scope, label)?.filter(|r| *r != event_id),
+            None => None,
+        };
+        scope_obj.set("event_id", Value::from(event_id.as_str()));
+
+        // Which resources exist, and their ids, before any template renders.
+        let mut included = Vec::new();
+        let mut refs = BTreeMap::new();
+        for rule in &self.fhir {
+            if !self.eval_when(rule.when.as_ref(), scope, label)? {
+                continue;
+            }
+            let seed = match &rule.id {
+                Some(e) => self
+                    .eval_string(e, scope, label)?
+                    .ok_or_else(|| self.field_error(e, label, "resource id seed is empty".into()))?,
+                None => format!("{}/{}/{}", event.source, event_id, rule.name),
+            };
+            let uuid = uuid::Uuid::new_v5(&KIUNGO_NS, seed.as_bytes()).to_string();
+            let reference = match rule.method {
+                Method::Update => format!("{}/{uuid}", rule.resource_type),
+                Method::Create | Method::ConditionalUpdate => format!("urn:uuid:{uuid}"),
+            };
+            refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(reference));
+            included.push((rule, uuid));
+        }
+        scope_obj.set("refs", Value::from_object(refs));
+
+        let mut fhir = Vec::with_capacity(included.len());
+        for (rule, uuid) in included {
+            let rendered = template::render(&rule.template, scope).map_err(|e| MapError::Field {
+                mapping: self.id.clone(),
+                field: e.field,
+                line: e.line,
+                event: event_id.clone(),
+                message: e.message,
+            })?;
+            let Some(serde_json::Value::Object(body)) = rendered else {
+                return Err(MapError::InvalidFhir {
+                    mapping: self.id.clone(),
+                    resource: rule.name.clone(),
+                    event: event_id.clone(),
+                    message: "the resource rendered empty".into(),
+                });
+            };
+            let mut resource = serde_json::Map::with_capacity(body.len() + 1);
+            resource.insert("resourceType".into(), rule.resource_type.clone().into());
+            if rule.method == Method::Update {
+                resource.insert("id".into(), uuid.clone().into());
+            }
+            for (k, v) in body {
+                if k != "resourceType" && !(k == "id" && rule.method == Method::Update) {
+                    resource.insert(k, v);
+                }
+            }
+            let resource = serde_json::Value::Object(resource);
+            if validate_fhir {
+                kiungo_fhir_validate::validate(&resource).map_err(|e| MapError::InvalidFhir {
+                    mapping: self.id.clone(),
+                    resource: rule.name.clone(),
+                    event: event_id.clone(),
+                    message: e.to_string(),
+                })?;
+            }
+            let query = match &rule.if_none_exist {
+                Some(e) => Some(
+                    self.eval_string(e, scope, label)?
+                        .ok_or_else(|| self.field_error(e, label, "conditional query is empty".into()))?,
+                ),
+                None => None,
+            };
+            let request = match rule.method {
+                Method::Update => FhirRequest { method: "PUT".into(), url: format!("{}/{uuid}", rule.resource_type), if_none_exist: None },
+                Method::Create => FhirRequest { method: "POST".into(), url: rule.resource_type.clone(), if_none_exist: query },
+                Method::ConditionalUpdate => FhirRequest {
+                    method: "PUT".into(),
+                    url: format!("{}?{}", rule.resource_type, query.unwrap_or_default()),
+                    if_none_exist: None,
+                },
+            };
+            fhir.push(FhirEntry { full_url: format!("urn:uuid:{uuid}"), resource, request });
+        }
+
+        let mut dhis2 = Vec::with_capacity(self.dhis2.len());
+        for rule in &self.dhis2 {
+            if !self.eval_when(rule.when.as_ref(), scope, label)? {
+                continue;
+            }
+            let id = |f: &IdField| -> Result<String, MapError> {
+                let err = |message: String| MapError::Field {
+                    mapping: self.id.clone(),
+                    field: f.field.clone(),
+                    line: f.line,
+                    event: event_id.clone(),
+                    message,
+                };
+                let v = template::render(&f.tpl, scope).map_err(|e| err(e.message))?;
+                let text = v.as_ref().and_then(crate::json::scalar_string).ok_or_else(|| err("no id produced".into()))?;
+                dhis2_id(&text, f.allow_default).map_err(err)
+            };
+            let data_element = id(&rule.data_element)?;
+            let category_option_combo = id(&rule.category_option_combo)?;
+            let attribute_option_combo = id(&rule.attribute_option_combo)?;
+            let org_unit = id(&rule.org_unit)?;
+            let date_value = rule.period_date.eval(scope).map_err(|m| self.field_error(&rule.period_date, label, m))?;
+            let date = crate::functions::date_of(&date_value).map_err(|m| self.field_error(&rule.period_date, label, m))?;
+            let value = match &rule.value {
+                None => serde_json::Value::from(1),
+                Some((tpl, field, line)) => {
+                    let err = |message: String| MapError::Field {
+                        mapping: self.id.clone(),
+                        field: field.clone(),
+                        line: *line,
+                        event: event_id.clone(),
+                        message,
+                    };
+                    let v = template::render(tpl, scope).map_err(|e| err(e.message))?;
+                    match (rule.aggregation, v) {
+                        (_, None) => return Err(err("no value produced (use `when` to skip a contribution)".into())),
+                        (Aggregation::Last, Some(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_) | serde_json::Value::Bool(_)))) => v,
+                        (Aggregation::Last, Some(_)) => return Err(err("value must be text, a number or a boolean".into())),
+                        (_, Some(v @ serde_json::Value::Number(_))) => v,
+                        (agg, Some(_)) => {
+                            return Err(err(format!("`{agg:?}` needs a number; convert text with `| number`").to_lowercase()));
+                        }
+                    }
+                }
+            };
+            dhis2.push(Dhis2Contribution {
+                rule: rule.name.clone(),
+                data_element,
+                period: rule.period_type.period_id(date),
+                org_unit,
+                category_option_combo,
+                attribute_option_combo,
+                value,
+                aggregation: rule.aggregation,
+                date: date.format("%Y-%m-%d").to_string(),
+            });
+        }
+
+        Ok(MappedEvent {
+            mapping: self.id.clone(),
+            mapping_version: self.version,
+            event_id,
+            replaces,
+            fhir,
+            dhis2,
+        })
+    }
+}
+
+/// Options for loading a mapping set.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Key for `pseudonym()` on live events; test cases use
+    /// [`PseudonymKey::for_tests`].
+    pub pseudonym_key: Option<PseudonymKey>,
+    /// Validate every produced FHIR resource against the typed models.
+    pub validate_fhir: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { pseudonym_key: None, validate_fhir: true }
+    }
+}
+
+/// All loaded mappings, indexed by source.
+#[derive(Debug)]
+pub struct MappingSet {
+    mappings: Vec<Mapping>,
+    by_source: HashMap<String, Vec<usize>>,
+    runtime: Value,
+    test_runtime: Value,
+    validate_fhir: bool,
+}
+
+impl MappingSet {
+    /// Loads every `*.yaml`/`*.yml` file under `dir`, recursively, and
+    /// reports every problem of every file.
+    pub fn load_dir(dir: &Path, options: LoadOptions) -> Result<Self, LoadErrors> {
+        let mut files = Vec::new();
+        collect_yaml(dir, &mut files).map_err(|e| {
+            LoadErrors(vec![LoadError { file: dir.to_path_buf(), line: None, column: None, field: String::new(), message: e }])
+        })?;
+        if files.is_empty() {
+            return Err(LoadErrors(vec![LoadError {
+                file: dir.to_path_buf(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message: "no mapping files (*.yaml) found".into(),
+            }]));
+        }
+        Self::load_files(&files, options)
+    }
+
+    /// Loads the given mapping files.
+    pub fn load_files(files: &[PathBuf], options: LoadOptions) -> Result<Self, LoadErrors> {
+        let mut errors = Vec::new();
+        let mut mappings: Vec<Mapping> = Vec::new();
+        for file in files {
+            match Mapping::load(file) {
+                Ok(m) => {
+                    if let Some(other) = mappings.iter().find(|o| o.id == m.id) {
+                        errors.push(LoadError {
+                            file: file.clone(),
+                            line: None,
+                            column: None,
+                            field: "id".into(),
+                            message: format!("duplicate mapping id `{}` (also in {})", m.id, other.file.display()),
+                        });
+                    } else {
+                        mappings.push(m);
+                    }
+                }
+                Err(mut errs) => errors.append(&mut errs),
+            }
+        }
+        let set = Self::new(mappings, options);
+        // Every produced resource must be valid FHIR: run each test event
+        // now so that a bad template fails the load, not the first event.
+        for m in &set.mappings {
+            for tc in &m.tests {
+                if let Err(MapError::InvalidFhir { resource, message, .. }) = set.map_with(m, &tc.event, &set.test_runtime, true) {
+                    errors.push(LoadError {
+                        file: m.file.clone(),
+                        line: m.fhir_line(&resource),
+                        column: None,
+                        field: format!("fhir.{resource}"),
+                        message: format!("produces invalid FHIR for test `{}`: {message}", tc.name),
+                    });
+                }
+            }
+        }
+        if errors.is_empty() { Ok(set) } else { Err(LoadErrors(errors)) }
+    }
+
+    fn new(mappings: Vec<Mapping>, options: LoadOptions) -> Self {
+        let mut by_source: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, m) in mappings.iter().enumerate() {
+            by_source.entry(m.source.clone()).or_default().push(i);
+        }
+        Self {
+            mappings,
+            by_source,
+            runtime: Value::from_object(Runtime { pseudonym_key: options.pseudonym_key }),
+            test_runtime: Value::from_object(Runtime { pseudonym_key: Some(PseudonymKey::for_tests()) }),
+            validate_fhir: options.validate_fhir,
+        }
+    }
+
+    /// The loaded mappings.
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
+    }
+
+    /// Maps one event through the one mapping that matches it.
+    pub fn map(&self, event: &Event) -> Result<MappedEvent, MapError> {
+        self.map_at(event, &self.runtime)
+    }
+
+    pub(crate) fn map_for_test(&self, event: &Event) -> Result<MappedEvent, MapError> {
+        self.map_at(event, &self.test_runtime)
+    }
+
+    fn map_at(&self, event: &Event, runtime: &Value) -> Result<MappedEvent, MapError> {
+        let label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
+        let (scope_obj, scope) = base_scope(event, runtime);
+        let mut found: Option<&Mapping> = None;
+        let mut all = Vec::new();
+        for &i in self.by_source.get(&event.source).map(Vec::as_slice).unwrap_or_default() {
+            let Some(m) = self.mappings.get(i) else { continue };
+            if m.matches(&scope, &label)? {
+                found.get_or_insert(m);
+                all.push(m.id.clone());
+            }
+        }
+        match (found, all.len()) {
+            (None, _) => Err(MapError::NoMapping { source_app: event.source.clone(), event: label }),
+            (Some(m), 1) => m.apply_in(event, &scope_obj, &scope, self.validate_fhir),
+            (Some(_), _) => Err(MapError::Ambiguous { source_app: event.source.clone(), event: label, mappings: all }),
+        }
+    }
+
+    /// Maps an event through one given mapping, ignoring `match`.
+    pub(crate) fn map_with(&self, m: &Mapping, event: &Event, runtime: &Value, validate_fhir: bool) -> Result<MappedEvent, MapError> {
+        let (scope_obj, scope) = base_scope(event, runtime);
+        m.apply_in(event, &scope_obj, &scope, validate_fhir)
+    }
+}
+
+fn base_scope(event: &Event, runtime: &Value) -> (Arc<Scope>, Value) {
+    let mut vars = HashMap::with_capacity(16);
+    vars.insert(Arc::from("event"), crate::json::to_value(&event.payload));
+    vars.insert(Arc::from("source"), Value::from(event.source.as_str()));
+    vars.insert(
+        Arc::from("message_id"),
+        event.message_id.as_deref().map_or(Value::from(()), Value::from),
+    );
+    vars.insert(Arc::from(RUNTIME), runtime.clone());
+    let scope_obj = Scope::new(vars);
+    let scope = Value::from_dyn_object(scope_obj.clone());
+    (scope_obj, scope)
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read directory: {e}"))?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,159 @@
+//! Mapping test cases: fixture events with their exact expected outputs.
+
+use std::fmt;
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use crate::mapping::{Event, MappingSet};
+use crate::spec::RawTest;
+
+/// One test case of a mapping.
+#[derive(Debug)]
+pub(crate) struct TestCase {
+    pub(crate) name: String,
+    pub(crate) line: u64,
+    pub(crate) event: Event,
+    expect: Expected,
+}
+
+#[derive(Debug)]
+enum Expected {
+    Output(serde_json::Value),
+    Error(String),
+}
+
+impl TestCase {
+    /// Builds a test case; the error is (field, message).
+    pub(crate) fn from_raw(raw: &Spanned<RawTest>, index: usize, file: &Path, source: &str) -> Result<Self, (String, String)> {
+        let t = &raw.value;
+        let field = format!("tests[{index}]");
+        let payload = match &t.event {
+            serde_json::Value::String(rel) => {
+                let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| (format!("{field}.event"), format!("cannot read {}: {e}", path.display())))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| (format!("{field}.event"), format!("{} is not JSON: {e}", path.display())))?
+            }
+            inline => inline.clone(),
+        };
+        let expect = match (&t.expect, &t.expect_error) {
+            (Some(x), None) => {
+                let mut out = serde_json::Map::new();
+                out.insert("event_id".into(), x.event_id.clone().into());
+                if let Some(r) = &x.replaces {
+                    out.insert("replaces".into(), r.clone().into());
+                }
+                out.insert("fhir".into(), x.fhir.clone().into());
+                out.insert("dhis2".into(), x.dhis2.clone().into());
+                Expected::Output(serde_json::Value::Object(out))
+            }
+            (None, Some(e)) => Expected::Error(e.clone()),
+            _ => return Err((field, "a test case needs exactly one of `expect` and `expect_error`".into())),
+        };
+        Ok(Self {
+            name: t.name.clone(),
+            line: raw.referenced.line(),
+            event: Event {
+                source: t.source.clone().unwrap_or_else(|| source.to_owned()),
+                message_id: t.message_id.clone(),
+                payload,
+            },
+            expect,
+        })
+    }
+}
+
+/// The result of one mapping's test cases.
+#[derive(Debug)]
+pub struct TestReport {
+    /// Mapping id.
+    pub mapping: String,
+    /// Mapping file.
+    pub file: std::path::PathBuf,
+    /// Number of test cases run.
+    pub run: usize,
+    /// The ones that failed.
+    pub failures: Vec<TestFailure>,
+}
+
+/// A failed test case.
+#[derive(Debug)]
+pub struct TestFailure {
+    /// Test case name.
+    pub name: String,
+    /// Line of the test case in the mapping file.
+    pub line: u64,
+    /// What differed: a unified diff of expected and actual, or the error.
+    pub detail: String,
+}
+
+impl fmt::Display for TestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "test `{}` (line {}):\n{}", self.name, self.line, self.detail)
+    }
+}
+
+/// Expected-vs-actual comparison as the output of a mapping is written in
+/// a test case (`event_id`, `replaces`, `fhir`, `dhis2`).
+fn actual_json(m: &crate::output::MappedEvent) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    out.insert("event_id".into(), m.event_id.clone().into());
+    if let Some(r) = &m.replaces {
+        out.insert("replaces".into(), r.clone().into());
+    }
+    out.insert("fhir".into(), serde_json::to_value(&m.fhir).unwrap_or_default());
+    out.insert("dhis2".into(), serde_json::to_value(&m.dhis2).unwrap_or_default());
+    serde_json::Value::Object(out)
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+impl MappingSet {
+    /// Runs every mapping's test cases. A test event must be selected by
+    /// its own mapping through the whole set (so `match` rules are tested
+    /// too) and yield exactly the expected outputs.
+    pub fn run_tests(&self) -> Vec<TestReport> {
+        self.mappings()
+            .iter()
+            .map(|m| {
+                let mut failures = Vec::new();
+                for tc in &m.tests {
+                    let fail = |detail: String| TestFailure { name: tc.name.clone(), line: tc.line, detail };
+                    let result = self.map_for_test(&tc.event);
+                    match (&tc.expect, result) {
+                        (Expected::Output(want), Ok(got)) => {
+                            if got.mapping != m.id {
+                                failures.push(fail(format!("the event was mapped by `{}`, not this mapping", got.mapping)));
+                                continue;
+                            }
+                            let got = actual_json(&got);
+                            if got != *want {
+                                let (w, g) = (pretty(want), pretty(&got));
+                                let diff = similar::TextDiff::from_lines(&w, &g)
+                                    .unified_diff()
+                                    .context_radius(3)
+                                    .header("expected", "actual")
+                                    .to_string();
+                                failures.push(fail(diff));
+                            }
+                        }
+                        (Expected::Output(_), Err(e)) => failures.push(fail(format!("mapping failed: {e}"))),
+                        (Expected::Error(want), Err(e)) => {
+                            if !e.to_string().contains(want.as_str()) {
+                                failures.push(fail(format!("expected an error containing `{want}`, got: {e}")));
+                            }
+                        }
+                        (Expected::Error(want), Ok(_)) => {
+                            failures.push(fail(format!("expected an error containing `{want}`, but the event mapped")));
+                        }
+                    }
+                }
+                TestReport { mapping: m.id.clone(), file: m.file.clone(), run: m.tests.len(), failures }
+            })
+            .collect()
+    }
+}
