@@ -167,6 +167,11 @@ pub(crate) struct RawTest {
     /// Exact expected outputs.
     #[serde(default)]
     pub(crate) expect: Option<RawExpect>,
+    /// Exact expected outputs in a JSON file beside the mapping, as
+    /// `kiungo map` prints them (`mapping` and `mapping_version` are not
+    /// compared).
+    #[serde(default)]
+    pub(crate) expect_file: Option<String>,
     /// Expected mapping error: a substring of its message.
     #[serde(default)]
     pub(crate) expect_error: Option<String>,

@@ -38,8 +38,28 @@ impl TestCase {
             }
             inline => inline.clone(),
         };
-        let expect = match (&t.expect, &t.expect_error) {
-            (Some(x), None) => {
+        let expect = match (&t.expect, &t.expect_file, &t.expect_error) {
+            (None, Some(rel), None) => {
+                let path = file.parent().unwrap_or(Path::new(".")).join(rel);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| (format!("{field}.expect_file"), format!("cannot read {}: {e}", path.display())))?;
+                let json: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| (format!("{field}.expect_file"), format!("{} is not JSON: {e}", path.display())))?;
+                let mut out = serde_json::Map::new();
+                for key in ["event_id", "replaces", "fhir", "dhis2"] {
+                    match json.get(key) {
+                        Some(v) => {
+                            out.insert(key.into(), v.clone());
+                        }
+                        None if key == "replaces" => {}
+                        None => {
+                            return Err((format!("{field}.expect_file"), format!("{} has no `{key}`", path.display())));
+                        }
+                    }
+                }
+                Expected::Output(serde_json::Value::Object(out))
+            }
+            (Some(x), None, None) => {
                 let mut out = serde_json::Map::new();
                 out.insert("event_id".into(), x.event_id.clone().into());
                 if let Some(r) = &x.replaces {
@@ -49,8 +69,10 @@ impl TestCase {
                 out.insert("dhis2".into(), x.dhis2.clone().into());
                 Expected::Output(serde_json::Value::Object(out))
             }
-            (None, Some(e)) => Expected::Error(e.clone()),
-            _ => return Err((field, "a test case needs exactly one of `expect` and `expect_error`".into())),
+            (None, None, Some(e)) => Expected::Error(e.clone()),
+            _ => {
+                return Err((field, "a test case needs exactly one of `expect`, `expect_file` and `expect_error`".into()));
+            }
         };
         Ok(Self {
             name: t.name.clone(),

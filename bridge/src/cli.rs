@@ -1,0 +1,176 @@
+//! The `kiungo` command line.
+//!
+//! Commands print results to standard output and problems to standard
+//! error; the exit code is 0 on success, 1 when the checked input has
+//! problems, 2 when the command itself could not run.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+
+/// Kiungo: carries mHealth app events into DHIS2 and FHIR servers.
+#[derive(Debug, Parser)]
+#[command(name = "kiungo", version, about)]
+pub struct Cli {
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Work with mapping files.
+    Mappings {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: MappingsAction,
+    },
+    /// Map one event and print the FHIR entries and DHIS2 contributions it
+    /// yields (dry run: nothing is sent or stored).
+    Map {
+        /// The mapping file to use.
+        #[arg(long)]
+        mapping: PathBuf,
+        /// Source app of the event (default: the mapping's source).
+        #[arg(long)]
+        source: Option<String>,
+        /// Message id the event arrives with.
+        #[arg(long)]
+        message_id: Option<String>,
+        /// Use the fixed test key for `pseudonym()` instead of
+        /// `KIUNGO_PSEUDONYM_KEY`, as test cases do.
+        #[arg(long)]
+        test_key: bool,
+        /// The event payload, a JSON file.
+        event: PathBuf,
+    },
+}
+
+/// `kiungo mappings ...`
+#[derive(Debug, Subcommand)]
+pub enum MappingsAction {
+    /// Load every mapping under DIR and print each problem with its location.
+    Validate {
+        /// Directory of mapping files (searched recursively).
+        dir: PathBuf,
+    },
+    /// Run every mapping's test cases under DIR, with a diff on mismatch.
+    Test {
+        /// Directory of mapping files (searched recursively).
+        dir: PathBuf,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Mappings { action: MappingsAction::Validate { dir } } => validate(&dir),
+        Command::Mappings { action: MappingsAction::Test { dir } } => test(&dir),
+        Command::Map { mapping, source, message_id, test_key, event } => {
+            map(&mapping, source, message_id, test_key, &event)
+        }
+    }
+}
+
+fn load(dir: &std::path::Path) -> Result<MappingSet, ExitCode> {
+    MappingSet::load_dir(dir, LoadOptions::default()).map_err(|errors| {
+        for e in &errors.0 {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} problem(s) found", errors.0.len());
+        ExitCode::from(1)
+    })
+}
+
+fn validate(dir: &std::path::Path) -> ExitCode {
+    match load(dir) {
+        Ok(set) => {
+            let mut out = std::io::stdout().lock();
+            for m in set.mappings() {
+                let _ = writeln!(out, "ok  {} v{}  ({})", m.id, m.version, m.file.display());
+            }
+            let _ = writeln!(out, "{} mapping(s) valid", set.mappings().len());
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn test(dir: &std::path::Path) -> ExitCode {
+    let set = match load(dir) {
+        Ok(set) => set,
+        Err(code) => return code,
+    };
+    let mut out = std::io::stdout().lock();
+    let (mut passed, mut failed) = (0, 0);
+    for report in set.run_tests() {
+        let bad = report.failures.len();
+        passed += report.run - bad;
+        failed += bad;
+        let status = if bad == 0 { "ok  " } else { "FAIL" };
+        let _ = writeln!(out, "{status} {}: {}/{} test(s) passed", report.mapping, report.run - bad, report.run);
+        for f in &report.failures {
+            let _ = writeln!(out, "  {}: {f}", report.file.display());
+        }
+    }
+    let _ = writeln!(out, "{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+fn map(
+    mapping: &std::path::Path,
+    source: Option<String>,
+    message_id: Option<String>,
+    test_key: bool,
+    event: &std::path::Path,
+) -> ExitCode {
+    let key = if test_key {
+        Some(PseudonymKey::for_tests())
+    } else {
+        match PseudonymKey::from_env() {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let options = LoadOptions { pseudonym_key: key, ..LoadOptions::default() };
+    let set = match MappingSet::load_files(&[mapping.to_path_buf()], options) {
+        Ok(set) => set,
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    let payload = match std::fs::read_to_string(event)
+        .map_err(|e| e.to_string())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}")))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e}", event.display());
+            return ExitCode::from(1);
+        }
+    };
+    let source = source
+        .or_else(|| set.mappings().first().map(|m| m.source.clone()))
+        .unwrap_or_default();
+    match set.map(&Event { source, message_id, payload }) {
+        Ok(mapped) => {
+            let text = serde_json::to_string_pretty(&mapped).unwrap_or_default();
+            let _ = writeln!(std::io::stdout().lock(), "{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

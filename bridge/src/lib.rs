@@ -1,0 +1,6 @@
+//! Kiungo's service core: the command line, and (as later issues land) the
+//! durable store, the ingest pipeline, delivery workers and the admin API.
+//!
+//! The path of one event is described in `ARCHITECTURE.md`.
+
+pub mod cli;
