@@ -52,9 +52,9 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
         None => return Err(FhirError::NotAResource("expected a JSON object".into())),
     };
     let typed: Resource =
-        serde_json::from_value(resource.clone()).map_err(|e| FhirError::Invalid {
+        serde_path_to_error::deserialize(resource.clone()).map_err(|e| FhirError::Invalid {
             resource_type: resource_type.clone(),
-            message: e.to_string(),
+            message: describe(&e),
         })?;
     let back = serde_json::to_value(&typed).map_err(|e| FhirError::Invalid {
         resource_type: resource_type.clone(),
@@ -64,6 +64,26 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
         return Err(FhirError::UnknownElement { resource_type, path });
     }
     Ok(())
+}
+
+/// A message naming the element at fault and what was expected, without
+/// the offending value: resources carry personal data, and errors end up in
+/// logs and dead-letter lists.
+fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let inner = e.inner().to_string();
+    let path = e.path().to_string();
+    let what = if let Some(field) = inner.strip_prefix("missing field ") {
+        format!("missing required element {field}")
+    } else if let Some(expected) = inner.split(", expected ").nth(1) {
+        format!("invalid value, expected {expected}")
+    } else if inner.starts_with("no variant of enum") {
+        // A choice element (`value[x]`, `occurrence[x]`): the type name is
+        // the model's, e.g. `ImmunizationOccurrence`; keep it.
+        inner
+    } else {
+        "invalid value".to_owned()
+    };
+    if path.is_empty() || path == "." { what } else { format!("{what} at `{path}`") }
 }
 
 /// Whether `name` is a FHIR resource type the models know.
@@ -149,9 +169,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_code_and_missing_required() {
-        let bad_gender = json!({"resourceType": "Patient", "gender": "boy"});
+        let bad_gender = json!({"resourceType": "Patient", "gender": "Marker Kamara"});
         let err = validate(&bad_gender).expect_err("bad gender");
         assert!(matches!(err, FhirError::Invalid { .. }), "{err}");
+        assert!(!err.to_string().contains("Marker"), "{err}");
+        let bad_date = json!({"resourceType": "Patient", "birthDate": "Marker Kamara"});
+        let err = validate(&bad_date).expect_err("bad date");
+        assert!(!err.to_string().contains("Marker"), "{err}");
         // Observation.status and Observation.code are required (1..1).
         let no_status = json!({"resourceType": "Observation", "code": {"text": "weight"}});
         let err = validate(&no_status).expect_err("missing status");
