@@ -51,11 +51,16 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
         }
         None => return Err(FhirError::NotAResource("expected a JSON object".into())),
     };
-    let typed: Resource =
-        serde_path_to_error::deserialize(resource.clone()).map_err(|e| FhirError::Invalid {
-            resource_type: resource_type.clone(),
-            message: describe(&e),
-        })?;
+    let typed: Resource = match serde_path_to_error::deserialize(resource.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            let mut message = describe(&e);
+            if let Some(key) = culprit(resource) {
+                message.push_str(&format!(" at `{key}`"));
+            }
+            return Err(FhirError::Invalid { resource_type, message });
+        }
+    };
     let back = serde_json::to_value(&typed).map_err(|e| FhirError::Invalid {
         resource_type: resource_type.clone(),
         message: e.to_string(),
@@ -83,7 +88,24 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     } else {
         "invalid value".to_owned()
     };
-    if path.is_empty() || path == "." { what } else { format!("{what} at `{path}`") }
+    if path.is_empty() || path == "." { what } else { format!("{what} in `{path}`") }
+}
+
+/// The top-level element whose removal makes the resource deserialize, or
+/// whose removal changes the failure to a missing required element: the
+/// models' tagged enum loses the path, so find it by elimination. Runs only
+/// on the error path.
+fn culprit(resource: &Value) -> Option<String> {
+    let map = resource.as_object()?;
+    map.keys().filter(|k| *k != "resourceType").find_map(|key| {
+        let mut without = map.clone();
+        without.remove(key);
+        match serde_json::from_value::<Resource>(Value::Object(without)) {
+            Ok(_) => Some(key.clone()),
+            Err(e) if e.to_string().starts_with("missing field") => Some(key.clone()),
+            Err(_) => None,
+        }
+    })
 }
 
 /// Whether `name` is a FHIR resource type the models know.
@@ -173,6 +195,7 @@ mod tests {
         let err = validate(&bad_gender).expect_err("bad gender");
         assert!(matches!(err, FhirError::Invalid { .. }), "{err}");
         assert!(!err.to_string().contains("Marker"), "{err}");
+        assert!(err.to_string().ends_with("at `gender`"), "{err}");
         let bad_date = json!({"resourceType": "Patient", "birthDate": "Marker Kamara"});
         let err = validate(&bad_date).expect_err("bad date");
         assert!(!err.to_string().contains("Marker"), "{err}");
