@@ -162,7 +162,7 @@ fn map(
     let source = source
         .or_else(|| set.mappings().first().map(|m| m.source.clone()))
         .unwrap_or_default();
-    match set.map(&Event { source, message_id, payload }) {
+    match set.map(&Event { source, message_id, payload: std::sync::Arc::new(payload) }) {
         Ok(mapped) => {
             let text = serde_json::to_string_pretty(&mapped).unwrap_or_default();
             let _ = writeln!(std::io::stdout().lock(), "{text}");

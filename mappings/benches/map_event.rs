@@ -23,7 +23,7 @@ fn fixtures(pack: &Path, set: &MappingSet, source: &str) -> Vec<Vec<u8>> {
     for p in paths {
         let bytes = std::fs::read(&p).unwrap();
         let payload = serde_json::from_slice(&bytes).unwrap();
-        let event = Event { source: source.to_owned(), message_id: Some("m".into()), payload };
+        let event = Event { source: source.to_owned(), message_id: Some("m".into()), payload: std::sync::Arc::new(payload) };
         if set.map(&event).is_ok() {
             out.push(bytes);
         }
@@ -51,7 +51,7 @@ fn bench_packs(c: &mut Criterion) {
                     let bytes = &events[i % events.len()];
                     i += 1;
                     let payload = serde_json::from_slice(bytes).unwrap();
-                    let event = Event { source: source.clone(), message_id: Some("m".into()), payload };
+                    let event = Event { source: source.clone(), message_id: Some("m".into()), payload: std::sync::Arc::new(payload) };
                     black_box(set.map(&event).unwrap())
                 });
             });

@@ -4,7 +4,97 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use minijinja::Value;
-use minijinja::value::ValueKind;
+use minijinja::value::{Enumerator, Object, ObjectRepr, ValueKind};
+
+/// Wraps an event payload for expressions without converting it: only the
+/// paths an expression reads are turned into values. Payloads carry base64
+/// images and long histories that no mapping reads.
+pub(crate) fn lazy(root: Arc<serde_json::Value>) -> Value {
+    node(&root, &root, Vec::new())
+}
+
+/// A segment of the path from the payload root to a node.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(Arc<str>),
+    Index(usize),
+}
+
+/// An object or array inside a payload, addressed by its path.
+#[derive(Debug)]
+struct JsonNode {
+    root: Arc<serde_json::Value>,
+    path: Vec<Seg>,
+}
+
+impl JsonNode {
+    fn resolve(&self) -> Option<&serde_json::Value> {
+        let mut at = &*self.root;
+        for seg in &self.path {
+            at = match seg {
+                Seg::Key(k) => at.get(&**k)?,
+                Seg::Index(i) => at.get(*i)?,
+            };
+        }
+        Some(at)
+    }
+}
+
+/// A value for `json`, which sits at `path` under `root`.
+fn node(root: &Arc<serde_json::Value>, json: &serde_json::Value, path: Vec<Seg>) -> Value {
+    match json {
+        serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+            Value::from_object(JsonNode { root: root.clone(), path })
+        }
+        scalar => to_value(scalar),
+    }
+}
+
+impl Object for JsonNode {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.resolve() {
+            Some(serde_json::Value::Array(_)) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let here = self.resolve()?;
+        let (child, seg) = match here {
+            serde_json::Value::Object(map) => {
+                let k = key.as_str()?;
+                (map.get(k)?, Seg::Key(Arc::from(k)))
+            }
+            serde_json::Value::Array(items) => {
+                let i = usize::try_from(key.as_i64()?).ok()?;
+                (items.get(i)?, Seg::Index(i))
+            }
+            _ => return None,
+        };
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        path.extend(self.path.iter().cloned());
+        path.push(seg);
+        Some(node(&self.root, child, path))
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.resolve() {
+            Some(serde_json::Value::Object(map)) => {
+                Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect())
+            }
+            Some(serde_json::Value::Array(items)) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.resolve() {
+            Some(serde_json::Value::Object(map)) => Some(map.len()),
+            Some(serde_json::Value::Array(items)) => Some(items.len()),
+            _ => Some(0),
+        }
+    }
+}
 
 /// Converts event JSON into an expression value. Numbers stay numbers.
 pub(crate) fn to_value(json: &serde_json::Value) -> Value {
@@ -65,6 +155,20 @@ mod tests {
         assert_eq!(back["a"], json!([1, 2.5, "x", null, true]));
         assert_eq!(back["b"]["c"], json!(-3));
         assert_eq!(back["b"]["d"], json!(18446744073709551615u64));
+    }
+
+    #[test]
+    fn lazy_payload_reads_like_the_converted_one() {
+        let input = json!({"a": [1, {"b": "x"}], "c": {"d": 2.5, "e": null}, "f": "g"});
+        let lazy = lazy(Arc::new(input.clone()));
+        assert_eq!(from_value(&lazy).expect("converts"), Some(input.clone()));
+        let a = lazy.get_attr("a").expect("a");
+        assert_eq!(a.len(), Some(2));
+        let b = a.get_item(&Value::from(1)).expect("item").get_attr("b").expect("b");
+        assert_eq!(b.as_str(), Some("x"));
+        assert!(lazy.get_attr("missing").expect("lookup").is_undefined());
+        assert_eq!(lazy.kind(), ValueKind::Map);
+        assert_eq!(a.kind(), ValueKind::Seq);
     }
 
     #[test]

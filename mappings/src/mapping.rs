@@ -26,8 +26,8 @@ pub struct Event {
     pub source: String,
     /// The transport's message id (AMQP `message_id`), if any.
     pub message_id: Option<String>,
-    /// The app's payload.
-    pub payload: serde_json::Value,
+    /// The app's payload, shared so that mapping never copies it.
+    pub payload: Arc<serde_json::Value>,
 }
 
 /// Names every scope defines before `let` bindings.
@@ -50,6 +50,8 @@ pub struct Mapping {
     pub file: PathBuf,
     match_: Option<Expr>,
     event_id: Option<Expr>,
+    /// Whether `event_id` reads no `let` binding, so can be evaluated first.
+    event_id_first: bool,
     replaces: Option<Expr>,
     lets: Vec<(Arc<str>, Expr)>,
     tables: Vec<(Arc<str>, Value)>,
@@ -277,6 +279,9 @@ impl Mapping {
             scope_names.insert(name.clone());
         }
         let event_id = raw.event_id.as_ref().and_then(|e| p.expr(e, "event_id", &scope_names, None));
+        let event_id_first = event_id
+            .as_ref()
+            .is_some_and(|e| e.free_variables().iter().all(|v| !lets.iter().any(|(n, _)| **n == **v)));
         let replaces = raw.replaces.as_ref().and_then(|e| p.expr(e, "replaces", &scope_names, None));
 
         let mut out_names = scope_names.clone();
@@ -441,6 +446,7 @@ impl Mapping {
             file: file.to_path_buf(),
             match_,
             event_id,
+            event_id_first,
             replaces,
             lets,
             tables,
@@ -494,13 +500,23 @@ impl Mapping {
         for (name, table) in &self.tables {
             scope_obj.set(name, table.clone());
         }
+        // The event id is worked out before the `let` bindings when it does
+        // not need them, so that their errors name the event.
+        let mut early_id = None;
+        if self.event_id_first {
+            if let Some(e) = &self.event_id {
+                early_id = self.eval_string(e, scope, &msg_label)?;
+            }
+        }
+        let let_label = early_id.clone().unwrap_or_else(|| msg_label.clone());
         for (name, e) in &self.lets {
-            let v = e.eval(scope).map_err(|m| self.field_error(e, &msg_label, m))?;
+            let v = e.eval(scope).map_err(|m| self.field_error(e, &let_label, m))?;
             scope_obj.set(name, v);
         }
-        let event_id = match &self.event_id {
-            Some(e) => self.eval_string(e, scope, &msg_label)?,
-            None => None,
+        let event_id = match (&self.event_id, early_id) {
+            (_, Some(id)) => Some(id),
+            (Some(e), None) if !self.event_id_first => self.eval_string(e, scope, &msg_label)?,
+            _ => None,
         }
         .or_else(|| event.message_id.clone())
         .ok_or_else(|| MapError::NoEventId { mapping: self.id.clone() })?;
@@ -778,15 +794,25 @@ impl MappingSet {
         let (scope_obj, scope) = base_scope(event, runtime);
         let mut found: Option<&Mapping> = None;
         let mut all = Vec::new();
+        let mut match_error = None;
         for &i in self.by_source.get(&event.source).map(Vec::as_slice).unwrap_or_default() {
             let Some(m) = self.mappings.get(i) else { continue };
-            if m.matches(&scope, &label)? {
-                found.get_or_insert(m);
-                all.push(m.id.clone());
+            // A `match` that fails on an event meant for another mapping
+            // must not block that mapping: it counts as no match, and is
+            // the reason given only when nothing matches.
+            match m.matches(&scope, &label) {
+                Ok(true) => {
+                    found.get_or_insert(m);
+                    all.push(m.id.clone());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    match_error.get_or_insert(e);
+                }
             }
         }
         match (found, all.len()) {
-            (None, _) => Err(MapError::NoMapping { source_app: event.source.clone(), event: label }),
+            (None, _) => Err(match_error.unwrap_or(MapError::NoMapping { source_app: event.source.clone(), event: label })),
             (Some(m), 1) => m.apply_in(event, &scope_obj, &scope, self.validate_fhir),
             (Some(_), _) => Err(MapError::Ambiguous { source_app: event.source.clone(), event: label, mappings: all }),
         }
@@ -801,7 +827,7 @@ impl MappingSet {
 
 fn base_scope(event: &Event, runtime: &Value) -> (Arc<Scope>, Value) {
     let mut vars = HashMap::with_capacity(16);
-    vars.insert(Arc::from("event"), crate::json::to_value(&event.payload));
+    vars.insert(Arc::from("event"), crate::json::lazy(event.payload.clone()));
     vars.insert(Arc::from("source"), Value::from(event.source.as_str()));
     vars.insert(
         Arc::from("message_id"),

@@ -20,6 +20,9 @@ pub(crate) struct TestCase {
 #[derive(Debug)]
 enum Expected {
     Output(serde_json::Value),
+    /// Read when the test runs, so that `kiungo map > expected.json` can
+    /// (re)write it.
+    File(std::path::PathBuf),
     Error(String),
 }
 
@@ -39,26 +42,7 @@ impl TestCase {
             inline => inline.clone(),
         };
         let expect = match (&t.expect, &t.expect_file, &t.expect_error) {
-            (None, Some(rel), None) => {
-                let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| (format!("{field}.expect_file"), format!("cannot read {}: {e}", path.display())))?;
-                let json: serde_json::Value = serde_json::from_str(&text)
-                    .map_err(|e| (format!("{field}.expect_file"), format!("{} is not JSON: {e}", path.display())))?;
-                let mut out = serde_json::Map::new();
-                for key in ["event_id", "replaces", "fhir", "dhis2"] {
-                    match json.get(key) {
-                        Some(v) => {
-                            out.insert(key.into(), v.clone());
-                        }
-                        None if key == "replaces" => {}
-                        None => {
-                            return Err((format!("{field}.expect_file"), format!("{} has no `{key}`", path.display())));
-                        }
-                    }
-                }
-                Expected::Output(serde_json::Value::Object(out))
-            }
+            (None, Some(rel), None) => Expected::File(file.parent().unwrap_or(Path::new(".")).join(rel)),
             (Some(x), None, None) => {
                 let mut out = serde_json::Map::new();
                 out.insert("event_id".into(), x.event_id.clone().into());
@@ -80,7 +64,7 @@ impl TestCase {
             event: Event {
                 source: t.source.clone().unwrap_or_else(|| source.to_owned()),
                 message_id: t.message_id.clone(),
-                payload,
+                payload: std::sync::Arc::new(payload),
             },
             expect,
         })
@@ -130,6 +114,24 @@ fn actual_json(m: &crate::output::MappedEvent) -> serde_json::Value {
     serde_json::Value::Object(out)
 }
 
+/// Reads an expected-output file as `kiungo map` writes it.
+fn read_expected(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let mut out = serde_json::Map::new();
+    for key in ["event_id", "replaces", "fhir", "dhis2"] {
+        match json.get(key) {
+            Some(v) => {
+                out.insert(key.into(), v.clone());
+            }
+            None if key == "replaces" => {}
+            None => return Err(format!("{} has no `{key}`", path.display())),
+        }
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
 fn pretty(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
@@ -146,7 +148,18 @@ impl MappingSet {
                 for tc in &m.tests {
                     let fail = |detail: String| TestFailure { name: tc.name.clone(), line: tc.line, detail };
                     let result = self.map_for_test(&tc.event);
-                    match (&tc.expect, result) {
+                    let expect = match &tc.expect {
+                        Expected::File(path) => match read_expected(path) {
+                            Ok(v) => Expected::Output(v),
+                            Err(e) => {
+                                failures.push(fail(e));
+                                continue;
+                            }
+                        },
+                        Expected::Output(v) => Expected::Output(v.clone()),
+                        Expected::Error(e) => Expected::Error(e.clone()),
+                    };
+                    match (&expect, result) {
                         (Expected::Output(want), Ok(got)) => {
                             if got.mapping != m.id {
                                 failures.push(fail(format!("the event was mapped by `{}`, not this mapping", got.mapping)));
@@ -163,6 +176,7 @@ impl MappingSet {
                                 failures.push(fail(diff));
                             }
                         }
+                        (Expected::File(_), _) => {}
                         (Expected::Output(_), Err(e)) => failures.push(fail(format!("mapping failed: {e}"))),
                         (Expected::Error(want), Err(e)) => {
                             if !e.to_string().contains(want.as_str()) {
