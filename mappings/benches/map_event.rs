@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
 
+/// The allocator the `kiungo` binary uses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The fixture events of a pack that map successfully, as raw bytes.
 fn fixtures(pack: &Path, set: &MappingSet, source: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();

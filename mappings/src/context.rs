@@ -14,21 +14,27 @@ pub(crate) const RUNTIME: &str = "__kiungo";
 /// Variables visible to one event's expressions. Bindings are added as the
 /// event is mapped (`let`, then `event_id`, then `refs`), so that every
 /// evaluation shares one scope instead of copying it.
+///
+/// A scope holds a few dozen names at most, so a vector scanned from the
+/// newest binding beats a hash map here.
 #[derive(Debug, Default)]
 pub(crate) struct Scope {
-    vars: Mutex<HashMap<Arc<str>, Value>>,
+    vars: Mutex<Vec<(Arc<str>, Value)>>,
 }
 
 impl Scope {
     /// A scope holding `vars`, wrapped as an expression value.
     pub(crate) fn new(vars: HashMap<Arc<str>, Value>) -> Arc<Self> {
-        Arc::new(Self { vars: Mutex::new(vars) })
+        Arc::new(Self { vars: Mutex::new(vars.into_iter().collect()) })
     }
 
     /// Adds or replaces one binding.
-    pub(crate) fn set(&self, name: &str, value: Value) {
+    pub(crate) fn set(&self, name: &Arc<str>, value: Value) {
         if let Ok(mut vars) = self.vars.lock() {
-            vars.insert(Arc::from(name), value);
+            match vars.iter_mut().find(|(k, _)| k == name) {
+                Some(slot) => slot.1 = value,
+                None => vars.push((name.clone(), value)),
+            }
         }
     }
 }
@@ -36,7 +42,8 @@ impl Scope {
 impl Object for Scope {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
-        self.vars.lock().ok()?.get(key).cloned()
+        let vars = self.vars.lock().ok()?;
+        vars.iter().rev().find(|(k, _)| &**k == key).map(|(_, v)| v.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {

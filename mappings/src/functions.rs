@@ -146,6 +146,11 @@ fn to_date(value: &Value, kwargs: &Kwargs) -> Result<NaiveDate, Error> {
     })
 }
 
+/// `YYYY-MM-DD`, without parsing a format string per call.
+pub(crate) fn iso_date(d: NaiveDate) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day())
+}
+
 /// The calendar date of a value, read as `date()` reads it.
 pub(crate) fn date_of(value: &Value) -> Result<NaiveDate, String> {
     to_date(value, &Kwargs::from_iter(std::iter::empty::<(&str, Value)>())).map_err(|e| {
@@ -156,14 +161,14 @@ pub(crate) fn date_of(value: &Value) -> Result<NaiveDate, String> {
 fn date(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let d = to_date(value, &kwargs)?;
     kwargs.assert_all_used()?;
-    Ok(Value::from(d.format("%Y-%m-%d").to_string()))
+    Ok(Value::from(iso_date(d)))
 }
 
 fn datetime(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let when = parse_when(value, &kwargs)?;
     kwargs.assert_all_used()?;
     Ok(Value::from(match when {
-        When::Date(d) => d.format("%Y-%m-%d").to_string(),
+        When::Date(d) => iso_date(d),
         When::Instant(dt) => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
     }))
 }

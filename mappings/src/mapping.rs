@@ -30,6 +30,9 @@ pub struct Event {
     pub payload: Arc<serde_json::Value>,
 }
 
+static EVENT_ID: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("event_id"));
+static REFS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("refs"));
+
 /// Names every scope defines before `let` bindings.
 const BASE_VARS: [&str; 3] = ["event", "source", "message_id"];
 /// Names defined once the event id and resource references are known.
@@ -525,7 +528,7 @@ impl Mapping {
             Some(e) => self.eval_string(e, scope, label)?.filter(|r| *r != event_id),
             None => None,
         };
-        scope_obj.set("event_id", Value::from(event_id.as_str()));
+        scope_obj.set(&EVENT_ID, Value::from(event_id.as_str()));
 
         // Which resources exist, and their ids, before any template renders.
         let mut included = Vec::new();
@@ -548,7 +551,7 @@ impl Mapping {
             refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(reference));
             included.push((rule, uuid));
         }
-        scope_obj.set("refs", Value::from_object(refs));
+        scope_obj.set(&REFS, Value::from_object(refs));
 
         let mut fhir = Vec::with_capacity(included.len());
         for (rule, uuid) in included {
@@ -659,7 +662,7 @@ impl Mapping {
                 attribute_option_combo,
                 value,
                 aggregation: rule.aggregation,
-                date: date.format("%Y-%m-%d").to_string(),
+                date: crate::functions::iso_date(date),
             });
         }
 
