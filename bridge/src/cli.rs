@@ -68,11 +68,19 @@ pub enum MappingsAction {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Mappings { action: MappingsAction::Validate { dir } } => validate(&dir),
-        Command::Mappings { action: MappingsAction::Test { dir } } => test(&dir),
-        Command::Map { mapping, source, message_id, test_key, event } => {
-            map(&mapping, source, message_id, test_key, &event)
-        }
+        Command::Mappings {
+            action: MappingsAction::Validate { dir },
+        } => validate(&dir),
+        Command::Mappings {
+            action: MappingsAction::Test { dir },
+        } => test(&dir),
+        Command::Map {
+            mapping,
+            source,
+            message_id,
+            test_key,
+            event,
+        } => map(&mapping, source, message_id, test_key, &event),
     }
 }
 
@@ -112,13 +120,23 @@ fn test(dir: &std::path::Path) -> ExitCode {
         passed += report.run - bad;
         failed += bad;
         let status = if bad == 0 { "ok  " } else { "FAIL" };
-        let _ = writeln!(out, "{status} {}: {}/{} test(s) passed", report.mapping, report.run - bad, report.run);
+        let _ = writeln!(
+            out,
+            "{status} {}: {}/{} test(s) passed",
+            report.mapping,
+            report.run - bad,
+            report.run
+        );
         for f in &report.failures {
             let _ = writeln!(out, "  {}: {f}", report.file.display());
         }
     }
     let _ = writeln!(out, "{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn map(
@@ -139,7 +157,10 @@ fn map(
             }
         }
     };
-    let options = LoadOptions { pseudonym_key: key, ..LoadOptions::default() };
+    let options = LoadOptions {
+        pseudonym_key: key,
+        ..LoadOptions::default()
+    };
     let set = match MappingSet::load_files(&[mapping.to_path_buf()], options) {
         Ok(set) => set,
         Err(errors) => {
@@ -151,8 +172,9 @@ fn map(
     };
     let payload = match std::fs::read_to_string(event)
         .map_err(|e| e.to_string())
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}")))
-    {
+        .and_then(|t| {
+            serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("not JSON: {e}"))
+        }) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {}: {e}", event.display());
@@ -162,7 +184,11 @@ fn map(
     let source = source
         .or_else(|| set.mappings().first().map(|m| m.source.clone()))
         .unwrap_or_default();
-    match set.map(&Event { source, message_id, payload: std::sync::Arc::new(payload) }) {
+    match set.map(&Event {
+        source,
+        message_id,
+        payload: std::sync::Arc::new(payload),
+    }) {
         Ok(mapped) => {
             let text = serde_json::to_string_pretty(&mapped).unwrap_or_default();
             let _ = writeln!(std::io::stdout().lock(), "{text}");

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn kiungo(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiungo")).args(args).output().expect("run kiungo")
+    Command::new(env!("CARGO_BIN_EXE_kiungo"))
+        .args(args)
+        .output()
+        .expect("run kiungo")
 }
 
 fn packs() -> PathBuf {
@@ -20,8 +23,16 @@ fn validate_accepts_the_shipped_packs() {
     let out = kiungo(&["mappings", "validate", packs().to_str().expect("path")]);
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
-    for id in ["cht-anc-visit", "commcare-immunization", "kobo-malaria-rdt", "inhouse-nutrition-growth"] {
-        assert!(stdout.contains(&format!("ok  {id} v")), "{id} missing from:\n{stdout}");
+    for id in [
+        "cht-anc-visit",
+        "commcare-immunization",
+        "kobo-malaria-rdt",
+        "inhouse-nutrition-growth",
+    ] {
+        assert!(
+            stdout.contains(&format!("ok  {id} v")),
+            "{id} missing from:\n{stdout}"
+        );
     }
 }
 
@@ -32,7 +43,11 @@ fn test_runs_every_pack_test_case() {
     assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
     let last = stdout.lines().last().expect("summary");
     assert!(last.ends_with(" passed, 0 failed"), "{last}");
-    let passed: usize = last.split(' ').next().and_then(|n| n.parse().ok()).expect("count");
+    let passed: usize = last
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("count");
     assert!(passed >= 16, "{last}");
 }
 
@@ -48,9 +63,15 @@ fn validate_reports_every_problem_with_its_location_and_fails() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("bad.yaml:9:"), "{stderr}");
-    assert!(stderr.contains("fhir[0].resource.gender: syntax error"), "{stderr}");
+    assert!(
+        stderr.contains("fhir[0].resource.gender: syntax error"),
+        "{stderr}"
+    );
     assert!(stderr.contains("bad.yaml:14:"), "{stderr}");
-    assert!(stderr.contains("dhis2[0].period.type: unknown period type `Montly`"), "{stderr}");
+    assert!(
+        stderr.contains("dhis2[0].period.type: unknown period type `Montly`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 problem(s) found"), "{stderr}");
 }
 
@@ -71,14 +92,29 @@ fn test_shows_a_diff_and_fails_on_a_wrong_expectation() {
         if path.ends_with("anc-visit-1-facility.expected.json") {
             body = body.replace("\"period\": \"202403\"", "\"period\": \"202404\"");
         }
-        std::fs::write(dir.path().join("fixtures").join(path.file_name().expect("name")), body).expect("write");
+        std::fs::write(
+            dir.path()
+                .join("fixtures")
+                .join(path.file_name().expect("name")),
+            body,
+        )
+        .expect("write");
     }
     let out = kiungo(&["mappings", "test", dir.path().to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
-    assert!(stdout.contains("FAIL cht-anc-visit: 3/4 test(s) passed"), "{stdout}");
-    assert!(stdout.contains("-      \"period\": \"202404\","), "{stdout}");
-    assert!(stdout.contains("+      \"period\": \"202403\","), "{stdout}");
+    assert!(
+        stdout.contains("FAIL cht-anc-visit: 3/4 test(s) passed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("-      \"period\": \"202404\","),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("+      \"period\": \"202403\","),
+        "{stdout}"
+    );
     assert!(stdout.contains("3 passed, 1 failed"), "{stdout}");
 }
 
@@ -89,12 +125,15 @@ fn map_prints_what_one_event_yields() {
         "map",
         "--mapping",
         pack.join("anc-visit.yaml").to_str().expect("path"),
-        pack.join("fixtures/anc-visit-1-facility.json").to_str().expect("path"),
+        pack.join("fixtures/anc-visit-1-facility.json")
+            .to_str()
+            .expect("path"),
     ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let expected: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(pack.join("fixtures/anc-visit-1-facility.expected.json")).expect("read"),
+        &std::fs::read_to_string(pack.join("fixtures/anc-visit-1-facility.expected.json"))
+            .expect("read"),
     )
     .expect("json");
     assert_eq!(json, expected);
@@ -106,7 +145,12 @@ fn map_explains_a_bad_event() {
     let event = dir.path().join("e.json");
     std::fs::write(&event, "{not json").expect("write");
     let pack = packs().join("cht-anc");
-    let out = kiungo(&["map", "--mapping", pack.join("anc-visit.yaml").to_str().expect("path"), event.to_str().expect("path")]);
+    let out = kiungo(&[
+        "map",
+        "--mapping",
+        pack.join("anc-visit.yaml").to_str().expect("path"),
+        event.to_str().expect("path"),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("e.json: not JSON"), "{stderr}");

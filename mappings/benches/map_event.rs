@@ -21,13 +21,20 @@ fn fixtures(pack: &Path, set: &MappingSet, source: &str) -> Vec<Vec<u8>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(pack.join("fixtures"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.to_string_lossy().ends_with(".expected.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !p.to_string_lossy().ends_with(".expected.json")
+        })
         .collect();
     paths.sort();
     for p in paths {
         let bytes = std::fs::read(&p).unwrap();
         let payload = serde_json::from_slice(&bytes).unwrap();
-        let event = Event { source: source.to_owned(), message_id: Some("m".into()), payload: std::sync::Arc::new(payload) };
+        let event = Event {
+            source: source.to_owned(),
+            message_id: Some("m".into()),
+            payload: std::sync::Arc::new(payload),
+        };
         if set.map(&event).is_ok() {
             out.push(bytes);
         }
@@ -37,17 +44,32 @@ fn fixtures(pack: &Path, set: &MappingSet, source: &str) -> Vec<Vec<u8>> {
 
 fn bench_packs(c: &mut Criterion) {
     let packs = Path::new(env!("CARGO_MANIFEST_DIR")).join("packs");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&packs).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&packs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
     dirs.sort();
     for validate_fhir in [true, false] {
-        let mut group = c.benchmark_group(if validate_fhir { "map_event" } else { "map_event_no_fhir_check" });
+        let mut group = c.benchmark_group(if validate_fhir {
+            "map_event"
+        } else {
+            "map_event_no_fhir_check"
+        });
         group.throughput(Throughput::Elements(1));
         for dir in &dirs {
-            let options = LoadOptions { pseudonym_key: Some(PseudonymKey::for_tests()), validate_fhir };
+            let options = LoadOptions {
+                pseudonym_key: Some(PseudonymKey::for_tests()),
+                validate_fhir,
+            };
             let set = MappingSet::load_dir(dir, options).unwrap();
             let source = set.mappings()[0].source.clone();
             let events = fixtures(dir, &set, &source);
-            assert!(!events.is_empty(), "{} has no mappable fixture", dir.display());
+            assert!(
+                !events.is_empty(),
+                "{} has no mappable fixture",
+                dir.display()
+            );
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
             let mut i = 0usize;
             group.bench_function(&name, |b| {
@@ -55,7 +77,11 @@ fn bench_packs(c: &mut Criterion) {
                     let bytes = &events[i % events.len()];
                     i += 1;
                     let payload = serde_json::from_slice(bytes).unwrap();
-                    let event = Event { source: source.clone(), message_id: Some("m".into()), payload: std::sync::Arc::new(payload) };
+                    let event = Event {
+                        source: source.clone(),
+                        message_id: Some("m".into()),
+                        payload: std::sync::Arc::new(payload),
+                    };
                     black_box(set.map(&event).unwrap())
                 });
             });

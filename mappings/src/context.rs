@@ -25,7 +25,9 @@ pub(crate) struct Scope {
 impl Scope {
     /// A scope holding `vars`, wrapped as an expression value.
     pub(crate) fn new(vars: HashMap<Arc<str>, Value>) -> Arc<Self> {
-        Arc::new(Self { vars: Mutex::new(vars.into_iter().collect()) })
+        Arc::new(Self {
+            vars: Mutex::new(vars.into_iter().collect()),
+        })
     }
 
     /// Adds or replaces one binding.
@@ -43,7 +45,10 @@ impl Object for Scope {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
         let key = key.as_str()?;
         let vars = self.vars.lock().ok()?;
-        vars.iter().rev().find(|(k, _)| &**k == key).map(|(_, v)| v.clone())
+        vars.iter()
+            .rev()
+            .find(|(k, _)| &**k == key)
+            .map(|(_, v)| v.clone())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {

@@ -40,7 +40,10 @@ pub(crate) struct Expr {
 
 impl fmt::Debug for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Expr").field("field", &self.field).field("line", &self.line).finish()
+        f.debug_struct("Expr")
+            .field("field", &self.field)
+            .field("line", &self.line)
+            .finish()
     }
 }
 
@@ -51,8 +54,14 @@ impl Expr {
         if source.trim().is_empty() {
             return Err("empty expression".into());
         }
-        let compiled = ENV.compile_expression_owned(source.to_owned()).map_err(describe)?;
-        Ok(Self { compiled, field, line })
+        let compiled = ENV
+            .compile_expression_owned(source.to_owned())
+            .map_err(describe)?;
+        Ok(Self {
+            compiled,
+            field,
+            line,
+        })
     }
 
     /// Names the expression reads that are neither functions nor locals.
@@ -69,7 +78,11 @@ impl Expr {
 
     /// Dotted paths the expression reads, e.g. `refs.patient`.
     pub(crate) fn nested_variables(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.compiled.undeclared_variables(true).into_iter().collect();
+        let mut names: Vec<String> = self
+            .compiled
+            .undeclared_variables(true)
+            .into_iter()
+            .collect();
         names.sort();
         names
     }
@@ -123,7 +136,10 @@ impl PseudonymKey {
     /// A key from bytes (at least 16).
     pub fn new(bytes: &[u8]) -> Result<Self, String> {
         if bytes.len() < 16 {
-            return Err(format!("pseudonym key must be at least 16 bytes, got {}", bytes.len()));
+            return Err(format!(
+                "pseudonym key must be at least 16 bytes, got {}",
+                bytes.len()
+            ));
         }
         Ok(Self(Arc::from(bytes)))
     }
@@ -164,20 +180,29 @@ mod tests {
 
     #[test]
     fn free_variables_exclude_functions() {
-        let e = Expr::compile("uuid5(source ~ event.id) ~ visit_date | date", "f".into(), 1).expect("compiles");
+        let e = Expr::compile(
+            "uuid5(source ~ event.id) ~ visit_date | date",
+            "f".into(),
+            1,
+        )
+        .expect("compiles");
         assert_eq!(e.free_variables(), vec!["event", "source", "visit_date"]);
     }
 
     #[test]
     fn fuel_bounds_runaway_expressions() {
-        let e = Expr::compile("range(100000) | map('string') | join", "f".into(), 1).expect("compiles");
+        let e =
+            Expr::compile("range(100000) | map('string') | join", "f".into(), 1).expect("compiles");
         let err = e.eval(&Value::from(())).expect_err("out of fuel");
         assert!(err.contains("fuel"), "{err}");
     }
 
     #[test]
     fn key_never_prints() {
-        assert_eq!(format!("{:?}", PseudonymKey::for_tests()), "PseudonymKey(<redacted>)");
+        assert_eq!(
+            format!("{:?}", PseudonymKey::for_tests()),
+            "PseudonymKey(<redacted>)"
+        );
         assert!(PseudonymKey::new(b"short").is_err());
     }
 }

@@ -21,7 +21,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use chrono::{Datelike, DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone};
 use hmac::{Hmac, KeyInit, Mac};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, State, Value};
@@ -83,12 +83,16 @@ fn parse_when(value: &Value, kwargs: &Kwargs) -> Result<When, Error> {
     let format: Option<&str> = kwargs.get("format")?;
     match value.kind() {
         ValueKind::Number => {
-            let n = f64::try_from(value.clone()).map_err(|_| invalid("date is not a finite number"))?;
+            let n =
+                f64::try_from(value.clone()).map_err(|_| invalid("date is not a finite number"))?;
             if !n.is_finite() {
                 return Err(invalid("date is not a finite number"));
             }
             let millis = if n.abs() >= 1e11 { n } else { n * 1000.0 };
-            #[allow(clippy::cast_possible_truncation, reason = "range-checked by timestamp_millis_opt")]
+            #[allow(
+                clippy::cast_possible_truncation,
+                reason = "range-checked by timestamp_millis_opt"
+            )]
             let dt = offset
                 .timestamp_millis_opt(millis as i64)
                 .single()
@@ -116,16 +120,25 @@ fn parse_when(value: &Value, kwargs: &Kwargs) -> Result<When, Error> {
                     return Ok(When::Instant(dt));
                 }
             }
-            for f in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
+            for f in [
+                "%Y-%m-%dT%H:%M:%S%.f",
+                "%Y-%m-%d %H:%M:%S%.f",
+                "%Y-%m-%dT%H:%M",
+            ] {
                 if let Ok(naive) = NaiveDateTime::parse_from_str(text, f) {
                     return naive_instant(naive, offset);
                 }
             }
             NaiveDate::parse_from_str(text, "%Y-%m-%d")
                 .map(When::Date)
-                .map_err(|_| invalid("text is not a date (expected ISO 8601 / RFC 3339, or pass format=)"))
+                .map_err(|_| {
+                    invalid("text is not a date (expected ISO 8601 / RFC 3339, or pass format=)")
+                })
         }
-        ValueKind::Undefined => Err(Error::new(ErrorKind::UndefinedError, "date of an undefined value")),
+        ValueKind::Undefined => Err(Error::new(
+            ErrorKind::UndefinedError,
+            "date of an undefined value",
+        )),
         ValueKind::None => Err(invalid("date of none")),
         other => Err(invalid(format!("cannot read a date from a {other}"))),
     }
@@ -153,9 +166,11 @@ pub(crate) fn iso_date(d: NaiveDate) -> String {
 
 /// The calendar date of a value, read as `date()` reads it.
 pub(crate) fn date_of(value: &Value) -> Result<NaiveDate, String> {
-    to_date(value, &Kwargs::from_iter(std::iter::empty::<(&str, Value)>())).map_err(|e| {
-        e.detail().map_or_else(|| e.to_string(), str::to_owned)
-    })
+    to_date(
+        value,
+        &Kwargs::from_iter(std::iter::empty::<(&str, Value)>()),
+    )
+    .map_err(|e| e.detail().map_or_else(|| e.to_string(), str::to_owned))
 }
 
 fn date(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
@@ -174,7 +189,9 @@ fn datetime(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
 }
 
 fn period(value: &Value, period_type: &str, kwargs: Kwargs) -> Result<Value, Error> {
-    let ptype: PeriodType = period_type.parse().map_err(|e: crate::period::UnknownPeriodType| invalid(e.to_string()))?;
+    let ptype: PeriodType = period_type
+        .parse()
+        .map_err(|e: crate::period::UnknownPeriodType| invalid(e.to_string()))?;
     let d = to_date(value, &kwargs)?;
     kwargs.assert_all_used()?;
     Ok(Value::from(ptype.period_id(d)))
@@ -191,11 +208,20 @@ fn age(birth: &Value, at: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let n: i64 = match unit.unwrap_or("years") {
         "days" => (at - birth).num_days(),
         "months" => {
-            let whole = i64::from(at.year() - birth.year()) * 12 + i64::from(at.month()) - i64::from(birth.month());
-            if at.day() < birth.day() { whole - 1 } else { whole }
+            let whole = i64::from(at.year() - birth.year()) * 12 + i64::from(at.month())
+                - i64::from(birth.month());
+            if at.day() < birth.day() {
+                whole - 1
+            } else {
+                whole
+            }
         }
         "years" => i64::from(at.years_since(birth).unwrap_or(0)),
-        other => return Err(invalid(format!("age: unit `{other}` is not years, months or days"))),
+        other => {
+            return Err(invalid(format!(
+                "age: unit `{other}` is not years, months or days"
+            )));
+        }
     };
     Ok(Value::from(n))
 }
@@ -204,20 +230,29 @@ fn text_of(value: &Value, what: &str) -> Result<String, Error> {
     match value.kind() {
         ValueKind::String => Ok(value.as_str().unwrap_or_default().to_owned()),
         ValueKind::Number | ValueKind::Bool => Ok(value.to_string()),
-        ValueKind::Undefined => Err(Error::new(ErrorKind::UndefinedError, format!("{what} of an undefined value"))),
+        ValueKind::Undefined => Err(Error::new(
+            ErrorKind::UndefinedError,
+            format!("{what} of an undefined value"),
+        )),
         ValueKind::None => Err(invalid(format!("{what} of none"))),
-        other => Err(invalid(format!("{what} needs text or a number, not a {other}"))),
+        other => Err(invalid(format!(
+            "{what} needs text or a number, not a {other}"
+        ))),
     }
 }
 
 fn uuid5(name: &Value, kwargs: Kwargs) -> Result<Value, Error> {
     let ns = match kwargs.get::<Option<&str>>("namespace")? {
         None => *KIUNGO_NS,
-        Some(text) => uuid::Uuid::parse_str(text).map_err(|_| invalid("uuid5: namespace is not a UUID"))?,
+        Some(text) => {
+            uuid::Uuid::parse_str(text).map_err(|_| invalid("uuid5: namespace is not a UUID"))?
+        }
     };
     kwargs.assert_all_used()?;
     let name = text_of(name, "uuid5")?;
-    Ok(Value::from(uuid::Uuid::new_v5(&ns, name.as_bytes()).to_string()))
+    Ok(Value::from(
+        uuid::Uuid::new_v5(&ns, name.as_bytes()).to_string(),
+    ))
 }
 
 fn pseudonym(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
@@ -230,7 +265,8 @@ fn pseudonym(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, Erro
         .and_then(|r| r.pseudonym_key.clone())
         .ok_or_else(|| invalid("pseudonym: no key configured (set KIUNGO_PSEUDONYM_KEY)"))?;
     let text = text_of(value, "pseudonym")?;
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0).map_err(|_| invalid("pseudonym: unusable key"))?;
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key.0)
+        .map_err(|_| invalid("pseudonym: unusable key"))?;
     mac.update(purpose.unwrap_or("").as_bytes());
     mac.update(&[0x1f]);
     mac.update(text.as_bytes());
@@ -241,12 +277,18 @@ fn pseudonym(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, Erro
 
 fn squish(value: &Value) -> Result<Value, Error> {
     let text = text_of(value, "squish")?;
-    Ok(Value::from(text.split_whitespace().collect::<Vec<_>>().join(" ")))
+    Ok(Value::from(
+        text.split_whitespace().collect::<Vec<_>>().join(" "),
+    ))
 }
 
 fn digits(value: &Value) -> Result<Value, Error> {
     let text = text_of(value, "digits")?;
-    Ok(Value::from(text.chars().filter(char::is_ascii_digit).collect::<String>()))
+    Ok(Value::from(
+        text.chars()
+            .filter(char::is_ascii_digit)
+            .collect::<String>(),
+    ))
 }
 
 fn number(value: &Value) -> Result<Value, Error> {
@@ -262,15 +304,20 @@ fn number(value: &Value) -> Result<Value, Error> {
                 _ => Err(invalid("number: text is not a number")),
             }
         }
-        ValueKind::Undefined => Err(Error::new(ErrorKind::UndefinedError, "number of an undefined value")),
-        other => Err(invalid(format!("number: cannot read a number from a {other}"))),
+        ValueKind::Undefined => Err(Error::new(
+            ErrorKind::UndefinedError,
+            "number of an undefined value",
+        )),
+        other => Err(invalid(format!(
+            "number: cannot read a number from a {other}"
+        ))),
     }
 }
 
 fn lookup(table: &Value, key: &Value, default: Option<Value>) -> Result<Value, Error> {
-    let table: Arc<Table> = table
-        .downcast_object::<Table>()
-        .ok_or_else(|| invalid("lookup: the first argument must be a table declared under `tables:`"))?;
+    let table: Arc<Table> = table.downcast_object::<Table>().ok_or_else(|| {
+        invalid("lookup: the first argument must be a table declared under `tables:`")
+    })?;
     let key = match text_of(key, "lookup") {
         Ok(k) => k,
         Err(e) => return default.ok_or(e),
@@ -307,7 +354,9 @@ mod tests {
         vars.insert(Arc::from("event"), crate::json::to_value(&event));
         vars.insert(
             Arc::from(RUNTIME),
-            Value::from_object(Runtime { pseudonym_key: Some(PseudonymKey::for_tests()) }),
+            Value::from_object(Runtime {
+                pseudonym_key: Some(PseudonymKey::for_tests()),
+            }),
         );
         let scope = Value::from_dyn_object(Scope::new(vars));
         let e = Expr::compile(src, "f".into(), 1)?;
@@ -322,15 +371,42 @@ mod tests {
             "late": "2021-10-26T23:30:00-02:00", "plain": "2021-10-26", "odk": "2018-01-01T00:00:00.000Z",
             "naive": "2021-10-26 08:00:00", "sl": "26/10/2021"
         });
-        assert_eq!(eval("event.cht | date", ev.clone()), Ok("2021-09-10".into()));
-        assert_eq!(eval("event.secs | date", ev.clone()), Ok("2021-09-10".into()));
-        assert_eq!(eval("event.cht | datetime", ev.clone()), Ok("2021-09-10T22:37:58.618Z".into()));
-        assert_eq!(eval("event.kobo | date", ev.clone()), Ok("2021-10-26".into()));
-        assert_eq!(eval("event.late | date", ev.clone()), Ok("2021-10-26".into()));
-        assert_eq!(eval("event.plain | datetime", ev.clone()), Ok("2021-10-26".into()));
-        assert_eq!(eval("event.odk | datetime", ev.clone()), Ok("2018-01-01T00:00:00Z".into()));
-        assert_eq!(eval("event.naive | datetime(offset='+03:00')", ev.clone()), Ok("2021-10-26T08:00:00+03:00".into()));
-        assert_eq!(eval("date(event.sl, format='%d/%m/%Y')", ev.clone()), Ok("2021-10-26".into()));
+        assert_eq!(
+            eval("event.cht | date", ev.clone()),
+            Ok("2021-09-10".into())
+        );
+        assert_eq!(
+            eval("event.secs | date", ev.clone()),
+            Ok("2021-09-10".into())
+        );
+        assert_eq!(
+            eval("event.cht | datetime", ev.clone()),
+            Ok("2021-09-10T22:37:58.618Z".into())
+        );
+        assert_eq!(
+            eval("event.kobo | date", ev.clone()),
+            Ok("2021-10-26".into())
+        );
+        assert_eq!(
+            eval("event.late | date", ev.clone()),
+            Ok("2021-10-26".into())
+        );
+        assert_eq!(
+            eval("event.plain | datetime", ev.clone()),
+            Ok("2021-10-26".into())
+        );
+        assert_eq!(
+            eval("event.odk | datetime", ev.clone()),
+            Ok("2018-01-01T00:00:00Z".into())
+        );
+        assert_eq!(
+            eval("event.naive | datetime(offset='+03:00')", ev.clone()),
+            Ok("2021-10-26T08:00:00+03:00".into())
+        );
+        assert_eq!(
+            eval("date(event.sl, format='%d/%m/%Y')", ev.clone()),
+            Ok("2021-10-26".into())
+        );
         let err = eval("event.sl | date", ev).expect_err("ambiguous");
         assert!(err.contains("not a date"), "{err}");
     }
@@ -338,12 +414,28 @@ mod tests {
     #[test]
     fn periods_and_ages() {
         let ev = serde_json::json!({"d": "2024-03-15", "dob": "1984-06-05"});
-        assert_eq!(eval("event.d | period('Monthly')", ev.clone()), Ok("202403".into()));
-        assert_eq!(eval("event.d | period('Quarterly')", ev.clone()), Ok("2024Q1".into()));
-        assert!(eval("event.d | period('Montly')", ev.clone()).expect_err("bad type").contains("Montly"));
+        assert_eq!(
+            eval("event.d | period('Monthly')", ev.clone()),
+            Ok("202403".into())
+        );
+        assert_eq!(
+            eval("event.d | period('Quarterly')", ev.clone()),
+            Ok("2024Q1".into())
+        );
+        assert!(
+            eval("event.d | period('Montly')", ev.clone())
+                .expect_err("bad type")
+                .contains("Montly")
+        );
         assert_eq!(eval("age(event.dob, event.d)", ev.clone()), Ok(39.into()));
-        assert_eq!(eval("age(event.dob, event.d, unit='months')", ev.clone()), Ok((39 * 12 + 9).into()));
-        assert_eq!(eval("age('2024-02-29', '2025-02-28', unit='days')", ev.clone()), Ok(365.into()));
+        assert_eq!(
+            eval("age(event.dob, event.d, unit='months')", ev.clone()),
+            Ok((39 * 12 + 9).into())
+        );
+        assert_eq!(
+            eval("age('2024-02-29', '2025-02-28', unit='days')", ev.clone()),
+            Ok(365.into())
+        );
         assert!(eval("age(event.d, event.dob)", ev).is_err());
     }
 
@@ -363,7 +455,11 @@ mod tests {
     #[test]
     fn pseudonym_is_keyed_and_purpose_bound() {
         let p1 = eval("pseudonym('+13125551222')", serde_json::json!({})).expect("p");
-        let p2 = eval("pseudonym('+13125551222', purpose='phone')", serde_json::json!({})).expect("p");
+        let p2 = eval(
+            "pseudonym('+13125551222', purpose='phone')",
+            serde_json::json!({}),
+        )
+        .expect("p");
         assert_ne!(p1, p2);
         assert_eq!(p1.as_str().map(str::len), Some(64));
         assert!(!p1.as_str().unwrap_or_default().contains("5551222"));
@@ -372,11 +468,20 @@ mod tests {
     #[test]
     fn strings_numbers_coalesce() {
         let ev = serde_json::json!({"a": "  Blue   Tree \t HC ", "p": "+232 (76) 123-456", "n": "12.5", "e": ""});
-        assert_eq!(eval("event.a | squish", ev.clone()), Ok("Blue Tree HC".into()));
-        assert_eq!(eval("event.p | digits", ev.clone()), Ok("23276123456".into()));
+        assert_eq!(
+            eval("event.a | squish", ev.clone()),
+            Ok("Blue Tree HC".into())
+        );
+        assert_eq!(
+            eval("event.p | digits", ev.clone()),
+            Ok("23276123456".into())
+        );
         assert_eq!(eval("event.n | number", ev.clone()), Ok(12.5.into()));
         assert_eq!(eval("'7' | number", ev.clone()), Ok(7.into()));
-        assert_eq!(eval("coalesce(event.e, event.missing, 'x')", ev.clone()), Ok("x".into()));
+        assert_eq!(
+            eval("coalesce(event.e, event.missing, 'x')", ev.clone()),
+            Ok("x".into())
+        );
         assert!(eval("'abc' | number", ev).is_err());
     }
 }

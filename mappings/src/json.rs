@@ -44,7 +44,10 @@ impl JsonNode {
 fn node(root: &Arc<serde_json::Value>, json: &serde_json::Value, path: Vec<Seg>) -> Value {
     match json {
         serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
-            Value::from_object(JsonNode { root: root.clone(), path })
+            Value::from_object(JsonNode {
+                root: root.clone(),
+                path,
+            })
         }
         scalar => to_value(scalar),
     }
@@ -111,7 +114,9 @@ pub(crate) fn to_value(json: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(to_value).collect::<Vec<_>>()),
+        serde_json::Value::Array(items) => {
+            Value::from(items.iter().map(to_value).collect::<Vec<_>>())
+        }
         serde_json::Value::Object(map) => Value::from_object(
             map.iter()
                 .map(|(k, v)| (Arc::<str>::from(k.as_str()), to_value(v)))
@@ -149,7 +154,8 @@ mod tests {
 
     #[test]
     fn round_trips_nested_json_keeping_number_types() {
-        let input = json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3, "d": 18446744073709551615u64}});
+        let input =
+            json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3, "d": 18446744073709551615u64}});
         let v = to_value(&input);
         let back = from_value(&v).expect("converts").expect("not none");
         assert_eq!(back["a"], json!([1, 2.5, "x", null, true]));
@@ -164,7 +170,11 @@ mod tests {
         assert_eq!(from_value(&lazy).expect("converts"), Some(input.clone()));
         let a = lazy.get_attr("a").expect("a");
         assert_eq!(a.len(), Some(2));
-        let b = a.get_item(&Value::from(1)).expect("item").get_attr("b").expect("b");
+        let b = a
+            .get_item(&Value::from(1))
+            .expect("item")
+            .get_attr("b")
+            .expect("b");
         assert_eq!(b.as_str(), Some("x"));
         assert!(lazy.get_attr("missing").expect("lookup").is_undefined());
         assert_eq!(lazy.kind(), ValueKind::Map);

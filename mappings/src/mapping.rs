@@ -11,7 +11,9 @@ use crate::context::{RUNTIME, Runtime, Scope};
 use crate::error::{LoadError, LoadErrors, MapError};
 use crate::expr::{Expr, PseudonymKey};
 use crate::functions::KIUNGO_NS;
-use crate::output::{Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent};
+use crate::output::{
+    Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
+};
 use crate::period::PeriodType;
 use crate::spec::{Method, RawMapping, RawNode};
 use crate::table::Table;
@@ -114,12 +116,28 @@ impl Problems<'_> {
         });
     }
 
-    fn at_span<T>(&mut self, field: impl Into<String>, span: &Spanned<T>, message: impl Into<String>) {
-        self.at(field, span.referenced.line(), span.referenced.column(), message);
+    fn at_span<T>(
+        &mut self,
+        field: impl Into<String>,
+        span: &Spanned<T>,
+        message: impl Into<String>,
+    ) {
+        self.at(
+            field,
+            span.referenced.line(),
+            span.referenced.column(),
+            message,
+        );
     }
 
     /// Compiles an always-expression field and checks its free variables.
-    fn expr(&mut self, src: &Spanned<String>, field: &str, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Option<Expr> {
+    fn expr(
+        &mut self,
+        src: &Spanned<String>,
+        field: &str,
+        allowed: &HashSet<String>,
+        fhir_names: Option<&HashSet<String>>,
+    ) -> Option<Expr> {
         match Expr::compile(&src.value, field.to_owned(), src.referenced.line()) {
             Ok(e) => {
                 self.check_vars(&e, src.referenced.column(), allowed, fhir_names);
@@ -132,13 +150,25 @@ impl Problems<'_> {
         }
     }
 
-    fn check_vars(&mut self, e: &Expr, column: u64, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) {
+    fn check_vars(
+        &mut self,
+        e: &Expr,
+        column: u64,
+        allowed: &HashSet<String>,
+        fhir_names: Option<&HashSet<String>>,
+    ) {
         for message in undefined_names(e, allowed, fhir_names) {
             self.at(e.field.clone(), e.line, column, message);
         }
     }
 
-    fn template(&mut self, node: &Spanned<RawNode>, field: &str, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Tpl {
+    fn template(
+        &mut self,
+        node: &Spanned<RawNode>,
+        field: &str,
+        allowed: &HashSet<String>,
+        fhir_names: Option<&HashSet<String>>,
+    ) -> Tpl {
         let mut found = Vec::new();
         let tpl = template::compile(node, field, &mut found, &mut |e, errs| {
             for message in undefined_names(e, allowed, fhir_names) {
@@ -160,13 +190,24 @@ impl Problems<'_> {
 
 /// Messages for every name `e` reads that is not in `allowed`, and every
 /// `refs.X` that names no FHIR resource of the mapping.
-fn undefined_names(e: &Expr, allowed: &HashSet<String>, fhir_names: Option<&HashSet<String>>) -> Vec<String> {
+fn undefined_names(
+    e: &Expr,
+    allowed: &HashSet<String>,
+    fhir_names: Option<&HashSet<String>>,
+) -> Vec<String> {
     let mut out = Vec::new();
     for name in e.free_variables() {
         if !allowed.contains(&name) {
-            let mut known: Vec<&str> = allowed.iter().map(String::as_str).filter(|n| !n.starts_with("__")).collect();
+            let mut known: Vec<&str> = allowed
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !n.starts_with("__"))
+                .collect();
             known.sort_unstable();
-            out.push(format!("undefined name `{name}` (defined here: {})", known.join(", ")));
+            out.push(format!(
+                "undefined name `{name}` (defined here: {})",
+                known.join(", ")
+            ));
         }
     }
     if let Some(names) = fhir_names {
@@ -218,21 +259,41 @@ impl Mapping {
     /// Loads and checks one mapping file. Test cases are loaded, not run.
     pub fn load(file: &Path) -> Result<Self, Vec<LoadError>> {
         let fail = |line: Option<u64>, column: Option<u64>, message: String| {
-            vec![LoadError { file: file.to_path_buf(), line, column, field: String::new(), message }]
+            vec![LoadError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field: String::new(),
+                message,
+            }]
         };
-        let text = std::fs::read_to_string(file).map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| fail(None, None, format!("cannot read: {e}")))?;
         let options = serde_saphyr::options! { with_snippet: false };
         let raw: RawMapping = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
             let loc = e.location();
-            fail(loc.map(|l| l.line()), loc.map(|l| l.column()), e.to_string())
+            fail(
+                loc.map(|l| l.line()),
+                loc.map(|l| l.column()),
+                e.to_string(),
+            )
         })?;
-        let mut p = Problems { file, list: Vec::new() };
+        let mut p = Problems {
+            file,
+            list: Vec::new(),
+        };
 
         let id = raw.id.value.clone();
         let valid_id = !id.is_empty()
-            && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
+            && id
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c));
         if !valid_id {
-            p.at_span("id", &raw.id, "mapping ids use lowercase letters, digits, `-`, `_` and `.`");
+            p.at_span(
+                "id",
+                &raw.id,
+                "mapping ids use lowercase letters, digits, `-`, `_` and `.`",
+            );
         }
         if raw.version.value == 0 {
             p.at_span("version", &raw.version, "versions start at 1");
@@ -241,17 +302,32 @@ impl Mapping {
             p.at_span("source", &raw.source, "source must not be empty");
         }
 
-        let base: HashSet<String> = BASE_VARS.iter().map(|s| (*s).to_owned()).chain([RUNTIME.to_owned()]).collect();
-        let match_ = raw.match_.as_ref().and_then(|m| p.expr(m, "match", &base, None));
+        let base: HashSet<String> = BASE_VARS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain([RUNTIME.to_owned()])
+            .collect();
+        let match_ = raw
+            .match_
+            .as_ref()
+            .and_then(|m| p.expr(m, "match", &base, None));
 
         // Tables, then `let` bindings, each visible to what follows.
         let mut scope_names = base.clone();
-        let reserved: HashSet<&str> = BASE_VARS.iter().chain(OUTPUT_VARS.iter()).copied().collect();
+        let reserved: HashSet<&str> = BASE_VARS
+            .iter()
+            .chain(OUTPUT_VARS.iter())
+            .copied()
+            .collect();
         let mut tables = Vec::new();
         for (name, spec) in &raw.tables {
             let field = format!("tables.{name}");
             if !is_identifier(name) || reserved.contains(name.as_str()) {
-                p.at_span(&field, spec, format!("`{name}` cannot name a table (reserved or not an identifier)"));
+                p.at_span(
+                    &field,
+                    spec,
+                    format!("`{name}` cannot name a table (reserved or not an identifier)"),
+                );
                 continue;
             }
             match Table::load(name, &spec.value, file) {
@@ -272,7 +348,10 @@ impl Mapping {
         let mut lets = Vec::new();
         for (name, src) in &raw.lets {
             let field = format!("let.{name}");
-            if !is_identifier(name) || reserved.contains(name.as_str()) || scope_names.contains(name) {
+            if !is_identifier(name)
+                || reserved.contains(name.as_str())
+                || scope_names.contains(name)
+            {
                 p.at_span(&field, src, format!("`{name}` cannot be bound (reserved, a table, already bound, or not an identifier)"));
                 continue;
             }
@@ -281,15 +360,27 @@ impl Mapping {
             }
             scope_names.insert(name.clone());
         }
-        let event_id = raw.event_id.as_ref().and_then(|e| p.expr(e, "event_id", &scope_names, None));
-        let event_id_first = event_id
+        let event_id = raw
+            .event_id
             .as_ref()
-            .is_some_and(|e| e.free_variables().iter().all(|v| !lets.iter().any(|(n, _)| **n == **v)));
-        let replaces = raw.replaces.as_ref().and_then(|e| p.expr(e, "replaces", &scope_names, None));
+            .and_then(|e| p.expr(e, "event_id", &scope_names, None));
+        let event_id_first = event_id.as_ref().is_some_and(|e| {
+            e.free_variables()
+                .iter()
+                .all(|v| !lets.iter().any(|(n, _)| **n == **v))
+        });
+        let replaces = raw
+            .replaces
+            .as_ref()
+            .and_then(|e| p.expr(e, "replaces", &scope_names, None));
 
         let mut out_names = scope_names.clone();
         out_names.extend(OUTPUT_VARS.iter().map(|s| (*s).to_owned()));
-        let fhir_names: HashSet<String> = raw.fhir.iter().map(|f| f.value.name.value.clone()).collect();
+        let fhir_names: HashSet<String> = raw
+            .fhir
+            .iter()
+            .map(|f| f.value.name.value.clone())
+            .collect();
 
         let mut fhir = Vec::new();
         let mut seen = HashSet::new();
@@ -297,40 +388,95 @@ impl Mapping {
             let r = &rule.value;
             let field = format!("fhir[{i}]");
             if !is_identifier(&r.name.value) {
-                p.at_span(format!("{field}.name"), &r.name, "resource names are identifiers (letters, digits, `_`)");
+                p.at_span(
+                    format!("{field}.name"),
+                    &r.name,
+                    "resource names are identifiers (letters, digits, `_`)",
+                );
             }
             if !seen.insert(r.name.value.clone()) {
-                p.at_span(format!("{field}.name"), &r.name, format!("duplicate resource name `{}`", r.name.value));
+                p.at_span(
+                    format!("{field}.name"),
+                    &r.name,
+                    format!("duplicate resource name `{}`", r.name.value),
+                );
             }
             let resource_type = match &r.resource.value {
                 RawNode::Map(entries) => match entries.iter().find(|(k, _)| k == "resourceType") {
-                    Some((_, Spanned { value: RawNode::Str(t), .. })) if kiungo_fhir_validate::is_resource_type(t) => t.clone(),
+                    Some((
+                        _,
+                        Spanned {
+                            value: RawNode::Str(t),
+                            ..
+                        },
+                    )) if kiungo_fhir_validate::is_resource_type(t) => t.clone(),
                     Some((_, node)) => {
-                        p.at_span(format!("{field}.resource.resourceType"), node, "`resourceType` must be a literal FHIR resource type");
+                        p.at_span(
+                            format!("{field}.resource.resourceType"),
+                            node,
+                            "`resourceType` must be a literal FHIR resource type",
+                        );
                         String::new()
                     }
                     None => {
-                        p.at_span(format!("{field}.resource"), &r.resource, "missing `resourceType`");
+                        p.at_span(
+                            format!("{field}.resource"),
+                            &r.resource,
+                            "missing `resourceType`",
+                        );
                         String::new()
                     }
                 },
                 _ => {
-                    p.at_span(format!("{field}.resource"), &r.resource, "a resource template must be a mapping");
+                    p.at_span(
+                        format!("{field}.resource"),
+                        &r.resource,
+                        "a resource template must be a mapping",
+                    );
                     String::new()
                 }
             };
             let method = r.method.as_ref().map_or(Method::Update, |m| m.value);
             let needs_query = matches!(method, Method::Create | Method::ConditionalUpdate);
             match (needs_query, &r.if_none_exist) {
-                (true, None) => p.at_span(format!("{field}.method"), rule, "`create` and `conditional_update` need `if_none_exist`"),
-                (false, Some(q)) => p.at_span(format!("{field}.if_none_exist"), q, "`if_none_exist` applies to `create` and `conditional_update` only"),
+                (true, None) => p.at_span(
+                    format!("{field}.method"),
+                    rule,
+                    "`create` and `conditional_update` need `if_none_exist`",
+                ),
+                (false, Some(q)) => p.at_span(
+                    format!("{field}.if_none_exist"),
+                    q,
+                    "`if_none_exist` applies to `create` and `conditional_update` only",
+                ),
                 _ => {}
             }
-            let pre_names = { let mut s = scope_names.clone(); s.insert("event_id".into()); s };
-            let when = r.when.as_ref().and_then(|w| p.expr(w, &format!("{field}.when"), &pre_names, None));
-            let id = r.id.as_ref().and_then(|w| p.expr(w, &format!("{field}.id"), &pre_names, None));
-            let if_none_exist = r.if_none_exist.as_ref().and_then(|w| p.expr(w, &format!("{field}.if_none_exist"), &out_names, Some(&fhir_names)));
-            let template = p.template(&r.resource, &format!("{field}.resource"), &out_names, Some(&fhir_names));
+            let pre_names = {
+                let mut s = scope_names.clone();
+                s.insert("event_id".into());
+                s
+            };
+            let when = r
+                .when
+                .as_ref()
+                .and_then(|w| p.expr(w, &format!("{field}.when"), &pre_names, None));
+            let id =
+                r.id.as_ref()
+                    .and_then(|w| p.expr(w, &format!("{field}.id"), &pre_names, None));
+            let if_none_exist = r.if_none_exist.as_ref().and_then(|w| {
+                p.expr(
+                    w,
+                    &format!("{field}.if_none_exist"),
+                    &out_names,
+                    Some(&fhir_names),
+                )
+            });
+            let template = p.template(
+                &r.resource,
+                &format!("{field}.resource"),
+                &out_names,
+                Some(&fhir_names),
+            );
             fhir.push(FhirRule {
                 name: r.name.value.clone(),
                 resource_type,
@@ -349,57 +495,100 @@ impl Mapping {
             let r = &rule.value;
             let field = format!("dhis2[{i}]");
             if !seen.insert(r.name.value.clone()) {
-                p.at_span(format!("{field}.name"), &r.name, format!("duplicate contribution name `{}`", r.name.value));
+                p.at_span(
+                    format!("{field}.name"),
+                    &r.name,
+                    format!("duplicate contribution name `{}`", r.name.value),
+                );
             }
-            let id_field = |node: Option<&Spanned<RawNode>>, key: &str, allow_default: bool, p: &mut Problems<'_>| {
+            let id_field = |node: Option<&Spanned<RawNode>>,
+                            key: &str,
+                            allow_default: bool,
+                            p: &mut Problems<'_>| {
                 let f = format!("{field}.{key}");
                 let default_node;
                 let node = match node {
                     Some(n) => n,
                     None => {
-                        default_node = Spanned::new(RawNode::Str("default".into()), rule.referenced, rule.defined);
+                        default_node = Spanned::new(
+                            RawNode::Str("default".into()),
+                            rule.referenced,
+                            rule.defined,
+                        );
                         &default_node
                     }
                 };
                 if let RawNode::Str(s) = &node.value {
-                    if !s.starts_with('=') || s.starts_with("==") {
-                        if let Err(msg) = dhis2_id(s, allow_default) {
-                            p.at_span(&f, node, msg);
-                        }
+                    if (!s.starts_with('=') || s.starts_with("=="))
+                        && let Err(msg) = dhis2_id(s, allow_default)
+                    {
+                        p.at_span(&f, node, msg);
                     }
                 } else {
                     p.at_span(&f, node, "expected a DHIS2 id or an `=expression`");
                 }
                 let tpl = p.template(node, &f, &out_names, None);
                 let tpl = match tpl {
-                    Tpl::Lit(Some(serde_json::Value::String(s))) => {
-                        Tpl::Lit(Some(serde_json::Value::String(dhis2_id(&s, allow_default).unwrap_or(s))))
-                    }
+                    Tpl::Lit(Some(serde_json::Value::String(s))) => Tpl::Lit(Some(
+                        serde_json::Value::String(dhis2_id(&s, allow_default).unwrap_or(s)),
+                    )),
                     other => other,
                 };
-                IdField { tpl, field: f, line: node.referenced.line(), allow_default }
+                IdField {
+                    tpl,
+                    field: f,
+                    line: node.referenced.line(),
+                    allow_default,
+                }
             };
             let data_element = id_field(Some(&r.data_element), "data_element", false, &mut p);
-            let category_option_combo = id_field(r.category_option_combo.as_ref(), "category_option_combo", true, &mut p);
-            let attribute_option_combo = id_field(r.attribute_option_combo.as_ref(), "attribute_option_combo", true, &mut p);
+            let category_option_combo = id_field(
+                r.category_option_combo.as_ref(),
+                "category_option_combo",
+                true,
+                &mut p,
+            );
+            let attribute_option_combo = id_field(
+                r.attribute_option_combo.as_ref(),
+                "attribute_option_combo",
+                true,
+                &mut p,
+            );
             let org_unit = id_field(Some(&r.org_unit), "org_unit", false, &mut p);
             let period_type = match crate::spec::period_type(&r.period.value.period_type) {
                 Ok(t) => t,
                 Err(msg) => {
-                    p.at_span(format!("{field}.period.type"), &r.period.value.period_type, msg);
+                    p.at_span(
+                        format!("{field}.period.type"),
+                        &r.period.value.period_type,
+                        msg,
+                    );
                     PeriodType::Monthly
                 }
             };
-            let period_date = p.expr(&r.period.value.date, &format!("{field}.period.date"), &out_names, None);
+            let period_date = p.expr(
+                &r.period.value.date,
+                &format!("{field}.period.date"),
+                &out_names,
+                None,
+            );
             let aggregation = r.aggregation.value;
             let value = match (&r.value, aggregation) {
                 (Some(v), Aggregation::Count) => {
-                    p.at_span(format!("{field}.value"), v, "`count` contributes 1 per event and takes no `value`");
+                    p.at_span(
+                        format!("{field}.value"),
+                        v,
+                        "`count` contributes 1 per event and takes no `value`",
+                    );
                     None
                 }
                 (None, Aggregation::Count) => None,
                 (None, _) => {
-                    p.at_span(format!("{field}.aggregation"), &r.aggregation, "this aggregation needs a `value`");
+                    p.at_span(
+                        format!("{field}.aggregation"),
+                        &r.aggregation,
+                        "this aggregation needs a `value`",
+                    );
                     None
                 }
                 (Some(v), _) => {
@@ -407,7 +596,10 @@ impl Mapping {
                     Some((p.template(v, &f, &out_names, None), f, v.referenced.line()))
                 }
             };
-            let when = r.when.as_ref().and_then(|w| p.expr(w, &format!("{field}.when"), &out_names, None));
+            let when = r
+                .when
+                .as_ref()
+                .and_then(|w| p.expr(w, &format!("{field}.when"), &out_names, None));
             if let Some(period_date) = period_date {
                 dhis2.push(Dhis2Rule {
                     name: r.name.value.clone(),
@@ -425,11 +617,21 @@ impl Mapping {
         }
 
         if raw.fhir.is_empty() && raw.dhis2.is_empty() {
-            p.at(String::new(), 1, 1, "a mapping must produce something: add `fhir` or `dhis2`");
+            p.at(
+                String::new(),
+                1,
+                1,
+                "a mapping must produce something: add `fhir` or `dhis2`",
+            );
         }
         let mut tests = Vec::new();
         if raw.tests.is_empty() {
-            p.at(String::new(), 1, 1, "a mapping needs at least one test case under `tests`");
+            p.at(
+                String::new(),
+                1,
+                1,
+                "a mapping needs at least one test case under `tests`",
+            );
         }
         for (i, t) in raw.tests.iter().enumerate() {
             match TestCase::from_raw(t, i, file, &raw.source.value) {
@@ -468,15 +670,29 @@ impl Mapping {
     fn matches(&self, scope: &Value, label: &str) -> Result<bool, MapError> {
         match &self.match_ {
             None => Ok(true),
-            Some(e) => e.eval(scope).map(|v| v.is_true()).map_err(|m| self.field_error(e, label, m)),
+            Some(e) => e
+                .eval(scope)
+                .map(|v| v.is_true())
+                .map_err(|m| self.field_error(e, label, m)),
         }
     }
 
     fn field_error(&self, e: &Expr, event: &str, message: String) -> MapError {
-        MapError::Field { mapping: self.id.clone(), field: e.field.clone(), line: e.line, event: event.to_owned(), message }
+        MapError::Field {
+            mapping: self.id.clone(),
+            field: e.field.clone(),
+            line: e.line,
+            event: event.to_owned(),
+            message,
+        }
     }
 
-    fn eval_string(&self, e: &Expr, scope: &Value, label: &str) -> Result<Option<String>, MapError> {
+    fn eval_string(
+        &self,
+        e: &Expr,
+        scope: &Value,
+        label: &str,
+    ) -> Result<Option<String>, MapError> {
         let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
         let json = crate::json::from_value(&v).map_err(|m| self.field_error(e, label, m))?;
         match json {
@@ -492,13 +708,22 @@ impl Mapping {
     fn eval_when(&self, when: Option<&Expr>, scope: &Value, label: &str) -> Result<bool, MapError> {
         match when {
             None => Ok(true),
-            Some(e) => e.eval(scope).map(|v| v.is_true()).map_err(|m| self.field_error(e, label, m)),
+            Some(e) => e
+                .eval(scope)
+                .map(|v| v.is_true())
+                .map_err(|m| self.field_error(e, label, m)),
         }
     }
 
     /// Maps one event whose scope (event, source, message id, runtime) is
     /// built and that this mapping matched.
-    fn apply_in(&self, event: &Event, scope_obj: &Scope, scope: &Value, validate_fhir: bool) -> Result<MappedEvent, MapError> {
+    fn apply_in(
+        &self,
+        event: &Event,
+        scope_obj: &Scope,
+        scope: &Value,
+        validate_fhir: bool,
+    ) -> Result<MappedEvent, MapError> {
         let msg_label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
         for (name, table) in &self.tables {
             scope_obj.set(name, table.clone());
@@ -506,14 +731,16 @@ impl Mapping {
         // The event id is worked out before the `let` bindings when it does
         // not need them, so that their errors name the event.
         let mut early_id = None;
-        if self.event_id_first {
-            if let Some(e) = &self.event_id {
-                early_id = self.eval_string(e, scope, &msg_label)?;
-            }
+        if self.event_id_first
+            && let Some(e) = &self.event_id
+        {
+            early_id = self.eval_string(e, scope, &msg_label)?;
         }
         let let_label = early_id.clone().unwrap_or_else(|| msg_label.clone());
         for (name, e) in &self.lets {
-            let v = e.eval(scope).map_err(|m| self.field_error(e, &let_label, m))?;
+            let v = e
+                .eval(scope)
+                .map_err(|m| self.field_error(e, &let_label, m))?;
             scope_obj.set(name, v);
         }
         let event_id = match (&self.event_id, early_id) {
@@ -522,10 +749,14 @@ impl Mapping {
             _ => None,
         }
         .or_else(|| event.message_id.clone())
-        .ok_or_else(|| MapError::NoEventId { mapping: self.id.clone() })?;
+        .ok_or_else(|| MapError::NoEventId {
+            mapping: self.id.clone(),
+        })?;
         let label = event_id.as_str();
         let replaces = match &self.replaces {
-            Some(e) => self.eval_string(e, scope, label)?.filter(|r| *r != event_id),
+            Some(e) => self
+                .eval_string(e, scope, label)?
+                .filter(|r| *r != event_id),
             None => None,
         };
         scope_obj.set(&EVENT_ID, Value::from(event_id.as_str()));
@@ -538,9 +769,9 @@ impl Mapping {
                 continue;
             }
             let seed = match &rule.id {
-                Some(e) => self
-                    .eval_string(e, scope, label)?
-                    .ok_or_else(|| self.field_error(e, label, "resource id seed is empty".into()))?,
+                Some(e) => self.eval_string(e, scope, label)?.ok_or_else(|| {
+                    self.field_error(e, label, "resource id seed is empty".into())
+                })?,
                 None => format!("{}/{}/{}", event.source, event_id, rule.name),
             };
             let uuid = uuid::Uuid::new_v5(&KIUNGO_NS, seed.as_bytes()).to_string();
@@ -555,13 +786,14 @@ impl Mapping {
 
         let mut fhir = Vec::with_capacity(included.len());
         for (rule, uuid) in included {
-            let rendered = template::render(&rule.template, scope).map_err(|e| MapError::Field {
-                mapping: self.id.clone(),
-                field: e.field,
-                line: e.line,
-                event: event_id.clone(),
-                message: e.message,
-            })?;
+            let rendered =
+                template::render(&rule.template, scope).map_err(|e| MapError::Field {
+                    mapping: self.id.clone(),
+                    field: e.field,
+                    line: e.line,
+                    event: event_id.clone(),
+                    message: e.message,
+                })?;
             let Some(serde_json::Value::Object(body)) = rendered else {
                 return Err(MapError::InvalidFhir {
                     mapping: self.id.clone(),
@@ -590,22 +822,33 @@ impl Mapping {
                 })?;
             }
             let query = match &rule.if_none_exist {
-                Some(e) => Some(
-                    self.eval_string(e, scope, label)?
-                        .ok_or_else(|| self.field_error(e, label, "conditional query is empty".into()))?,
-                ),
+                Some(e) => Some(self.eval_string(e, scope, label)?.ok_or_else(|| {
+                    self.field_error(e, label, "conditional query is empty".into())
+                })?),
                 None => None,
             };
             let request = match rule.method {
-                Method::Update => FhirRequest { method: "PUT".into(), url: format!("{}/{uuid}", rule.resource_type), if_none_exist: None },
-                Method::Create => FhirRequest { method: "POST".into(), url: rule.resource_type.clone(), if_none_exist: query },
+                Method::Update => FhirRequest {
+                    method: "PUT".into(),
+                    url: format!("{}/{uuid}", rule.resource_type),
+                    if_none_exist: None,
+                },
+                Method::Create => FhirRequest {
+                    method: "POST".into(),
+                    url: rule.resource_type.clone(),
+                    if_none_exist: query,
+                },
                 Method::ConditionalUpdate => FhirRequest {
                     method: "PUT".into(),
                     url: format!("{}?{}", rule.resource_type, query.unwrap_or_default()),
                     if_none_exist: None,
                 },
             };
-            fhir.push(FhirEntry { full_url: format!("urn:uuid:{uuid}"), resource, request });
+            fhir.push(FhirEntry {
+                full_url: format!("urn:uuid:{uuid}"),
+                resource,
+                request,
+            });
         }
 
         let mut dhis2 = Vec::with_capacity(self.dhis2.len());
@@ -622,15 +865,22 @@ impl Mapping {
                     message,
                 };
                 let v = template::render(&f.tpl, scope).map_err(|e| err(e.message))?;
-                let text = v.as_ref().and_then(crate::json::scalar_string).ok_or_else(|| err("no id produced".into()))?;
+                let text = v
+                    .as_ref()
+                    .and_then(crate::json::scalar_string)
+                    .ok_or_else(|| err("no id produced".into()))?;
                 dhis2_id(&text, f.allow_default).map_err(err)
             };
             let data_element = id(&rule.data_element)?;
             let category_option_combo = id(&rule.category_option_combo)?;
             let attribute_option_combo = id(&rule.attribute_option_combo)?;
             let org_unit = id(&rule.org_unit)?;
-            let date_value = rule.period_date.eval(scope).map_err(|m| self.field_error(&rule.period_date, label, m))?;
-            let date = crate::functions::date_of(&date_value).map_err(|m| self.field_error(&rule.period_date, label, m))?;
+            let date_value = rule
+                .period_date
+                .eval(scope)
+                .map_err(|m| self.field_error(&rule.period_date, label, m))?;
+            let date = crate::functions::date_of(&date_value)
+                .map_err(|m| self.field_error(&rule.period_date, label, m))?;
             let value = match &rule.value {
                 None => serde_json::Value::from(1),
                 Some((tpl, field, line)) => {
@@ -643,12 +893,28 @@ impl Mapping {
                     };
                     let v = template::render(tpl, scope).map_err(|e| err(e.message))?;
                     match (rule.aggregation, v) {
-                        (_, None) => return Err(err("no value produced (use `when` to skip a contribution)".into())),
-                        (Aggregation::Last, Some(v @ (serde_json::Value::String(_) | serde_json::Value::Number(_) | serde_json::Value::Bool(_)))) => v,
-                        (Aggregation::Last, Some(_)) => return Err(err("value must be text, a number or a boolean".into())),
+                        (_, None) => {
+                            return Err(err(
+                                "no value produced (use `when` to skip a contribution)".into(),
+                            ));
+                        }
+                        (
+                            Aggregation::Last,
+                            Some(
+                                v @ (serde_json::Value::String(_)
+                                | serde_json::Value::Number(_)
+                                | serde_json::Value::Bool(_)),
+                            ),
+                        ) => v,
+                        (Aggregation::Last, Some(_)) => {
+                            return Err(err("value must be text, a number or a boolean".into()));
+                        }
                         (_, Some(v @ serde_json::Value::Number(_))) => v,
                         (agg, Some(_)) => {
-                            return Err(err(format!("`{agg:?}` needs a number; convert text with `| number`").to_lowercase()));
+                            return Err(err(format!(
+                                "`{agg:?}` needs a number; convert text with `| number`"
+                            )
+                            .to_lowercase()));
                         }
                     }
                 }
@@ -689,7 +955,10 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pseudonym_key: None, validate_fhir: true }
+        Self {
+            pseudonym_key: None,
+            validate_fhir: true,
+        }
     }
 }
 
@@ -709,7 +978,13 @@ impl MappingSet {
     pub fn load_dir(dir: &Path, options: LoadOptions) -> Result<Self, LoadErrors> {
         let mut files = Vec::new();
         collect_yaml(dir, &mut files).map_err(|e| {
-            LoadErrors(vec![LoadError { file: dir.to_path_buf(), line: None, column: None, field: String::new(), message: e }])
+            LoadErrors(vec![LoadError {
+                file: dir.to_path_buf(),
+                line: None,
+                column: None,
+                field: String::new(),
+                message: e,
+            }])
         })?;
         if files.is_empty() {
             return Err(LoadErrors(vec![LoadError {
@@ -736,7 +1011,11 @@ impl MappingSet {
                             line: None,
                             column: None,
                             field: "id".into(),
-                            message: format!("duplicate mapping id `{}` (also in {})", m.id, other.file.display()),
+                            message: format!(
+                                "duplicate mapping id `{}` (also in {})",
+                                m.id,
+                                other.file.display()
+                            ),
                         });
                     } else {
                         mappings.push(m);
@@ -750,7 +1029,10 @@ impl MappingSet {
         // now so that a bad template fails the load, not the first event.
         for m in &set.mappings {
             for tc in &m.tests {
-                if let Err(MapError::InvalidFhir { resource, message, .. }) = set.map_with(m, &tc.event, &set.test_runtime, true) {
+                if let Err(MapError::InvalidFhir {
+                    resource, message, ..
+                }) = set.map_with(m, &tc.event, &set.test_runtime, true)
+                {
                     errors.push(LoadError {
                         file: m.file.clone(),
                         line: m.fhir_line(&resource),
@@ -761,7 +1043,11 @@ impl MappingSet {
                 }
             }
         }
-        if errors.is_empty() { Ok(set) } else { Err(LoadErrors(errors)) }
+        if errors.is_empty() {
+            Ok(set)
+        } else {
+            Err(LoadErrors(errors))
+        }
     }
 
     fn new(mappings: Vec<Mapping>, options: LoadOptions) -> Self {
@@ -772,8 +1058,12 @@ impl MappingSet {
         Self {
             mappings,
             by_source,
-            runtime: Value::from_object(Runtime { pseudonym_key: options.pseudonym_key }),
-            test_runtime: Value::from_object(Runtime { pseudonym_key: Some(PseudonymKey::for_tests()) }),
+            runtime: Value::from_object(Runtime {
+                pseudonym_key: options.pseudonym_key,
+            }),
+            test_runtime: Value::from_object(Runtime {
+                pseudonym_key: Some(PseudonymKey::for_tests()),
+            }),
             validate_fhir: options.validate_fhir,
         }
     }
@@ -798,8 +1088,15 @@ impl MappingSet {
         let mut found: Option<&Mapping> = None;
         let mut all = Vec::new();
         let mut match_error = None;
-        for &i in self.by_source.get(&event.source).map(Vec::as_slice).unwrap_or_default() {
-            let Some(m) = self.mappings.get(i) else { continue };
+        for &i in self
+            .by_source
+            .get(&event.source)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let Some(m) = self.mappings.get(i) else {
+                continue;
+            };
             // A `match` that fails on an event meant for another mapping
             // must not block that mapping: it counts as no match, and is
             // the reason given only when nothing matches.
@@ -815,14 +1112,27 @@ impl MappingSet {
             }
         }
         match (found, all.len()) {
-            (None, _) => Err(match_error.unwrap_or(MapError::NoMapping { source_app: event.source.clone(), event: label })),
+            (None, _) => Err(match_error.unwrap_or(MapError::NoMapping {
+                source_app: event.source.clone(),
+                event: label,
+            })),
             (Some(m), 1) => m.apply_in(event, &scope_obj, &scope, self.validate_fhir),
-            (Some(_), _) => Err(MapError::Ambiguous { source_app: event.source.clone(), event: label, mappings: all }),
+            (Some(_), _) => Err(MapError::Ambiguous {
+                source_app: event.source.clone(),
+                event: label,
+                mappings: all,
+            }),
         }
     }
 
     /// Maps an event through one given mapping, ignoring `match`.
-    pub(crate) fn map_with(&self, m: &Mapping, event: &Event, runtime: &Value, validate_fhir: bool) -> Result<MappedEvent, MapError> {
+    pub(crate) fn map_with(
+        &self,
+        m: &Mapping,
+        event: &Event,
+        runtime: &Value,
+        validate_fhir: bool,
+    ) -> Result<MappedEvent, MapError> {
         let (scope_obj, scope) = base_scope(event, runtime);
         m.apply_in(event, &scope_obj, &scope, validate_fhir)
     }
@@ -834,7 +1144,10 @@ fn base_scope(event: &Event, runtime: &Value) -> (Arc<Scope>, Value) {
     vars.insert(Arc::from("source"), Value::from(event.source.as_str()));
     vars.insert(
         Arc::from("message_id"),
-        event.message_id.as_deref().map_or(Value::from(()), Value::from),
+        event
+            .message_id
+            .as_deref()
+            .map_or(Value::from(()), Value::from),
     );
     vars.insert(Arc::from(RUNTIME), runtime.clone());
     let scope_obj = Scope::new(vars);
@@ -849,7 +1162,10 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     for path in paths {
         if path.is_dir() {
             collect_yaml(&path, out)?;
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }

@@ -239,7 +239,9 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(RawNode::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawNode, E> {
-        i64::try_from(v).map(RawNode::Int).or(Ok(RawNode::Float(v as f64)))
+        i64::try_from(v)
+            .map(RawNode::Int)
+            .or(Ok(RawNode::Float(v as f64)))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<RawNode, E> {
         Ok(RawNode::Float(v))

@@ -38,11 +38,16 @@ impl Table {
         raw: &RawTable,
         mapping_file: &Path,
     ) -> Result<Self, (Option<std::path::PathBuf>, Option<u64>, String)> {
-        let records: Vec<(u64, Vec<(String, String)>)> = match (&raw.csv, &raw.rows) {
-            (Some(_), Some(_)) => return Err((None, None, "give either `csv` or `rows`, not both".into())),
+        let records: Vec<Record> = match (&raw.csv, &raw.rows) {
+            (Some(_), Some(_)) => {
+                return Err((None, None, "give either `csv` or `rows`, not both".into()));
+            }
             (None, None) => return Err((None, None, "a table needs `csv` or `rows`".into())),
             (Some(csv_name), None) => {
-                let path = mapping_file.parent().unwrap_or(Path::new(".")).join(csv_name);
+                let path = mapping_file
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(csv_name);
                 read_csv(&path).map_err(|(line, msg)| (Some(path.clone()), line, msg))?
             }
             (None, Some(rows)) => {
@@ -51,7 +56,11 @@ impl Table {
                     let mut cells = Vec::with_capacity(row.len());
                     for (k, v) in row {
                         let text = crate::json::scalar_string(v).ok_or_else(|| {
-                            (None, None, format!("rows[{i}].{k}: table cells must be strings or numbers"))
+                            (
+                                None,
+                                None,
+                                format!("rows[{i}].{k}: table cells must be strings or numbers"),
+                            )
                         })?;
                         cells.push((k.clone(), text));
                     }
@@ -70,7 +79,11 @@ impl Table {
         };
         let mut rows = HashMap::with_capacity(records.len());
         for (at, cells) in records {
-            let where_ = if raw.csv.is_some() { format!("line {at}") } else { format!("rows[{at}]") };
+            let where_ = if raw.csv.is_some() {
+                format!("line {at}")
+            } else {
+                format!("rows[{at}]")
+            };
             let key = cells
                 .iter()
                 .find(|(k, _)| *k == key_col)
@@ -93,20 +106,30 @@ impl Table {
                 return Err((None, None, format!("{where_}: duplicate key `{key}`")));
             }
         }
-        Ok(Self { name: name.to_owned(), rows })
+        Ok(Self {
+            name: name.to_owned(),
+            rows,
+        })
     }
 }
 
+/// A table row: its line (CSV) or index (inline), and its (column, cell) pairs.
+type Record = (u64, Vec<(String, String)>);
+
 /// Reads a CSV with a header row into (line, cells) records.
-fn read_csv(path: &Path) -> Result<Vec<(u64, Vec<(String, String)>)>, (Option<u64>, String)> {
+fn read_csv(path: &Path) -> Result<Vec<Record>, (Option<u64>, String)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(path)
         .map_err(|e| (None, format!("cannot read table: {e}")))?;
-    let headers = reader.headers().map_err(|e| (Some(1), format!("bad CSV header: {e}")))?.clone();
+    let headers = reader
+        .headers()
+        .map_err(|e| (Some(1), format!("bad CSV header: {e}")))?
+        .clone();
     let mut out = Vec::new();
     for record in reader.records() {
-        let record = record.map_err(|e| (e.position().map(|p| p.line()), format!("bad CSV row: {e}")))?;
+        let record =
+            record.map_err(|e| (e.position().map(|p| p.line()), format!("bad CSV row: {e}")))?;
         let line = record.position().map_or(0, |p| p.line());
         let cells = headers
             .iter()

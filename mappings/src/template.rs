@@ -32,14 +32,17 @@ pub(crate) struct RenderError {
     pub(crate) message: String,
 }
 
+/// A load problem: field, line, column (0 when unknown) and message.
+pub(crate) type Problem = (String, u64, u64, String);
+
 /// Compiles a template. `check` is called on every expression so that the
 /// caller can verify its free variables; problems go to `errors` as
 /// (field, line, column, message) and compilation goes on to find them all.
 pub(crate) fn compile(
     node: &Spanned<RawNode>,
     field: &str,
-    errors: &mut Vec<(String, u64, u64, String)>,
-    check: &mut dyn FnMut(&Expr, &mut Vec<(String, u64, u64, String)>),
+    errors: &mut Vec<Problem>,
+    check: &mut dyn FnMut(&Expr, &mut Vec<Problem>),
 ) -> Tpl {
     let line = node.referenced.line();
     let column = node.referenced.column();
@@ -47,7 +50,9 @@ pub(crate) fn compile(
         RawNode::Null => Tpl::Lit(None),
         RawNode::Bool(b) => Tpl::Lit(Some(serde_json::Value::Bool(*b))),
         RawNode::Int(i) => Tpl::Lit(Some(serde_json::Value::from(*i))),
-        RawNode::Float(f) => Tpl::Lit(serde_json::Number::from_f64(*f).map(serde_json::Value::Number)),
+        RawNode::Float(f) => {
+            Tpl::Lit(serde_json::Number::from_f64(*f).map(serde_json::Value::Number))
+        }
         RawNode::Str(s) => {
             if let Some(rest) = s.strip_prefix("==") {
                 Tpl::Lit(Some(serde_json::Value::String(format!("={rest}"))))
@@ -77,7 +82,11 @@ pub(crate) fn compile(
             entries
                 .iter()
                 .map(|(k, v)| {
-                    let path = if field.is_empty() { k.clone() } else { format!("{field}.{k}") };
+                    let path = if field.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{field}.{k}")
+                    };
                     (k.clone(), compile(v, &path, errors, check))
                 })
                 .collect(),
@@ -106,9 +115,15 @@ pub(crate) fn render(tpl: &Tpl, scope: &Value) -> Result<Option<serde_json::Valu
     match tpl {
         Tpl::Lit(v) => Ok(v.clone()),
         Tpl::Expr(expr) => {
-            let fail = |message: String| RenderError { field: expr.field.clone(), line: expr.line, message };
+            let fail = |message: String| RenderError {
+                field: expr.field.clone(),
+                line: expr.line,
+                message,
+            };
             let value = expr.eval(scope).map_err(fail)?;
-            Ok(crate::json::from_value(&value).map_err(fail)?.and_then(prune))
+            Ok(crate::json::from_value(&value)
+                .map_err(fail)?
+                .and_then(prune))
         }
         Tpl::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
@@ -142,8 +157,10 @@ fn prune(value: serde_json::Value) -> Option<serde_json::Value> {
             (!items.is_empty()).then_some(serde_json::Value::Array(items))
         }
         serde_json::Value::Object(map) => {
-            let map: serde_json::Map<_, _> =
-                map.into_iter().filter_map(|(k, v)| prune(v).map(|v| (k, v))).collect();
+            let map: serde_json::Map<_, _> = map
+                .into_iter()
+                .filter_map(|(k, v)| prune(v).map(|v| (k, v)))
+                .collect();
             (!map.is_empty()).then_some(serde_json::Value::Object(map))
         }
         other => Some(other),

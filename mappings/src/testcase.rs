@@ -28,21 +28,36 @@ enum Expected {
 
 impl TestCase {
     /// Builds a test case; the error is (field, message).
-    pub(crate) fn from_raw(raw: &Spanned<RawTest>, index: usize, file: &Path, source: &str) -> Result<Self, (String, String)> {
+    pub(crate) fn from_raw(
+        raw: &Spanned<RawTest>,
+        index: usize,
+        file: &Path,
+        source: &str,
+    ) -> Result<Self, (String, String)> {
         let t = &raw.value;
         let field = format!("tests[{index}]");
         let payload = match &t.event {
             serde_json::Value::String(rel) => {
                 let path = file.parent().unwrap_or(Path::new(".")).join(rel);
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| (format!("{field}.event"), format!("cannot read {}: {e}", path.display())))?;
-                serde_json::from_str(&text)
-                    .map_err(|e| (format!("{field}.event"), format!("{} is not JSON: {e}", path.display())))?
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    (
+                        format!("{field}.event"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                serde_json::from_str(&text).map_err(|e| {
+                    (
+                        format!("{field}.event"),
+                        format!("{} is not JSON: {e}", path.display()),
+                    )
+                })?
             }
             inline => inline.clone(),
         };
         let expect = match (&t.expect, &t.expect_file, &t.expect_error) {
-            (None, Some(rel), None) => Expected::File(file.parent().unwrap_or(Path::new(".")).join(rel)),
+            (None, Some(rel), None) => {
+                Expected::File(file.parent().unwrap_or(Path::new(".")).join(rel))
+            }
             (Some(x), None, None) => {
                 let mut out = serde_json::Map::new();
                 out.insert("event_id".into(), x.event_id.clone().into());
@@ -55,7 +70,11 @@ impl TestCase {
             }
             (None, None, Some(e)) => Expected::Error(e.clone()),
             _ => {
-                return Err((field, "a test case needs exactly one of `expect`, `expect_file` and `expect_error`".into()));
+                return Err((
+                    field,
+                    "a test case needs exactly one of `expect`, `expect_file` and `expect_error`"
+                        .into(),
+                ));
             }
         };
         Ok(Self {
@@ -97,7 +116,11 @@ pub struct TestFailure {
 
 impl fmt::Display for TestFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "test `{}` (line {}):\n{}", self.name, self.line, self.detail)
+        write!(
+            f,
+            "test `{}` (line {}):\n{}",
+            self.name, self.line, self.detail
+        )
     }
 }
 
@@ -109,14 +132,21 @@ fn actual_json(m: &crate::output::MappedEvent) -> serde_json::Value {
     if let Some(r) = &m.replaces {
         out.insert("replaces".into(), r.clone().into());
     }
-    out.insert("fhir".into(), serde_json::to_value(&m.fhir).unwrap_or_default());
-    out.insert("dhis2".into(), serde_json::to_value(&m.dhis2).unwrap_or_default());
+    out.insert(
+        "fhir".into(),
+        serde_json::to_value(&m.fhir).unwrap_or_default(),
+    );
+    out.insert(
+        "dhis2".into(),
+        serde_json::to_value(&m.dhis2).unwrap_or_default(),
+    );
     serde_json::Value::Object(out)
 }
 
 /// Reads an expected-output file as `kiungo map` writes it.
 fn read_expected(path: &Path) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
     let mut out = serde_json::Map::new();
@@ -146,7 +176,11 @@ impl MappingSet {
             .map(|m| {
                 let mut failures = Vec::new();
                 for tc in &m.tests {
-                    let fail = |detail: String| TestFailure { name: tc.name.clone(), line: tc.line, detail };
+                    let fail = |detail: String| TestFailure {
+                        name: tc.name.clone(),
+                        line: tc.line,
+                        detail,
+                    };
                     let result = self.map_for_test(&tc.event);
                     let expect = match &tc.expect {
                         Expected::File(path) => match read_expected(path) {
@@ -162,7 +196,10 @@ impl MappingSet {
                     match (&expect, result) {
                         (Expected::Output(want), Ok(got)) => {
                             if got.mapping != m.id {
-                                failures.push(fail(format!("the event was mapped by `{}`, not this mapping", got.mapping)));
+                                failures.push(fail(format!(
+                                    "the event was mapped by `{}`, not this mapping",
+                                    got.mapping
+                                )));
                                 continue;
                             }
                             let got = actual_json(&got);
@@ -177,18 +214,29 @@ impl MappingSet {
                             }
                         }
                         (Expected::File(_), _) => {}
-                        (Expected::Output(_), Err(e)) => failures.push(fail(format!("mapping failed: {e}"))),
+                        (Expected::Output(_), Err(e)) => {
+                            failures.push(fail(format!("mapping failed: {e}")))
+                        }
                         (Expected::Error(want), Err(e)) => {
                             if !e.to_string().contains(want.as_str()) {
-                                failures.push(fail(format!("expected an error containing `{want}`, got: {e}")));
+                                failures.push(fail(format!(
+                                    "expected an error containing `{want}`, got: {e}"
+                                )));
                             }
                         }
                         (Expected::Error(want), Ok(_)) => {
-                            failures.push(fail(format!("expected an error containing `{want}`, but the event mapped")));
+                            failures.push(fail(format!(
+                                "expected an error containing `{want}`, but the event mapped"
+                            )));
                         }
                     }
                 }
-                TestReport { mapping: m.id.clone(), file: m.file.clone(), run: m.tests.len(), failures }
+                TestReport {
+                    mapping: m.id.clone(),
+                    file: m.file.clone(),
+                    run: m.tests.len(),
+                    failures,
+                }
             })
             .collect()
     }

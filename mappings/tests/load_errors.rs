@@ -62,9 +62,16 @@ fn assert_one(text: &str, line: u64, field: &str, needle: &str) {
     assert_eq!(e.file, dir.path().join("m.yaml"), "{e}");
     assert_eq!(e.line, Some(line), "{e}");
     assert_eq!(e.field, field, "{e}");
-    assert!(e.message.contains(needle), "message `{}` lacks `{needle}`", e.message);
+    assert!(
+        e.message.contains(needle),
+        "message `{}` lacks `{needle}`",
+        e.message
+    );
     let shown = e.to_string();
-    assert!(shown.starts_with(&format!("{}:{line}", e.file.display())), "{shown}");
+    assert!(
+        shown.starts_with(&format!("{}:{line}", e.file.display())),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -89,11 +96,18 @@ fn unknown_key_at_top_level() {
 
 #[test]
 fn unknown_key_inside_a_dhis2_rule() {
-    let text = GOOD.replace("    aggregation: count\n", "    aggregation: count\n    agregation: sum\n");
+    let text = GOOD.replace(
+        "    aggregation: count\n",
+        "    aggregation: count\n    agregation: sum\n",
+    );
     let (_dir, errs) = errors_of(&text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].line, Some(19));
-    assert!(errs[0].message.contains("agregation"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("agregation"),
+        "{}",
+        errs[0].message
+    );
 }
 
 #[test]
@@ -111,19 +125,35 @@ fn template_expression_that_does_not_parse() {
 #[test]
 fn reference_to_an_undefined_binding() {
     let text = GOOD.replace("date: day }", "date: visit_day }");
-    assert_one(&text, 17, "dhis2[0].period.date", "undefined name `visit_day`");
+    assert_one(
+        &text,
+        17,
+        "dhis2[0].period.date",
+        "undefined name `visit_day`",
+    );
 }
 
 #[test]
 fn binding_used_before_it_is_defined() {
-    let text = GOOD.replace("  day: event.date | date\n", "  first: day\n  day: event.date | date\n");
+    let text = GOOD.replace(
+        "  day: event.date | date\n",
+        "  first: day\n  day: event.date | date\n",
+    );
     assert_one(&text, 7, "let.first", "undefined name `day`");
 }
 
 #[test]
 fn reference_to_an_undefined_table() {
-    let text = GOOD.replace("org_unit: DiszpKrYNg8", "org_unit: =lookup(facilities, event.fac)");
-    assert_one(&text, 16, "dhis2[0].org_unit", "undefined name `facilities`");
+    let text = GOOD.replace(
+        "org_unit: DiszpKrYNg8",
+        "org_unit: =lookup(facilities, event.fac)",
+    );
+    assert_one(
+        &text,
+        16,
+        "dhis2[0].org_unit",
+        "undefined name `facilities`",
+    );
 }
 
 #[test]
@@ -131,14 +161,18 @@ fn reference_to_an_unknown_resource() {
     let text = GOOD.replace("gender: =event.sex", "gender: =event.sex\n      link: [ { other: { reference: =refs.mother } , type: seealso } ]");
     let (_dir, errs) = errors_of(&text);
     assert!(
-        errs.iter().any(|e| e.message.contains("`refs.mother` names no resource")),
+        errs.iter()
+            .any(|e| e.message.contains("`refs.mother` names no resource")),
         "{errs:#?}"
     );
 }
 
 #[test]
 fn invalid_fhir_element_is_refused_at_load() {
-    let text = GOOD.replace("gender: =event.sex", "gender: =event.sex\n      birthdate: '2020-01-01'");
+    let text = GOOD.replace(
+        "gender: =event.sex",
+        "gender: =event.sex\n      birthdate: '2020-01-01'",
+    );
     assert_one(&text, 9, "fhir.patient", "unknown element `birthdate`");
 }
 
@@ -150,10 +184,14 @@ fn invalid_fhir_code_is_refused_at_load() {
 
 #[test]
 fn unknown_resource_type() {
-    let text = GOOD.replace("resourceType: Patient\n      gender", "resourceType: Patinet\n      gender");
+    let text = GOOD.replace(
+        "resourceType: Patient\n      gender",
+        "resourceType: Patinet\n      gender",
+    );
     let (_dir, errs) = errors_of(&text);
     assert!(
-        errs.iter().any(|e| e.line == Some(11) && e.field == "fhir[0].resource.resourceType"),
+        errs.iter()
+            .any(|e| e.line == Some(11) && e.field == "fhir[0].resource.resourceType"),
         "{errs:#?}"
     );
 }
@@ -161,7 +199,12 @@ fn unknown_resource_type() {
 #[test]
 fn invalid_period_type() {
     let text = GOOD.replace("type: Monthly", "type: Montly");
-    assert_one(&text, 17, "dhis2[0].period.type", "unknown period type `Montly`");
+    assert_one(
+        &text,
+        17,
+        "dhis2[0].period.type",
+        "unknown period type `Montly`",
+    );
 }
 
 #[test]
@@ -172,7 +215,10 @@ fn malformed_dhis2_uid() {
 
 #[test]
 fn count_with_a_value_and_sum_without() {
-    let text = GOOD.replace("    aggregation: count\n", "    aggregation: count\n    value: 2\n");
+    let text = GOOD.replace(
+        "    aggregation: count\n",
+        "    aggregation: count\n    value: 2\n",
+    );
     assert_one(&text, 19, "dhis2[0].value", "takes no `value`");
     let text = GOOD.replace("aggregation: count", "aggregation: sum");
     assert_one(&text, 18, "dhis2[0].aggregation", "needs a `value`");
@@ -189,17 +235,26 @@ fn duplicate_mapping_ids_across_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "a.yaml", GOOD);
     let b = write(dir.path(), "b.yaml", GOOD);
-    let errs = MappingSet::load_dir(dir.path(), LoadOptions::default()).expect_err("duplicate").0;
+    let errs = MappingSet::load_dir(dir.path(), LoadOptions::default())
+        .expect_err("duplicate")
+        .0;
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].file, b);
     assert_eq!(errs[0].field, "id");
-    assert!(errs[0].message.contains("duplicate mapping id `demo`"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("duplicate mapping id `demo`"),
+        "{}",
+        errs[0].message
+    );
     assert!(errs[0].message.contains("a.yaml"), "{}", errs[0].message);
 }
 
 #[test]
 fn yaml_syntax_error_has_a_location() {
-    let text = GOOD.replace("period: { type: Monthly, date: day }", "period: { type: Monthly, date: day");
+    let text = GOOD.replace(
+        "period: { type: Monthly, date: day }",
+        "period: { type: Monthly, date: day",
+    );
     let (_dir, errs) = errors_of(&text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert!(errs[0].line.is_some(), "{errs:#?}");
@@ -208,15 +263,25 @@ fn yaml_syntax_error_has_a_location() {
 #[test]
 fn csv_table_with_a_duplicate_key_names_the_csv_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("fac.csv"), "code,org_unit\nA1,DiszpKrYNg8\nA1,mepHuAA9l51\n").expect("csv");
+    std::fs::write(
+        dir.path().join("fac.csv"),
+        "code,org_unit\nA1,DiszpKrYNg8\nA1,mepHuAA9l51\n",
+    )
+    .expect("csv");
     let text = GOOD.replace(
         "let:\n",
         "tables:\n  fac: { csv: fac.csv, value: org_unit }\nlet:\n",
     );
     write(dir.path(), "m.yaml", &text);
-    let errs = MappingSet::load_dir(dir.path(), LoadOptions::default()).expect_err("dup").0;
+    let errs = MappingSet::load_dir(dir.path(), LoadOptions::default())
+        .expect_err("dup")
+        .0;
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].message.contains("line 3: duplicate key `A1`"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("line 3: duplicate key `A1`"),
+        "{}",
+        errs[0].message
+    );
     assert_eq!(errs[0].field, "tables.fac");
 }
 
@@ -226,7 +291,11 @@ fn missing_csv_table_names_the_file() {
     let (dir, errs) = errors_of(&text);
     assert_eq!(errs.len(), 1, "{errs:#?}");
     assert_eq!(errs[0].file, dir.path().join("nowhere.csv"));
-    assert!(errs[0].message.contains("cannot read table"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("cannot read table"),
+        "{}",
+        errs[0].message
+    );
 }
 
 #[test]
@@ -248,6 +317,14 @@ fn failing_test_case_shows_a_readable_diff() {
     let reports = set.run_tests();
     let failure = &reports[0].failures[0];
     assert_eq!(failure.name, "one");
-    assert!(failure.detail.contains("-      \"value\": 2,"), "{}", failure.detail);
-    assert!(failure.detail.contains("+      \"value\": 1,"), "{}", failure.detail);
+    assert!(
+        failure.detail.contains("-      \"value\": 2,"),
+        "{}",
+        failure.detail
+    );
+    assert!(
+        failure.detail.contains("+      \"value\": 1,"),
+        "{}",
+        failure.detail
+    );
 }

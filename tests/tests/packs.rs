@@ -14,21 +14,35 @@ fn packs() -> std::path::PathBuf {
 
 #[test]
 fn every_pack_loads_and_passes_its_tests() {
-    let set = MappingSet::load_dir(&packs(), LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let set =
+        MappingSet::load_dir(&packs(), LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
     assert!(set.mappings().len() >= 4);
     let mut total = 0;
     for report in set.run_tests() {
         total += report.run;
         let failures: Vec<String> = report.failures.iter().map(ToString::to_string).collect();
-        assert!(failures.is_empty(), "{}:\n{}", report.mapping, failures.join("\n"));
-        assert!(report.run >= 2, "{} has {} test(s)", report.mapping, report.run);
+        assert!(
+            failures.is_empty(),
+            "{}:\n{}",
+            report.mapping,
+            failures.join("\n")
+        );
+        assert!(
+            report.run >= 2,
+            "{} has {} test(s)",
+            report.mapping,
+            report.run
+        );
     }
     assert!(total >= 16, "{total}");
 }
 
 #[test]
 fn packs_produce_fhir_and_dhis2_and_every_promised_resource_type() {
-    let options = LoadOptions { pseudonym_key: Some(PseudonymKey::for_tests()), validate_fhir: true };
+    let options = LoadOptions {
+        pseudonym_key: Some(PseudonymKey::for_tests()),
+        validate_fhir: true,
+    };
     let set = MappingSet::load_dir(&packs(), options).unwrap_or_else(|e| panic!("{e}"));
     let mut types = BTreeSet::new();
     for dir in std::fs::read_dir(packs()).expect("packs") {
@@ -47,18 +61,39 @@ fn packs_produce_fhir_and_dhis2_and_every_promised_resource_type() {
             }
             let payload: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&f).expect("read")).expect("json");
-            let event = Event { source: source.clone(), message_id: Some("m".into()), payload: Arc::new(payload) };
+            let event = Event {
+                source: source.clone(),
+                message_id: Some("m".into()),
+                payload: Arc::new(payload),
+            };
             if let Ok(out) = set.map(&event) {
                 fhir += out.fhir.len();
                 dhis2 += out.dhis2.len();
                 for e in &out.fhir {
-                    types.insert(e.resource["resourceType"].as_str().unwrap_or_default().to_owned());
+                    types.insert(
+                        e.resource["resourceType"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    );
                 }
             }
         }
-        assert!(fhir > 0 && dhis2 > 0, "{}: {fhir} FHIR, {dhis2} DHIS2", dir.display());
+        assert!(
+            fhir > 0 && dhis2 > 0,
+            "{}: {fhir} FHIR, {dhis2} DHIS2",
+            dir.display()
+        );
     }
-    for t in ["Patient", "Encounter", "Observation", "Immunization", "Condition", "MedicationDispense", "QuestionnaireResponse"] {
+    for t in [
+        "Patient",
+        "Encounter",
+        "Observation",
+        "Immunization",
+        "Condition",
+        "MedicationDispense",
+        "QuestionnaireResponse",
+    ] {
         assert!(types.contains(t), "no pack produces {t}: {types:?}");
     }
 }

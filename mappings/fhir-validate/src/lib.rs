@@ -45,7 +45,11 @@ pub enum FhirError {
 pub fn validate(resource: &Value) -> Result<(), FhirError> {
     let resource_type = match resource.get("resourceType") {
         Some(Value::String(t)) => t.clone(),
-        Some(_) => return Err(FhirError::NotAResource("`resourceType` is not a string".into())),
+        Some(_) => {
+            return Err(FhirError::NotAResource(
+                "`resourceType` is not a string".into(),
+            ));
+        }
         None if resource.is_object() => {
             return Err(FhirError::NotAResource("missing `resourceType`".into()));
         }
@@ -58,7 +62,10 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
             if let Some(key) = culprit(resource) {
                 message.push_str(&format!(" at `{key}`"));
             }
-            return Err(FhirError::Invalid { resource_type, message });
+            return Err(FhirError::Invalid {
+                resource_type,
+                message,
+            });
         }
     };
     let back = serde_json::to_value(&typed).map_err(|e| FhirError::Invalid {
@@ -66,7 +73,10 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
         message: e.to_string(),
     })?;
     if let Some(path) = first_lost(resource, &back, &mut String::new()) {
-        return Err(FhirError::UnknownElement { resource_type, path });
+        return Err(FhirError::UnknownElement {
+            resource_type,
+            path,
+        });
     }
     Ok(())
 }
@@ -88,7 +98,11 @@ fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     } else {
         "invalid value".to_owned()
     };
-    if path.is_empty() || path == "." { what } else { format!("{what} in `{path}`") }
+    if path.is_empty() || path == "." {
+        what
+    } else {
+        format!("{what} in `{path}`")
+    }
 }
 
 /// The top-level element whose removal makes the resource deserialize, or
@@ -110,7 +124,8 @@ fn culprit(resource: &Value) -> Option<String> {
 
 /// Whether `name` is a FHIR resource type the models know.
 pub fn is_resource_type(name: &str) -> bool {
-    name.parse::<fhir_sdk::r4b::resources::ResourceType>().is_ok()
+    name.parse::<fhir_sdk::r4b::resources::ResourceType>()
+        .is_ok()
 }
 
 /// Finds the first key of `input` that the round trip through the typed
@@ -211,7 +226,13 @@ mod tests {
             validate(&json!({"resourceType": "Patinet"})),
             Err(FhirError::Invalid { .. })
         ));
-        assert!(matches!(validate(&json!([1])), Err(FhirError::NotAResource(_))));
-        assert!(matches!(validate(&json!({"id": "x"})), Err(FhirError::NotAResource(_))));
+        assert!(matches!(
+            validate(&json!([1])),
+            Err(FhirError::NotAResource(_))
+        ));
+        assert!(matches!(
+            validate(&json!({"id": "x"})),
+            Err(FhirError::NotAResource(_))
+        ));
     }
 }

@@ -24,7 +24,9 @@ fn misspelt_element_in_official_example_is_caught() {
     let text = std::fs::read_to_string(dir.join("immunization-example.json")).expect("read");
     let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
     let date = json["occurrenceDateTime"].take();
-    json.as_object_mut().expect("object").remove("occurrenceDateTime");
+    json.as_object_mut()
+        .expect("object")
+        .remove("occurrenceDateTime");
     json["occurenceDateTime"] = date;
     let err = kiungo_fhir_validate::validate(&json).expect_err("misspelt");
     // occurrence[x] is required, so the model names the missing choice element.
