@@ -131,6 +131,10 @@ pub(crate) fn from_value(value: &Value) -> Result<Option<serde_json::Value>, Str
     match value.kind() {
         ValueKind::Undefined => Err("expression yields an undefined value (a missing field or binding; use `| default(none)` to omit it)".into()),
         ValueKind::None => Ok(None),
+        // The common leaves, without a trip through serde.
+        ValueKind::String => Ok(value.as_str().map(|s| serde_json::Value::String(s.to_owned()))),
+        ValueKind::Bool => Ok(Some(serde_json::Value::Bool(value.is_true()))),
+        ValueKind::Number if value.as_i64().is_some() => Ok(value.as_i64().map(serde_json::Value::from)),
         _ => serde_json::to_value(value)
             .map(|v| if v.is_null() { None } else { Some(v) })
             .map_err(|e| format!("result cannot be represented as JSON: {e}")),
