@@ -112,6 +112,13 @@ fn parse_when(value: &Value, kwargs: &Kwargs) -> Result<When, Error> {
                     .map(When::Date)
                     .map_err(|_| invalid(format!("date text does not match format `{format}`")));
             }
+            // Plain dates are the commonest shape: try them before the
+            // date-time formats, whose parsers are far slower to fail.
+            if text.len() == 10
+                && let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            {
+                return Ok(When::Date(d));
+            }
             if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
                 return Ok(When::Instant(dt));
             }
