@@ -289,3 +289,21 @@ proptest! {
         }
     }
 }
+
+/// The service shares one mapping set across worker threads.
+#[test]
+fn mapping_sets_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<MappingSet>();
+    let (_d, set) = demo_set(&[]);
+    let set = std::sync::Arc::new(set);
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let set = set.clone();
+            std::thread::spawn(move || set.map(&event(good())).map(|m| m.event_id))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().expect("thread"), Ok("e1".to_owned()));
+    }
+}
