@@ -358,7 +358,7 @@ mod tests {
 
     fn eval(src: &str, event: serde_json::Value) -> Result<serde_json::Value, String> {
         let mut vars = HashMap::new();
-        vars.insert(Arc::from("event"), crate::json::to_value(&event));
+        vars.insert(Arc::from("event"), crate::json::lazy(Arc::new(event)));
         vars.insert(
             Arc::from(RUNTIME),
             Value::from_object(Runtime {

@@ -1,6 +1,5 @@
 //! Conversions between event JSON and expression values.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use minijinja::Value;
@@ -49,7 +48,7 @@ fn node(root: &Arc<serde_json::Value>, json: &serde_json::Value, path: Vec<Seg>)
                 path,
             })
         }
-        scalar => to_value(scalar),
+        leaf => scalar(leaf),
     }
 }
 
@@ -99,10 +98,10 @@ impl Object for JsonNode {
     }
 }
 
-/// Converts event JSON into an expression value. Numbers stay numbers.
-pub(crate) fn to_value(json: &serde_json::Value) -> Value {
+/// Converts a JSON scalar into an expression value. Numbers stay numbers;
+/// objects and arrays are read through [`lazy`] instead.
+fn scalar(json: &serde_json::Value) -> Value {
     match json {
-        serde_json::Value::Null => Value::from(()),
         serde_json::Value::Bool(b) => Value::from(*b),
         serde_json::Value::Number(n) => {
             if let Some(i) = n.as_i64() {
@@ -114,14 +113,9 @@ pub(crate) fn to_value(json: &serde_json::Value) -> Value {
             }
         }
         serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => {
-            Value::from(items.iter().map(to_value).collect::<Vec<_>>())
+        serde_json::Value::Null | serde_json::Value::Array(_) | serde_json::Value::Object(_) => {
+            Value::from(())
         }
-        serde_json::Value::Object(map) => Value::from_object(
-            map.iter()
-                .map(|(k, v)| (Arc::<str>::from(k.as_str()), to_value(v)))
-                .collect::<BTreeMap<_, _>>(),
-        ),
     }
 }
 
@@ -160,7 +154,7 @@ mod tests {
     fn round_trips_nested_json_keeping_number_types() {
         let input =
             json!({"a": [1, 2.5, "x", null, true], "b": {"c": -3, "d": 18446744073709551615u64}});
-        let v = to_value(&input);
+        let v = lazy(Arc::new(input.clone()));
         let back = from_value(&v).expect("converts").expect("not none");
         assert_eq!(back["a"], json!([1, 2.5, "x", null, true]));
         assert_eq!(back["b"]["c"], json!(-3));

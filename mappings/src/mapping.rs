@@ -668,20 +668,19 @@ impl Mapping {
 
     /// Whether the event is one this mapping applies to.
     fn matches(&self, scope: &Value, label: &str) -> Result<bool, MapError> {
-        match &self.match_ {
-            None => Ok(true),
-            Some(e) => e
-                .eval(scope)
-                .map(|v| v.is_true())
-                .map_err(|m| self.field_error(e, label, m)),
-        }
+        self.eval_when(self.match_.as_ref(), scope, label)
     }
 
     fn field_error(&self, e: &Expr, event: &str, message: String) -> MapError {
+        self.error_at(&e.field, e.line, event, message)
+    }
+
+    /// A field error at a location of this mapping.
+    fn error_at(&self, field: &str, line: u64, event: &str, message: String) -> MapError {
         MapError::Field {
             mapping: self.id.clone(),
-            field: e.field.clone(),
-            line: e.line,
+            field: field.to_owned(),
+            line,
             event: event.to_owned(),
             message,
         }
@@ -786,14 +785,8 @@ impl Mapping {
 
         let mut fhir = Vec::with_capacity(included.len());
         for (rule, uuid) in included {
-            let rendered =
-                template::render(&rule.template, scope).map_err(|e| MapError::Field {
-                    mapping: self.id.clone(),
-                    field: e.field,
-                    line: e.line,
-                    event: event_id.clone(),
-                    message: e.message,
-                })?;
+            let rendered = template::render(&rule.template, scope)
+                .map_err(|e| self.error_at(&e.field, e.line, label, e.message))?;
             let Some(serde_json::Value::Object(body)) = rendered else {
                 return Err(MapError::InvalidFhir {
                     mapping: self.id.clone(),
@@ -857,13 +850,7 @@ impl Mapping {
                 continue;
             }
             let id = |f: &IdField| -> Result<String, MapError> {
-                let err = |message: String| MapError::Field {
-                    mapping: self.id.clone(),
-                    field: f.field.clone(),
-                    line: f.line,
-                    event: event_id.clone(),
-                    message,
-                };
+                let err = |message: String| self.error_at(&f.field, f.line, label, message);
                 let v = template::render(&f.tpl, scope).map_err(|e| err(e.message))?;
                 let text = v
                     .as_ref()
@@ -884,13 +871,7 @@ impl Mapping {
             let value = match &rule.value {
                 None => serde_json::Value::from(1),
                 Some((tpl, field, line)) => {
-                    let err = |message: String| MapError::Field {
-                        mapping: self.id.clone(),
-                        field: field.clone(),
-                        line: *line,
-                        event: event_id.clone(),
-                        message,
-                    };
+                    let err = |message: String| self.error_at(field, *line, label, message);
                     let v = template::render(tpl, scope).map_err(|e| err(e.message))?;
                     match (rule.aggregation, v) {
                         (_, None) => {
