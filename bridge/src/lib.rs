@@ -4,3 +4,4 @@
 //! The path of one event is described in `ARCHITECTURE.md`.
 
 pub mod cli;
+pub mod store;

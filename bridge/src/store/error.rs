@@ -1,0 +1,57 @@
+//! Store errors, classified as transient (retry the same work later) or
+//! permanent (the work itself cannot be stored).
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database said no, or could not be reached.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed at start.
+    #[error("migrating the store schema: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store URL names no supported database.
+    #[error("store url `{0}`: expected sqlite:PATH or postgres://…")]
+    UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed: the database
+    /// was unreachable or busy, or a concurrent writer won a race (unique
+    /// violation, serialization failure, deadlock). Anything else is a
+    /// problem with the data or the schema and fails again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => is_transient(e),
+            Self::Migrate(_) | Self::UnsupportedUrl(_) => false,
+        }
+    }
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite BUSY (5) and LOCKED (6), with their extended codes.
+                return code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+            }
+            // PostgreSQL: serialization failure, deadlock, unique violation
+            // (two writers inserted the same new event), connection
+            // exceptions (08xxx), operator intervention such as an admin
+            // shutdown (57P0x), insufficient resources (53xxx).
+            matches!(code, "40001" | "40P01" | "23505")
+                || code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,615 @@
+//! Committing a batch of ingested events in one transaction (group
+//! commit): one fsync for the whole batch, a handful of statements
+//! whatever its size.
+//!
+//! Each event is recognised by `(source, event id)` and its version by the
+//! SHA-256 of the raw payload:
+//! - a new id stores the event's outputs ([`Outcome::Stored`]);
+//! - the same id and hash again is a no-op ([`Outcome::Duplicate`]);
+//! - a hash seen before for that id, or a publisher timestamp older than
+//!   the current version's, is a late re-delivery of an older version and
+//!   a no-op ([`Outcome::Stale`]);
+//! - any other hash is an edit: the old version's DHIS2 contributions are
+//!   withdrawn, its undelivered FHIR bundle superseded, and the new
+//!   outputs stored ([`Outcome::Replaced`]);
+//! - an event whose mapping declares `replaces: OLD` withdraws OLD the
+//!   same way and leaves a tombstone, so that OLD arriving later (out of
+//!   order) is recognised ([`Outcome::Superseded`]).
+//!
+//! Rejected events (not JSON, too large, no mapping, mapping error) become
+//! dead letters with their raw payload, headers and reason; the same
+//! message parked twice (a redelivery after a crash) is counted, not
+//! duplicated.
+
+use std::collections::{HashMap, HashSet};
+
+use indexmap::IndexMap;
+use kiungo_mappings::{Dhis2Contribution, MappedEvent};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use super::sql::{by_keys, multi_row, query};
+use super::{Store, StoreError};
+
+/// One event as it arrived, with the mapping's verdict.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// The source app (from the queue or the HTTP path).
+    pub source: String,
+    /// The queue it came from; `None` for HTTP ingest.
+    pub queue: Option<String>,
+    /// The AMQP `message_id`, or the HTTP `X-Message-Id`.
+    pub message_id: Option<String>,
+    /// The publisher's timestamp (AMQP `timestamp`, milliseconds), which
+    /// orders versions of one event when present.
+    pub version_ts: Option<i64>,
+    /// When Kiungo received it (milliseconds since the epoch).
+    pub received_at: i64,
+    /// The raw body, as received.
+    pub payload: Vec<u8>,
+    /// The AMQP headers as JSON, kept with dead letters.
+    pub headers: Option<serde_json::Value>,
+    /// The mapped outputs, or why there are none.
+    pub result: Result<MappedEvent, Rejection>,
+}
+
+/// Why an event could not be mapped: it is parked as a dead letter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    /// Stable reason code: `not_json`, `too_large`, `no_mapping`,
+    /// `mapping_error`, ... (a [`kiungo_mappings::MapError::reason`]).
+    pub code: String,
+    /// The full message, naming mapping, field, line and event.
+    pub reason: String,
+    /// The mapping involved, when known.
+    pub mapping: Option<String>,
+    /// The event id, when known.
+    pub event_id: Option<String>,
+}
+
+/// What committing one event did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// A new event: its outputs are stored.
+    Stored,
+    /// A new version of a known event: its outputs replace the old ones.
+    Replaced,
+    /// The current version again: nothing changed.
+    Duplicate,
+    /// An older version than the one stored: nothing changed.
+    Stale,
+    /// The event was replaced by another (`replaces`): nothing changed.
+    Superseded,
+    /// Parked as a dead letter.
+    Parked {
+        /// The dead letter's id.
+        dead_letter_id: i64,
+        /// The reason code.
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Live,
+    Superseded,
+}
+
+impl State {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Superseded => "superseded",
+        }
+    }
+}
+
+/// The events row of one key as the batch sees it.
+#[derive(Debug, Clone)]
+struct Current {
+    in_db: bool,
+    changed: bool,
+    state: State,
+    superseded_by: Option<String>,
+    mapping: Option<String>,
+    mapping_version: Option<i64>,
+    hash: Option<String>,
+    ts: Option<i64>,
+    versions: i64,
+    message_id: Option<String>,
+    payload: Option<Vec<u8>>,
+    received_at: i64,
+    seen: HashSet<String>,
+}
+
+type Key = (String, String);
+
+/// Everything one batch writes.
+#[derive(Default)]
+struct Plan {
+    rows: IndexMap<Key, Current>,
+    /// Keys whose contributions and pending bundles in the database are
+    /// withdrawn.
+    withdraw: Vec<Key>,
+    contributions: IndexMap<Key, Vec<Dhis2Contribution>>,
+    bundles: IndexMap<Key, (String, String, usize, String)>,
+    versions: Vec<(Key, String)>,
+}
+
+impl Store {
+    /// Commits a batch in one transaction and returns one outcome per
+    /// event, in order. On error nothing of the batch is stored.
+    pub async fn commit(&self, batch: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
+        let now = super::now_ms();
+        let mut tx = self.begin_write().await?;
+
+        // 1. Load the current rows of every key the batch touches.
+        let mut keys: IndexMap<Key, ()> = IndexMap::new();
+        for ing in batch {
+            if let Ok(m) = &ing.result {
+                keys.insert((ing.source.clone(), m.event_id.clone()), ());
+                if let Some(old) = m.replaces.as_ref().filter(|o| !o.is_empty()) {
+                    keys.insert((ing.source.clone(), old.clone()), ());
+                }
+            }
+        }
+        let keys: Vec<Key> = keys.into_keys().collect();
+        let mut plan = Plan::default();
+        let lock = self.lock_rows();
+        for (sql, binds) in by_keys(
+            "SELECT source, event_id, state, superseded_by, mapping, mapping_version, version_hash, \
+             version_ts, versions, message_id, received_at FROM events WHERE",
+            lock,
+            &[],
+            &keys,
+        ) {
+            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+                let key: Key = (row.try_get(0)?, row.try_get(1)?);
+                let state: String = row.try_get(2)?;
+                plan.rows.insert(
+                    key,
+                    Current {
+                        in_db: true,
+                        changed: false,
+                        state: if state == "live" {
+                            State::Live
+                        } else {
+                            State::Superseded
+                        },
+                        superseded_by: row.try_get(3)?,
+                        mapping: row.try_get(4)?,
+                        mapping_version: row.try_get(5)?,
+                        hash: row.try_get(6)?,
+                        ts: row.try_get(7)?,
+                        versions: row.try_get(8)?,
+                        message_id: row.try_get(9)?,
+                        payload: None,
+                        received_at: row.try_get(10)?,
+                        seen: HashSet::new(),
+                    },
+                );
+            }
+        }
+        let known: Vec<Key> = plan.rows.keys().cloned().collect();
+        for (sql, binds) in by_keys(
+            "SELECT source, event_id, version_hash FROM event_versions WHERE",
+            "",
+            &[],
+            &known,
+        ) {
+            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+                let key: Key = (row.try_get(0)?, row.try_get(1)?);
+                if let Some(cur) = plan.rows.get_mut(&key) {
+                    cur.seen.insert(row.try_get(2)?);
+                }
+            }
+        }
+
+        // 2. Decide, in order, what each event does.
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+        let mut parked = Vec::new();
+        for (i, ing) in batch.iter().enumerate() {
+            match &ing.result {
+                Ok(m) => outcomes.push(Some(plan.apply(ing, m, now))),
+                Err(rejection) => {
+                    outcomes.push(None);
+                    parked.push((i, rejection));
+                }
+            }
+        }
+
+        // 3. Write.
+        let mut dirty: IndexMap<[String; 5], ()> = IndexMap::new();
+        for (sql, binds) in by_keys(
+            "DELETE FROM dhis2_contributions WHERE",
+            "RETURNING data_element, period, org_unit, coc, aoc",
+            &[],
+            &plan.withdraw,
+        ) {
+            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+                dirty.insert(
+                    [
+                        row.try_get(0)?,
+                        row.try_get(1)?,
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                    ],
+                    (),
+                );
+            }
+        }
+        for (sql, binds) in by_keys(
+            "UPDATE fhir_outbox SET state = 'superseded', updated_at = $1 WHERE state = 'pending' AND",
+            "",
+            &[now.into()],
+            &plan.withdraw,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        let (mut fresh, mut changed) = (Vec::new(), Vec::new());
+        for (key, cur) in &plan.rows {
+            if !cur.changed {
+                continue;
+            }
+            let row = vec![
+                key.0.as_str().into(),
+                key.1.as_str().into(),
+                cur.state.as_str().into(),
+                cur.superseded_by.clone().into(),
+                cur.mapping.clone().into(),
+                cur.mapping_version.into(),
+                cur.hash.clone().into(),
+                cur.ts.into(),
+                cur.versions.into(),
+                cur.message_id.clone().into(),
+                cur.payload.clone().into(),
+                cur.received_at.into(),
+                now.into(),
+            ];
+            if cur.in_db {
+                changed.push(row)
+            } else {
+                fresh.push(row)
+            }
+        }
+        const EVENT_COLS: &str = "INSERT INTO events (source, event_id, state, superseded_by, mapping, \
+             mapping_version, version_hash, version_ts, versions, message_id, payload, received_at, updated_at)";
+        // New keys are plainly inserted: if another replica inserted the
+        // same key meanwhile, the unique violation fails the batch, which
+        // is retried and then sees that row.
+        for (sql, binds) in multi_row(EVENT_COLS, "", 13, fresh) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+        for (sql, binds) in multi_row(
+            EVENT_COLS,
+            "ON CONFLICT (source, event_id) DO UPDATE SET state = excluded.state, \
+             superseded_by = excluded.superseded_by, mapping = excluded.mapping, \
+             mapping_version = excluded.mapping_version, version_hash = excluded.version_hash, \
+             version_ts = excluded.version_ts, versions = excluded.versions, \
+             message_id = excluded.message_id, payload = excluded.payload, updated_at = excluded.updated_at",
+            13,
+            changed,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        let versions = plan
+            .versions
+            .iter()
+            .map(|((s, e), h)| {
+                vec![
+                    s.as_str().into(),
+                    e.as_str().into(),
+                    h.as_str().into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        for (sql, binds) in multi_row(
+            "INSERT INTO event_versions (source, event_id, version_hash, seen_at)",
+            "ON CONFLICT DO NOTHING",
+            4,
+            versions,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        let mut contributions = Vec::new();
+        for ((source, event_id), list) in &plan.contributions {
+            for c in list {
+                dirty.insert(
+                    [
+                        c.data_element.clone(),
+                        c.period.clone(),
+                        c.org_unit.clone(),
+                        c.category_option_combo.clone(),
+                        c.attribute_option_combo.clone(),
+                    ],
+                    (),
+                );
+                let (text, num) = match &c.value {
+                    serde_json::Value::Number(n) => (Some(n.to_string()), n.as_f64()),
+                    serde_json::Value::String(s) => (Some(s.clone()), s.trim().parse::<f64>().ok()),
+                    serde_json::Value::Bool(b) => (Some(b.to_string()), None),
+                    serde_json::Value::Null => (None, None),
+                    other => (Some(other.to_string()), None),
+                };
+                contributions.push(vec![
+                    source.as_str().into(),
+                    event_id.as_str().into(),
+                    c.rule.as_str().into(),
+                    c.data_element.as_str().into(),
+                    c.period.as_str().into(),
+                    c.org_unit.as_str().into(),
+                    c.category_option_combo.as_str().into(),
+                    c.attribute_option_combo.as_str().into(),
+                    aggregation_name(c.aggregation).into(),
+                    text.into(),
+                    num.into(),
+                    c.date.as_str().into(),
+                    now.into(),
+                ]);
+            }
+        }
+        for (sql, binds) in multi_row(
+            "INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, org_unit, \
+             coc, aoc, aggregation, value, value_num, event_date, created_at)",
+            "",
+            13,
+            contributions,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        let dirty = dirty
+            .into_keys()
+            .map(|[de, pe, ou, coc, aoc]| {
+                vec![
+                    de.into(),
+                    pe.into(),
+                    ou.into(),
+                    coc.into(),
+                    aoc.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        for (sql, binds) in multi_row(
+            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at)",
+            "ON CONFLICT DO NOTHING",
+            6,
+            dirty,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        let bundles = plan
+            .bundles
+            .iter()
+            .map(|((source, event_id), (hash, mapping, entries, bundle))| {
+                vec![
+                    source.as_str().into(),
+                    event_id.as_str().into(),
+                    hash.as_str().into(),
+                    mapping.as_str().into(),
+                    bundle.as_str().into(),
+                    (*entries as i64).into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        for (sql, binds) in multi_row(
+            "INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, \
+             next_attempt_at, created_at, updated_at)",
+            "ON CONFLICT (source, event_id, version_hash) DO NOTHING",
+            9,
+            bundles,
+        ) {
+            query(sql, binds).execute(&mut *tx).await?;
+        }
+
+        for (i, rejection) in parked {
+            let ing = &batch[i];
+            let fingerprint = hex(&Sha256::new()
+                .chain_update(b"ingest\0")
+                .chain_update(ing.source.as_bytes())
+                .chain_update(b"\0")
+                .chain_update(&ing.payload)
+                .finalize());
+            let row = query(
+                "INSERT INTO dead_letters (fingerprint, stage, source, queue, message_id, event_id, mapping, \
+                 reason_code, reason, payload, headers, received_at, last_seen_at) \
+                 VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+                 ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
+                 last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
+                 reason = excluded.reason, state = 'open' RETURNING id"
+                    .to_owned(),
+                vec![
+                    fingerprint.into(),
+                    ing.source.as_str().into(),
+                    ing.queue.clone().into(),
+                    ing.message_id.clone().into(),
+                    rejection.event_id.clone().into(),
+                    rejection.mapping.clone().into(),
+                    rejection.code.as_str().into(),
+                    rejection.reason.as_str().into(),
+                    Some(ing.payload.clone()).into(),
+                    ing.headers.as_ref().map(|h| h.to_string()).into(),
+                    now.into(),
+                ],
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            outcomes[i] = Some(Outcome::Parked {
+                dead_letter_id: row.try_get(0)?,
+                reason: rejection.code.clone(),
+            });
+        }
+
+        tx.commit().await?;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Duplicate))
+            .collect())
+    }
+}
+
+impl Plan {
+    fn apply(&mut self, ing: &Ingest, m: &MappedEvent, now: i64) -> Outcome {
+        let hash = hex(&Sha256::digest(&ing.payload));
+        let key: Key = (ing.source.clone(), m.event_id.clone());
+        let outcome = match self.rows.get_mut(&key) {
+            None => Outcome::Stored,
+            Some(cur) if cur.state == State::Superseded => {
+                if cur.seen.insert(hash.clone()) {
+                    self.versions.push((key.clone(), hash.clone()));
+                }
+                return Outcome::Superseded;
+            }
+            Some(cur) if cur.hash.as_deref() == Some(hash.as_str()) => return Outcome::Duplicate,
+            Some(cur) if cur.seen.contains(&hash) => return Outcome::Stale,
+            Some(cur) if matches!((ing.version_ts, cur.ts), (Some(new), Some(old)) if new < old) => {
+                cur.seen.insert(hash.clone());
+                self.versions.push((key.clone(), hash.clone()));
+                return Outcome::Stale;
+            }
+            Some(_) => Outcome::Replaced,
+        };
+        if outcome == Outcome::Replaced {
+            self.withdraw(&key);
+        }
+        let cur = self.rows.entry(key.clone()).or_insert_with(|| Current {
+            in_db: false,
+            changed: true,
+            state: State::Live,
+            superseded_by: None,
+            mapping: None,
+            mapping_version: None,
+            hash: None,
+            ts: None,
+            versions: 0,
+            message_id: None,
+            payload: None,
+            received_at: ing.received_at,
+            seen: HashSet::new(),
+        });
+        cur.changed = true;
+        cur.state = State::Live;
+        cur.mapping = Some(m.mapping.clone());
+        cur.mapping_version = Some(i64::from(m.mapping_version));
+        cur.hash = Some(hash.clone());
+        cur.ts = ing.version_ts.or(Some(ing.received_at));
+        cur.versions += 1;
+        cur.message_id = ing.message_id.clone();
+        cur.payload = Some(ing.payload.clone());
+        cur.seen.insert(hash.clone());
+        self.versions.push((key.clone(), hash.clone()));
+        if !m.dhis2.is_empty() {
+            self.contributions.insert(key.clone(), m.dhis2.clone());
+        }
+        if !m.fhir.is_empty() {
+            let bundle = serde_json::json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": m.fhir,
+            });
+            self.bundles.insert(
+                key.clone(),
+                (hash, m.mapping.clone(), m.fhir.len(), bundle.to_string()),
+            );
+        }
+        if let Some(old) = m
+            .replaces
+            .as_ref()
+            .filter(|o| !o.is_empty() && **o != m.event_id)
+        {
+            let old_key: Key = (ing.source.clone(), old.clone());
+            match self.rows.get(&old_key).map(|c| c.state) {
+                Some(State::Superseded) => {}
+                Some(State::Live) => {
+                    self.withdraw(&old_key);
+                    if let Some(c) = self.rows.get_mut(&old_key) {
+                        c.state = State::Superseded;
+                        c.superseded_by = Some(m.event_id.clone());
+                        c.changed = true;
+                    }
+                }
+                None => {
+                    self.rows.insert(
+                        old_key,
+                        Current {
+                            in_db: false,
+                            changed: true,
+                            state: State::Superseded,
+                            superseded_by: Some(m.event_id.clone()),
+                            mapping: None,
+                            mapping_version: None,
+                            hash: None,
+                            ts: None,
+                            versions: 0,
+                            message_id: None,
+                            payload: None,
+                            received_at: now,
+                            seen: HashSet::new(),
+                        },
+                    );
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Withdraws a key's outputs: those stored by earlier batches (deleted
+    /// in the database) and those planned by this one.
+    fn withdraw(&mut self, key: &Key) {
+        self.contributions.shift_remove(key);
+        self.bundles.shift_remove(key);
+        if self.rows.get(key).is_some_and(|c| c.in_db) && !self.withdraw.contains(key) {
+            self.withdraw.push(key.clone());
+        }
+    }
+}
+
+const fn aggregation_name(a: kiungo_mappings::Aggregation) -> &'static str {
+    use kiungo_mappings::Aggregation as A;
+    match a {
+        A::Count => "count",
+        A::Sum => "sum",
+        A::Min => "min",
+        A::Max => "max",
+        A::Last => "last",
+    }
+}
+
+/// Lower-case hex of a digest.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Count of outcomes by kind, for logs and benchmarks.
+pub fn tally(outcomes: &[Outcome]) -> HashMap<&'static str, usize> {
+    let mut t = HashMap::new();
+    for o in outcomes {
+        let k = match o {
+            Outcome::Stored => "stored",
+            Outcome::Replaced => "replaced",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Superseded => "superseded",
+            Outcome::Parked { .. } => "parked",
+        };
+        *t.entry(k).or_insert(0) += 1;
+    }
+    t
+}

@@ -1,0 +1,60 @@
+//! Throwaway databases for tests and benchmarks: a fresh SQLite file or a
+//! fresh PostgreSQL database per caller, so that tests can run in
+//! parallel against the one server on the machine.
+
+use sqlx::Connection;
+
+use super::{Backend, StoreConfig, StoreError};
+
+/// The PostgreSQL server tests use; `KIUNGO_TEST_POSTGRES` overrides it.
+pub fn postgres_admin_url() -> String {
+    std::env::var("KIUNGO_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A scratch database; a SQLite one is deleted with its directory when
+/// dropped, a PostgreSQL one is left for inspection (named
+/// `kiungo_test_<random>`; `DROP DATABASE` them at will).
+#[derive(Debug)]
+pub struct ScratchDb {
+    /// Config that points at it.
+    pub config: StoreConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl ScratchDb {
+    /// Creates one on `backend`.
+    pub async fn new(backend: Backend) -> Result<Self, StoreError> {
+        match backend {
+            Backend::Sqlite => {
+                let dir =
+                    tempfile::tempdir().map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+                let url = format!("sqlite:{}", dir.path().join("kiungo.db").display());
+                Ok(Self {
+                    config: StoreConfig {
+                        url,
+                        ..StoreConfig::default()
+                    },
+                    _dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let admin = postgres_admin_url();
+                let name = format!("kiungo_test_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await?;
+                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                Ok(Self {
+                    config: StoreConfig {
+                        url: format!("{base}/{name}"),
+                        ..StoreConfig::default()
+                    },
+                    _dir: None,
+                })
+            }
+        }
+    }
+}

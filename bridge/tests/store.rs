@@ -1,0 +1,304 @@
+//! The store's commit rules, on both backends: new, duplicate, edit,
+//! stale re-delivery, `replaces` in and out of order, dead letters,
+//! retention and the append-only audit log.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outcome, Rejection, Store};
+use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+use serde_json::{Value, json};
+
+fn packs() -> MappingSet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
+    MappingSet::load_dir(
+        &dir,
+        LoadOptions {
+            pseudonym_key: Some(PseudonymKey::for_tests()),
+            ..LoadOptions::default()
+        },
+    )
+    .expect("packs load")
+}
+
+fn cht_visit(id: &str, location: &str, replaces: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mappings/packs/cht-anc/fixtures/anc-visit-1-facility.json");
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    v["_id"] = json!(id);
+    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}"));
+    v["fields"]["meta"]["deprecatedID"] = json!(replaces);
+    v["fields"]["anc_visits"]["visit_location"] = json!(location);
+    v
+}
+
+fn ingest(set: &MappingSet, payload: &Value, ts: Option<i64>) -> Ingest {
+    let bytes = serde_json::to_vec(payload).expect("bytes");
+    let result = set
+        .map(&Event {
+            source: "cht".into(),
+            message_id: None,
+            payload: Arc::new(payload.clone()),
+        })
+        .map_err(|e| Rejection {
+            code: e.reason().into(),
+            reason: e.to_string(),
+            mapping: None,
+            event_id: None,
+        });
+    Ingest {
+        source: "cht".into(),
+        queue: Some("q".into()),
+        message_id: Some("m".into()),
+        version_ts: ts,
+        received_at: kiungo::store::now_ms(),
+        payload: bytes,
+        headers: Some(json!({"x-app": "cht"})),
+        result,
+    }
+}
+
+fn poison(bytes: &[u8]) -> Ingest {
+    Ingest {
+        source: "cht".into(),
+        queue: Some("q".into()),
+        message_id: Some("p1".into()),
+        version_ts: None,
+        received_at: kiungo::store::now_ms(),
+        payload: bytes.to_vec(),
+        headers: None,
+        result: Err(Rejection {
+            code: "not_json".into(),
+            reason: "body is not JSON: expected value at line 1 column 1".into(),
+            mapping: None,
+            event_id: None,
+        }),
+    }
+}
+
+async fn open(backend: Backend) -> (ScratchDb, Store) {
+    let db = ScratchDb::new(backend).await.expect("scratch db");
+    let store = Store::open(&db.config).await.expect("open");
+    (db, store)
+}
+
+async fn sum(store: &Store) -> f64 {
+    store.dhis2_totals().await.expect("totals").values().sum()
+}
+
+async fn versions_and_edits(backend: Backend) {
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let a1 = ingest(&set, &cht_visit("a", "facility", ""), Some(1));
+    let a2 = ingest(&set, &cht_visit("a", "outreach", ""), Some(2));
+    let b = ingest(&set, &cht_visit("b", "facility", ""), Some(1));
+
+    let out = store
+        .commit(&[a1.clone(), b.clone(), a1.clone()])
+        .await
+        .expect("commit");
+    assert_eq!(
+        out,
+        vec![Outcome::Stored, Outcome::Stored, Outcome::Duplicate]
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.events_live, stats.outbox_pending), (2, 2));
+    let before = store.dhis2_totals().await.expect("totals");
+    assert!(sum(&store).await > 0.0);
+
+    // An edit replaces a's contributions and supersedes its bundle.
+    assert_eq!(
+        store.commit(&[a2.clone()]).await.expect("commit"),
+        vec![Outcome::Replaced]
+    );
+    let after = store.dhis2_totals().await.expect("totals");
+    assert_ne!(
+        before, after,
+        "the edit moved a's visit from facility to outreach"
+    );
+    assert_eq!(
+        sum(&store).await,
+        before.values().sum::<f64>(),
+        "same number of visits"
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.outbox_pending, stats.outbox_superseded), (2, 1));
+
+    // The old version re-delivered late is stale, by hash and by timestamp.
+    assert_eq!(
+        store.commit(&[a1.clone()]).await.expect("commit"),
+        vec![Outcome::Stale]
+    );
+    let mut a0 = cht_visit("a", "facility", "");
+    a0["_rev"] = json!("0-older");
+    let mut a0 = ingest(&set, &a0, Some(0));
+    a0.version_ts = Some(0);
+    assert_eq!(
+        store.commit(&[a0]).await.expect("commit"),
+        vec![Outcome::Stale]
+    );
+    assert_eq!(store.dhis2_totals().await.expect("totals"), after);
+
+    // Edit and re-edit inside one batch: only the last counts.
+    let b2 = ingest(&set, &cht_visit("b", "outreach", ""), Some(2));
+    let mut b3 = cht_visit("b", "facility", "");
+    b3["_rev"] = json!("3-newer");
+    let b3 = ingest(&set, &b3, Some(3));
+    assert_eq!(
+        store.commit(&[b2, b3]).await.expect("commit"),
+        vec![Outcome::Replaced, Outcome::Replaced]
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.events_live, 2);
+    assert_eq!(sum(&store).await, before.values().sum::<f64>());
+    let rows = store.events().await.expect("events");
+    assert_eq!(
+        rows.iter().map(|r| r.versions).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+}
+
+async fn replaces_in_and_out_of_order(backend: Backend) {
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let x1 = ingest(&set, &cht_visit("x1", "facility", ""), None);
+    let x2 = ingest(&set, &cht_visit("x2", "outreach", "uuid:x1"), None);
+    store.commit(&[x1.clone()]).await.expect("commit");
+    let one = sum(&store).await;
+    assert_eq!(
+        store.commit(&[x2]).await.expect("commit"),
+        vec![Outcome::Stored]
+    );
+    assert_eq!(sum(&store).await, one, "x2 replaced x1: still one visit");
+    // x1 again: superseded, nothing changes.
+    assert_eq!(
+        store.commit(&[x1]).await.expect("commit"),
+        vec![Outcome::Superseded]
+    );
+    assert_eq!(sum(&store).await, one);
+
+    // The replacement first, then the original it replaces.
+    let y2 = ingest(&set, &cht_visit("y2", "facility", "uuid:y1"), None);
+    let y1 = ingest(&set, &cht_visit("y1", "facility", ""), None);
+    assert_eq!(
+        store.commit(&[y2, y1]).await.expect("commit"),
+        vec![Outcome::Stored, Outcome::Superseded]
+    );
+    assert_eq!(sum(&store).await, 2.0 * one);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.events_live, stats.events_superseded), (2, 2));
+}
+
+async fn poison_is_parked_once(backend: Backend) {
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let ok = ingest(&set, &cht_visit("c", "facility", ""), None);
+    let bad = poison(b"{not json");
+    let out = store.commit(&[bad.clone(), ok, bad]).await.expect("commit");
+    let Outcome::Parked {
+        dead_letter_id,
+        reason,
+    } = &out[0]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(reason, "not_json");
+    assert_eq!(out[1], Outcome::Stored);
+    assert_eq!(
+        &out[2], &out[0],
+        "the same message parked twice is one dead letter"
+    );
+    let list = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].seen_count, 2);
+    assert!(list[0].payload.is_none(), "lists carry no payloads");
+    let one = store
+        .dead_letter(*dead_letter_id)
+        .await
+        .expect("get")
+        .expect("found");
+    assert_eq!(one.payload.as_deref(), Some(&b"{not json"[..]));
+    assert_eq!(
+        one.reason,
+        "body is not JSON: expected value at line 1 column 1"
+    );
+    let filtered = store
+        .dead_letters(&DeadLetterFilter {
+            reason_code: Some("no_mapping".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert!(filtered.is_empty());
+}
+
+async fn retention_purges_payloads_not_pending_bundles(backend: Backend) {
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    store
+        .commit(&[ingest(&set, &cht_visit("d", "facility", ""), None)])
+        .await
+        .expect("commit");
+    let later = kiungo::store::now_ms() + 10_000;
+    let report = store
+        .purge_delivered(std::time::Duration::from_secs(1), later)
+        .await
+        .expect("purge");
+    assert_eq!(
+        (report.payloads, report.bundles),
+        (0, 0),
+        "the bundle is still pending"
+    );
+    // An edit supersedes the first bundle; once delivered work is old
+    // enough, superseded bundles go.
+    store
+        .commit(&[ingest(&set, &cht_visit("d", "outreach", ""), None)])
+        .await
+        .expect("commit");
+    let report = store
+        .purge_delivered(std::time::Duration::from_secs(1), later)
+        .await
+        .expect("purge");
+    assert_eq!(report.bundles, 1);
+    assert_eq!(report.payloads, 0, "the new version's bundle is pending");
+    assert!(store.events().await.expect("events")[0].has_payload);
+}
+
+async fn audit_log_is_append_only(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    store
+        .audit("tester", "dlq.discard", "dead_letter:1", None)
+        .await
+        .expect("audit");
+    let err = store
+        .audit_tamper_for_tests()
+        .await
+        .expect_err("update must fail");
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(kiungo::store::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(kiungo::store::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    versions_and_edits,
+    replaces_in_and_out_of_order,
+    poison_is_parked_once,
+    retention_purges_payloads_not_pending_bundles,
+    audit_log_is_append_only,
+);
