@@ -23,6 +23,14 @@ pub struct Cli {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the service: consume from RabbitMQ and HTTP, map, store.
+    Run {
+        /// Config file (YAML). Without it, defaults: SQLite `kiungo.db`,
+        /// mappings from `mappings/packs`, HTTP on 127.0.0.1:8080, no
+        /// RabbitMQ.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Work with mapping files.
     Mappings {
         /// What to do with them.
@@ -68,6 +76,7 @@ pub enum MappingsAction {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Run { config } => crate::run::run(config.as_deref()),
         Command::Mappings {
             action: MappingsAction::Validate { dir },
         } => validate(&dir),

@@ -3,5 +3,9 @@
 //!
 //! The path of one event is described in `ARCHITECTURE.md`.
 
+pub mod app;
 pub mod cli;
+pub mod config;
+pub mod ingest;
+pub mod run;
 pub mod store;

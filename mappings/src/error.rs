@@ -78,6 +78,22 @@ pub enum MapError {
         /// Ids of the matching mappings.
         mappings: Vec<String>,
     },
+    /// The event was routed to a mapping that is not loaded, or that is
+    /// for another source.
+    #[error("event {event} from source `{source_app}` is routed to mapping `{mapping}`, {}", match other_source {
+        Some(other) => format!("which is for source `{other}`"),
+        None => "which is not loaded".to_owned(),
+    })]
+    UnknownMapping {
+        /// The mapping id the route named.
+        mapping: String,
+        /// The event's source app.
+        source_app: String,
+        /// The message id, or `(no id)`.
+        event: String,
+        /// The source of the mapping, when it exists for another source.
+        other_source: Option<String>,
+    },
     /// The event carries no id: the mapping has no `event_id` expression and
     /// the message no id.
     #[error("mapping `{mapping}`: event has no id (no `event_id` expression and no message id)")]
@@ -124,6 +140,7 @@ impl MapError {
     pub const fn reason(&self) -> &'static str {
         match self {
             Self::NoMapping { .. } => "no_mapping",
+            Self::UnknownMapping { .. } => "unknown_mapping",
             Self::Ambiguous { .. } => "ambiguous_mapping",
             Self::NoEventId { .. } => "no_event_id",
             Self::Field { .. } => "mapping_error",

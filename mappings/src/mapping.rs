@@ -1059,6 +1059,24 @@ impl MappingSet {
         self.map_at(event, &self.runtime)
     }
 
+    /// Maps an event through the mapping with this id (chosen by the
+    /// event's route, e.g. its AMQP routing key), ignoring `match`. The
+    /// mapping must exist and be for the event's source.
+    pub fn map_by_id(&self, mapping_id: &str, event: &Event) -> Result<MappedEvent, MapError> {
+        let label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
+        match self.mappings.iter().find(|m| m.id == mapping_id) {
+            Some(m) if m.source == event.source => {
+                self.map_with(m, event, &self.runtime, self.validate_fhir)
+            }
+            found => Err(MapError::UnknownMapping {
+                mapping: mapping_id.to_owned(),
+                source_app: event.source.clone(),
+                event: label,
+                other_source: found.map(|m| m.source.clone()),
+            }),
+        }
+    }
+
     pub(crate) fn map_for_test(&self, event: &Event) -> Result<MappedEvent, MapError> {
         self.map_at(event, &self.test_runtime)
     }

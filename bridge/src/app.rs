@@ -1,0 +1,261 @@
+//! Start-up and shutdown, as a function tests can call:
+//! [`Application::build`] opens the store, loads the mappings, starts the
+//! committer, the RabbitMQ source and the HTTP server (port 0 works), and
+//! [`Application::run_until`] runs them until a shutdown signal, then
+//! drains: the source stops taking messages, everything received is
+//! committed and acknowledged, and only then the connection closes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use kiungo_mappings::{LoadErrors, LoadOptions, MappingSet, PseudonymKey};
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::ingest::http::IngestState;
+use crate::ingest::{Committer, CommitterHandle, Limits, run_mapper};
+use crate::store::{Store, StoreError};
+use kiungo_connectors::rabbitmq::{self, SourceState};
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The mappings do not load (each problem with its location).
+    #[error("mappings: {0}")]
+    Mappings(#[from] LoadErrors),
+    /// `KIUNGO_PSEUDONYM_KEY` is malformed.
+    #[error("{0}")]
+    PseudonymKey(String),
+    /// The store cannot be opened or migrated.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The HTTP address cannot be bound.
+    #[error("http.listen {addr}: {error}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        error: std::io::Error,
+    },
+}
+
+/// A running service.
+pub struct Application {
+    http_addr: SocketAddr,
+    store: Store,
+    committer: CommitterHandle,
+    source_state: watch::Receiver<SourceState>,
+    shutdown: watch::Sender<bool>,
+    server: actix_web::dev::ServerHandle,
+    source: Option<tokio::task::JoinHandle<Option<lapin::Connection>>>,
+    mapper: Option<tokio::task::JoinHandle<()>>,
+    committer_task: tokio::task::JoinHandle<()>,
+    retention: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Starts everything; returns once the HTTP port is bound.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let key = PseudonymKey::from_env().map_err(|e| StartError::PseudonymKey(e.to_string()))?;
+        let mappings = Arc::new(MappingSet::load_dir(
+            &config.mappings,
+            LoadOptions {
+                pseudonym_key: key,
+                ..LoadOptions::default()
+            },
+        )?);
+        info!(mappings = mappings.mappings().len(), dir = %config.mappings.display(), "mappings loaded");
+        let store = Store::open(&config.store).await?;
+        info!(backend = ?store.backend(), "store open");
+        let (committer, committer_task) = Committer::spawn(store.clone(), config.ingest);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (state_tx, source_state) = watch::channel(SourceState::default());
+
+        let (source, mapper) = match config.rabbitmq.clone() {
+            Some(rabbit) => {
+                let limits = Limits {
+                    max_bytes: rabbit.max_message_bytes,
+                };
+                let (tx, rx) = mpsc::channel(usize::from(rabbit.prefetch).max(16));
+                let source = tokio::spawn(rabbitmq::run(rabbit, tx, state_tx, shutdown_rx.clone()));
+                let mapper =
+                    tokio::spawn(run_mapper(mappings.clone(), limits, rx, committer.clone()));
+                (Some(source), Some(mapper))
+            }
+            None => {
+                info!("no rabbitmq configured: HTTP ingest only");
+                (None, None)
+            }
+        };
+
+        let ingest_state = web::Data::new(IngestState {
+            mappings: mappings.clone(),
+            committer: committer.clone(),
+            limits: Limits {
+                max_bytes: config.http.max_body_bytes,
+            },
+            commit_timeout: config.http.commit_timeout,
+        });
+        let health = web::Data::new(Health {
+            store: store.clone(),
+            source: source_state.clone(),
+            amqp: source.is_some(),
+        });
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(ingest_state.clone())
+                .app_data(health.clone())
+                .configure(crate::ingest::http::configure)
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .bind(&config.http.listen)
+        .map_err(|error| StartError::Bind {
+            addr: config.http.listen.clone(),
+            error,
+        })?;
+        let http_addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| StartError::Bind {
+                addr: config.http.listen.clone(),
+                error: std::io::Error::other("no address bound"),
+            })?;
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        info!(%http_addr, "http listening");
+
+        let retention = tokio::spawn(retention_loop(
+            store.clone(),
+            config.store.payload_retention,
+            shutdown_rx,
+        ));
+        Ok(Self {
+            http_addr,
+            store,
+            committer,
+            source_state,
+            shutdown,
+            server: handle,
+            source,
+            mapper,
+            committer_task,
+            retention,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub const fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The store.
+    pub const fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The committer's counters.
+    pub fn counters(&self) -> Arc<crate::ingest::Counters> {
+        self.committer.counters.clone()
+    }
+
+    /// The RabbitMQ source's state.
+    pub fn source_state(&self) -> SourceState {
+        self.source_state.borrow().clone()
+    }
+
+    /// Runs until `signal` resolves, then drains and stops.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        info!("shutting down: draining");
+        let _ = self.shutdown.send(true);
+        let connection = match self.source {
+            Some(s) => s.await.ok().flatten(),
+            None => None,
+        };
+        if let Some(m) = self.mapper {
+            let _ = m.await;
+        }
+        self.server.stop(true).await;
+        drop(self.committer);
+        if tokio::time::timeout(Duration::from_secs(30), self.committer_task)
+            .await
+            .is_err()
+        {
+            warn!(
+                "committer did not finish within 30 s; unacknowledged messages will be redelivered"
+            );
+        }
+        if let Some(conn) = connection {
+            let _ = conn.close(200, "kiungo shutting down".into()).await;
+        }
+        self.retention.abort();
+        self.store.close().await;
+        info!("stopped");
+    }
+}
+
+/// What the probes read.
+struct Health {
+    store: Store,
+    source: watch::Receiver<SourceState>,
+    amqp: bool,
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+}
+
+async fn readyz(health: web::Data<Health>) -> HttpResponse {
+    let store = health.store.ping().await.is_ok();
+    let state = health.source.borrow().clone();
+    let broker = !health.amqp || state.connected;
+    let body = serde_json::json!({
+        "store": if store { "ok" } else { "unreachable" },
+        "broker": if !health.amqp { "not configured" } else if state.connected { "connected" } else { "disconnected" },
+        "mappings": "loaded",
+    });
+    if store && broker {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn retention_loop(store: Store, retention: Duration, mut shutdown: watch::Receiver<bool>) {
+    let every = (retention / 10).clamp(Duration::from_secs(60), Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+        match store
+            .purge_delivered(retention, crate::store::now_ms())
+            .await
+        {
+            Ok(r) if r.payloads + r.bundles > 0 => info!(
+                payloads = r.payloads,
+                bundles = r.bundles,
+                "purged delivered payloads"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "retention purge failed; will retry"),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! The service config: one YAML file (every field documented, unknown
+//! fields rejected) plus environment overrides for what differs per
+//! deployment or is secret:
+//!
+//! | variable             | overrides          |
+//! |----------------------|--------------------|
+//! | `KIUNGO_STORE_URL`   | `store.url`        |
+//! | `KIUNGO_AMQP_URL`    | `rabbitmq.url`     |
+//! | `KIUNGO_HTTP_LISTEN` | `http.listen`      |
+//!
+//! Relative paths are relative to the config file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiungo_connectors::rabbitmq::RabbitConfig;
+use serde::Deserialize;
+
+use crate::ingest::BatchConfig;
+use crate::store::StoreConfig;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of mapping files (searched recursively).
+    #[serde(default = "default_mappings")]
+    pub mappings: PathBuf,
+    /// The durable store.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The RabbitMQ source; without it only HTTP ingest runs.
+    #[serde(default)]
+    pub rabbitmq: Option<RabbitConfig>,
+    /// The HTTP server (ingest, and later the admin API).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Group-commit batching.
+    #[serde(default)]
+    pub ingest: BatchConfig,
+}
+
+/// `http:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest event body accepted over HTTP (AMQP has
+    /// `rabbitmq.max_message_bytes`).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// How long an HTTP ingest waits for its commit before answering 503.
+    #[serde(default = "default_commit_timeout", with = "humantime_serde")]
+    pub commit_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            commit_timeout: default_commit_timeout(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mappings: default_mappings(),
+            store: StoreConfig::default(),
+            rabbitmq: None,
+            http: HttpConfig::default(),
+            ingest: BatchConfig::default(),
+        }
+    }
+}
+
+fn default_mappings() -> PathBuf {
+    PathBuf::from("mappings/packs")
+}
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+const fn default_max_body() -> usize {
+    4 * 1024 * 1024
+}
+const fn default_commit_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: {error}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// The YAML does not fit the config's shape (the message has line and
+    /// column).
+    #[error("{file}: {message}")]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// Values that parse but make no sense.
+    #[error("{file}: {}", problems.join("; "))]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// Each problem, naming its field.
+        problems: Vec<String>,
+    },
+}
+
+impl Config {
+    /// Reads a config file, applies the environment overrides and checks it.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
+            file: file.into(),
+            error,
+        })?;
+        let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: file.into(),
+            message: e.to_string(),
+        })?;
+        if config.mappings.is_relative()
+            && let Some(dir) = file.parent()
+        {
+            config.mappings = dir.join(&config.mappings);
+        }
+        if let Some(path) = config.store.url.strip_prefix("sqlite:")
+            && !path.starts_with('/')
+            && !path.starts_with(':')
+            && let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty())
+        {
+            config.store.url = format!("sqlite:{}", dir.join(path).display());
+        }
+        config.apply_env();
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// Applies `KIUNGO_*` overrides.
+    pub fn apply_env(&mut self) {
+        if let Ok(url) = std::env::var("KIUNGO_STORE_URL") {
+            self.store.url = url;
+        }
+        if let (Ok(url), Some(r)) = (std::env::var("KIUNGO_AMQP_URL"), self.rabbitmq.as_mut()) {
+            r.url = url;
+        }
+        if let Ok(listen) = std::env::var("KIUNGO_HTTP_LISTEN") {
+            self.http.listen = listen;
+        }
+    }
+
+    /// Every problem at once.
+    pub fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(r) = &self.rabbitmq {
+            problems.extend(r.problems());
+        }
+        if self.ingest.max_events == 0 {
+            problems.push("ingest.max_events: must be at least 1".into());
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "http.listen: `{}` is not host:port",
+                self.http.listen
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_loads() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiungo.example.yaml");
+        let config = Config::load(&file).expect("example config");
+        assert!(config.mappings.ends_with("mappings/packs"));
+        assert!(config.rabbitmq.is_some());
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        std::fs::write(&file, "store:\n  ur1: sqlite:x\n").expect("write");
+        let err = Config::load(&file).expect_err("typo").to_string();
+        assert!(err.contains("ur1"), "{err}");
+        std::fs::write(
+            &file,
+            "http:\n  listen: nowhere\ningest:\n  max_events: 0\n",
+        )
+        .expect("write");
+        let err = Config::load(&file).expect_err("bad values").to_string();
+        assert!(
+            err.contains("http.listen") && err.contains("ingest.max_events"),
+            "{err}"
+        );
+    }
+}

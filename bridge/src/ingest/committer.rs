@@ -1,0 +1,234 @@
+//! Group commit: one task owns the store's write path, gathers work into
+//! batches (up to `max_events`, or whatever arrived within `max_wait` of
+//! the first), commits each batch in one transaction, then acknowledges.
+//!
+//! A transient store failure (database down, busy, a race lost to another
+//! replica) retries the same batch with backoff, holding its messages
+//! unacknowledged. A permanent failure splits the batch so that one bad
+//! event cannot block the others; an event that fails alone is parked as
+//! `store_rejected`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use kiungo_connectors::rabbitmq::SourceMessage;
+use serde::Deserialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, warn};
+
+use crate::store::{Ingest, Outcome, Rejection, Store, StoreError};
+
+/// `ingest:` batching settings.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Most events per transaction.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Longest wait for more events after the first one of a batch.
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_events: default_max_events(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+const fn default_max_events() -> usize {
+    500
+}
+const fn default_max_wait() -> Duration {
+    Duration::from_millis(5)
+}
+
+/// What to do once an event is committed.
+#[derive(Debug)]
+pub enum Done {
+    /// Acknowledge the AMQP message.
+    Amqp(Box<SourceMessage>),
+    /// Answer the HTTP request.
+    Http(oneshot::Sender<Outcome>),
+}
+
+/// One event on its way to the store.
+#[derive(Debug)]
+pub struct Work {
+    /// The mapped event or its rejection.
+    pub ingest: Ingest,
+    /// Who waits for the commit.
+    pub done: Done,
+}
+
+/// Counters the committer keeps (also read by benchmarks).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events committed (any outcome).
+    pub committed: AtomicU64,
+    /// Of those, parked as dead letters.
+    pub parked: AtomicU64,
+    /// Transactions committed.
+    pub batches: AtomicU64,
+    /// Commit attempts that failed and were retried.
+    pub retries: AtomicU64,
+    /// AMQP acks that failed (channel gone; the broker redelivers).
+    pub ack_failures: AtomicU64,
+}
+
+/// Sends work to the committer.
+#[derive(Debug, Clone)]
+pub struct CommitterHandle {
+    tx: mpsc::Sender<Work>,
+    /// The committer's counters.
+    pub counters: Arc<Counters>,
+}
+
+impl CommitterHandle {
+    /// Queues one event; waits when the committer is behind.
+    pub async fn send(&self, work: Work) -> Result<(), Work> {
+        self.tx.send(work).await.map_err(|e| e.0)
+    }
+}
+
+/// The committer task.
+#[derive(Debug)]
+pub struct Committer {
+    store: Store,
+    rx: mpsc::Receiver<Work>,
+    config: BatchConfig,
+    counters: Arc<Counters>,
+}
+
+impl Committer {
+    /// Starts the committer; it stops once every handle is dropped and the
+    /// queued work is committed.
+    pub fn spawn(
+        store: Store,
+        config: BatchConfig,
+    ) -> (CommitterHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(config.max_events.max(1) * 2);
+        let counters = Arc::new(Counters::default());
+        let committer = Self {
+            store,
+            rx,
+            config,
+            counters: counters.clone(),
+        };
+        (
+            CommitterHandle { tx, counters },
+            tokio::spawn(committer.run()),
+        )
+    }
+
+    async fn run(mut self) {
+        let max = self.config.max_events.max(1);
+        while let Some(first) = self.rx.recv().await {
+            let mut batch = vec![first];
+            let deadline = tokio::time::Instant::now() + self.config.max_wait;
+            while batch.len() < max {
+                match self.rx.try_recv() {
+                    Ok(w) => batch.push(w),
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                            Ok(Some(w)) => batch.push(w),
+                            Ok(None) | Err(_) => break,
+                        }
+                    }
+                }
+            }
+            self.commit(batch).await;
+        }
+    }
+
+    async fn commit(&self, batch: Vec<Work>) {
+        let (ingests, dones): (Vec<Ingest>, Vec<Done>) =
+            batch.into_iter().map(|w| (w.ingest, w.done)).unzip();
+        let outcomes = self.commit_all(ingests).await;
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let parked = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Parked { .. }))
+            .count();
+        self.counters
+            .committed
+            .fetch_add(outcomes.len() as u64, Ordering::Relaxed);
+        self.counters
+            .parked
+            .fetch_add(parked as u64, Ordering::Relaxed);
+        let acks = outcomes.into_iter().zip(dones).map(|(outcome, done)| async move {
+            match done {
+                Done::Amqp(msg) => {
+                    if let Err(e) = msg.ack().await {
+                        self.counters.ack_failures.fetch_add(1, Ordering::Relaxed);
+                        debug!(error = %e, "ack failed; the broker will redeliver and the store will recognise it");
+                    }
+                }
+                Done::Http(tx) => {
+                    let _ = tx.send(outcome);
+                }
+            }
+        });
+        join_all(acks).await;
+    }
+
+    /// Commits, retrying transient failures forever (the messages stay
+    /// unacknowledged meanwhile) and splitting on permanent ones.
+    async fn commit_all(&self, ingests: Vec<Ingest>) -> Vec<Outcome> {
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.commit(&ingests).await {
+                Ok(outcomes) => return outcomes,
+                Err(e) if e.is_transient() => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    warn!(error = %e, events = ingests.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) if ingests.len() > 1 => {
+                    warn!(error = %e, events = ingests.len(), "store rejected a batch; committing its events one by one");
+                    let mut out = Vec::with_capacity(ingests.len());
+                    for one in ingests {
+                        out.extend(Box::pin(self.commit_all(vec![one])).await);
+                    }
+                    return out;
+                }
+                Err(e) => return self.park_rejected(ingests, &e).await,
+            }
+        }
+    }
+
+    async fn park_rejected(&self, mut ingests: Vec<Ingest>, e: &StoreError) -> Vec<Outcome> {
+        error!(error = %e, "store rejected an event; parking it");
+        for ing in &mut ingests {
+            let (mapping, event_id) = match &ing.result {
+                Ok(m) => (Some(m.mapping.clone()), Some(m.event_id.clone())),
+                Err(r) => (r.mapping.clone(), r.event_id.clone()),
+            };
+            ing.result = Err(Rejection {
+                code: "store_rejected".into(),
+                reason: format!("the store could not record this event: {e}"),
+                mapping,
+                event_id,
+            });
+        }
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.commit(&ingests).await {
+                Ok(outcomes) => return outcomes,
+                Err(e) => {
+                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, "cannot park an event the store rejected; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+}
