@@ -67,7 +67,32 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Starts everything; returns once the HTTP port is bound.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let key = PseudonymKey::from_env().map_err(|e| StartError::PseudonymKey(e.to_string()))?;
+        let key = match PseudonymKey::from_env().map_err(StartError::PseudonymKey)? {
+            Some(key) => Some(key),
+            None => match &config.pseudonym_key_file {
+                Some(file) => {
+                    let bytes = std::fs::read(file).map_err(|e| {
+                        StartError::PseudonymKey(format!(
+                            "pseudonym_key_file {}: {e}",
+                            file.display()
+                        ))
+                    })?;
+                    let text = String::from_utf8_lossy(&bytes);
+                    Some(PseudonymKey::new(text.trim().as_bytes()).map_err(|e| {
+                        StartError::PseudonymKey(format!(
+                            "pseudonym_key_file {}: {e}",
+                            file.display()
+                        ))
+                    })?)
+                }
+                None => {
+                    warn!(
+                        "no pseudonym key (KIUNGO_PSEUDONYM_KEY or pseudonym_key_file): events whose mapping calls pseudonym() will be parked"
+                    );
+                    None
+                }
+            },
+        };
         let mappings = Arc::new(MappingSet::load_dir(
             &config.mappings,
             LoadOptions {

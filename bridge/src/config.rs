@@ -38,6 +38,11 @@ pub struct Config {
     /// Group-commit batching.
     #[serde(default)]
     pub ingest: BatchConfig,
+    /// File holding the key of `pseudonym()` in mappings (at least 32
+    /// bytes). `KIUNGO_PSEUDONYM_KEY` takes precedence. Without either,
+    /// events whose mapping needs a pseudonym are parked.
+    #[serde(default)]
+    pub pseudonym_key_file: Option<PathBuf>,
 }
 
 /// `http:`.
@@ -74,6 +79,7 @@ impl Default for Config {
             rabbitmq: None,
             http: HttpConfig::default(),
             ingest: BatchConfig::default(),
+            pseudonym_key_file: None,
         }
     }
 }
@@ -136,6 +142,12 @@ impl Config {
             && let Some(dir) = file.parent()
         {
             config.mappings = dir.join(&config.mappings);
+        }
+        if let Some(key) = config.pseudonym_key_file.as_mut()
+            && key.is_relative()
+            && let Some(dir) = file.parent()
+        {
+            *key = dir.join(&*key);
         }
         if let Some(path) = config.store.url.strip_prefix("sqlite:")
             && !path.starts_with('/')

@@ -110,7 +110,10 @@ async fn versions_and_edits(backend: Backend) {
 
     // An edit replaces a's contributions and supersedes its bundle.
     assert_eq!(
-        store.commit(std::slice::from_ref(&a2)).await.expect("commit"),
+        store
+            .commit(std::slice::from_ref(&a2))
+            .await
+            .expect("commit"),
         vec![Outcome::Replaced]
     );
     let after = store.dhis2_totals().await.expect("totals");
@@ -128,7 +131,10 @@ async fn versions_and_edits(backend: Backend) {
 
     // The old version re-delivered late is stale, by hash and by timestamp.
     assert_eq!(
-        store.commit(std::slice::from_ref(&a1)).await.expect("commit"),
+        store
+            .commit(std::slice::from_ref(&a1))
+            .await
+            .expect("commit"),
         vec![Outcome::Stale]
     );
     let mut a0 = cht_visit("a", "facility", "");
@@ -165,7 +171,10 @@ async fn replaces_in_and_out_of_order(backend: Backend) {
     let (_db, store) = open(backend).await;
     let x1 = ingest(&set, &cht_visit("x1", "facility", ""), None);
     let x2 = ingest(&set, &cht_visit("x2", "outreach", "uuid:x1"), None);
-    store.commit(std::slice::from_ref(&x1)).await.expect("commit");
+    store
+        .commit(std::slice::from_ref(&x1))
+        .await
+        .expect("commit");
     let one = sum(&store).await;
     assert_eq!(
         store.commit(&[x2]).await.expect("commit"),

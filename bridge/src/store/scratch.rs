@@ -13,8 +13,9 @@ pub fn postgres_admin_url() -> String {
 }
 
 /// A scratch database; a SQLite one is deleted with its directory when
-/// dropped, a PostgreSQL one is left for inspection (named
-/// `kiungo_test_<random>`; `DROP DATABASE` them at will).
+/// dropped, a PostgreSQL one is left for inspection after the test (named
+/// `kiungo_test_<unix seconds>_<random>`) and dropped by the first
+/// scratch database created more than an hour later.
 #[derive(Debug)]
 pub struct ScratchDb {
     /// Config that points at it.
@@ -40,8 +41,27 @@ impl ScratchDb {
             }
             Backend::Postgres => {
                 let admin = postgres_admin_url();
-                let name = format!("kiungo_test_{}", uuid::Uuid::new_v4().simple());
+                let now = super::now_ms() / 1000;
+                let name = format!(
+                    "kiungo_test_{now}_{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                );
                 let mut conn = sqlx::PgConnection::connect(&admin).await?;
+                let old: Vec<String> = sqlx::query_scalar(
+                    "SELECT datname FROM pg_database WHERE datname LIKE 'kiungo\\_test\\_%'",
+                )
+                .fetch_all(&mut conn)
+                .await?;
+                for db in old {
+                    let stamp = db.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
+                    if stamp.is_none_or(|t| now - t > 3600) {
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+                        )))
+                        .execute(&mut conn)
+                        .await;
+                    }
+                }
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await?;

@@ -1,0 +1,393 @@
+//! Test harness against the real services: a RabbitMQ vhost per test, a
+//! confirmed publisher, the `kiungo` binary as a child process that can be
+//! SIGKILLed, and the check that a store holds exactly what a workload
+//! should leave there.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::future::join_all;
+use kiungo::store::{DeadLetterFilter, Store};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use sha2::{Digest, Sha256};
+
+use crate::workload::{Expected, Kind, Message, Workload};
+
+/// Runs `rabbitmqctl -q ARGS`.
+pub fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .context("running rabbitmqctl")?;
+    if !out.status.success() {
+        bail!(
+            "rabbitmqctl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A RabbitMQ vhost of one test's own, deleted when dropped, so that tests
+/// run in parallel and can close their connections without disturbing
+/// the others.
+#[derive(Debug)]
+pub struct Vhost {
+    /// The vhost's name.
+    pub name: String,
+}
+
+impl Vhost {
+    /// Creates the vhost and gives `guest` full rights on it.
+    pub fn new() -> anyhow::Result<Self> {
+        let name = format!(
+            "kiungo-test-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        rabbitmqctl(&["add_vhost", &name])?;
+        rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
+        Ok(Self { name })
+    }
+
+    /// AMQP URL of the vhost.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+    }
+
+    /// Closes every client connection to the vhost from the broker side,
+    /// as a broker restart or a network cut would.
+    pub fn close_connections(&self) -> anyhow::Result<()> {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "--vhost",
+            &self.name,
+            "kiungo test: simulated broker loss",
+        ])?;
+        Ok(())
+    }
+
+    /// Messages ready and unacknowledged in a queue.
+    pub fn queue_depth(&self, queue: &str) -> anyhow::Result<(u64, u64)> {
+        let out = rabbitmqctl(&[
+            "list_queues",
+            "-p",
+            &self.name,
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ])?;
+        for line in out.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.first() == Some(&queue) && cols.len() == 3 {
+                return Ok((cols[1].parse()?, cols[2].parse()?));
+            }
+        }
+        bail!("queue {queue} not found in vhost {}", self.name)
+    }
+}
+
+impl Drop for Vhost {
+    fn drop(&mut self) {
+        let _ = rabbitmqctl(&["delete_vhost", &self.name]);
+    }
+}
+
+/// The queue a workload message goes to: `<prefix>.<source>`.
+pub fn queue_for(prefix: &str, source: &str) -> String {
+    format!("{prefix}.{source}")
+}
+
+/// Publishes messages in order to their source's queue (declared durable),
+/// persistent, with `message_id` and `timestamp`, and waits for the
+/// broker's confirms.
+pub async fn publish(url: &str, prefix: &str, messages: &[Message]) -> anyhow::Result<()> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let sources: BTreeSet<&str> = messages.iter().map(|m| m.source.as_str()).collect();
+    for s in sources {
+        channel
+            .queue_declare(
+                queue_for(prefix, s).into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for chunk in messages.chunks(500) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let props = BasicProperties::default()
+                .with_message_id(m.message_id.as_str().into())
+                .with_timestamp(m.timestamp)
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        queue_for(prefix, &m.source).into(),
+                        BasicPublishOptions::default(),
+                        &m.body,
+                        props,
+                    )
+                    .await?,
+            );
+        }
+        for c in join_all(confirms).await {
+            let c = c?;
+            if !c.is_ack() {
+                bail!("broker did not confirm a publish: {c:?}");
+            }
+        }
+    }
+    conn.close(200, "done".into()).await?;
+    Ok(())
+}
+
+/// Path of the `kiungo` binary next to the running test (built by
+/// `cargo nextest run --workspace`); builds it if missing.
+pub fn kiungo_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let bin = dir.join("kiungo");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "kiungo", "--bin", "kiungo"])
+            .status()?;
+        if !status.success() {
+            bail!("cargo build -p kiungo failed");
+        }
+    }
+    Ok(bin)
+}
+
+/// A `kiungo run` child process.
+#[derive(Debug)]
+pub struct KiungoProcess {
+    child: Child,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl KiungoProcess {
+    /// Starts `kiungo run --config CONFIG`, appending its output to `LOG`.
+    pub fn start(config: &Path, log: &Path) -> anyhow::Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let child = Command::new(kiungo_binary()?)
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(out.try_clone()?))
+            .stderr(Stdio::from(out))
+            .spawn()?;
+        Ok(Self {
+            child,
+            config: config.into(),
+            log: log.into(),
+        })
+    }
+
+    /// SIGKILL, no chance to flush or ack anything; then start it again.
+    pub fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        *self = Self::start(&self.config.clone(), &self.log.clone())?;
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for KiungoProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Compares the store with what the workload should leave: the live events
+/// and their current versions, the withdrawn ones, every DHIS2 total, and
+/// one dead letter per distinct poison message with its reason. Returns a
+/// description of the differences.
+pub async fn store_matches(
+    store: &Store,
+    workload: &Workload,
+    expected: &Expected,
+) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let rows = store.events().await.map_err(|e| e.to_string())?;
+    let mut last_body: BTreeMap<(String, String), &[u8]> = BTreeMap::new();
+    for m in &workload.messages {
+        if let Some(key) = &m.key {
+            last_body.insert((m.source.clone(), key.clone()), &m.body);
+        }
+    }
+    let live: BTreeMap<(String, String), Option<String>> = rows
+        .iter()
+        .filter(|r| r.state == "live")
+        .map(|r| {
+            (
+                (r.source.clone(), r.event_id.clone()),
+                r.version_hash.clone(),
+            )
+        })
+        .collect();
+    let superseded: BTreeSet<(String, String)> = rows
+        .iter()
+        .filter(|r| r.state == "superseded")
+        .map(|r| (r.source.clone(), r.event_id.clone()))
+        .collect();
+    let want: BTreeSet<&(String, String)> = expected.events.keys().collect();
+    let have: BTreeSet<&(String, String)> = live.keys().collect();
+    let missing = want.difference(&have).count();
+    let extra = have.difference(&want).count();
+    if missing + extra > 0 {
+        problems.push(format!(
+            "live events: {} expected, {} stored, {missing} missing, {extra} unexpected",
+            want.len(),
+            have.len()
+        ));
+    }
+    let wrong_version = expected
+        .events
+        .keys()
+        .filter(|k| {
+            let want = last_body.get(*k).map(|b| sha256_hex(b));
+            live.get(*k).is_some_and(|h| *h != want)
+        })
+        .count();
+    if wrong_version > 0 {
+        problems.push(format!(
+            "{wrong_version} live events hold another version than the last published"
+        ));
+    }
+    let not_withdrawn = expected.withdrawn.difference(&superseded).count();
+    if not_withdrawn > 0 {
+        problems.push(format!("{not_withdrawn} replaced events are not withdrawn"));
+    }
+
+    let totals = store.dhis2_totals().await.map_err(|e| e.to_string())?;
+    let want_totals: BTreeMap<(String, String, String, String, String), f64> = expected
+        .totals
+        .iter()
+        .map(|(k, v)| {
+            (
+                (
+                    k.data_element.clone(),
+                    k.period.clone(),
+                    k.org_unit.clone(),
+                    k.category_option_combo.clone(),
+                    k.attribute_option_combo.clone(),
+                ),
+                *v,
+            )
+        })
+        .collect();
+    let mut wrong = 0;
+    for key in want_totals
+        .keys()
+        .chain(totals.keys())
+        .collect::<BTreeSet<_>>()
+    {
+        let (a, b) = (
+            want_totals.get(key).copied().unwrap_or(0.0),
+            totals.get(key).copied().unwrap_or(0.0),
+        );
+        if (a - b).abs() > 1e-9 {
+            wrong += 1;
+            if wrong <= 3 {
+                problems.push(format!("total {key:?}: expected {a}, stored {b}"));
+            }
+        }
+    }
+    if wrong > 3 {
+        problems.push(format!("… {wrong} totals differ in all"));
+    }
+
+    let mut want_dead: BTreeMap<&'static str, BTreeSet<(&str, &[u8])>> = BTreeMap::new();
+    for m in &workload.messages {
+        if let Kind::Poison(class) = m.kind {
+            want_dead
+                .entry(class.reason())
+                .or_default()
+                .insert((m.source.as_str(), m.body.as_slice()));
+        }
+    }
+    let dead = store
+        .dead_letters(&DeadLetterFilter {
+            limit: Some(1_000_000),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut have_dead: BTreeMap<String, usize> = BTreeMap::new();
+    for d in &dead {
+        *have_dead.entry(d.reason_code.clone()).or_default() += 1;
+    }
+    let want_dead: BTreeMap<String, usize> = want_dead
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.len()))
+        .collect();
+    if want_dead != have_dead {
+        problems.push(format!(
+            "dead letters by reason: expected {want_dead:?}, stored {have_dead:?}"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("\n"))
+    }
+}
+
+/// Polls [`store_matches`] until it holds or `timeout` passes; the error
+/// carries the last differences.
+pub async fn wait_for_store(
+    store: &Store,
+    workload: &Workload,
+    expected: &Expected,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        match store_matches(store, workload, expected).await {
+            Ok(()) => return Ok(()),
+            Err(diff) if start.elapsed() > timeout => {
+                bail!("after {timeout:?} the store still differs:\n{diff}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
