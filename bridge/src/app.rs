@@ -112,7 +112,8 @@ impl Application {
                 let limits = Limits {
                     max_bytes: rabbit.max_message_bytes,
                 };
-                let (tx, rx) = mpsc::channel(usize::from(rabbit.prefetch).max(16));
+                // Small: the broker's prefetch window is the real buffer.
+                let (tx, rx) = mpsc::channel(64);
                 let source = tokio::spawn(rabbitmq::run(rabbit, tx, state_tx, shutdown_rx.clone()));
                 let mapper =
                     tokio::spawn(run_mapper(mappings.clone(), limits, rx, committer.clone()));

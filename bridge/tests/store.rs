@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kiungo::store::scratch::ScratchDb;
-use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outcome, Rejection, Store};
+use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outcome, Outputs, Rejection, Store};
 use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
 use serde_json::{Value, json};
 
@@ -42,6 +42,7 @@ fn ingest(set: &MappingSet, payload: &Value, ts: Option<i64>) -> Ingest {
             message_id: None,
             payload: Arc::new(payload.clone()),
         })
+        .map(Outputs::from)
         .map_err(|e| Rejection {
             code: e.reason().into(),
             reason: e.to_string(),

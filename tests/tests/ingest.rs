@@ -159,7 +159,7 @@ async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
     // kill, so that each kill lands mid-stream.
     while kills < 3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let n = store.stats().await.expect("stats").versions;
+        let n = store.count_events().await.expect("count");
         if n >= last + 1_500 {
             kiungo.kill_and_restart().expect("kill and restart");
             kills += 1;
@@ -215,7 +215,7 @@ async fn broker_connection_loss_recovers(backend: Backend) {
     let mut last = 0;
     while closes < 2 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let n = app.store().stats().await.expect("stats").versions;
+        let n = app.store().count_events().await.expect("count");
         if n >= last + 2_000 && app.source_state().connected {
             vhost.close_connections().expect("close connections");
             closes += 1;

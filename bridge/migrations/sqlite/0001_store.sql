@@ -23,8 +23,9 @@ CREATE TABLE events (
     PRIMARY KEY (source, event_id)
 );
 
--- Every version hash seen per event, so that a late re-delivery of an
--- older version is recognised and never overwrites a newer one.
+-- Version hashes seen per event other than the current one (earlier
+-- versions, late arrivals), so that a late re-delivery of an older version
+-- is recognised and never overwrites a newer one.
 CREATE TABLE event_versions (
     source       TEXT    NOT NULL,
     event_id     TEXT    NOT NULL,
@@ -53,7 +54,7 @@ CREATE TABLE fhir_outbox (
     UNIQUE (source, event_id, version_hash)
 );
 CREATE INDEX fhir_outbox_due ON fhir_outbox (state, next_attempt_at);
-CREATE INDEX fhir_outbox_event ON fhir_outbox (source, event_id);
+-- Lookups by (source, event_id) use the unique index's prefix.
 
 -- DHIS2 contributions of each live event; totals are recomputed from
 -- these, so a replay or a withdrawal never double-counts.

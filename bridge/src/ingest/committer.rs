@@ -8,6 +8,8 @@
 //! event cannot block the others; an event that fails alone is parked as
 //! `store_rejected`.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,7 +79,8 @@ pub struct Counters {
     pub batches: AtomicU64,
     /// Commit attempts that failed and were retried.
     pub retries: AtomicU64,
-    /// AMQP acks that failed (channel gone; the broker redelivers).
+    /// AMQP acks (one per channel per batch) that failed: the channel is
+    /// gone and the broker redelivers.
     pub ack_failures: AtomicU64,
 }
 
@@ -112,7 +115,7 @@ impl Committer {
         store: Store,
         config: BatchConfig,
     ) -> (CommitterHandle, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(config.max_events.max(1) * 2);
+        let (tx, rx) = mpsc::channel(config.max_events.max(1));
         let counters = Arc::new(Counters::default());
         let committer = Self {
             store,
@@ -150,7 +153,14 @@ impl Committer {
     async fn commit(&self, batch: Vec<Work>) {
         let (ingests, dones): (Vec<Ingest>, Vec<Done>) =
             batch.into_iter().map(|w| (w.ingest, w.done)).unzip();
+        let started = std::time::Instant::now();
+        let events = ingests.len();
         let outcomes = self.commit_all(ingests).await;
+        debug!(
+            events,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let parked = outcomes
             .iter()
@@ -162,17 +172,31 @@ impl Committer {
         self.counters
             .parked
             .fetch_add(parked as u64, Ordering::Relaxed);
-        let acks = outcomes.into_iter().zip(dones).map(|(outcome, done)| async move {
+        // AMQP: one `multiple` ack per channel, on its last delivery in the
+        // batch. The mapper keeps each channel's order and batches commit in
+        // order, so every earlier delivery of the channel is committed.
+        let mut last: HashMap<u64, Box<SourceMessage>> = HashMap::new();
+        for (outcome, done) in outcomes.into_iter().zip(dones) {
             match done {
-                Done::Amqp(msg) => {
-                    if let Err(e) = msg.ack().await {
-                        self.counters.ack_failures.fetch_add(1, Ordering::Relaxed);
-                        debug!(error = %e, "ack failed; the broker will redeliver and the store will recognise it");
+                Done::Amqp(msg) => match last.entry(msg.channel) {
+                    Entry::Occupied(mut e) => {
+                        if msg.delivery_tag > e.get().delivery_tag {
+                            e.insert(msg);
+                        }
                     }
-                }
+                    Entry::Vacant(e) => {
+                        e.insert(msg);
+                    }
+                },
                 Done::Http(tx) => {
                     let _ = tx.send(outcome);
                 }
+            }
+        }
+        let acks = last.into_values().map(|msg| async move {
+            if let Err(e) = msg.ack_up_to().await {
+                self.counters.ack_failures.fetch_add(1, Ordering::Relaxed);
+                debug!(error = %e, "ack failed; the broker will redeliver and the store will recognise it");
             }
         });
         join_all(acks).await;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use kiungo_mappings::{Event, MappingSet};
 
-use crate::store::{Ingest, Rejection};
+use crate::store::{Ingest, Outputs, Rejection};
 
 /// Input limits.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ fn classify(
     origin: &Origin,
     body: &[u8],
     limits: Limits,
-) -> Result<kiungo_mappings::MappedEvent, Rejection> {
+) -> Result<Outputs, Rejection> {
     let label = origin.message_id.as_deref().unwrap_or("(no message id)");
     if body.len() > limits.max_bytes {
         return Err(reject(
@@ -103,7 +103,7 @@ fn classify(
             format!("message {label}: the mapping engine panicked on this event"),
         )
     })?;
-    mapped.map_err(|e| Rejection {
+    mapped.map(Outputs::from).map_err(|e| Rejection {
         code: e.reason().to_owned(),
         reason: e.to_string(),
         mapping: mapping_of(&e),

@@ -51,7 +51,49 @@ pub struct Ingest {
     /// The AMQP headers as JSON, kept with dead letters.
     pub headers: Option<serde_json::Value>,
     /// The mapped outputs, or why there are none.
-    pub result: Result<MappedEvent, Rejection>,
+    pub result: Result<Outputs, Rejection>,
+}
+
+/// What one event yields, ready to store: the FHIR transaction bundle is
+/// serialized already (by the mapper, off the store's critical path, and
+/// so that the resource trees are freed before the event waits for its
+/// commit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outputs {
+    /// Id of the mapping that produced them.
+    pub mapping: String,
+    /// Its version.
+    pub mapping_version: u32,
+    /// The event id.
+    pub event_id: String,
+    /// The event this one replaces, if any.
+    pub replaces: Option<String>,
+    /// The transaction `Bundle` as JSON and its number of entries; `None`
+    /// when the event yields no FHIR resources.
+    pub bundle: Option<(String, usize)>,
+    /// DHIS2 contributions.
+    pub dhis2: Vec<Dhis2Contribution>,
+}
+
+impl From<MappedEvent> for Outputs {
+    fn from(m: MappedEvent) -> Self {
+        let bundle = (!m.fhir.is_empty()).then(|| {
+            let json = serde_json::json!({
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": m.fhir,
+            });
+            (json.to_string(), m.fhir.len())
+        });
+        Self {
+            mapping: m.mapping,
+            mapping_version: m.mapping_version,
+            event_id: m.event_id,
+            replaces: m.replaces,
+            bundle,
+            dhis2: m.dhis2,
+        }
+    }
 }
 
 /// Why an event could not be mapped: it is parked as a dead letter.
@@ -165,7 +207,7 @@ impl Store {
             &[],
             &keys,
         ) {
-            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+            for row in query(self.backend, sql, binds).fetch_all(&mut *tx).await? {
                 let key: Key = (row.try_get(0)?, row.try_get(1)?);
                 let state: String = row.try_get(2)?;
                 plan.rows.insert(
@@ -199,7 +241,7 @@ impl Store {
             &[],
             &known,
         ) {
-            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+            for row in query(self.backend, sql, binds).fetch_all(&mut *tx).await? {
                 let key: Key = (row.try_get(0)?, row.try_get(1)?);
                 if let Some(cur) = plan.rows.get_mut(&key) {
                     cur.seen.insert(row.try_get(2)?);
@@ -228,7 +270,7 @@ impl Store {
             &[],
             &plan.withdraw,
         ) {
-            for row in query(sql, binds).fetch_all(&mut *tx).await? {
+            for row in query(self.backend, sql, binds).fetch_all(&mut *tx).await? {
                 dirty.insert(
                     [
                         row.try_get(0)?,
@@ -247,7 +289,7 @@ impl Store {
             &[now.into()],
             &plan.withdraw,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         let (mut fresh, mut changed) = (Vec::new(), Vec::new());
@@ -282,7 +324,7 @@ impl Store {
         // same key meanwhile, the unique violation fails the batch, which
         // is retried and then sees that row.
         for (sql, binds) in multi_row(EVENT_COLS, "", 13, fresh) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
         for (sql, binds) in multi_row(
             EVENT_COLS,
@@ -294,7 +336,7 @@ impl Store {
             13,
             changed,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         let versions = plan
@@ -315,7 +357,7 @@ impl Store {
             4,
             versions,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         let mut contributions = Vec::new();
@@ -362,7 +404,7 @@ impl Store {
             13,
             contributions,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         let dirty = dirty
@@ -384,7 +426,7 @@ impl Store {
             6,
             dirty,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         let bundles = plan
@@ -411,7 +453,7 @@ impl Store {
             9,
             bundles,
         ) {
-            query(sql, binds).execute(&mut *tx).await?;
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
 
         for (i, rejection) in parked {
@@ -423,9 +465,10 @@ impl Store {
                 .chain_update(&ing.payload)
                 .finalize());
             let row = query(
+                self.backend,
                 "INSERT INTO dead_letters (fingerprint, stage, source, queue, message_id, event_id, mapping, \
                  reason_code, reason, payload, headers, received_at, last_seen_at) \
-                 VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
+                 VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                  last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
                  reason = excluded.reason, state = 'open' RETURNING id"
@@ -441,6 +484,7 @@ impl Store {
                     rejection.reason.as_str().into(),
                     Some(ing.payload.clone()).into(),
                     ing.headers.as_ref().map(|h| h.to_string()).into(),
+                    now.into(),
                     now.into(),
                 ],
             )
@@ -461,7 +505,7 @@ impl Store {
 }
 
 impl Plan {
-    fn apply(&mut self, ing: &Ingest, m: &MappedEvent, now: i64) -> Outcome {
+    fn apply(&mut self, ing: &Ingest, m: &Outputs, now: i64) -> Outcome {
         let hash = hex(&Sha256::digest(&ing.payload));
         let key: Key = (ing.source.clone(), m.event_id.clone());
         let outcome = match self.rows.get_mut(&key) {
@@ -499,29 +543,30 @@ impl Plan {
             received_at: ing.received_at,
             seen: HashSet::new(),
         });
+        // The version being replaced joins the versions seen before, so
+        // that a late re-delivery of it is recognised as stale.
+        if let Some(previous) = cur.hash.take() {
+            self.versions.push((key.clone(), previous));
+        }
         cur.changed = true;
         cur.state = State::Live;
         cur.mapping = Some(m.mapping.clone());
         cur.mapping_version = Some(i64::from(m.mapping_version));
         cur.hash = Some(hash.clone());
-        cur.ts = ing.version_ts.or(Some(ing.received_at));
+        // Only publisher timestamps order versions: the receive time is
+        // another clock, and comparing the two would be meaningless.
+        cur.ts = ing.version_ts;
         cur.versions += 1;
         cur.message_id = ing.message_id.clone();
         cur.payload = Some(ing.payload.clone());
         cur.seen.insert(hash.clone());
-        self.versions.push((key.clone(), hash.clone()));
         if !m.dhis2.is_empty() {
             self.contributions.insert(key.clone(), m.dhis2.clone());
         }
-        if !m.fhir.is_empty() {
-            let bundle = serde_json::json!({
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": m.fhir,
-            });
+        if let Some((bundle, entries)) = &m.bundle {
             self.bundles.insert(
                 key.clone(),
-                (hash, m.mapping.clone(), m.fhir.len(), bundle.to_string()),
+                (hash, m.mapping.clone(), *entries, bundle.clone()),
             );
         }
         if let Some(old) = m

@@ -16,8 +16,9 @@ pub struct Stats {
     pub events_live: i64,
     /// Events replaced by another event (tombstones).
     pub events_superseded: i64,
-    /// Versions seen, over all events.
-    pub versions: i64,
+    /// Versions seen other than the current ones (earlier versions, late
+    /// arrivals), over all events.
+    pub previous_versions: i64,
     /// FHIR bundles waiting for delivery.
     pub outbox_pending: i64,
     /// FHIR bundles superseded by a newer version before delivery.
@@ -147,7 +148,7 @@ impl Store {
         Ok(Stats {
             events_live: row.try_get(0)?,
             events_superseded: row.try_get(1)?,
-            versions: row.try_get(2)?,
+            previous_versions: row.try_get(2)?,
             outbox_pending: row.try_get(3)?,
             outbox_superseded: row.try_get(4)?,
             contributions: row.try_get(5)?,
@@ -238,7 +239,9 @@ impl Store {
         }
         binds.push(filter.limit.unwrap_or(100).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));
-        let rows = query(sql, binds).fetch_all(&self.pool).await?;
+        let rows = query(self.backend, sql, binds)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .iter()
             .map(|r| dead_letter(r, false))
@@ -248,6 +251,7 @@ impl Store {
     /// One dead letter with its payload and headers.
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         let row = query(
+            self.backend,
             format!("SELECT {DEAD_LETTER_COLS}, payload, headers FROM dead_letters WHERE id = $1"),
             vec![id.into()],
         )
@@ -267,6 +271,7 @@ impl Store {
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
         query(
+            self.backend,
             "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
                 .to_owned(),
             vec![
@@ -290,5 +295,14 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+impl Store {
+    /// Number of event rows (live and superseded): a cheap progress probe.
+    pub async fn count_events(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
     }
 }

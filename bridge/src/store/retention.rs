@@ -33,6 +33,7 @@ impl Store {
         let cutoff = now_ms - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
         let mut tx = self.begin_write().await?;
         let bundles = query(
+            self.backend,
             "UPDATE fhir_outbox SET bundle = NULL \
              WHERE bundle IS NOT NULL AND state IN ('delivered', 'superseded') AND updated_at < $1"
                 .to_owned(),
@@ -42,6 +43,7 @@ impl Store {
         .await?
         .rows_affected();
         let payloads = query(
+            self.backend,
             "UPDATE events SET payload = NULL \
              WHERE payload IS NOT NULL AND updated_at < $1 AND NOT EXISTS ( \
                SELECT 1 FROM fhir_outbox o WHERE o.source = events.source \

@@ -66,10 +66,16 @@ impl ScratchDb {
                     .execute(&mut conn)
                     .await?;
                 conn.close().await?;
-                let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+                // Same server and options, other database: the name is the
+                // last path segment, before any `?query`.
+                let (path, query) = admin
+                    .split_once('?')
+                    .map_or((admin.as_str(), None), |(p, q)| (p, Some(q)));
+                let base = path.rsplit_once('/').map_or(path, |(b, _)| b);
+                let query = query.map(|q| format!("?{q}")).unwrap_or_default();
                 Ok(Self {
                     config: StoreConfig {
-                        url: format!("{base}/{name}"),
+                        url: format!("{base}/{name}{query}"),
                         ..StoreConfig::default()
                     },
                     _dir: None,

@@ -6,6 +6,8 @@ use sqlx::any::AnyArguments;
 use sqlx::query::Query;
 use sqlx::{Any, AssertSqlSafe};
 
+use super::Backend;
+
 /// SQLite allows 32,766 parameters per statement and PostgreSQL 65,535.
 const MAX_PARAMS: usize = 30_000;
 
@@ -54,9 +56,51 @@ impl From<Option<Vec<u8>>> for Bind {
     }
 }
 
-/// Builds `sql` with `binds` bound in order.
-pub(crate) fn query(sql: String, binds: Vec<Bind>) -> Query<'static, Any, AnyArguments> {
-    let mut q = sqlx::query(AssertSqlSafe(sql));
+/// Rewrites `$1, $2, …` to SQLite's anonymous `?` when they appear exactly
+/// in order, once each. SQLite looks a named parameter up by walking a
+/// list (and sqlx asks for every parameter's name), which makes binding
+/// quadratic: a 500-row insert spent most of its time there.
+pub(crate) fn anonymous_placeholders(sql: &str) -> Option<String> {
+    let mut out = String::with_capacity(sql.len());
+    let mut next = 1usize;
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '$' {
+            out.push(c);
+            continue;
+        }
+        let mut n = 0usize;
+        let mut digits = 0;
+        while let Some(&(_, d)) = chars.peek() {
+            let Some(v) = d.to_digit(10) else { break };
+            n = n * 10 + v as usize;
+            digits += 1;
+            chars.next();
+        }
+        if digits == 0 || n != next {
+            return None;
+        }
+        next += 1;
+        out.push('?');
+    }
+    Some(out)
+}
+
+/// Builds `sql` with `binds` bound in order. Statements are not kept in
+/// the connection's prepared-statement cache: multi-row statements differ
+/// in size from batch to batch, and caching each shape would hold many
+/// large prepared statements per connection for no reuse.
+pub(crate) fn query(
+    backend: Backend,
+    sql: String,
+    binds: Vec<Bind>,
+) -> Query<'static, Any, AnyArguments> {
+    let persistent = binds.len() <= 16;
+    let sql = match backend {
+        Backend::Sqlite => anonymous_placeholders(&sql).unwrap_or(sql),
+        Backend::Postgres => sql,
+    };
+    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(persistent);
     for b in binds {
         q = match b {
             Bind::Text(v) => q.bind(v),
@@ -110,30 +154,41 @@ pub(crate) fn multi_row(
     out
 }
 
-/// Splits `keys` (source, event id) into `… WHERE (source, event_id) IN
-/// (VALUES …)` statements: `prefix` is everything before `IN`, numbered
-/// after `fixed` leading binds.
+/// Splits `keys` (source, event id) into `… WHERE source = $n AND
+/// event_id IN ($n+1, …)` statements, one or more per source, so that
+/// both databases look the keys up through the primary key: `prefix` is
+/// everything before `source =`, numbered after `fixed` leading binds.
 pub(crate) fn by_keys(
     prefix: &str,
     suffix: &str,
     fixed: &[Bind],
     keys: &[(String, String)],
 ) -> Vec<(String, Vec<Bind>)> {
-    let per = (MAX_PARAMS - fixed.len()) / 2;
-    keys.chunks(per.max(1))
-        .map(|chunk| {
+    let mut by_source: std::collections::BTreeMap<&str, Vec<&str>> =
+        std::collections::BTreeMap::new();
+    for (s, e) in keys {
+        by_source.entry(s.as_str()).or_default().push(e.as_str());
+    }
+    let per = (MAX_PARAMS - fixed.len() - 1).max(1);
+    let mut out = Vec::new();
+    for (source, ids) in by_source {
+        for chunk in ids.chunks(per) {
+            let first = fixed.len() + 2;
+            let list: Vec<String> = (first..first + chunk.len())
+                .map(|n| format!("${n}"))
+                .collect();
             let sql = format!(
-                "{prefix} (source, event_id) IN (VALUES {}) {suffix}",
-                tuples(fixed.len() + 1, chunk.len(), 2)
+                "{prefix} source = ${} AND event_id IN ({}) {suffix}",
+                fixed.len() + 1,
+                list.join(", ")
             );
             let mut binds = fixed.to_vec();
-            for (s, e) in chunk {
-                binds.push(s.as_str().into());
-                binds.push(e.as_str().into());
-            }
-            (sql, binds)
-        })
-        .collect()
+            binds.push(source.into());
+            binds.extend(chunk.iter().map(|e| Bind::from(*e)));
+            out.push((sql, binds));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -143,6 +198,45 @@ mod tests {
     #[test]
     fn tuples_are_numbered_across_rows() {
         assert_eq!(tuples(3, 2, 2), "($3, $4), ($5, $6)");
+    }
+
+    #[test]
+    fn placeholders_become_anonymous_only_in_order() {
+        assert_eq!(
+            anonymous_placeholders("a = $1 AND b IN ($2, $3)").as_deref(),
+            Some("a = ? AND b IN (?, ?)")
+        );
+        assert_eq!(anonymous_placeholders("a = $1, b = $1"), None);
+        assert_eq!(anonymous_placeholders("a = $2"), None);
+        assert_eq!(
+            anonymous_placeholders("SELECT 1").as_deref(),
+            Some("SELECT 1")
+        );
+    }
+
+    #[test]
+    fn keys_are_grouped_by_source() {
+        let keys = vec![
+            ("a".to_owned(), "1".to_owned()),
+            ("b".to_owned(), "2".to_owned()),
+            ("a".to_owned(), "3".to_owned()),
+        ];
+        let stmts = by_keys(
+            "DELETE FROM t WHERE x = $1 AND",
+            "",
+            &[Bind::from(0i64)],
+            &keys,
+        );
+        assert_eq!(stmts.len(), 2);
+        assert_eq!(
+            stmts[0].0,
+            "DELETE FROM t WHERE x = $1 AND source = $2 AND event_id IN ($3, $4) "
+        );
+        assert_eq!(stmts[0].1.len(), 4);
+        assert_eq!(
+            stmts[1].0,
+            "DELETE FROM t WHERE x = $1 AND source = $2 AND event_id IN ($3) "
+        );
     }
 
     #[test]

@@ -18,6 +18,9 @@ use tracing::{info, warn};
 use super::config::{QueueConfig, QueueKind, RabbitConfig};
 use super::headers::field_table_to_json;
 
+/// Numbers channels across sessions, so that acks never mix them up.
+static CHANNELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// One delivered message, not yet acknowledged.
 #[derive(Debug)]
 pub struct SourceMessage {
@@ -38,6 +41,11 @@ pub struct SourceMessage {
     pub redelivered: bool,
     /// The body.
     pub body: Vec<u8>,
+    /// Identifies the channel it came on, unique for the life of the
+    /// process (a reconnect opens new channels with new numbers).
+    pub channel: u64,
+    /// The delivery tag on that channel.
+    pub delivery_tag: u64,
     acker: lapin::Acker,
 }
 
@@ -47,6 +55,16 @@ impl SourceMessage {
     /// store will recognise the redelivery).
     pub async fn ack(&self) -> Result<(), lapin::Error> {
         self.acker.ack(BasicAckOptions::default()).await.map(|_| ())
+    }
+
+    /// Acknowledges this message and every earlier one on its channel
+    /// (`multiple`): one frame for a whole committed batch. Call only when
+    /// every earlier delivery of the channel is committed too.
+    pub async fn ack_up_to(&self) -> Result<(), lapin::Error> {
+        self.acker
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .map(|_| ())
     }
 }
 
@@ -128,6 +146,7 @@ async fn session(
     let mut streams = Vec::new();
     for q in queues {
         let channel = conn.create_channel().await?;
+        let channel_no = CHANNELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         channel
             .basic_qos(config.prefetch, BasicQosOptions::default())
             .await?;
@@ -146,7 +165,11 @@ async fn session(
                 )
                 .await?;
             let q = q.clone();
-            streams.push(consumer.map(move |d| (q.clone(), overflow, d)).boxed());
+            streams.push(
+                consumer
+                    .map(move |d| (q.clone(), overflow, channel_no, d))
+                    .boxed(),
+            );
         }
     }
     state.send_modify(|s| {
@@ -163,8 +186,8 @@ async fn session(
         tokio::select! {
             next = all.next() => match next {
                 None => return Err(SessionError::StreamEnded),
-                Some((_, _, Err(e))) => return Err(e.into()),
-                Some((queue, overflow, Ok(d))) => {
+                Some((_, _, _, Err(e))) => return Err(e.into()),
+                Some((queue, overflow, channel, Ok(d))) => {
                     let headers = d.properties.headers().as_ref().map(field_table_to_json)
                         .unwrap_or_else(|| serde_json::Value::Object(serde_json::Map::new()));
                     let msg = SourceMessage {
@@ -176,6 +199,8 @@ async fn session(
                         headers,
                         redelivered: d.redelivered,
                         body: d.data,
+                        channel,
+                        delivery_tag: d.delivery_tag,
                         acker: d.acker,
                     };
                     if tx.send(msg).await.is_err() {

@@ -1,0 +1,273 @@
+//! `kiungo-loadgen`: measures consume-map-commit-ack throughput and memory
+//! of the `kiungo` binary against a bare consumer that only acks, side by
+//! side in one run on the same broker.
+//!
+//! For each of the two consumers it fills the queues with the same N
+//! events (the shipped packs, via the workload generator), then drains
+//! them: the bare consumer in-process (one channel per queue, prefetch P,
+//! ack per message), Kiungo as a child process (`target/release/kiungo
+//! run`) whose peak resident memory is read from `/proc`.
+//!
+//! ```text
+//! cargo build --release -p kiungo -p kiungo-tests
+//! target/release/kiungo-loadgen --events 50000 --prefetch 500 --store sqlite
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, Store};
+use kiungo_tests::harness::{Vhost, publish, queue_for};
+use kiungo_tests::workload::{Mix, generate_with, load_mappings, packs_dir};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+
+const SOURCES: [&str; 4] = ["cht", "commcare", "kobo", "inhouse"];
+
+struct Args {
+    events: usize,
+    prefetch: u16,
+    backend: Backend,
+    duplicates: f64,
+    edits: f64,
+    batch: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 50_000,
+        prefetch: 500,
+        backend: Backend::Sqlite,
+        duplicates: 0.0,
+        edits: 0.0,
+        batch: 500,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--prefetch" => a.prefetch = value()?.parse()?,
+            "--duplicates" => a.duplicates = value()?.parse()?,
+            "--edits" => a.edits = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--store" => {
+                a.backend = match value()?.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => bail!("--store {other}: expected sqlite or postgres"),
+                }
+            }
+            other => bail!(
+                "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N"
+            ),
+        }
+    }
+    Ok(a)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let mappings = load_mappings(&packs_dir())?;
+    let workload = generate_with(
+        &mappings,
+        args.events,
+        42,
+        Mix {
+            duplicates: args.duplicates,
+            edits: args.edits,
+            poison: 0.0,
+        },
+    )?;
+    let n = workload.messages.len();
+    let bytes: usize = workload.messages.iter().map(|m| m.body.len()).sum();
+    println!(
+        "workload: {n} events, {:.0} bytes average",
+        bytes as f64 / n as f64
+    );
+
+    // Bare consumer.
+    let vhost = Vhost::new()?;
+    let prefix = "loadgen";
+    let t = Instant::now();
+    publish(&vhost.url(), prefix, &workload.messages).await?;
+    println!(
+        "published {n} in {:.1} s ({:.0}/s)",
+        t.elapsed().as_secs_f64(),
+        n as f64 / t.elapsed().as_secs_f64()
+    );
+    let bare = bare_consumer(&vhost.url(), prefix, args.prefetch, n).await?;
+    println!("bare consumer (ack only): {bare:.0} msg/s");
+
+    // Kiungo.
+    publish(&vhost.url(), prefix, &workload.messages).await?;
+    let db = ScratchDb::new(args.backend).await?;
+    let (rate, peak_rss_kb, hwm_kb) = kiungo(
+        &vhost.url(),
+        prefix,
+        &db,
+        args.prefetch,
+        args.batch,
+        &workload,
+    )
+    .await?;
+    println!(
+        "kiungo ({:?}): {rate:.0} events/s = {:.0}% of bare; peak RSS {:.1} MB (VmHWM {:.1} MB)",
+        args.backend,
+        100.0 * rate / bare,
+        peak_rss_kb as f64 / 1024.0,
+        hwm_kb as f64 / 1024.0
+    );
+    println!(
+        "| {n} | {} | {:?} | {bare:.0} | {rate:.0} | {:.0}% | {:.1} MB |",
+        args.prefetch,
+        args.backend,
+        100.0 * rate / bare,
+        hwm_kb as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn bare_consumer(url: &str, prefix: &str, prefetch: u16, n: usize) -> anyhow::Result<f64> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let mut streams = Vec::new();
+    for s in SOURCES {
+        let ch = conn.create_channel().await?;
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let c = ch
+            .basic_consume(
+                queue_for(prefix, s).into(),
+                "bare".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        streams.push(c);
+    }
+    let mut all = futures_util::stream::select_all(streams);
+    let mut start = None;
+    let mut count = 0;
+    while count < n {
+        let d = tokio::time::timeout(Duration::from_secs(30), all.next())
+            .await
+            .context("bare consumer stalled")?
+            .context("stream ended")??;
+        start.get_or_insert_with(Instant::now);
+        d.ack(BasicAckOptions::default()).await?;
+        count += 1;
+    }
+    let secs = start.map_or(1.0, |s| s.elapsed().as_secs_f64());
+    conn.close(200, "done".into()).await?;
+    Ok(n as f64 / secs)
+}
+
+fn kiungo_release_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("kiungo");
+    if !bin.exists() {
+        bail!("{} missing: cargo build --release -p kiungo", bin.display());
+    }
+    Ok(bin)
+}
+
+fn rss_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+async fn kiungo(
+    url: &str,
+    prefix: &str,
+    db: &ScratchDb,
+    prefetch: u16,
+    batch: usize,
+    workload: &kiungo_tests::workload::Workload,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "kiungo-loadgen-pseudonym-key-0123456789abcdef")?;
+    let mut queues = String::new();
+    for s in SOURCES {
+        queues.push_str(&format!(
+            "    - {{name: {}, source: {s}}}\n",
+            queue_for(prefix, s)
+        ));
+    }
+    let config = dir.path().join("kiungo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mappings: {}\npseudonym_key_file: {}\nstore:\n  url: {}\nrabbitmq:\n  url: {url}\n  prefetch: {prefetch}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\ningest:\n  max_events: {batch}\n",
+            packs_dir().display(),
+            key.display(),
+            db.config.url
+        ),
+    )?;
+    let mut child = std::process::Command::new(kiungo_release_binary()?)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("KIUNGO_LOADGEN_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .spawn()?;
+    let pid = child.id();
+    // t0: the service answers /readyz.
+    let ready = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            use std::io::{Read, Write};
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        if ready.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            bail!("kiungo not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let t0 = Instant::now();
+    let store = Store::open(&db.config).await?;
+    let want = workload
+        .messages
+        .iter()
+        .filter_map(|m| m.key.as_ref())
+        .collect::<std::collections::HashSet<_>>()
+        .len() as i64;
+    let mut peak = 0;
+    loop {
+        peak = peak.max(rss_kb(pid, "VmRSS:").unwrap_or(0));
+        let done = store.count_events().await?;
+        if done >= want {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            let _ = child.kill();
+            bail!("kiungo did not finish in 600 s: {done} of {want} events stored");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = child.wait();
+    Ok((workload.messages.len() as f64 / secs, peak, hwm))
+}
