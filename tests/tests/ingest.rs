@@ -70,11 +70,27 @@ fn workload(n: usize, seed: u64, poison: f64) -> (Workload, Expected) {
     (w, e)
 }
 
-fn prefix() -> String {
-    format!(
-        "kiungo.e2e.{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
+/// What each test has of its own: a vhost, a database, a directory and a
+/// queue-name prefix.
+struct Isolated {
+    vhost: Vhost,
+    db: ScratchDb,
+    dir: tempfile::TempDir,
+    prefix: String,
+}
+
+impl Isolated {
+    async fn new(backend: Backend) -> Self {
+        Self {
+            vhost: Vhost::new().expect("vhost"),
+            db: ScratchDb::new(backend).await.expect("db"),
+            dir: tempfile::tempdir().expect("dir"),
+            prefix: format!(
+                "kiungo.e2e.{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        }
+    }
 }
 
 /// 10,000 events, of which 10% duplicates, 10% edits or replacements and
@@ -82,10 +98,12 @@ fn prefix() -> String {
 /// versions, withdrawals, DHIS2 totals and dead letters, and the queues are
 /// empty.
 async fn ten_thousand_events_exactly_once(backend: Backend) {
-    let vhost = Vhost::new().expect("vhost");
-    let db = ScratchDb::new(backend).await.expect("db");
-    let dir = tempfile::tempdir().expect("dir");
-    let prefix = prefix();
+    let Isolated {
+        vhost,
+        db,
+        dir,
+        prefix,
+    } = Isolated::new(backend).await;
     let (w, e) = workload(10_000, 7, 0.02);
     let config = Config::load(&write_config(
         dir.path(),
@@ -134,10 +152,12 @@ async fn ten_thousand_events_exactly_once(backend: Backend) {
 /// The `kiungo` process is SIGKILLed three times while 10,000 events
 /// arrive, and restarted each time: nothing is lost, nothing doubled.
 async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
-    let vhost = Vhost::new().expect("vhost");
-    let db = ScratchDb::new(backend).await.expect("db");
-    let dir = tempfile::tempdir().expect("dir");
-    let prefix = prefix();
+    let Isolated {
+        vhost,
+        db,
+        dir,
+        prefix,
+    } = Isolated::new(backend).await;
     let (w, e) = workload(10_000, 11, 0.02);
     let config = write_config(dir.path(), &db.config, &vhost.url(), &prefix, "");
     let log = dir.path().join("kiungo.log");
@@ -194,10 +214,12 @@ async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
 /// broker restart or network cut would): the source reconnects, the
 /// unacknowledged messages are redelivered, and the store recognises them.
 async fn broker_connection_loss_recovers(backend: Backend) {
-    let vhost = Vhost::new().expect("vhost");
-    let db = ScratchDb::new(backend).await.expect("db");
-    let dir = tempfile::tempdir().expect("dir");
-    let prefix = prefix();
+    let Isolated {
+        vhost,
+        db,
+        dir,
+        prefix,
+    } = Isolated::new(backend).await;
     let (w, e) = workload(10_000, 13, 0.01);
     publish(&vhost.url(), &prefix, &w.messages)
         .await
@@ -242,10 +264,12 @@ async fn poison_of_every_class_is_parked(backend: Backend) {
     use lapin::types::{AMQPValue, FieldTable};
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
-    let vhost = Vhost::new().expect("vhost");
-    let db = ScratchDb::new(backend).await.expect("db");
-    let dir = tempfile::tempdir().expect("dir");
-    let prefix = prefix();
+    let Isolated {
+        vhost,
+        db,
+        dir,
+        prefix,
+    } = Isolated::new(backend).await;
     let (w, e) = workload(600, 17, 0.15);
     let routed = format!("{prefix}.routed");
     let by_header = format!("{prefix}.by-header");

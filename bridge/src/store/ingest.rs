@@ -283,14 +283,12 @@ impl Store {
                 );
             }
         }
-        for (sql, binds) in by_keys(
+        self.execute_all(&mut tx, by_keys(
             "UPDATE fhir_outbox SET state = 'superseded', updated_at = $1 WHERE state = 'pending' AND",
             "",
             &[now.into()],
             &plan.withdraw,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        )).await?;
 
         let (mut fresh, mut changed) = (Vec::new(), Vec::new());
         for (key, cur) in &plan.rows {
@@ -323,10 +321,9 @@ impl Store {
         // New keys are plainly inserted: if another replica inserted the
         // same key meanwhile, the unique violation fails the batch, which
         // is retried and then sees that row.
-        for (sql, binds) in multi_row(EVENT_COLS, "", 13, fresh) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
-        for (sql, binds) in multi_row(
+        self.execute_all(&mut tx, multi_row(EVENT_COLS, "", 13, fresh))
+            .await?;
+        self.execute_all(&mut tx, multi_row(
             EVENT_COLS,
             "ON CONFLICT (source, event_id) DO UPDATE SET state = excluded.state, \
              superseded_by = excluded.superseded_by, mapping = excluded.mapping, \
@@ -335,9 +332,7 @@ impl Store {
              message_id = excluded.message_id, payload = excluded.payload, updated_at = excluded.updated_at",
             13,
             changed,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        )).await?;
 
         let versions = plan
             .versions
@@ -351,14 +346,16 @@ impl Store {
                 ]
             })
             .collect();
-        for (sql, binds) in multi_row(
-            "INSERT INTO event_versions (source, event_id, version_hash, seen_at)",
-            "ON CONFLICT DO NOTHING",
-            4,
-            versions,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        self.execute_all(
+            &mut tx,
+            multi_row(
+                "INSERT INTO event_versions (source, event_id, version_hash, seen_at)",
+                "ON CONFLICT DO NOTHING",
+                4,
+                versions,
+            ),
+        )
+        .await?;
 
         let mut contributions = Vec::new();
         for ((source, event_id), list) in &plan.contributions {
@@ -397,15 +394,13 @@ impl Store {
                 ]);
             }
         }
-        for (sql, binds) in multi_row(
+        self.execute_all(&mut tx, multi_row(
             "INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, org_unit, \
              coc, aoc, aggregation, value, value_num, event_date, created_at)",
             "",
             13,
             contributions,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        )).await?;
 
         let dirty = dirty
             .into_keys()
@@ -420,14 +415,16 @@ impl Store {
                 ]
             })
             .collect();
-        for (sql, binds) in multi_row(
-            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at)",
-            "ON CONFLICT DO NOTHING",
-            6,
-            dirty,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        self.execute_all(
+            &mut tx,
+            multi_row(
+                "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at)",
+                "ON CONFLICT DO NOTHING",
+                6,
+                dirty,
+            ),
+        )
+        .await?;
 
         let bundles = plan
             .bundles
@@ -446,15 +443,13 @@ impl Store {
                 ]
             })
             .collect();
-        for (sql, binds) in multi_row(
+        self.execute_all(&mut tx, multi_row(
             "INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, \
              next_attempt_at, created_at, updated_at)",
             "ON CONFLICT (source, event_id, version_hash) DO NOTHING",
             9,
             bundles,
-        ) {
-            query(self.backend, sql, binds).execute(&mut *tx).await?;
-        }
+        )).await?;
 
         for (i, rejection) in parked {
             let ing = &batch[i];
@@ -501,6 +496,20 @@ impl Store {
             .into_iter()
             .map(|o| o.unwrap_or(Outcome::Duplicate))
             .collect())
+    }
+}
+
+impl Store {
+    /// Runs statements in order inside `tx`.
+    async fn execute_all(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        statements: Vec<(String, Vec<super::sql::Bind>)>,
+    ) -> Result<(), StoreError> {
+        for (sql, binds) in statements {
+            query(self.backend, sql, binds).execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 }
 
