@@ -419,7 +419,10 @@ impl Store {
             &mut tx,
             multi_row(
                 "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at)",
-                "ON CONFLICT DO NOTHING",
+                // Keep the first mark (the push delay runs from it); count
+                // the change, so that a push in flight does not clear it.
+                "ON CONFLICT (data_element, period, org_unit, coc, aoc) \
+                 DO UPDATE SET changes = dhis2_dirty.changes + 1",
                 6,
                 dirty,
             ),

@@ -15,8 +15,10 @@
 //! differences (row locks, how a transaction starts) are chosen by
 //! [`Backend`]. Migrations run on open.
 
+mod dhis2;
 mod error;
 mod ingest;
+mod outbox;
 mod read;
 mod retention;
 pub mod scratch;
@@ -29,8 +31,10 @@ use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
+pub use dhis2::{DirtyTotal, TotalResult, format_number};
 pub use error::StoreError;
 pub use ingest::{Ingest, Outcome, Outputs, Rejection, tally};
+pub use outbox::{Delivery, OutboxItem};
 pub use read::{DeadLetter, DeadLetterFilter, EventRow, Stats, TotalKey};
 pub use retention::PurgeReport;
 

@@ -1,0 +1,193 @@
+//! The DHIS2 worker: claim dirty totals (after the push delay), recompute
+//! them from the stored contributions, push them in one `dataValueSets`
+//! request, record per value what DHIS2 said.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::circuit::Circuit;
+use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
+use super::{PassReport, SinkFailure};
+use crate::store::{DirtyTotal, Store, StoreError, TotalKey, TotalResult};
+
+/// What DHIS2 said about one push.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dhis2Push {
+    /// The whole batch was refused (E7600–E7604, or status ERROR): code
+    /// and DHIS2's message.
+    pub batch_rejected: Option<(String, String)>,
+    /// Values refused one by one, by index in the request: code and
+    /// DHIS2's message. The others were stored.
+    pub rejected: HashMap<usize, (String, String)>,
+}
+
+/// Where totals go: DHIS2 (or a fake in tests).
+pub trait Dhis2Destination: Send + Sync + 'static {
+    /// Pushes absolute values, in order.
+    fn push(
+        &self,
+        values: &[(TotalKey, String)],
+    ) -> impl Future<Output = Result<Dhis2Push, SinkFailure>> + Send;
+}
+
+/// The worker.
+#[derive(Debug)]
+pub struct Dhis2Worker<D> {
+    /// The store.
+    pub store: Store,
+    /// The destination.
+    pub destination: D,
+    /// Retry policy.
+    pub retry: RetryParams,
+    /// Circuit breaker.
+    pub circuit: Circuit,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Values per request.
+    pub batch: i64,
+    /// How long after its first change a total is pushed (changes within
+    /// the delay go out together).
+    pub delay: Duration,
+    /// Claim lease.
+    pub lease: Duration,
+    /// Wait between passes when nothing is due.
+    pub idle: Duration,
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl<D: Dhis2Destination> Dhis2Worker<D> {
+    /// One pass: claim due totals and push them.
+    pub async fn run_once(&self) -> Result<PassReport, StoreError> {
+        let now = self.clock.now_ms();
+        if !self.circuit.allow(now) {
+            return Ok(PassReport {
+                held: true,
+                ..PassReport::default()
+            });
+        }
+        let totals = self
+            .store
+            .claim_totals(self.batch, now, ms(self.delay), ms(self.lease))
+            .await?;
+        let mut report = PassReport {
+            claimed: totals.len(),
+            ..PassReport::default()
+        };
+        if totals.is_empty() {
+            if matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen) {
+                self.circuit.success();
+            }
+            return Ok(report);
+        }
+        let values: Vec<(TotalKey, String)> = totals
+            .iter()
+            .map(|t| (t.key.clone(), t.value.clone()))
+            .collect();
+        let results: Vec<(DirtyTotal, TotalResult)> = match self.destination.push(&values).await {
+            Ok(push) => {
+                self.circuit.success();
+                totals
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let r = match (&push.batch_rejected, push.rejected.get(&i)) {
+                            (Some((code, message)), _) | (None, Some((code, message))) => {
+                                TotalResult::Rejected {
+                                    code: code.clone(),
+                                    message: message.clone(),
+                                }
+                            }
+                            (None, None) => TotalResult::Pushed,
+                        };
+                        (t, r)
+                    })
+                    .collect()
+            }
+            Err(f) if f.retryable => {
+                let now = self.clock.now_ms();
+                self.circuit.failure(now);
+                totals
+                    .into_iter()
+                    .map(|t| {
+                        let attempt = u32::try_from(t.attempts + 1).unwrap_or(u32::MAX);
+                        let r = match self.retry.next(
+                            attempt,
+                            t.marked_at,
+                            now,
+                            f.retry_after,
+                            jitter_unit(),
+                        ) {
+                            NextStep::RetryAt(at) => TotalResult::Retry {
+                                next_attempt_at: at,
+                                error: f.message.clone(),
+                            },
+                            NextStep::GiveUp => TotalResult::Rejected {
+                                code: "dhis2_retries_exhausted".into(),
+                                message: format!("gave up after {attempt} attempts: {}", f.message),
+                            },
+                        };
+                        (t, r)
+                    })
+                    .collect()
+            }
+            Err(f) => {
+                self.circuit.success();
+                warn!(values = totals.len(), error = %f.message, "dhis2 refused a push; values parked");
+                totals
+                    .into_iter()
+                    .map(|t| {
+                        (
+                            t,
+                            TotalResult::Rejected {
+                                code: "dhis2_rejected".into(),
+                                message: f.message.clone(),
+                            },
+                        )
+                    })
+                    .collect()
+            }
+        };
+        for (_, r) in &results {
+            match r {
+                TotalResult::Pushed => report.delivered += 1,
+                TotalResult::Retry { .. } => report.retried += 1,
+                TotalResult::Rejected { .. } => report.parked += 1,
+            }
+        }
+        self.store
+            .finish_totals(&results, self.clock.now_ms())
+            .await?;
+        Ok(report)
+    }
+
+    /// Runs passes until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(r) if r.claimed > 0 => Duration::ZERO,
+                Ok(_) => self.idle,
+                Err(e) => {
+                    warn!(error = %e, "dhis2 worker: store error; retrying");
+                    self.idle * 5
+                }
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! The FHIR outbox worker: claim due bundles, send each as a transaction,
+//! record the result.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::circuit::Circuit;
+use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
+use super::{PassReport, SinkFailure};
+use crate::store::{Delivery, OutboxItem, Store, StoreError};
+
+/// Where bundles go: a FHIR server (or a fake in tests).
+pub trait FhirDestination: Send + Sync + 'static {
+    /// Sends one transaction bundle; returns the `Type/id` of each entry.
+    fn transaction(
+        &self,
+        bundle: &str,
+    ) -> impl Future<Output = Result<Vec<String>, SinkFailure>> + Send;
+}
+
+/// The worker.
+#[derive(Debug)]
+pub struct FhirWorker<D> {
+    /// The store.
+    pub store: Store,
+    /// The destination.
+    pub destination: D,
+    /// Retry policy.
+    pub retry: RetryParams,
+    /// Circuit breaker.
+    pub circuit: Circuit,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Bundles claimed (and sent concurrently) per pass.
+    pub batch: i64,
+    /// How long a claim holds before another worker may take it over.
+    pub lease: Duration,
+    /// Wait between passes when nothing is due.
+    pub idle: Duration,
+}
+
+impl<D: FhirDestination> FhirWorker<D> {
+    /// One pass: claim what is due and deliver it.
+    pub async fn run_once(&self) -> Result<PassReport, StoreError> {
+        let now = self.clock.now_ms();
+        if !self.circuit.allow(now) {
+            return Ok(PassReport {
+                held: true,
+                ..PassReport::default()
+            });
+        }
+        let half_open = matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen);
+        let limit = if half_open { 1 } else { self.batch };
+        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(60_000);
+        let items = self.store.claim_fhir(limit, now, lease).await?;
+        let mut report = PassReport {
+            claimed: items.len(),
+            ..PassReport::default()
+        };
+        if items.is_empty() {
+            if half_open {
+                // Nothing to probe with: close again.
+                self.circuit.success();
+            }
+            return Ok(report);
+        }
+        let results = join_all(items.iter().map(|item| self.deliver(item))).await;
+        for (item, result) in items.iter().zip(results) {
+            match &result {
+                Delivery::Delivered { .. } => report.delivered += 1,
+                Delivery::Retry { .. } => report.retried += 1,
+                Delivery::Dead { .. } => report.parked += 1,
+            }
+            self.store
+                .record_fhir(item, &result, self.clock.now_ms())
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn deliver(&self, item: &OutboxItem) -> Delivery {
+        match self.destination.transaction(&item.bundle).await {
+            Ok(server_ids) => {
+                self.circuit.success();
+                Delivery::Delivered { server_ids }
+            }
+            Err(f) if f.retryable => {
+                let now = self.clock.now_ms();
+                self.circuit.failure(now);
+                let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
+                match self
+                    .retry
+                    .next(attempt, item.created_at, now, f.retry_after, jitter_unit())
+                {
+                    NextStep::RetryAt(at) => {
+                        debug!(outbox = item.id, attempt, error = %f.message, "fhir delivery failed; will retry");
+                        Delivery::Retry {
+                            next_attempt_at: at,
+                            error: f.message,
+                        }
+                    }
+                    NextStep::GiveUp => {
+                        warn!(outbox = item.id, attempt, error = %f.message, "fhir delivery out of retries; parked");
+                        Delivery::Dead {
+                            reason_code: "fhir_retries_exhausted".into(),
+                            error: format!("gave up after {attempt} attempts: {}", f.message),
+                        }
+                    }
+                }
+            }
+            Err(f) => {
+                // The server answered: it is up, the bundle is the problem.
+                self.circuit.success();
+                warn!(outbox = item.id, error = %f.message, "fhir server rejected a bundle; parked");
+                Delivery::Dead {
+                    reason_code: "fhir_rejected".into(),
+                    error: f.message,
+                }
+            }
+        }
+    }
+
+    /// Runs passes until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let wait = match self.run_once().await {
+                Ok(r) if r.claimed > 0 => Duration::ZERO,
+                Ok(_) => self.idle,
+                Err(e) => {
+                    warn!(error = %e, "fhir worker: store error; retrying");
+                    self.idle * 5
+                }
+            };
+            if *shutdown.borrow() {
+                return;
+            }
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}

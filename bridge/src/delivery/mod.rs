@@ -1,0 +1,48 @@
+//! Delivery: outbox workers that send stored bundles to the FHIR server
+//! and push recomputed DHIS2 totals, with the retry policy, the circuit
+//! breaker and dead letters.
+//!
+//! **The guarantee**: every stored output is delivered once in effect or
+//! parked with the server's reason. Transient failures (transport errors,
+//! timeouts, 408, 429, 5xx) are retried on the stored schedule until the
+//! maximum age; permanent ones (other 4xx, DHIS2 conflicts) are parked at
+//! once. Nothing is retried forever, nothing is dropped. FHIR requests
+//! are idempotent (PUT by deterministic id, conditional create), DHIS2
+//! values absolute totals, so a delivery repeated after a crash changes
+//! nothing.
+
+pub mod circuit;
+mod dhis2_worker;
+mod fhir_worker;
+pub mod retry;
+
+use std::time::Duration;
+
+pub use dhis2_worker::{Dhis2Destination, Dhis2Push, Dhis2Worker};
+pub use fhir_worker::{FhirDestination, FhirWorker};
+
+/// A failed request, as the worker needs to see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkFailure {
+    /// Whether trying again later may succeed.
+    pub retryable: bool,
+    /// The server's `Retry-After`, if any.
+    pub retry_after: Option<Duration>,
+    /// What went wrong, with the server's own words (never the payload).
+    pub message: String,
+}
+
+/// What one worker pass did, so that tests can drain deterministically.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PassReport {
+    /// Items claimed.
+    pub claimed: usize,
+    /// Delivered.
+    pub delivered: usize,
+    /// Scheduled for another attempt.
+    pub retried: usize,
+    /// Parked as dead letters.
+    pub parked: usize,
+    /// Nothing sent because the circuit is open.
+    pub held: bool,
+}

@@ -1,0 +1,331 @@
+//! DHIS2 totals seen from the delivery side: claim the totals whose
+//! contributions changed, recompute each from every stored contribution,
+//! record what DHIS2 said.
+//!
+//! Totals are absolute: a replay, an edit or a withdrawn event yields the
+//! right value, never a double count. A total left with no contribution
+//! is sent as an empty value, which deletes it in DHIS2. A change that
+//! arrives while a push is in flight keeps the total dirty (the row's
+//! `changes` counter moved), so it is pushed again.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::read::TotalKey;
+use super::sql::query;
+use super::{Backend, Store, StoreError};
+
+/// A total to push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DirtyTotal {
+    /// Data element, period, org unit, COC, AOC (as the mappings wrote
+    /// them: UIDs or `code:X`).
+    pub key: TotalKey,
+    /// The value to send: the recomputed total, or empty to delete.
+    pub value: String,
+    /// The `changes` counter at claim time.
+    pub changes: i64,
+    /// Failed pushes so far.
+    pub attempts: i64,
+    /// When the total first became dirty (ms).
+    pub marked_at: i64,
+}
+
+/// What happened to one claimed total.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TotalResult {
+    /// DHIS2 stored (or ignored as identical) the value.
+    Pushed,
+    /// DHIS2 refused this value: park it with DHIS2's message.
+    Rejected {
+        /// DHIS2's error code (E76xx) or our reason code.
+        code: String,
+        /// DHIS2's message.
+        message: String,
+    },
+    /// A transient failure: try again at `next_attempt_at`.
+    Retry {
+        /// When (ms).
+        next_attempt_at: i64,
+        /// Why.
+        error: String,
+    },
+}
+
+/// Formats a number the way DHIS2 stores it: integers without a decimal
+/// point.
+pub fn format_number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` dirty totals that were first marked at least
+    /// `delay_ms` ago and are due, and recomputes their values.
+    pub async fn claim_totals(
+        &self,
+        limit: i64,
+        now: i64,
+        delay_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<DirtyTotal>, StoreError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let mut tx = self.begin_write().await?;
+        query(
+            self.backend,
+            format!(
+                "UPDATE dhis2_dirty SET claim = $1, lease_until = $2 \
+                 WHERE (data_element, period, org_unit, coc, aoc) IN ( \
+                   SELECT data_element, period, org_unit, coc, aoc FROM dhis2_dirty \
+                   WHERE marked_at <= $3 AND next_attempt_at <= $4 \
+                   AND (lease_until IS NULL OR lease_until < $5) \
+                   ORDER BY marked_at LIMIT $6 {lock})"
+            ),
+            vec![
+                token.as_str().into(),
+                (now + lease_ms).into(),
+                (now - delay_ms).into(),
+                now.into(),
+                now.into(),
+                limit.into(),
+            ],
+        )
+        .execute(&mut *tx)
+        .await?;
+        let rows = query(
+            self.backend,
+            "SELECT d.data_element, d.period, d.org_unit, d.coc, d.aoc, d.changes, d.attempts, d.marked_at, \
+             c.aggregation, c.value, c.value_num \
+             FROM dhis2_dirty d LEFT JOIN dhis2_contributions c ON c.data_element = d.data_element \
+             AND c.period = d.period AND c.org_unit = d.org_unit AND c.coc = d.coc AND c.aoc = d.aoc \
+             WHERE d.claim = $1 \
+             ORDER BY d.data_element, d.period, d.org_unit, d.coc, d.aoc, c.event_date, c.event_id"
+                .to_owned(),
+            vec![token.as_str().into()],
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+
+        struct Acc {
+            changes: i64,
+            attempts: i64,
+            marked_at: i64,
+            num: Option<f64>,
+            text: Option<String>,
+        }
+        let mut acc: BTreeMap<TotalKey, Acc> = BTreeMap::new();
+        for row in rows {
+            let key: TotalKey = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            );
+            let a = acc.entry(key).or_insert(Acc {
+                changes: row.try_get(5).unwrap_or(0),
+                attempts: row.try_get(6).unwrap_or(0),
+                marked_at: row.try_get(7).unwrap_or(0),
+                num: None,
+                text: None,
+            });
+            let Some(aggregation) = row.try_get::<Option<String>, _>(8)? else {
+                continue; // no contribution left: the total is withdrawn
+            };
+            let text: Option<String> = row.try_get(9)?;
+            let num: Option<f64> = row.try_get(10)?;
+            match (aggregation.as_str(), num) {
+                ("last", _) => {
+                    a.text = text;
+                    a.num = num;
+                }
+                ("min", Some(v)) => a.num = Some(a.num.map_or(v, |t| t.min(v))),
+                ("max", Some(v)) => a.num = Some(a.num.map_or(v, |t| t.max(v))),
+                (_, Some(v)) => a.num = Some(a.num.unwrap_or(0.0) + v),
+                (_, None) => {}
+            }
+        }
+        Ok(acc
+            .into_iter()
+            .map(|(key, a)| DirtyTotal {
+                key,
+                value: match (a.num, a.text) {
+                    (Some(n), _) => format_number(n),
+                    (None, Some(t)) => t,
+                    (None, None) => String::new(),
+                },
+                changes: a.changes,
+                attempts: a.attempts,
+                marked_at: a.marked_at,
+            })
+            .collect())
+    }
+
+    /// Records the results of one push.
+    pub async fn finish_totals(
+        &self,
+        results: &[(DirtyTotal, TotalResult)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for (t, result) in results {
+            let (de, pe, ou, coc, aoc) = &t.key;
+            let key_binds = || {
+                vec![
+                    de.as_str().into(),
+                    pe.as_str().into(),
+                    ou.as_str().into(),
+                    coc.as_str().into(),
+                    aoc.as_str().into(),
+                ]
+            };
+            let clear = |changes: i64| {
+                let mut b = key_binds();
+                b.push(changes.into());
+                (
+                    "DELETE FROM dhis2_dirty WHERE data_element = $1 AND period = $2 AND org_unit = $3 \
+                     AND coc = $4 AND aoc = $5 AND changes = $6"
+                        .to_owned(),
+                    b,
+                )
+            };
+            match result {
+                TotalResult::Pushed => {
+                    let mut b = key_binds();
+                    b.push(t.value.as_str().into());
+                    b.push(now.into());
+                    query(
+                        self.backend,
+                        "INSERT INTO dhis2_pushed (data_element, period, org_unit, coc, aoc, value, pushed_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (data_element, period, org_unit, coc, aoc) \
+                         DO UPDATE SET value = excluded.value, pushed_at = excluded.pushed_at"
+                            .to_owned(),
+                        b,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    let (sql, b) = clear(t.changes);
+                    query(self.backend, sql, b).execute(&mut *tx).await?;
+                }
+                TotalResult::Rejected { code, message } => {
+                    let detail = serde_json::json!({
+                        "dataElement": de, "period": pe, "orgUnit": ou,
+                        "categoryOptionCombo": coc, "attributeOptionCombo": aoc, "value": t.value,
+                    });
+                    query(
+                        self.backend,
+                        "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, payload, \
+                         received_at, last_seen_at) VALUES ($1, 'dhis2', 'dhis2', $2, $3, $4, $5, $6) \
+                         ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
+                         last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
+                         reason = excluded.reason, payload = excluded.payload, state = 'open'"
+                            .to_owned(),
+                        vec![
+                            format!("dhis2:{de}:{pe}:{ou}:{coc}:{aoc}").into(),
+                            code.as_str().into(),
+                            message.as_str().into(),
+                            Some(detail.to_string().into_bytes()).into(),
+                            now.into(),
+                            now.into(),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                    let (sql, b) = clear(t.changes);
+                    query(self.backend, sql, b).execute(&mut *tx).await?;
+                }
+                TotalResult::Retry {
+                    next_attempt_at,
+                    error,
+                } => {
+                    let mut b = vec![(*next_attempt_at).into(), error.as_str().into()];
+                    b.extend(key_binds());
+                    query(
+                        self.backend,
+                        "UPDATE dhis2_dirty SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, \
+                         claim = NULL, lease_until = NULL WHERE data_element = $3 AND period = $4 \
+                         AND org_unit = $5 AND coc = $6 AND aoc = $7"
+                            .to_owned(),
+                        b,
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            // A change arrived while the push was in flight: release the
+            // claim so that the new total goes out (no-op if cleared).
+            let mut b = key_binds();
+            b.push(t.changes.into());
+            query(
+                self.backend,
+                "UPDATE dhis2_dirty SET claim = NULL, lease_until = NULL WHERE data_element = $1 \
+                 AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND changes <> $6"
+                    .to_owned(),
+                b,
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The values DHIS2 last accepted, by total.
+    pub async fn dhis2_pushed(&self) -> Result<BTreeMap<TotalKey, String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT data_element, period, org_unit, coc, aoc, value FROM dhis2_pushed")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    (
+                        r.try_get(0)?,
+                        r.try_get(1)?,
+                        r.try_get(2)?,
+                        r.try_get(3)?,
+                        r.try_get(4)?,
+                    ),
+                    r.try_get(5)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Marks a total dirty again (operator replay of a parked value).
+    pub async fn remark_total(&self, key: &TotalKey, now: i64) -> Result<(), StoreError> {
+        let (de, pe, ou, coc, aoc) = key;
+        query(
+            self.backend,
+            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1, \
+             next_attempt_at = 0, attempts = 0"
+                .to_owned(),
+            vec![de.as_str().into(), pe.as_str().into(), ou.as_str().into(), coc.as_str().into(), aoc.as_str().into(), now.into()],
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_number;
+
+    #[test]
+    fn numbers_format_like_dhis2() {
+        assert_eq!(format_number(3.0), "3");
+        assert_eq!(format_number(2.5), "2.5");
+        assert_eq!(format_number(-0.0), "0");
+    }
+}

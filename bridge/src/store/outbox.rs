@@ -1,0 +1,216 @@
+//! The FHIR outbox seen from the delivery side: claim due bundles, record
+//! what the server said.
+//!
+//! A claim moves rows from `pending` (due) to `delivering` with a lease.
+//! On PostgreSQL the claim uses `FOR UPDATE SKIP LOCKED`, so replicas
+//! sharing the database never claim the same row; on SQLite the single
+//! writer transaction does the same. A row whose lease passed (its worker
+//! crashed) is claimable again. A newer version of an event is not
+//! claimed while an older one is in flight, so versions reach the server
+//! in order.
+
+use sqlx::Row;
+
+use super::sql::query;
+use super::{Backend, Store, StoreError};
+
+/// One bundle to deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxItem {
+    /// Outbox row id.
+    pub id: i64,
+    /// Source app.
+    pub source: String,
+    /// Event id.
+    pub event_id: String,
+    /// Mapping that produced it.
+    pub mapping: String,
+    /// The transaction bundle (JSON).
+    pub bundle: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+    /// When the row was created (ms), for the retry policy's maximum age.
+    pub created_at: i64,
+}
+
+/// What happened to one claimed bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The server accepted it; `server_ids` are its `Type/id`s.
+    Delivered {
+        /// `Type/id` per entry, as the server answered.
+        server_ids: Vec<String>,
+    },
+    /// A transient failure: try again at `next_attempt_at`.
+    Retry {
+        /// When (ms).
+        next_attempt_at: i64,
+        /// Why it failed.
+        error: String,
+    },
+    /// A permanent failure, or out of retries: park it.
+    Dead {
+        /// Stable reason code (`fhir_rejected`, `fhir_retries_exhausted`).
+        reason_code: String,
+        /// The server's message.
+        error: String,
+    },
+}
+
+impl Store {
+    /// Claims up to `limit` due bundles for `lease_ms`.
+    pub async fn claim_fhir(
+        &self,
+        limit: i64,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE fhir_outbox SET state = 'delivering', lease_until = $1, updated_at = $2 \
+             WHERE id IN ( \
+               SELECT o.id FROM fhir_outbox o \
+               WHERE ((o.state = 'pending' AND o.next_attempt_at <= $3) \
+                      OR (o.state = 'delivering' AND o.lease_until < $4)) \
+               AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
+                   AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
+               ORDER BY o.next_attempt_at, o.id LIMIT $5 {lock}) \
+             RETURNING id, source, event_id, mapping, bundle, attempts, created_at"
+        );
+        let mut tx = self.begin_write().await?;
+        let rows = query(
+            self.backend,
+            sql,
+            vec![
+                (now + lease_ms).into(),
+                now.into(),
+                now.into(),
+                now.into(),
+                limit.into(),
+            ],
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut items = rows
+            .iter()
+            .map(|r| {
+                Ok(OutboxItem {
+                    id: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    event_id: r.try_get(2)?,
+                    mapping: r.try_get(3)?,
+                    bundle: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
+                    attempts: r.try_get(5)?,
+                    created_at: r.try_get(6)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        items.sort_by_key(|i| i.id);
+        Ok(items)
+    }
+
+    /// Records the result of delivering one claimed bundle.
+    pub async fn record_fhir(
+        &self,
+        item: &OutboxItem,
+        result: &Delivery,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        match result {
+            Delivery::Delivered { server_ids } => {
+                let ids = serde_json::to_string(server_ids).unwrap_or_else(|_| "[]".into());
+                query(
+                    self.backend,
+                    "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3 WHERE id = $4"
+                        .to_owned(),
+                    vec![now.into(), now.into(), ids.into(), item.id.into()],
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            Delivery::Retry {
+                next_attempt_at,
+                error,
+            } => {
+                query(
+                    self.backend,
+                    "UPDATE fhir_outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = $1, \
+                     updated_at = $2, lease_until = NULL, last_error = $3 WHERE id = $4"
+                        .to_owned(),
+                    vec![(*next_attempt_at).into(), now.into(), error.as_str().into(), item.id.into()],
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+            Delivery::Dead { reason_code, error } => {
+                query(
+                    self.backend,
+                    "UPDATE fhir_outbox SET state = 'dead', attempts = attempts + 1, updated_at = $1, \
+                     lease_until = NULL, last_error = $2 WHERE id = $3"
+                        .to_owned(),
+                    vec![now.into(), error.as_str().into(), item.id.into()],
+                )
+                .execute(&mut *tx)
+                .await?;
+                query(
+                    self.backend,
+                    "INSERT INTO dead_letters (fingerprint, stage, source, message_id, event_id, mapping, \
+                     reason_code, reason, payload, received_at, last_seen_at) \
+                     VALUES ($1, 'fhir', $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                     ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
+                     last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
+                     reason = excluded.reason, state = 'open'"
+                        .to_owned(),
+                    vec![
+                        format!("fhir:{}", item.id).into(),
+                        item.source.as_str().into(),
+                        Some(format!("outbox:{}", item.id)).into(),
+                        Some(item.event_id.clone()).into(),
+                        Some(item.mapping.clone()).into(),
+                        reason_code.as_str().into(),
+                        error.as_str().into(),
+                        Some(item.bundle.as_bytes().to_vec()).into(),
+                        now.into(),
+                        now.into(),
+                    ],
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Puts a dead bundle back in the queue, due now (operator replay).
+    pub async fn requeue_fhir(&self, outbox_id: i64, now: i64) -> Result<bool, StoreError> {
+        let n = query(
+            self.backend,
+            "UPDATE fhir_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2, \
+             created_at = $3 WHERE id = $4 AND state = 'dead' AND bundle IS NOT NULL"
+                .to_owned(),
+            vec![now.into(), now.into(), now.into(), outbox_id.into()],
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Counts of outbox rows by state.
+    pub async fn outbox_states(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) FROM fhir_outbox GROUP BY state ORDER BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+}

@@ -1,0 +1,468 @@
+//! The delivery workers against the real store (both backends), with
+//! scripted destinations and a clock moved by hand: retries on schedule,
+//! `Retry-After`, maximum age, permanent rejections parked, the circuit
+//! breaker, claim leases, version order, DHIS2 totals recomputed after
+//! edits and withdrawals, DHIS2 conflicts parked per value.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiungo::delivery::circuit::Circuit;
+use kiungo::delivery::retry::{Clock, ManualClock, RetryParams};
+use kiungo::delivery::{
+    Dhis2Destination, Dhis2Push, Dhis2Worker, FhirDestination, FhirWorker, SinkFailure,
+};
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outputs, Store, TotalKey};
+use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+use serde_json::{Value, json};
+
+fn packs() -> MappingSet {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
+    MappingSet::load_dir(
+        &dir,
+        LoadOptions {
+            pseudonym_key: Some(PseudonymKey::for_tests()),
+            ..LoadOptions::default()
+        },
+    )
+    .expect("packs load")
+}
+
+fn visit(id: &str, location: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../mappings/packs/cht-anc/fixtures/anc-visit-1-facility.json");
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    v["_id"] = json!(id);
+    v["fields"]["anc_visits"]["visit_location"] = json!(location);
+    v
+}
+
+async fn ingest(store: &Store, set: &MappingSet, payload: &Value) {
+    let mapped = set
+        .map(&Event {
+            source: "cht".into(),
+            message_id: None,
+            payload: Arc::new(payload.clone()),
+        })
+        .expect("maps");
+    let ing = Ingest {
+        source: "cht".into(),
+        queue: None,
+        message_id: None,
+        version_ts: None,
+        received_at: kiungo::store::now_ms(),
+        payload: serde_json::to_vec(payload).expect("bytes"),
+        headers: None,
+        result: Ok(Outputs::from(mapped)),
+    };
+    store.commit(&[ing]).await.expect("commit");
+}
+
+fn transient(retry_after: Option<u64>) -> SinkFailure {
+    SinkFailure {
+        retryable: true,
+        retry_after: retry_after.map(Duration::from_secs),
+        message: "HTTP 503: down".into(),
+    }
+}
+
+/// A FHIR server that answers from a script, then 200s.
+#[derive(Debug, Default, Clone)]
+struct ScriptedFhir {
+    script: Arc<Mutex<VecDeque<Result<Vec<String>, SinkFailure>>>>,
+    calls: Arc<Mutex<Vec<String>>>,
+}
+
+impl ScriptedFhir {
+    fn then(self, r: Result<Vec<String>, SinkFailure>) -> Self {
+        self.script.lock().expect("lock").push_back(r);
+        self
+    }
+    fn calls(&self) -> usize {
+        self.calls.lock().expect("lock").len()
+    }
+}
+
+impl FhirDestination for ScriptedFhir {
+    async fn transaction(&self, bundle: &str) -> Result<Vec<String>, SinkFailure> {
+        self.calls.lock().expect("lock").push(bundle.to_owned());
+        self.script
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or_else(|| Ok(vec!["Patient/1".into()]))
+    }
+}
+
+fn fhir_worker(
+    store: &Store,
+    dest: ScriptedFhir,
+    clock: &ManualClock,
+    retry: RetryParams,
+) -> FhirWorker<ScriptedFhir> {
+    FhirWorker {
+        store: store.clone(),
+        destination: dest,
+        retry,
+        circuit: Circuit::new(100, Duration::from_secs(30)),
+        clock: Arc::new(clock.clone()),
+        batch: 10,
+        lease: Duration::from_secs(60),
+        idle: Duration::from_millis(10),
+    }
+}
+
+const RETRY: RetryParams = RetryParams {
+    base_delay: Duration::from_secs(1),
+    max_delay: Duration::from_secs(8),
+    max_age: Duration::from_secs(60),
+};
+
+async fn open(backend: Backend) -> (ScratchDb, Store, ManualClock) {
+    let db = ScratchDb::new(backend).await.expect("db");
+    let store = Store::open(&db.config).await.expect("open");
+    (db, store, ManualClock::at(kiungo::store::now_ms() + 1_000))
+}
+
+async fn state_counts(store: &Store) -> HashMap<String, i64> {
+    store
+        .outbox_states()
+        .await
+        .expect("states")
+        .into_iter()
+        .collect()
+}
+
+async fn fhir_retries_then_delivers(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("a", "facility")).await;
+    let dest = ScriptedFhir::default()
+        .then(Err(transient(None)))
+        .then(Err(transient(Some(30))));
+    let w = fhir_worker(&store, dest.clone(), &clock, RETRY);
+
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.retried), (1, 1));
+    // Not due yet at once; due within the first ceiling (1 s).
+    clock.advance(Duration::from_millis(1_001));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!(
+        (r.claimed, r.retried),
+        (1, 1),
+        "second failure, with Retry-After: 30"
+    );
+    // Retry-After is a floor: nothing at +29 s, the retry at +30 s.
+    clock.advance(Duration::from_secs(29));
+    assert_eq!(w.run_once().await.expect("pass").claimed, 0);
+    clock.advance(Duration::from_secs(1));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.delivered), (1, 1));
+    assert_eq!(dest.calls(), 3);
+    assert_eq!(state_counts(&store).await.get("delivered"), Some(&1));
+    assert!(
+        store
+            .dead_letters(&DeadLetterFilter::default())
+            .await
+            .expect("dlq")
+            .is_empty()
+    );
+}
+
+async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("p", "facility")).await;
+    let dest = ScriptedFhir::default().then(Err(SinkFailure {
+        retryable: false,
+        retry_after: None,
+        message: "HTTP 412: multiple-matches: Failed to CREATE resource with match URL".into(),
+    }));
+    let w = fhir_worker(&store, dest, &clock, RETRY);
+    assert_eq!(w.run_once().await.expect("pass").parked, 1);
+    let dl = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(
+        (dl[0].stage.as_str(), dl[0].reason_code.as_str()),
+        ("fhir", "fhir_rejected")
+    );
+    assert!(dl[0].reason.contains("HTTP 412"));
+    assert_eq!(dl[0].event_id.as_deref(), Some("p"));
+
+    // Always 503: retried until the maximum age (60 s), then parked.
+    ingest(&store, &set, &visit("q", "facility")).await;
+    let always = ScriptedFhir::default();
+    for _ in 0..50 {
+        always
+            .script
+            .lock()
+            .expect("lock")
+            .push_back(Err(transient(None)));
+    }
+    let w = fhir_worker(&store, always.clone(), &clock, RETRY);
+    let mut parked = 0;
+    for _ in 0..40 {
+        parked += w.run_once().await.expect("pass").parked;
+        clock.advance(Duration::from_secs(8));
+        if parked > 0 {
+            break;
+        }
+    }
+    assert_eq!(parked, 1);
+    assert!(
+        always.calls() >= 6,
+        "retried with backoff before giving up: {}",
+        always.calls()
+    );
+    let dl = store
+        .dead_letters(&DeadLetterFilter {
+            reason_code: Some("fhir_retries_exhausted".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("dlq");
+    assert_eq!(dl.len(), 1);
+    // Replay puts it back, due now.
+    let outbox_id: i64 = dl[0]
+        .message_id
+        .as_deref()
+        .and_then(|m| m.strip_prefix("outbox:"))
+        .and_then(|n| n.parse().ok())
+        .expect("outbox id");
+    assert!(
+        store
+            .requeue_fhir(outbox_id, clock.now_ms())
+            .await
+            .expect("requeue")
+    );
+    assert_eq!(
+        fhir_worker(&store, ScriptedFhir::default(), &clock, RETRY)
+            .run_once()
+            .await
+            .expect("pass")
+            .delivered,
+        1
+    );
+}
+
+async fn circuit_holds_then_probes(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    for id in ["c1", "c2", "c3"] {
+        ingest(&store, &set, &visit(id, "facility")).await;
+    }
+    let dest = ScriptedFhir::default()
+        .then(Err(transient(None)))
+        .then(Err(transient(None)))
+        .then(Err(transient(None)));
+    let mut w = fhir_worker(&store, dest.clone(), &clock, RETRY);
+    w.circuit = Circuit::new(3, Duration::from_secs(20));
+    assert_eq!(
+        w.run_once().await.expect("pass").retried,
+        3,
+        "three failures open the circuit"
+    );
+    clock.advance(Duration::from_secs(10));
+    assert!(w.run_once().await.expect("pass").held, "open: nothing sent");
+    assert_eq!(dest.calls(), 3);
+    clock.advance(Duration::from_secs(10));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.delivered), (1, 1), "one probe");
+    let r = w.run_once().await.expect("pass");
+    assert_eq!(r.delivered, 2, "closed again: the rest flows");
+}
+
+async fn leases_and_version_order(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("v", "facility")).await;
+    let now = clock.now_ms();
+    let first = store.claim_fhir(10, now, 60_000).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    // A worker died holding it. An edit arrives: the new version waits
+    // for the old one, and nobody takes the old one before its lease ends.
+    ingest(&store, &set, &visit("v", "outreach")).await;
+    assert!(
+        store
+            .claim_fhir(10, now + 1_000, 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = store
+        .claim_fhir(10, now + 61_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        again.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![first[0].id],
+        "reclaimed after the lease"
+    );
+    store
+        .record_fhir(
+            &again[0],
+            &kiungo::store::Delivery::Delivered { server_ids: vec![] },
+            now + 62_000,
+        )
+        .await
+        .expect("record");
+    let newer = store
+        .claim_fhir(10, now + 63_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(newer.len(), 1);
+    assert!(newer[0].id > first[0].id);
+}
+
+/// DHIS2 that stores pushed values and answers from a script.
+#[derive(Debug, Default, Clone)]
+struct ScriptedDhis2 {
+    script: Arc<Mutex<VecDeque<Result<Dhis2Push, SinkFailure>>>>,
+    values: Arc<Mutex<HashMap<TotalKey, String>>>,
+}
+
+impl Dhis2Destination for ScriptedDhis2 {
+    async fn push(&self, values: &[(TotalKey, String)]) -> Result<Dhis2Push, SinkFailure> {
+        let answer = self
+            .script
+            .lock()
+            .expect("lock")
+            .pop_front()
+            .unwrap_or_else(|| Ok(Dhis2Push::default()));
+        if let Ok(push) = &answer
+            && push.batch_rejected.is_none()
+        {
+            let mut stored = self.values.lock().expect("lock");
+            for (i, (k, v)) in values.iter().enumerate() {
+                if !push.rejected.contains_key(&i) {
+                    stored.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        answer
+    }
+}
+
+fn dhis2_worker(
+    store: &Store,
+    dest: ScriptedDhis2,
+    clock: &ManualClock,
+) -> Dhis2Worker<ScriptedDhis2> {
+    Dhis2Worker {
+        store: store.clone(),
+        destination: dest,
+        retry: RETRY,
+        circuit: Circuit::new(100, Duration::from_secs(30)),
+        clock: Arc::new(clock.clone()),
+        batch: 100,
+        delay: Duration::from_secs(2),
+        lease: Duration::from_secs(60),
+        idle: Duration::from_millis(10),
+    }
+}
+
+async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    for id in ["d1", "d2", "d3"] {
+        ingest(&store, &set, &visit(id, "facility")).await;
+    }
+    let dest = ScriptedDhis2::default();
+    let w = dhis2_worker(&store, dest.clone(), &clock);
+    // The push delay: nothing before 2 s.
+    assert_eq!(w.run_once().await.expect("pass").claimed, 0);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").delivered, 1);
+    let values = dest.values.lock().expect("lock").clone();
+    assert_eq!(
+        values.values().cloned().collect::<Vec<_>>(),
+        vec!["3".to_owned()],
+        "three facility visits"
+    );
+
+    // An edit moves d3 to outreach: facility becomes 2, outreach 1.
+    ingest(&store, &set, &visit("d3", "outreach")).await;
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").delivered, 2);
+    let mut got: Vec<String> = dest
+        .values
+        .lock()
+        .expect("lock")
+        .values()
+        .cloned()
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["1".to_owned(), "2".to_owned()]);
+    assert_eq!(store.dhis2_pushed().await.expect("pushed").len(), 2);
+
+    // A transient failure keeps them dirty on the schedule; a conflict on
+    // one value parks that value with DHIS2's words and stores the other.
+    ingest(&store, &set, &visit("d4", "outreach")).await;
+    ingest(&store, &set, &visit("d5", "facility")).await;
+    dest.script
+        .lock()
+        .expect("lock")
+        .push_back(Err(transient(None)));
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(
+            0,
+            (
+                "E7641".to_owned(),
+                "Period: `202403` is after latest open future period".to_owned(),
+            ),
+        )]),
+    }));
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").retried, 2);
+    clock.advance(Duration::from_secs(2));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked), (1, 1));
+    let dl = store
+        .dead_letters(&DeadLetterFilter {
+            reason_code: Some("E7641".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("dlq");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].stage, "dhis2");
+    assert!(dl[0].reason.contains("after latest open future period"));
+    let full = store
+        .dead_letter(dl[0].id)
+        .await
+        .expect("get")
+        .expect("found");
+    let detail: Value = serde_json::from_slice(&full.payload.expect("payload")).expect("json");
+    assert!(detail["dataElement"].is_string() && detail["value"].is_string());
+    // Nothing left dirty.
+    assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
+}
+
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(kiungo::store::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(kiungo::store::Backend::Postgres).await })*
+        }
+    };
+}
+
+on_both_backends!(
+    fhir_retries_then_delivers,
+    fhir_permanent_and_exhausted_are_parked,
+    circuit_holds_then_probes,
+    leases_and_version_order,
+    dhis2_totals_follow_edits_and_conflicts_are_parked,
+);
