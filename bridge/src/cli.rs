@@ -31,6 +31,18 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Inspect, replay or discard dead letters.
+    Dlq {
+        /// Config file (store and mappings); defaults as for `run`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Who is acting, for the audit log (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::dlq_cli::DlqAction,
+    },
     /// Work with mapping files.
     Mappings {
         /// What to do with them.
@@ -77,6 +89,11 @@ pub enum MappingsAction {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => crate::run::run(config.as_deref()),
+        Command::Dlq {
+            config,
+            actor,
+            action,
+        } => crate::dlq_cli::run(config.as_deref(), actor, action),
         Command::Mappings {
             action: MappingsAction::Validate { dir },
         } => validate(&dir),

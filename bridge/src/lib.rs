@@ -7,6 +7,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod dlq;
+pub mod dlq_cli;
 pub mod ingest;
 pub mod run;
 pub mod store;

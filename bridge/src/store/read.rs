@@ -94,7 +94,7 @@ pub struct DeadLetter {
 /// Which dead letters to list.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterFilter {
-    /// Only this state (`open` by default when `None`? no: all states).
+    /// Only this state (`open`, `replayed`, `discarded`); all when `None`.
     pub state: Option<String>,
     /// Only this source.
     pub source: Option<String>,
@@ -102,6 +102,10 @@ pub struct DeadLetterFilter {
     pub reason_code: Option<String>,
     /// Only this mapping.
     pub mapping: Option<String>,
+    /// Only this stage: `ingest`, `fhir` or `dhis2`.
+    pub stage: Option<String>,
+    /// Only dead letters first parked at or after this time (ms).
+    pub since: Option<i64>,
     /// At most this many (default 100).
     pub limit: Option<i64>,
 }
@@ -231,11 +235,16 @@ impl Store {
             ("source", &filter.source),
             ("reason_code", &filter.reason_code),
             ("mapping", &filter.mapping),
+            ("stage", &filter.stage),
         ] {
             if let Some(v) = value {
                 binds.push(v.as_str().into());
                 sql.push_str(&format!(" AND {col} = ${}", binds.len()));
             }
+        }
+        if let Some(since) = filter.since {
+            binds.push(since.into());
+            sql.push_str(&format!(" AND received_at >= ${}", binds.len()));
         }
         binds.push(filter.limit.unwrap_or(100).into());
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", binds.len()));

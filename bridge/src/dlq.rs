@@ -1,0 +1,132 @@
+//! Dead-letter operations shared by `kiungo dlq` and the admin API:
+//! list, show, replay, discard. Replay depends on where the letter was
+//! parked:
+//! - `ingest`: the raw message is mapped again with the mappings loaded
+//!   now (after a mapping fix) and committed like a new arrival (routed by
+//!   the mappings' `match` rules);
+//! - `fhir`: the stored bundle goes back into the outbox, due now;
+//! - `dhis2`: the total is marked for a new push (after a metadata fix),
+//!   recomputed from the contributions at that time.
+//!
+//! Every replay and discard is written to the audit log with the actor.
+
+use kiungo_mappings::MappingSet;
+use serde::Serialize;
+
+use crate::ingest::{Limits, Origin, prepare};
+use crate::store::{Outcome, Store, StoreError};
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReplayResult {
+    /// Mapped and committed: the dead letter is resolved.
+    Ingested {
+        /// The commit outcome.
+        outcome: Outcome,
+    },
+    /// Mapped again and parked again (the reason is updated).
+    ParkedAgain {
+        /// The new reason code.
+        reason: String,
+    },
+    /// The bundle is back in the outbox.
+    Requeued,
+    /// The DHIS2 total will be pushed again.
+    Remarked,
+    /// No such dead letter.
+    NotFound,
+    /// Not open (already replayed or discarded).
+    NotOpen,
+    /// Its payload was purged or discarded: nothing to replay.
+    NoPayload,
+}
+
+/// Replays one dead letter as `actor`.
+pub async fn replay(
+    store: &Store,
+    mappings: &MappingSet,
+    limits: Limits,
+    id: i64,
+    actor: &str,
+) -> Result<ReplayResult, StoreError> {
+    let Some(dl) = store.dead_letter(id).await? else {
+        return Ok(ReplayResult::NotFound);
+    };
+    if dl.state != "open" {
+        return Ok(ReplayResult::NotOpen);
+    }
+    let Some(payload) = dl.payload.clone() else {
+        return Ok(ReplayResult::NoPayload);
+    };
+    let now = crate::store::now_ms();
+    let result = match dl.stage.as_str() {
+        "fhir" => {
+            let outbox = dl
+                .message_id
+                .as_deref()
+                .and_then(|m| m.strip_prefix("outbox:"))
+                .and_then(|n| n.parse().ok());
+            match outbox {
+                Some(outbox) if store.requeue_fhir(outbox, now).await? => ReplayResult::Requeued,
+                _ => ReplayResult::NoPayload,
+            }
+        }
+        "dhis2" => {
+            let detail: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+            let field = |k: &str| {
+                detail
+                    .get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .map(str::to_owned)
+            };
+            match (
+                field("dataElement"),
+                field("period"),
+                field("orgUnit"),
+                field("categoryOptionCombo"),
+                field("attributeOptionCombo"),
+            ) {
+                (Some(de), Some(pe), Some(ou), Some(coc), Some(aoc)) => {
+                    store.remark_total(&(de, pe, ou, coc, aoc), now).await?;
+                    ReplayResult::Remarked
+                }
+                _ => ReplayResult::NoPayload,
+            }
+        }
+        _ => {
+            let headers = dl
+                .headers
+                .as_deref()
+                .and_then(|h| serde_json::from_str(h).ok());
+            let origin = Origin {
+                source: dl.source.clone(),
+                queue: dl.queue.clone(),
+                message_id: dl.message_id.clone(),
+                timestamp_ms: None,
+                headers,
+                route: Ok(None),
+            };
+            let ingest = prepare(mappings, origin, payload, limits);
+            let outcome = store
+                .commit(&[ingest])
+                .await?
+                .into_iter()
+                .next()
+                .unwrap_or(Outcome::Duplicate);
+            match outcome {
+                Outcome::Parked { reason, .. } => ReplayResult::ParkedAgain { reason },
+                outcome => ReplayResult::Ingested { outcome },
+            }
+        }
+    };
+    let resolved = matches!(
+        result,
+        ReplayResult::Ingested { .. } | ReplayResult::Requeued | ReplayResult::Remarked
+    );
+    let detail = serde_json::to_string(&result).unwrap_or_default();
+    store
+        .mark_replayed(id, resolved, actor, &detail, now)
+        .await?;
+    Ok(result)
+}

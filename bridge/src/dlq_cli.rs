@@ -1,0 +1,228 @@
+//! `kiungo dlq list|show|replay|discard`.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use kiungo_mappings::{LoadOptions, MappingSet, PseudonymKey};
+
+use crate::config::Config;
+use crate::ingest::Limits;
+use crate::store::{DeadLetterFilter, Store};
+
+/// `kiungo dlq ...`
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters, newest first (no payloads).
+    List {
+        /// Only `ingest`, `fhir` or `dhis2`.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Only this source app.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this reason code.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only this mapping.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// Only `open` (default), `replayed` or `discarded`; `all` for any.
+        #[arg(long, default_value = "open")]
+        state: String,
+        /// Only those parked in the last DURATION (e.g. `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Show one dead letter with its payload and headers.
+    Show {
+        /// Dead letter id.
+        id: i64,
+    },
+    /// Replay dead letters (after a mapping or metadata fix).
+    Replay {
+        /// Dead letter ids.
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+    /// Discard dead letters: they will not be delivered; payloads are dropped.
+    Discard {
+        /// Dead letter ids.
+        #[arg(required = true)]
+        ids: Vec<i64>,
+    },
+}
+
+/// Runs a `dlq` command.
+pub fn run(config: Option<&Path>, actor: Option<String>, action: DlqAction) -> ExitCode {
+    let config = match config {
+        Some(file) => match Config::load(file) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let mut c = Config::default();
+            c.apply_env();
+            c
+        }
+    };
+    let actor = actor
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match execute(&config, &actor, action).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<ExitCode, String> {
+    let store = Store::open(&config.store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    match action {
+        DlqAction::List {
+            stage,
+            source,
+            reason,
+            mapping,
+            state,
+            since,
+            limit,
+        } => {
+            let since = match since {
+                Some(s) => {
+                    let d =
+                        humantime::parse_duration(&s).map_err(|e| format!("--since {s}: {e}"))?;
+                    Some(crate::store::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                }
+                None => None,
+            };
+            let filter = DeadLetterFilter {
+                state: (state != "all").then_some(state),
+                source,
+                reason_code: reason,
+                mapping,
+                stage,
+                since,
+                limit: Some(limit),
+            };
+            let list = store
+                .dead_letters(&filter)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(
+                out,
+                "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} reason",
+                "id", "stage", "source", "mapping", "code", "state"
+            );
+            for d in &list {
+                let _ = writeln!(
+                    out,
+                    "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} {}",
+                    d.id,
+                    d.stage,
+                    d.source,
+                    d.mapping.as_deref().unwrap_or("-"),
+                    d.reason_code,
+                    d.state,
+                    d.reason
+                );
+            }
+            let _ = writeln!(out, "{} dead letter(s)", list.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Show { id } => match store.dead_letter(id).await.map_err(|e| e.to_string())? {
+            Some(d) => {
+                let mut v = serde_json::to_value(&d).map_err(|e| e.to_string())?;
+                v["payload"] = match &d.payload {
+                    Some(p) => match serde_json::from_slice::<serde_json::Value>(p) {
+                        Ok(json) => json,
+                        Err(_) => {
+                            serde_json::Value::String(String::from_utf8_lossy(p).into_owned())
+                        }
+                    },
+                    None => serde_json::Value::Null,
+                };
+                v["headers"] = d
+                    .headers
+                    .as_deref()
+                    .and_then(|h| serde_json::from_str(h).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            None => Err(format!("no dead letter {id}")),
+        },
+        DlqAction::Replay { ids } => {
+            let key = PseudonymKey::from_env()?;
+            let mappings = MappingSet::load_dir(
+                &config.mappings,
+                LoadOptions {
+                    pseudonym_key: key,
+                    ..LoadOptions::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            let limits = Limits {
+                max_bytes: config.http.max_body_bytes.max(64 * 1024 * 1024),
+            };
+            let mut failed = false;
+            for id in ids {
+                let r = crate::dlq::replay(&store, &mappings, limits, id, actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                failed |= !matches!(
+                    r,
+                    crate::dlq::ReplayResult::Ingested { .. }
+                        | crate::dlq::ReplayResult::Requeued
+                        | crate::dlq::ReplayResult::Remarked
+                );
+                let _ = writeln!(
+                    out,
+                    "{id}: {}",
+                    serde_json::to_string(&r).unwrap_or_default()
+                );
+            }
+            Ok(if failed {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        DlqAction::Discard { ids } => {
+            let n = store
+                .discard_dead_letters(&ids, actor, crate::store::now_ms())
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = writeln!(out, "{n} of {} discarded", ids.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
