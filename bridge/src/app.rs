@@ -67,6 +67,7 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Starts everything; returns once the HTTP port is bound.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        crate::tls::install_crypto_provider();
         let key = match PseudonymKey::from_env().map_err(StartError::PseudonymKey)? {
             Some(key) => Some(key),
             None => match &config.pseudonym_key_file {
@@ -133,6 +134,13 @@ impl Application {
             },
             commit_timeout: config.http.commit_timeout,
         });
+        let admin_state = web::Data::new(crate::admin::AdminState {
+            store: store.clone(),
+            mappings: mappings.clone(),
+            limits: Limits {
+                max_bytes: config.http.max_body_bytes.max(64 * 1024 * 1024),
+            },
+        });
         let health = web::Data::new(Health {
             store: store.clone(),
             source: source_state.clone(),
@@ -142,7 +150,9 @@ impl Application {
             App::new()
                 .app_data(ingest_state.clone())
                 .app_data(health.clone())
+                .app_data(admin_state.clone())
                 .configure(crate::ingest::http::configure)
+                .configure(crate::admin::configure)
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
         })

@@ -3,6 +3,7 @@
 //!
 //! The path of one event is described in `ARCHITECTURE.md`.
 
+pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -12,3 +13,4 @@ pub mod dlq_cli;
 pub mod ingest;
 pub mod run;
 pub mod store;
+pub mod tls;

@@ -19,6 +19,7 @@ fn packs() -> PathBuf {
 }
 
 async fn start() -> (ScratchDb, Application) {
+    kiungo::tls::install_crypto_provider();
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
     let mut config = Config::default();
     config.mappings = packs();
@@ -156,5 +157,87 @@ async fn outcomes_and_errors() {
     assert_eq!(ready.status().as_u16(), 200);
     let ready: Value = ready.json().await.expect("json");
     assert_eq!(ready["broker"], "not configured");
+    app.run_until(async {}).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_over_the_admin_api() {
+    let (_db, app) = start().await;
+    let base = format!("http://{}", app.http_addr());
+    let (status, body) = post(
+        &app,
+        "cht",
+        fixture("cht-anc/fixtures/anc-visit-unknown-facility.json"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 422);
+    let id = body["dead_letter_id"].as_i64().expect("id");
+    let (_, body) = post(&app, "cht", b"not json".to_vec(), &[]).await;
+    let id2 = body["dead_letter_id"].as_i64().expect("id");
+
+    let client = reqwest::Client::new();
+    let list: Value = client
+        .get(format!("{base}/v1/dead-letters?reason=mapping_error"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    let items = list["dead_letters"].as_array().expect("array");
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], id);
+    assert!(items[0].get("payload").is_none(), "no payloads over HTTP");
+    let one: Value = client
+        .get(format!("{base}/v1/dead-letters/{id}"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(one["reason_code"], "mapping_error");
+    assert!(one.get("payload").is_none());
+    let missing = client
+        .get(format!("{base}/v1/dead-letters/999999"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(missing.status().as_u16(), 404);
+
+    // Replaying the unknown facility parks it again; discarding the other
+    // closes it; both are audited with the actor.
+    let r: Value = client
+        .post(format!("{base}/v1/dead-letters/{id}/replay"))
+        .header("X-Kiungo-Actor", "ops-juma")
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(r["results"][0]["replay"]["result"], "parked_again");
+    let d: Value = client
+        .post(format!("{base}/v1/dead-letters/{id2}/discard"))
+        .header("X-Kiungo-Actor", "ops-juma")
+        .send()
+        .await
+        .expect("post")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(d["discarded"], 1);
+    let open: Value = client
+        .get(format!("{base}/v1/dead-letters"))
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(open["dead_letters"].as_array().expect("array").len(), 1);
+    let audit = app.store().audit_log(10).await.expect("audit");
+    assert_eq!(audit.iter().filter(|a| a.1 == "ops-juma").count(), 2);
     app.run_until(async {}).await;
 }
