@@ -68,6 +68,8 @@ pub enum Command {
         /// The event payload, a JSON file.
         event: PathBuf,
     },
+    /// Run local DHIS2 and FHIR simulators until Ctrl-C.
+    Sandbox(crate::sandbox::SandboxArgs),
 }
 
 /// `kiungo mappings ...`
@@ -107,6 +109,7 @@ pub fn run(cli: Cli) -> ExitCode {
             test_key,
             event,
         } => map(&mapping, source, message_id, test_key, &event),
+        Command::Sandbox(args) => crate::sandbox::run_cli(args),
     }
 }
 

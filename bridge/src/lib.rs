@@ -12,5 +12,6 @@ pub mod dlq;
 pub mod dlq_cli;
 pub mod ingest;
 pub mod run;
+pub mod sandbox;
 pub mod store;
 pub mod tls;

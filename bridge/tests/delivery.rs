@@ -70,10 +70,13 @@ fn transient(retry_after: Option<u64>) -> SinkFailure {
     }
 }
 
+/// Answers a scripted destination gives, in order.
+type Script<T> = Arc<Mutex<VecDeque<Result<T, SinkFailure>>>>;
+
 /// A FHIR server that answers from a script, then 200s.
 #[derive(Debug, Default, Clone)]
 struct ScriptedFhir {
-    script: Arc<Mutex<VecDeque<Result<Vec<String>, SinkFailure>>>>,
+    script: Script<Vec<String>>,
     calls: Arc<Mutex<Vec<String>>>,
 }
 
@@ -324,7 +327,7 @@ async fn leases_and_version_order(backend: Backend) {
 /// DHIS2 that stores pushed values and answers from a script.
 #[derive(Debug, Default, Clone)]
 struct ScriptedDhis2 {
-    script: Arc<Mutex<VecDeque<Result<Dhis2Push, SinkFailure>>>>,
+    script: Script<Dhis2Push>,
     values: Arc<Mutex<HashMap<TotalKey, String>>>,
 }
 
