@@ -32,6 +32,9 @@ pub enum StartError {
     /// The store cannot be opened or migrated.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// A destination cannot be set up.
+    #[error("{0}")]
+    Delivery(#[from] crate::delivery::DeliveryStartError),
     /// The HTTP address cannot be bound.
     #[error("http.listen {addr}: {error}")]
     Bind {
@@ -54,6 +57,7 @@ pub struct Application {
     mapper: Option<tokio::task::JoinHandle<()>>,
     committer_task: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
+    delivery: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Application {
@@ -177,6 +181,7 @@ impl Application {
         tokio::spawn(server);
         info!(%http_addr, "http listening");
 
+        let delivery = crate::delivery::start(&config.destinations, &store, &shutdown_rx)?;
         let retention = tokio::spawn(retention_loop(
             store.clone(),
             config.store.payload_retention,
@@ -193,6 +198,7 @@ impl Application {
             mapper,
             committer_task,
             retention,
+            delivery,
         })
     }
 
@@ -242,6 +248,11 @@ impl Application {
             let _ = conn.close(200, "kiungo shutting down".into()).await;
         }
         self.retention.abort();
+        for task in self.delivery {
+            // Workers finish the request in flight and stop; a claim left
+            // behind expires with its lease.
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         self.store.close().await;
         info!("stopped");
     }

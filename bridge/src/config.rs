@@ -16,6 +16,7 @@ use std::time::Duration;
 use kiungo_connectors::rabbitmq::RabbitConfig;
 use serde::Deserialize;
 
+use crate::delivery::config::DestinationsConfig;
 use crate::ingest::BatchConfig;
 use crate::store::StoreConfig;
 
@@ -38,6 +39,9 @@ pub struct Config {
     /// Group-commit batching.
     #[serde(default)]
     pub ingest: BatchConfig,
+    /// Where outputs are delivered.
+    #[serde(default)]
+    pub destinations: DestinationsConfig,
     /// File holding the key of `pseudonym()` in mappings (at least 32
     /// bytes). `KIUNGO_PSEUDONYM_KEY` takes precedence. Without either,
     /// events whose mapping needs a pseudonym are parked.
@@ -79,6 +83,7 @@ impl Default for Config {
             rabbitmq: None,
             http: HttpConfig::default(),
             ingest: BatchConfig::default(),
+            destinations: DestinationsConfig::default(),
             pseudonym_key_file: None,
         }
     }
@@ -180,6 +185,7 @@ impl Config {
         if let Some(r) = &self.rabbitmq {
             problems.extend(r.problems());
         }
+        problems.extend(self.destinations.problems());
         if self.ingest.max_events == 0 {
             problems.push("ingest.max_events: must be at least 1".into());
         }

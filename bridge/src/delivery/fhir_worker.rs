@@ -126,7 +126,7 @@ impl<D: FhirDestination> FhirWorker<D> {
     }
 
     /// Runs passes until `shutdown` turns true.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         loop {
             let wait = match self.run_once().await {
                 Ok(r) if r.claimed > 0 => Duration::ZERO,

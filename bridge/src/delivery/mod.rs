@@ -12,14 +12,18 @@
 //! nothing.
 
 pub mod circuit;
+pub mod config;
 mod dhis2_worker;
 mod fhir_worker;
 pub mod retry;
+pub mod sinks;
+mod start;
 
 use std::time::Duration;
 
 pub use dhis2_worker::{Dhis2Destination, Dhis2Push, Dhis2Worker};
 pub use fhir_worker::{FhirDestination, FhirWorker};
+pub use start::{DeliveryStartError, start};
 
 /// A failed request, as the worker needs to see it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -318,6 +318,29 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every data element, org unit, COC and AOC the stored contributions
+    /// reference, as written (for the DHIS2 preflight).
+    pub async fn referenced_metadata(&self) -> Result<[Vec<String>; 4], StoreError> {
+        let mut out: [Vec<String>; 4] = Default::default();
+        for (i, col) in ["data_element", "org_unit", "coc", "aoc"]
+            .iter()
+            .enumerate()
+        {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT DISTINCT {col} FROM dhis2_contributions"
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            out[i] = rows
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_number;

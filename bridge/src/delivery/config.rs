@@ -1,0 +1,137 @@
+//! `destinations:` in the config file: each server's connection settings
+//! (owned by its connector) and how Kiungo delivers to it.
+
+use std::time::Duration;
+
+use kiungo_connectors::dhis2::Dhis2Config;
+use kiungo_connectors::fhir::FhirConfig;
+use serde::Deserialize;
+
+use super::retry::RetryParams;
+
+/// Where outputs go. Without a destination, its outputs wait in the store.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationsConfig {
+    /// The FHIR server.
+    #[serde(default)]
+    pub fhir: Option<FhirDestinationConfig>,
+    /// The DHIS2 instance.
+    #[serde(default)]
+    pub dhis2: Option<Dhis2DestinationConfig>,
+}
+
+/// `destinations.fhir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirDestinationConfig {
+    /// Server URL, auth and timeouts.
+    pub server: FhirConfig,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryParams,
+    /// Circuit breaker.
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+    /// Bundles claimed and sent concurrently per pass.
+    #[serde(default = "default_fhir_batch")]
+    pub concurrency: i64,
+    /// How long a claimed bundle is held before another worker (or
+    /// replica) may take it over; longer than the request timeout.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+}
+
+/// `destinations.dhis2`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhis2DestinationConfig {
+    /// Instance URL, auth, timeouts and batch size.
+    pub server: Dhis2Config,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryParams,
+    /// Circuit breaker.
+    #[serde(default)]
+    pub circuit: CircuitConfig,
+    /// A changed total is pushed this long after its first change, so
+    /// that a burst of events goes out as one value.
+    #[serde(default = "default_push_delay", with = "humantime_serde")]
+    pub push_delay: Duration,
+    /// Claim lease.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    /// Check at start that every data element, org unit and combo the
+    /// mappings' outputs reference exists, and resolve `code:` references.
+    #[serde(default = "default_true")]
+    pub preflight: bool,
+    /// How often the preflight cache is refreshed.
+    #[serde(default = "default_refresh", with = "humantime_serde")]
+    pub metadata_refresh: Duration,
+}
+
+/// `circuit:` of a destination.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitConfig {
+    /// Consecutive transient failures that open the circuit.
+    #[serde(default = "default_failures")]
+    pub failures: u32,
+    /// How long it stays open before one probe.
+    #[serde(default = "default_cool_down", with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failures: default_failures(),
+            cool_down: default_cool_down(),
+        }
+    }
+}
+
+const fn default_fhir_batch() -> i64 {
+    8
+}
+const fn default_lease() -> Duration {
+    Duration::from_secs(120)
+}
+const fn default_push_delay() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+const fn default_failures() -> u32 {
+    5
+}
+const fn default_cool_down() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl DestinationsConfig {
+    /// Problems, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(f) = &self.fhir {
+            out.extend(f.retry.problems("destinations.fhir.retry"));
+            if f.concurrency < 1 {
+                out.push("destinations.fhir.concurrency: must be at least 1".into());
+            }
+            if f.lease <= f.server.timeout {
+                out.push("destinations.fhir.lease: must be longer than server.timeout".into());
+            }
+        }
+        if let Some(d) = &self.dhis2 {
+            out.extend(d.retry.problems("destinations.dhis2.retry"));
+            if d.lease <= d.server.timeout {
+                out.push("destinations.dhis2.lease: must be longer than server.timeout".into());
+            }
+        }
+        out
+    }
+}

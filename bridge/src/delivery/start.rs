@@ -1,0 +1,106 @@
+//! Starting the delivery workers from the config.
+
+use std::sync::Arc;
+
+use kiungo_connectors::dhis2::{Dhis2Client, References};
+use kiungo_connectors::fhir::FhirClient;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::circuit::Circuit;
+use super::config::DestinationsConfig;
+use super::retry::SystemClock;
+use super::sinks::{Dhis2Sink, log_preflight};
+use super::{Dhis2Worker, FhirWorker};
+use crate::store::Store;
+
+/// Why delivery could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryStartError {
+    /// A destination's connection settings are unusable.
+    #[error("destinations.{destination}: {error}")]
+    Config {
+        /// `fhir` or `dhis2`.
+        destination: &'static str,
+        /// Why.
+        error: kiungo_connectors::ConfigError,
+    },
+}
+
+/// Starts a worker per configured destination; they stop when `shutdown`
+/// turns true. The DHIS2 preflight runs in the background at start: a
+/// DHIS2 that is down must not keep ingest from starting.
+pub fn start(
+    config: &DestinationsConfig,
+    store: &Store,
+    shutdown: &watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, DeliveryStartError> {
+    let mut tasks = Vec::new();
+    let idle = std::time::Duration::from_millis(200);
+    if let Some(f) = &config.fhir {
+        let client =
+            FhirClient::new(f.server.clone()).map_err(|error| DeliveryStartError::Config {
+                destination: "fhir",
+                error,
+            })?;
+        let worker = FhirWorker {
+            store: store.clone(),
+            destination: client,
+            retry: f.retry,
+            circuit: Circuit::new(f.circuit.failures, f.circuit.cool_down),
+            clock: Arc::new(SystemClock),
+            batch: f.concurrency,
+            lease: f.lease,
+            idle,
+        };
+        info!("fhir delivery started");
+        let rx = shutdown.clone();
+        tasks.push(tokio::spawn(async move { worker.run(rx).await }));
+    }
+    if let Some(d) = &config.dhis2 {
+        let client =
+            Dhis2Client::new(d.server.clone()).map_err(|error| DeliveryStartError::Config {
+                destination: "dhis2",
+                error,
+            })?;
+        let sink = Dhis2Sink::new(client, d.metadata_refresh);
+        let worker = Arc::new(Dhis2Worker {
+            store: store.clone(),
+            destination: sink,
+            retry: d.retry,
+            circuit: Circuit::new(d.circuit.failures, d.circuit.cool_down),
+            clock: Arc::new(SystemClock),
+            batch: i64::try_from(d.server.batch_size).unwrap_or(1000),
+            delay: d.push_delay,
+            lease: d.lease,
+            idle,
+        });
+        if d.preflight {
+            let (store, w) = (store.clone(), worker.clone());
+            tokio::spawn(async move {
+                match store.referenced_metadata().await {
+                    Ok([des, ous, cocs, aocs]) => {
+                        let refs = References {
+                            data_elements: des.into_iter().collect(),
+                            org_units: ous.into_iter().collect(),
+                            category_option_combos: cocs.into_iter().collect(),
+                            attribute_option_combos: aocs.into_iter().collect(),
+                        };
+                        match w.destination.check(&refs).await {
+                            Ok(report) => log_preflight(&report),
+                            Err(e) => {
+                                warn!(error = %e.message, "dhis2 preflight failed; references are checked at each push")
+                            }
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "dhis2 preflight: cannot read the store"),
+                }
+            });
+        }
+        info!("dhis2 delivery started");
+        let rx = shutdown.clone();
+        tasks.push(tokio::spawn(async move { worker.run(rx).await }));
+    }
+    Ok(tasks)
+}

@@ -1,0 +1,22 @@
+//! DHIS2 sink: pushes aggregate data values to `/api/dataValueSets`, and
+//! checks beforehand that the metadata they name exists.
+//!
+//! **The guarantee**: an answer DHIS2 gave about the values is never an
+//! `Err`. An import summary (HTTP 200, or 409 from 2.38 on) comes back as
+//! an [`ImportOutcome`] saying which values were stored and which were
+//! rejected, with DHIS2's message for each; a 409 WARNING is a partial
+//! success, not a reason to resend the batch. Only failures to get such
+//! an answer are [`Dhis2Error`]s, each classified
+//! ([`Retryable`](crate::retry::Retryable)).
+
+mod client;
+mod config;
+mod import_summary;
+mod metadata;
+#[cfg(test)]
+mod tests;
+
+pub use client::{DataValue, Dhis2Client};
+pub use config::Dhis2Config;
+pub use import_summary::{Conflict, Dhis2Error, ImportOutcome, ImportStatus};
+pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References};
