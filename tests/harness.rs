@@ -347,6 +347,7 @@ pub async fn store_matches(
     }
     let dead = store
         .dead_letters(&DeadLetterFilter {
+            stage: Some("ingest".into()),
             limit: Some(1_000_000),
             ..DeadLetterFilter::default()
         })
@@ -389,5 +390,34 @@ pub async fn wait_for_store(
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
+    }
+}
+
+/// What each end-to-end test has of its own: a vhost, a database, a
+/// directory and a queue-name prefix.
+#[derive(Debug)]
+pub struct Isolated {
+    /// The vhost.
+    pub vhost: Vhost,
+    /// The database.
+    pub db: kiungo::store::scratch::ScratchDb,
+    /// A scratch directory.
+    pub dir: tempfile::TempDir,
+    /// Prefix of the test's queue names.
+    pub prefix: String,
+}
+
+impl Isolated {
+    /// Creates them, on `backend`.
+    pub async fn new(backend: kiungo::store::Backend) -> anyhow::Result<Self> {
+        Ok(Self {
+            vhost: Vhost::new()?,
+            db: kiungo::store::scratch::ScratchDb::new(backend).await?,
+            dir: tempfile::tempdir()?,
+            prefix: format!(
+                "kiungo.e2e.{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        })
     }
 }

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use kiungo::app::Application;
 use kiungo::config::Config;
-use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{Backend, DeadLetterFilter, Store, StoreConfig};
-use kiungo_tests::harness::{KiungoProcess, Vhost, publish, queue_for, wait_for_store};
+use kiungo_tests::harness::{Isolated, KiungoProcess, publish, queue_for, wait_for_store};
 use kiungo_tests::workload::{
     Expected, Mix, Workload, expected, generate_with, load_mappings, packs_dir,
 };
@@ -70,29 +69,6 @@ fn workload(n: usize, seed: u64, poison: f64) -> (Workload, Expected) {
     (w, e)
 }
 
-/// What each test has of its own: a vhost, a database, a directory and a
-/// queue-name prefix.
-struct Isolated {
-    vhost: Vhost,
-    db: ScratchDb,
-    dir: tempfile::TempDir,
-    prefix: String,
-}
-
-impl Isolated {
-    async fn new(backend: Backend) -> Self {
-        Self {
-            vhost: Vhost::new().expect("vhost"),
-            db: ScratchDb::new(backend).await.expect("db"),
-            dir: tempfile::tempdir().expect("dir"),
-            prefix: format!(
-                "kiungo.e2e.{}",
-                &uuid::Uuid::new_v4().simple().to_string()[..8]
-            ),
-        }
-    }
-}
-
 /// 10,000 events, of which 10% duplicates, 10% edits or replacements and
 /// 2% poison: the store ends with exactly the expected live events,
 /// versions, withdrawals, DHIS2 totals and dead letters, and the queues are
@@ -103,7 +79,7 @@ async fn ten_thousand_events_exactly_once(backend: Backend) {
         db,
         dir,
         prefix,
-    } = Isolated::new(backend).await;
+    } = Isolated::new(backend).await.expect("isolated");
     let (w, e) = workload(10_000, 7, 0.02);
     let config = Config::load(&write_config(
         dir.path(),
@@ -157,7 +133,7 @@ async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
         db,
         dir,
         prefix,
-    } = Isolated::new(backend).await;
+    } = Isolated::new(backend).await.expect("isolated");
     let (w, e) = workload(10_000, 11, 0.02);
     let config = write_config(dir.path(), &db.config, &vhost.url(), &prefix, "");
     let log = dir.path().join("kiungo.log");
@@ -219,7 +195,7 @@ async fn broker_connection_loss_recovers(backend: Backend) {
         db,
         dir,
         prefix,
-    } = Isolated::new(backend).await;
+    } = Isolated::new(backend).await.expect("isolated");
     let (w, e) = workload(10_000, 13, 0.01);
     publish(&vhost.url(), &prefix, &w.messages)
         .await
@@ -269,7 +245,7 @@ async fn poison_of_every_class_is_parked(backend: Backend) {
         db,
         dir,
         prefix,
-    } = Isolated::new(backend).await;
+    } = Isolated::new(backend).await.expect("isolated");
     let (w, e) = workload(600, 17, 0.15);
     let routed = format!("{prefix}.routed");
     let by_header = format!("{prefix}.by-header");

@@ -214,3 +214,14 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Outbox rows that needed more than one attempt.
+    pub async fn outbox_retried(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM fhir_outbox WHERE attempts > 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+}
