@@ -447,6 +447,30 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     assert!(detail["dataElement"].is_string() && detail["value"].is_string());
     // Nothing left dirty.
     assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
+
+    // The scheduled re-sync pushes every total again, with the same values.
+    let before = dest.values.lock().expect("lock").clone();
+    let marked = store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    assert_eq!(marked, 2, "the facility and the outreach total");
+    clock.advance(Duration::from_secs(3));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked), (2, 0));
+    let after = dest.values.lock().expect("lock").clone();
+    let totals: HashMap<TotalKey, String> = store
+        .dhis2_totals()
+        .await
+        .expect("totals")
+        .into_iter()
+        .map(|(k, v)| (k, kiungo::store::format_number(v)))
+        .collect();
+    assert_eq!(
+        after, totals,
+        "DHIS2 holds every current total after the re-sync"
+    );
+    assert_eq!(before.len(), 2);
 }
 
 macro_rules! on_both_backends {

@@ -65,6 +65,10 @@ pub struct Dhis2DestinationConfig {
     /// mappings' outputs reference exists, and resolve `code:` references.
     #[serde(default = "default_true")]
     pub preflight: bool,
+    /// Every this long, every total is pushed again, so that a value
+    /// changed in DHIS2 by hand is set back to what the events say.
+    #[serde(default = "default_resync", with = "humantime_serde")]
+    pub resync_interval: Duration,
     /// How often the preflight cache is refreshed.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub metadata_refresh: Duration,
@@ -99,6 +103,9 @@ const fn default_lease() -> Duration {
 }
 const fn default_push_delay() -> Duration {
     Duration::from_secs(5)
+}
+const fn default_resync() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 const fn default_true() -> bool {
     true

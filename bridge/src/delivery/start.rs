@@ -98,6 +98,19 @@ pub fn start(
                 }
             });
         }
+        let (store2, every, mut rx) = (store.clone(), d.resync_interval, shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(every) => {}
+                    _ = rx.changed() => return,
+                }
+                match store2.remark_all_totals(crate::store::now_ms()).await {
+                    Ok(n) => info!(totals = n, "dhis2 re-sync: every total marked for a push"),
+                    Err(e) => warn!(error = %e, "dhis2 re-sync failed; next time"),
+                }
+            }
+        }));
         info!("dhis2 delivery started");
         let rx = shutdown.clone();
         tasks.push(tokio::spawn(async move { worker.run(rx).await }));

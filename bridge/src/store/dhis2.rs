@@ -341,6 +341,28 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks every total that has contributions for a push (the scheduled
+    /// re-sync, which repairs values changed in DHIS2 by hand). Returns how
+    /// many were marked.
+    pub async fn remark_all_totals(&self, now: i64) -> Result<u64, StoreError> {
+        // `WHERE 1 = 1`: without a WHERE, SQLite reads `ON CONFLICT` as
+        // part of the SELECT's join and fails to parse.
+        let n = query(
+            self.backend,
+            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at) \
+             SELECT DISTINCT data_element, period, org_unit, coc, aoc, $1 FROM dhis2_contributions WHERE 1 = 1 \
+             ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1"
+                .to_owned(),
+            vec![now.into()],
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::format_number;
