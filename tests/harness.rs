@@ -108,53 +108,93 @@ pub fn queue_for(prefix: &str, source: &str) -> String {
 /// persistent, with `message_id` and `timestamp`, and waits for the
 /// broker's confirms.
 pub async fn publish(url: &str, prefix: &str, messages: &[Message]) -> anyhow::Result<()> {
-    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let sources: BTreeSet<&str> = messages.iter().map(|m| m.source.as_str()).collect();
-    for s in sources {
+    let publisher = Publisher::connect(url, prefix).await?;
+    publisher.send(messages).await?;
+    publisher.close().await
+}
+
+/// A confirmed publisher on one connection.
+#[derive(Debug)]
+pub struct Publisher {
+    conn: Connection,
+    channel: lapin::Channel,
+    prefix: String,
+    declared: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl Publisher {
+    /// Connects and enables publisher confirms.
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
         channel
-            .queue_declare(
-                queue_for(prefix, s).into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
+            .confirm_select(ConfirmSelectOptions::default())
             .await?;
+        Ok(Self {
+            conn,
+            channel,
+            prefix: prefix.to_owned(),
+            declared: std::sync::Mutex::new(BTreeSet::new()),
+        })
     }
-    for chunk in messages.chunks(500) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for m in chunk {
-            let props = BasicProperties::default()
-                .with_message_id(m.message_id.as_str().into())
-                .with_timestamp(m.timestamp)
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            confirms.push(
-                channel
-                    .basic_publish(
-                        "".into(),
-                        queue_for(prefix, &m.source).into(),
-                        BasicPublishOptions::default(),
-                        &m.body,
-                        props,
+
+    /// Publishes in order and waits for every confirm.
+    pub async fn send(&self, messages: &[Message]) -> anyhow::Result<()> {
+        let sources: BTreeSet<String> = messages.iter().map(|m| m.source.clone()).collect();
+        for s in sources {
+            let new = self
+                .declared
+                .lock()
+                .map(|mut d| d.insert(s.clone()))
+                .unwrap_or(true);
+            if new {
+                self.channel
+                    .queue_declare(
+                        queue_for(&self.prefix, &s).into(),
+                        QueueDeclareOptions {
+                            durable: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                        FieldTable::default(),
                     )
-                    .await?,
-            );
-        }
-        for c in join_all(confirms).await {
-            let c = c?;
-            if !c.is_ack() {
-                bail!("broker did not confirm a publish: {c:?}");
+                    .await?;
             }
         }
+        for chunk in messages.chunks(500) {
+            let mut confirms = Vec::with_capacity(chunk.len());
+            for m in chunk {
+                let props = BasicProperties::default()
+                    .with_message_id(m.message_id.as_str().into())
+                    .with_timestamp(m.timestamp)
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into());
+                confirms.push(
+                    self.channel
+                        .basic_publish(
+                            "".into(),
+                            queue_for(&self.prefix, &m.source).into(),
+                            BasicPublishOptions::default(),
+                            &m.body,
+                            props,
+                        )
+                        .await?,
+                );
+            }
+            for c in join_all(confirms).await {
+                let c = c?;
+                if !c.is_ack() {
+                    bail!("broker did not confirm a publish: {c:?}");
+                }
+            }
+        }
+        Ok(())
     }
-    conn.close(200, "done".into()).await?;
-    Ok(())
+
+    /// Closes the connection.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.conn.close(200, "done".into()).await?;
+        Ok(())
+    }
 }
 
 /// Path of the `kiungo` binary next to the running test (built by
@@ -419,5 +459,25 @@ impl Isolated {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
         })
+    }
+}
+
+/// Waits until `GET /readyz` on `127.0.0.1:port` answers 200.
+pub async fn wait_ready(port: u16, timeout: Duration) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
+            let mut buf = String::new();
+            let _ = s.read_to_string(&mut buf);
+            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > timeout {
+            bail!("kiungo not ready after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -108,7 +108,9 @@ impl Application {
         info!(mappings = mappings.mappings().len(), dir = %config.mappings.display(), "mappings loaded");
         let store = Store::open(&config.store).await?;
         info!(backend = ?store.backend(), "store open");
-        let (committer, committer_task) = Committer::spawn(store.clone(), config.ingest);
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let (committer, committer_task) =
+            Committer::spawn(store.clone(), config.ingest, Some(wake.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (state_tx, source_state) = watch::channel(SourceState::default());
 
@@ -181,7 +183,7 @@ impl Application {
         tokio::spawn(server);
         info!(%http_addr, "http listening");
 
-        let delivery = crate::delivery::start(&config.destinations, &store, &shutdown_rx)?;
+        let delivery = crate::delivery::start(&config.destinations, &store, &shutdown_rx, wake)?;
         let retention = tokio::spawn(retention_loop(
             store.clone(),
             config.store.payload_retention,

@@ -116,6 +116,7 @@ fn fhir_worker(
         batch: 10,
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
+        wake: None,
     }
 }
 

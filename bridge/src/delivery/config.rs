@@ -33,7 +33,8 @@ pub struct FhirDestinationConfig {
     /// Circuit breaker.
     #[serde(default)]
     pub circuit: CircuitConfig,
-    /// Bundles claimed and sent concurrently per pass.
+    /// Bundles claimed and sent concurrently per pass (the most requests
+    /// in flight to the server at once).
     #[serde(default = "default_fhir_batch")]
     pub concurrency: i64,
     /// How long a claimed bundle is held before another worker (or
@@ -96,7 +97,7 @@ impl Default for CircuitConfig {
 }
 
 const fn default_fhir_batch() -> i64 {
-    8
+    32
 }
 const fn default_lease() -> Duration {
     Duration::from_secs(120)

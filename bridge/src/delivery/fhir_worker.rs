@@ -42,6 +42,9 @@ pub struct FhirWorker<D> {
     pub lease: Duration,
     /// Wait between passes when nothing is due.
     pub idle: Duration,
+    /// Woken by the committer when new bundles are stored, so that a quiet
+    /// worker does not wait out `idle` (replicas without it poll).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl<D: FhirDestination> FhirWorker<D> {
@@ -140,8 +143,15 @@ impl<D: FhirDestination> FhirWorker<D> {
                 return;
             }
             if !wait.is_zero() {
+                let woken = async {
+                    match &self.wake {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
+                    () = woken => {}
                     _ = shutdown.changed() => return,
                 }
             }

@@ -35,6 +35,7 @@ pub fn start(
     config: &DestinationsConfig,
     store: &Store,
     shutdown: &watch::Receiver<bool>,
+    wake: Arc<tokio::sync::Notify>,
 ) -> Result<Vec<JoinHandle<()>>, DeliveryStartError> {
     let mut tasks = Vec::new();
     let idle = std::time::Duration::from_millis(200);
@@ -53,6 +54,7 @@ pub fn start(
             batch: f.concurrency,
             lease: f.lease,
             idle,
+            wake: Some(wake),
         };
         info!("fhir delivery started");
         let rx = shutdown.clone();

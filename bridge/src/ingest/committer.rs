@@ -106,14 +106,17 @@ pub struct Committer {
     rx: mpsc::Receiver<Work>,
     config: BatchConfig,
     counters: Arc<Counters>,
+    wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Committer {
     /// Starts the committer; it stops once every handle is dropped and the
-    /// queued work is committed.
+    /// queued work is committed. `wake` is notified after each commit that
+    /// stored new outputs (the delivery workers wait on it).
     pub fn spawn(
         store: Store,
         config: BatchConfig,
+        wake: Option<Arc<tokio::sync::Notify>>,
     ) -> (CommitterHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.max_events.max(1));
         let counters = Arc::new(Counters::default());
@@ -122,6 +125,7 @@ impl Committer {
             rx,
             config,
             counters: counters.clone(),
+            wake,
         };
         (
             CommitterHandle { tx, counters },
@@ -172,6 +176,13 @@ impl Committer {
         self.counters
             .parked
             .fetch_add(parked as u64, Ordering::Relaxed);
+        if let Some(wake) = &self.wake
+            && outcomes
+                .iter()
+                .any(|o| matches!(o, Outcome::Stored | Outcome::Replaced))
+        {
+            wake.notify_one();
+        }
         // AMQP: one `multiple` ack per channel, on its last delivery in the
         // batch. The mapper keeps each channel's order and batches commit in
         // order, so every earlier delivery of the channel is committed.

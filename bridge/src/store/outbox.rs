@@ -120,7 +120,31 @@ impl Store {
         result: &Delivery,
         now: i64,
     ) -> Result<(), StoreError> {
+        self.record_fhir_many(&[(item.clone(), result.clone())], now)
+            .await
+    }
+
+    /// Records the results of a pass in one transaction (one fsync).
+    pub async fn record_fhir_many(
+        &self,
+        results: &[(OutboxItem, Delivery)],
+        now: i64,
+    ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
+        for (item, result) in results {
+            self.record_one(&mut tx, item, result, now).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_one(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        item: &OutboxItem,
+        result: &Delivery,
+        now: i64,
+    ) -> Result<(), StoreError> {
         match result {
             Delivery::Delivered { server_ids } => {
                 let ids = serde_json::to_string(server_ids).unwrap_or_else(|_| "[]".into());
@@ -131,7 +155,7 @@ impl Store {
                         .to_owned(),
                     vec![now.into(), now.into(), ids.into(), item.id.into()],
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             Delivery::Retry {
@@ -145,7 +169,7 @@ impl Store {
                         .to_owned(),
                     vec![(*next_attempt_at).into(), now.into(), error.as_str().into(), item.id.into()],
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
             Delivery::Dead { reason_code, error } => {
@@ -156,7 +180,7 @@ impl Store {
                         .to_owned(),
                     vec![now.into(), error.as_str().into(), item.id.into()],
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
                 query(
                     self.backend,
@@ -180,11 +204,10 @@ impl Store {
                         now.into(),
                     ],
                 )
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -223,5 +246,27 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?,
         )
+    }
+}
+
+impl Store {
+    /// `(source, event id, created, delivered)` of every delivered bundle
+    /// (ms), for latency measurements.
+    pub async fn delivery_times(&self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT source, event_id, created_at, delivered_at FROM fhir_outbox WHERE state = 'delivered'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    r.try_get(1)?,
+                    r.try_get(2)?,
+                    r.try_get::<Option<i64>, _>(3)?.unwrap_or(0),
+                ))
+            })
+            .collect()
     }
 }

@@ -1,0 +1,189 @@
+//! `kiungo-deliverybench`: publish → delivered latency and delivery
+//! throughput of the release `kiungo` binary against the local FHIR and
+//! DHIS2 simulators (`kiungo::sandbox`, in this process, no faults).
+//!
+//! ```text
+//! cargo build --release -p kiungo -p kiungo-tests
+//! target/release/kiungo-deliverybench --events 10000 --rate 500    # latency at 500 events/s
+//! target/release/kiungo-deliverybench --events 20000 --rate 0      # as fast as it goes
+//! ```
+//!
+//! Latency is per event: from the moment the publisher handed the message
+//! to RabbitMQ (confirmed) to the moment the store recorded its FHIR
+//! bundle as delivered (the simulator's 2xx). DHIS2 totals go out after
+//! the push delay (1 s here), so their latency is that delay plus a push.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use kiungo::sandbox::{Sandbox, SandboxConfig};
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, Store};
+use kiungo_tests::harness::{Publisher, Vhost, queue_for, wait_ready};
+use kiungo_tests::workload::{Mix, generate_with, load_mappings, packs_dir};
+
+const SOURCES: [&str; 4] = ["cht", "commcare", "kobo", "inhouse"];
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    kiungo::tls::install_crypto_provider();
+    let (mut events, mut rate, mut backend) = (10_000usize, 500usize, Backend::Sqlite);
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => events = value()?.parse()?,
+            "--rate" => rate = value()?.parse()?,
+            "--store" => {
+                backend = match value()?.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => bail!("--store {other}: expected sqlite or postgres"),
+                }
+            }
+            other => bail!(
+                "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres"
+            ),
+        }
+    }
+    let mappings = load_mappings(&packs_dir())?;
+    let workload = generate_with(
+        &mappings,
+        events,
+        7,
+        Mix {
+            duplicates: 0.0,
+            edits: 0.0,
+            poison: 0.0,
+        },
+    )?;
+
+    let mut sandbox_config = SandboxConfig::for_test();
+    sandbox_config.workers = 2;
+    let sandbox = Sandbox::start(sandbox_config).await?;
+    let vhost = Vhost::new()?;
+    let prefix = "deliverybench";
+    let db = ScratchDb::new(backend).await?;
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    std::fs::write(
+        dir.path().join("key"),
+        "kiungo-deliverybench-pseudonym-key-0123456789",
+    )?;
+    std::fs::write(dir.path().join("pw"), "district")?;
+    let mut queues = String::new();
+    for s in SOURCES {
+        queues.push_str(&format!(
+            "    - {{name: {}, source: {s}}}\n",
+            queue_for(prefix, s)
+        ));
+    }
+    let yaml = format!(
+        "mappings: {mappings}\npseudonym_key_file: key\nstore:\n  url: {store}\n\
+         rabbitmq:\n  url: {amqp}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\n\
+         destinations:\n  fhir:\n    server: {{base_url: '{fhir}'}}\n    concurrency: 64\n\
+         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: 1s\n",
+        mappings = packs_dir().display(),
+        store = db.config.url,
+        amqp = vhost.url(),
+        fhir = sandbox.fhir_url(),
+        dhis2 = sandbox.dhis2_url(),
+        pw = dir.path().join("pw").display(),
+    );
+    let config = dir.path().join("kiungo.yaml");
+    std::fs::write(&config, yaml)?;
+    let bin = std::env::current_exe()?.with_file_name("kiungo");
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    wait_ready(port, Duration::from_secs(30)).await?;
+
+    // Publish, paced in 10 ms steps, remembering when each went out.
+    let mut published: HashMap<String, i64> = HashMap::new();
+    let publisher = Publisher::connect(&vhost.url(), prefix).await?;
+    let start = Instant::now();
+    let step = if rate == 0 {
+        workload.messages.len()
+    } else {
+        (rate / 100).max(1)
+    };
+    for (i, chunk) in workload.messages.chunks(step).enumerate() {
+        if rate > 0 {
+            let due = start + Duration::from_millis(10 * i as u64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        publisher.send(chunk).await?;
+        let now = kiungo::store::now_ms();
+        for m in chunk {
+            if let Some(k) = &m.key {
+                published.insert(k.clone(), now);
+            }
+        }
+    }
+    let publish_secs = start.elapsed().as_secs_f64();
+
+    let store = Store::open(&db.config).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let states: HashMap<String, i64> = store.outbox_states().await?.into_iter().collect();
+        let busy = states.get("pending").copied().unwrap_or(0)
+            + states.get("delivering").copied().unwrap_or(0);
+        let delivered = states.get("delivered").copied().unwrap_or(0);
+        if busy == 0
+            && delivered as usize >= published.len()
+            && store.stats().await?.dhis2_dirty == 0
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("not delivered in 600 s: {states:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let times = store.delivery_times().await?;
+    let mut latencies: Vec<i64> = times
+        .iter()
+        .filter_map(|(_, id, _, delivered)| published.get(id).map(|p| delivered - p))
+        .collect();
+    latencies.sort_unstable();
+    let first = published.values().min().copied().unwrap_or(0);
+    let last = times.iter().map(|t| t.3).max().unwrap_or(0);
+    let pushed = store.dhis2_pushed().await?.len();
+    let resources = sandbox.fhir_resources()["total"].as_u64().unwrap_or(0);
+    println!(
+        "{} events published in {publish_secs:.1} s ({:.0}/s); {} bundles delivered ({resources} resources) in {:.1} s from the first publish = {:.0} bundles/s; {pushed} DHIS2 totals pushed",
+        published.len(),
+        published.len() as f64 / publish_secs,
+        latencies.len(),
+        (last - first) as f64 / 1000.0,
+        latencies.len() as f64 * 1000.0 / (last - first).max(1) as f64,
+    );
+    println!(
+        "publish → FHIR delivered: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.9),
+        percentile(&latencies, 0.99),
+        latencies.last().copied().unwrap_or(0)
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    sandbox.stop().await;
+    Ok(())
+}
