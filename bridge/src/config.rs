@@ -154,6 +154,14 @@ impl Config {
         {
             *key = dir.join(&*key);
         }
+        if let Some(dir) = file.parent() {
+            if let Some(f) = config.destinations.fhir.as_mut() {
+                f.server.auth.resolve_paths(dir);
+            }
+            if let Some(d) = config.destinations.dhis2.as_mut() {
+                d.server.auth.resolve_paths(dir);
+            }
+        }
         if let Some(path) = config.store.url.strip_prefix("sqlite:")
             && !path.starts_with('/')
             && !path.starts_with(':')
@@ -216,6 +224,32 @@ mod tests {
         let config = Config::load(&file).expect("example config");
         assert!(config.mappings.ends_with("mappings/packs"));
         assert!(config.rabbitmq.is_some());
+    }
+
+    #[test]
+    fn destinations_parse_and_secret_files_are_relative_to_the_config() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        std::fs::write(
+            &file,
+            "destinations:\n  fhir:\n    server: {base_url: 'http://fhir.local/fhir'}\n  dhis2:\n    server:\n      base_url: 'http://dhis2.local'\n      auth: {type: basic, username: admin, password: {file: secrets/dhis2}}\n    retry: {base_delay: 2s, max_delay: 1m}\n    push_delay: 10s\n",
+        )
+        .expect("write");
+        let config = Config::load(&file).expect("loads");
+        let dhis2 = config.destinations.dhis2.expect("dhis2");
+        assert_eq!(dhis2.push_delay, Duration::from_secs(10));
+        assert_eq!(dhis2.retry.max_delay, Duration::from_secs(60));
+        match dhis2.server.auth {
+            kiungo_connectors::auth::AuthConfig::Basic { password, .. } => {
+                assert_eq!(password.file, Some(dir.path().join("secrets/dhis2")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(config.destinations.fhir.expect("fhir").concurrency, 32);
+
+        std::fs::write(&file, "destinations:\n  fhir:\n    server: {base_url: 'http://x'}\n    retry: {base_delay: 1m, max_delay: 1s}\n").expect("write");
+        let err = Config::load(&file).expect_err("bad retry").to_string();
+        assert!(err.contains("destinations.fhir.retry.base_delay"), "{err}");
     }
 
     #[test]

@@ -151,6 +151,25 @@ pub enum AuthConfig {
 }
 
 impl AuthConfig {
+    /// Makes a relative secret file path relative to `dir` (the config
+    /// file's directory) rather than to wherever the process started.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        let secret = match self {
+            Self::None => return,
+            Self::Basic { password: s, .. }
+            | Self::Bearer { token: s }
+            | Self::ApiToken { token: s }
+            | Self::OAuth2 {
+                client_secret: s, ..
+            } => s,
+        };
+        if let Some(file) = secret.file.as_mut()
+            && file.is_relative()
+        {
+            *file = dir.join(&*file);
+        }
+    }
+
     /// The `type` as written in the config.
     pub fn kind(&self) -> &'static str {
         match self {
