@@ -4,7 +4,10 @@
 //! - `ingest`: the raw message is mapped again with the mappings loaded
 //!   now (after a mapping fix) and committed like a new arrival (routed by
 //!   the mappings' `match` rules);
-//! - `fhir`: the stored bundle goes back into the outbox, due now;
+//! - `fhir`: the event is mapped again from its raw payload when that is
+//!   still held (so a mapping fix takes effect) and the new bundle goes
+//!   back into the outbox, due now; after the payload is purged, the stored
+//!   bundle is sent again as it was;
 //! - `dhis2`: the total is marked for a new push (after a metadata fix),
 //!   recomputed from the contributions at that time.
 //!
@@ -32,6 +35,12 @@ pub enum ReplayResult {
     },
     /// The bundle is back in the outbox.
     Requeued,
+    /// The event was mapped again with today's mappings (its raw payload
+    /// was still held) and the new bundle is in the outbox.
+    Remapped {
+        /// The mapping that produced the new bundle.
+        mapping: String,
+    },
     /// The DHIS2 total will be pushed again.
     Remarked,
     /// No such dead letter.
@@ -62,14 +71,14 @@ pub async fn replay(
     let now = crate::store::now_ms();
     let result = match dl.stage.as_str() {
         "fhir" => {
-            let outbox = dl
+            let outbox: Option<i64> = dl
                 .message_id
                 .as_deref()
                 .and_then(|m| m.strip_prefix("outbox:"))
                 .and_then(|n| n.parse().ok());
             match outbox {
-                Some(outbox) if store.requeue_fhir(outbox, now).await? => ReplayResult::Requeued,
-                _ => ReplayResult::NoPayload,
+                Some(outbox) => replay_bundle(store, mappings, limits, &dl, outbox, now).await?,
+                None => ReplayResult::NoPayload,
             }
         }
         "dhis2" => {
@@ -129,4 +138,59 @@ pub async fn replay(
         .mark_replayed(id, resolved, actor, &detail, now)
         .await?;
     Ok(result)
+}
+
+/// A parked FHIR bundle: mapped again from the event's raw payload when it
+/// is still held (so that a mapping fix takes effect), else sent as
+/// stored.
+async fn replay_bundle(
+    store: &Store,
+    mappings: &MappingSet,
+    limits: Limits,
+    dl: &crate::store::DeadLetter,
+    outbox: i64,
+    now: i64,
+) -> Result<ReplayResult, StoreError> {
+    if let Some(raw) = store.outbox_event_payload(outbox).await? {
+        let origin = Origin {
+            source: dl.source.clone(),
+            queue: None,
+            message_id: dl.message_id.clone(),
+            timestamp_ms: None,
+            headers: None,
+            route: Ok(None),
+        };
+        match prepare(mappings, origin, raw, limits).result {
+            Ok(outputs) => {
+                return Ok(match outputs.bundle {
+                    Some((bundle, entries)) => {
+                        if store
+                            .requeue_fhir_with(outbox, &bundle, entries, &outputs.mapping, now)
+                            .await?
+                        {
+                            ReplayResult::Remapped {
+                                mapping: outputs.mapping,
+                            }
+                        } else {
+                            ReplayResult::NotOpen
+                        }
+                    }
+                    None => ReplayResult::ParkedAgain {
+                        reason: "the event yields no FHIR resources with the current mappings"
+                            .into(),
+                    },
+                });
+            }
+            Err(rejection) => {
+                return Ok(ReplayResult::ParkedAgain {
+                    reason: rejection.code,
+                });
+            }
+        }
+    }
+    Ok(if store.requeue_fhir(outbox, now).await? {
+        ReplayResult::Requeued
+    } else {
+        ReplayResult::NoPayload
+    })
 }

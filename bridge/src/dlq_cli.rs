@@ -202,6 +202,7 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
                     r,
                     crate::dlq::ReplayResult::Ingested { .. }
                         | crate::dlq::ReplayResult::Requeued
+                        | crate::dlq::ReplayResult::Remapped { .. }
                         | crate::dlq::ReplayResult::Remarked
                 );
                 let _ = writeln!(

@@ -199,6 +199,33 @@ async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
     );
     assert!(dl[0].reason.contains("HTTP 412"));
     assert_eq!(dl[0].event_id.as_deref(), Some("p"));
+    // Replay after a fix maps the event again from its raw payload.
+    let limits = kiungo::ingest::Limits { max_bytes: 1 << 20 };
+    let replayed = kiungo::dlq::replay(&store, &set, limits, dl[0].id, "ops")
+        .await
+        .expect("replay");
+    assert_eq!(
+        replayed,
+        kiungo::dlq::ReplayResult::Remapped {
+            mapping: "cht-anc-visit".into()
+        }
+    );
+    assert_eq!(
+        fhir_worker(&store, ScriptedFhir::default(), &clock, RETRY)
+            .run_once()
+            .await
+            .expect("pass")
+            .delivered,
+        1
+    );
+    let again = kiungo::dlq::replay(&store, &set, limits, dl[0].id, "ops")
+        .await
+        .expect("replay");
+    assert_eq!(
+        again,
+        kiungo::dlq::ReplayResult::NotOpen,
+        "a resolved dead letter is not replayed twice"
+    );
 
     // Always 503: retried until the maximum age (60 s), then parked.
     ingest(&store, &set, &visit("q", "facility")).await;

@@ -73,10 +73,20 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
                 ..PassReport::default()
             });
         }
-        let totals = self
+        let half_open = matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen);
+        let totals = match self
             .store
             .claim_totals(self.batch, now, ms(self.delay), ms(self.lease))
-            .await?;
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                if half_open {
+                    self.circuit.failure(now);
+                }
+                return Err(e);
+            }
+        };
         let mut report = PassReport {
             claimed: totals.len(),
             ..PassReport::default()

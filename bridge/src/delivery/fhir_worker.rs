@@ -60,7 +60,17 @@ impl<D: FhirDestination> FhirWorker<D> {
         let half_open = matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen);
         let limit = if half_open { 1 } else { self.batch };
         let lease = i64::try_from(self.lease.as_millis()).unwrap_or(60_000);
-        let items = self.store.claim_fhir(limit, now, lease).await?;
+        let items = match self.store.claim_fhir(limit, now, lease).await {
+            Ok(items) => items,
+            Err(e) => {
+                if half_open {
+                    // No probe went out: open again, so that the next
+                    // cool-down lets another probe through.
+                    self.circuit.failure(now);
+                }
+                return Err(e);
+            }
+        };
         let mut report = PassReport {
             claimed: items.len(),
             ..PassReport::default()
@@ -73,16 +83,17 @@ impl<D: FhirDestination> FhirWorker<D> {
             return Ok(report);
         }
         let results = join_all(items.iter().map(|item| self.deliver(item))).await;
-        for (item, result) in items.iter().zip(results) {
-            match &result {
+        for result in &results {
+            match result {
                 Delivery::Delivered { .. } => report.delivered += 1,
                 Delivery::Retry { .. } => report.retried += 1,
                 Delivery::Dead { .. } => report.parked += 1,
             }
-            self.store
-                .record_fhir(item, &result, self.clock.now_ms())
-                .await?;
         }
+        let recorded: Vec<(OutboxItem, Delivery)> = items.into_iter().zip(results).collect();
+        self.store
+            .record_fhir_many(&recorded, self.clock.now_ms())
+            .await?;
         Ok(report)
     }
 

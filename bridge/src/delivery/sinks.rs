@@ -18,12 +18,72 @@ use tracing::{info, warn};
 use super::{Dhis2Destination, Dhis2Push, FhirDestination, SinkFailure};
 use crate::store::TotalKey;
 
-fn failure(e: &(impl Retryable + std::fmt::Display)) -> SinkFailure {
-    SinkFailure {
-        retryable: e.is_retryable(),
-        retry_after: e.retry_after(),
-        message: e.to_string(),
+/// Statuses that say the destination (credentials, URL, a proxy in front
+/// of it) is wrong rather than the item: they are retried on the schedule
+/// and count on the circuit breaker, so a rotated secret or a wrong base
+/// URL holds deliveries back instead of parking every one of them. 409 is
+/// a version conflict between concurrent writers, which clears on retry.
+fn destination_level(status: u16) -> bool {
+    matches!(status, 401 | 403 | 404 | 405 | 407 | 409) || (300..400).contains(&status)
+}
+
+/// Server messages can quote what was sent (HAPI quotes the conditional
+/// match URL, with the client's identifier): quoted text and query strings
+/// are cut before a message is logged or stored.
+pub fn redact(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut in_quote = false;
+    let mut in_query = false;
+    for c in message.chars() {
+        match c {
+            '"' | '`' => {
+                out.push(c);
+                if !in_quote {
+                    out.push('…');
+                }
+                in_quote = !in_quote;
+                in_query = false;
+            }
+            _ if in_quote => {}
+            '?' => {
+                out.push_str("?…");
+                in_query = true;
+            }
+            c if in_query && !c.is_whitespace() => {}
+            c => {
+                in_query = false;
+                out.push(c);
+            }
+        }
     }
+    out
+}
+
+fn failure(e: &(impl Retryable + std::fmt::Display), destination: bool) -> SinkFailure {
+    SinkFailure {
+        retryable: e.is_retryable() || destination,
+        retry_after: e.retry_after(),
+        message: redact(&e.to_string()),
+    }
+}
+
+fn fhir_failure(e: &kiungo_connectors::fhir::FhirError) -> SinkFailure {
+    use kiungo_connectors::fhir::FhirError as E;
+    let destination = match e {
+        E::Status { status, .. } => destination_level(*status),
+        E::UnexpectedResponse { .. } | E::Auth(_) | E::Transport(_) => true,
+    };
+    failure(e, destination)
+}
+
+fn dhis2_failure(e: &kiungo_connectors::dhis2::Dhis2Error) -> SinkFailure {
+    use kiungo_connectors::dhis2::Dhis2Error as E;
+    let destination = match e {
+        E::Status { status, .. } => destination_level(*status),
+        E::UnexpectedResponse { .. } | E::Auth(_) | E::Transport(_) => true,
+        E::Encode(_) => false,
+    };
+    failure(e, destination)
 }
 
 impl FhirDestination for FhirClient {
@@ -34,7 +94,7 @@ impl FhirDestination for FhirClient {
                 .into_iter()
                 .filter_map(|e| e.resource_id)
                 .collect()),
-            Err(e) => Err(failure(&e)),
+            Err(e) => Err(fhir_failure(&e)),
         }
     }
 }
@@ -74,7 +134,7 @@ impl Dhis2Sink {
             .client
             .check_references(refs)
             .await
-            .map_err(|e| failure(&e))?;
+            .map_err(|e| dhis2_failure(&e))?;
         let mut known = self.known.lock().await;
         for (kind, map) in &report.resolved {
             for (written, uid) in map {
@@ -179,7 +239,7 @@ impl Dhis2Destination for Dhis2Sink {
                 .client
                 .post_data_values(chunk, None)
                 .await
-                .map_err(|e| failure(&e))?;
+                .map_err(|e| dhis2_failure(&e))?;
             if outcome.is_batch_rejected() {
                 let (code, message) = outcome.batch_conflict().map_or_else(
                     || {
@@ -235,6 +295,37 @@ pub fn log_preflight(report: &PreflightReport) {
     } else {
         for m in &report.missing {
             warn!(missing = %m, "dhis2 preflight: values with this reference will be parked");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_text_and_queries_are_cut_from_server_messages() {
+        let m = "HTTP 412: multiple-matches: Failed to CREATE resource with match URL \"Patient?identifier=http://moh.sl/nin|1234567\" because this search matched 2 resources";
+        let r = redact(m);
+        assert!(!r.contains("1234567") && !r.contains("identifier="), "{r}");
+        assert!(
+            r.contains("HTTP 412") && r.contains("matched 2 resources"),
+            "{r}"
+        );
+        assert_eq!(
+            redact("GET /Patient?name=Amina failed"),
+            "GET /Patient?… failed"
+        );
+        assert_eq!(redact("plain message"), "plain message");
+    }
+
+    #[test]
+    fn credential_and_url_problems_are_destination_level() {
+        for s in [401, 403, 404, 407, 409, 302] {
+            assert!(destination_level(s), "{s}");
+        }
+        for s in [400, 412, 422] {
+            assert!(!destination_level(s), "{s}");
         }
     }
 }

@@ -27,6 +27,17 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            // A parked FHIR bundle holds the same client data: it goes too.
+            query(
+                self.backend,
+                "UPDATE fhir_outbox SET bundle = NULL WHERE state = 'dead' AND id IN ( \
+                 SELECT CAST(SUBSTR(message_id, 8) AS BIGINT) FROM dead_letters \
+                 WHERE id = $1 AND stage = 'fhir' AND message_id LIKE 'outbox:%')"
+                    .to_owned(),
+                vec![(*id).into()],
+            )
+            .execute(&mut *tx)
+            .await?;
             self.audit_in(
                 &mut tx,
                 actor,
@@ -53,18 +64,15 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        let state = if resolved { "replayed" } else { "open" };
+        // Only an open letter changes: a concurrent replay or discard that
+        // got there first keeps its state.
         query(
             self.backend,
-            "UPDATE dead_letters SET replay_count = replay_count + 1, state = $1, \
-             resolved_at = CASE WHEN $2 = 1 THEN $3 ELSE resolved_at END WHERE id = $4"
+            "UPDATE dead_letters SET replay_count = replay_count + 1, \
+             state = CASE WHEN $1 = 1 THEN 'replayed' ELSE state END, \
+             resolved_at = CASE WHEN $2 = 1 THEN $3 ELSE resolved_at END WHERE id = $4 AND state = 'open'"
                 .to_owned(),
-            vec![
-                state.into(),
-                i64::from(resolved).into(),
-                now.into(),
-                id.into(),
-            ],
+            vec![i64::from(resolved).into(), i64::from(resolved).into(), now.into(), id.into()],
         )
         .execute(&mut *tx)
         .await?;

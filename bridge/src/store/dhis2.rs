@@ -30,6 +30,8 @@ pub struct DirtyTotal {
     pub attempts: i64,
     /// When the total first became dirty (ms).
     pub marked_at: i64,
+    /// The claim that holds it; results are recorded only while it does.
+    pub claim: String,
 }
 
 /// What happened to one claimed total.
@@ -166,6 +168,7 @@ impl Store {
                 changes: a.changes,
                 attempts: a.attempts,
                 marked_at: a.marked_at,
+                claim: token.clone(),
             })
             .collect())
     }
@@ -191,9 +194,10 @@ impl Store {
             let clear = |changes: i64| {
                 let mut b = key_binds();
                 b.push(changes.into());
+                b.push(t.claim.as_str().into());
                 (
                     "DELETE FROM dhis2_dirty WHERE data_element = $1 AND period = $2 AND org_unit = $3 \
-                     AND coc = $4 AND aoc = $5 AND changes = $6"
+                     AND coc = $4 AND aoc = $5 AND changes = $6 AND claim = $7"
                         .to_owned(),
                     b,
                 )
@@ -227,7 +231,8 @@ impl Store {
                          received_at, last_seen_at) VALUES ($1, 'dhis2', 'dhis2', $2, $3, $4, $5, $6) \
                          ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                          last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
-                         reason = excluded.reason, payload = excluded.payload, state = 'open'"
+                         reason = excluded.reason, payload = excluded.payload, \
+                         state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END"
                             .to_owned(),
                         vec![
                             format!("dhis2:{de}:{pe}:{ou}:{coc}:{aoc}").into(),
@@ -253,9 +258,12 @@ impl Store {
                         self.backend,
                         "UPDATE dhis2_dirty SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, \
                          claim = NULL, lease_until = NULL WHERE data_element = $3 AND period = $4 \
-                         AND org_unit = $5 AND coc = $6 AND aoc = $7"
+                         AND org_unit = $5 AND coc = $6 AND aoc = $7 AND claim = $8"
                             .to_owned(),
-                        b,
+                        {
+                            b.push(t.claim.as_str().into());
+                            b
+                        },
                     )
                     .execute(&mut *tx)
                     .await?;
@@ -265,10 +273,11 @@ impl Store {
             // claim so that the new total goes out (no-op if cleared).
             let mut b = key_binds();
             b.push(t.changes.into());
+            b.push(t.claim.as_str().into());
             query(
                 self.backend,
                 "UPDATE dhis2_dirty SET claim = NULL, lease_until = NULL WHERE data_element = $1 \
-                 AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND changes <> $6"
+                 AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND changes <> $6 AND claim = $7"
                     .to_owned(),
                 b,
             )

@@ -31,6 +31,9 @@ pub struct OutboxItem {
     pub attempts: i64,
     /// When the row was created (ms), for the retry policy's maximum age.
     pub created_at: i64,
+    /// The lease this claim holds; results are recorded only while it
+    /// still does (a worker that outlived its lease records nothing).
+    pub lease_until: i64,
 }
 
 /// What happened to one claimed bundle.
@@ -78,7 +81,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
                    AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
                ORDER BY o.next_attempt_at, o.id LIMIT $5 {lock}) \
-             RETURNING id, source, event_id, mapping, bundle, attempts, created_at"
+             RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until"
         );
         let mut tx = self.begin_write().await?;
         let rows = query(
@@ -106,6 +109,7 @@ impl Store {
                     bundle: r.try_get::<Option<String>, _>(4)?.unwrap_or_default(),
                     attempts: r.try_get(5)?,
                     created_at: r.try_get(6)?,
+                    lease_until: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -151,9 +155,10 @@ impl Store {
                 query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
-                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3 WHERE id = $4"
+                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3 \
+                     WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
                         .to_owned(),
-                    vec![now.into(), now.into(), ids.into(), item.id.into()],
+                    vec![now.into(), now.into(), ids.into(), item.id.into(), item.lease_until.into()],
                 )
                 .execute(&mut **tx)
                 .await?;
@@ -165,23 +170,35 @@ impl Store {
                 query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = $1, \
-                     updated_at = $2, lease_until = NULL, last_error = $3 WHERE id = $4"
+                     updated_at = $2, lease_until = NULL, last_error = $3 \
+                     WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
                         .to_owned(),
-                    vec![(*next_attempt_at).into(), now.into(), error.as_str().into(), item.id.into()],
+                    vec![
+                        (*next_attempt_at).into(),
+                        now.into(),
+                        error.as_str().into(),
+                        item.id.into(),
+                        item.lease_until.into(),
+                    ],
                 )
                 .execute(&mut **tx)
                 .await?;
             }
             Delivery::Dead { reason_code, error } => {
-                query(
+                let held = query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'dead', attempts = attempts + 1, updated_at = $1, \
-                     lease_until = NULL, last_error = $2 WHERE id = $3"
+                     lease_until = NULL, last_error = $2 WHERE id = $3 AND state = 'delivering' AND lease_until = $4"
                         .to_owned(),
-                    vec![now.into(), error.as_str().into(), item.id.into()],
+                    vec![now.into(), error.as_str().into(), item.id.into(), item.lease_until.into()],
                 )
                 .execute(&mut **tx)
-                .await?;
+                .await?
+                .rows_affected();
+                if held == 0 {
+                    // Another worker took the row over: its result counts.
+                    return Ok(());
+                }
                 query(
                     self.backend,
                     "INSERT INTO dead_letters (fingerprint, stage, source, message_id, event_id, mapping, \
@@ -189,7 +206,7 @@ impl Store {
                      VALUES ($1, 'fhir', $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                      last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
-                     reason = excluded.reason, state = 'open'"
+                     reason = excluded.reason, payload = excluded.payload, state = 'open'"
                         .to_owned(),
                     vec![
                         format!("fhir:{}", item.id).into(),
@@ -211,12 +228,67 @@ impl Store {
         Ok(())
     }
 
+    /// The raw payload an outbox row's event arrived with, if not purged.
+    pub async fn outbox_event_payload(
+        &self,
+        outbox_id: i64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let row = query(
+            self.backend,
+            "SELECT e.payload FROM fhir_outbox o JOIN events e ON e.source = o.source AND e.event_id = o.event_id \
+             AND e.version_hash = o.version_hash WHERE o.id = $1"
+                .to_owned(),
+            vec![outbox_id.into()],
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<Vec<u8>>, _>(0)?,
+            None => None,
+        })
+    }
+
+    /// Puts a dead bundle back in the queue with a new body (re-mapped
+    /// after a mapping fix), due now.
+    pub async fn requeue_fhir_with(
+        &self,
+        outbox_id: i64,
+        bundle: &str,
+        entries: usize,
+        mapping: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let n = query(
+            self.backend,
+            "UPDATE fhir_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2, \
+             created_at = $3, bundle = $4, entries = $5, mapping = $6 WHERE id = $7 AND state = 'dead' \
+             AND NOT EXISTS (SELECT 1 FROM fhir_outbox n WHERE n.source = fhir_outbox.source \
+             AND n.event_id = fhir_outbox.event_id AND n.id > fhir_outbox.id AND n.state <> 'superseded')"
+                .to_owned(),
+            vec![
+                now.into(),
+                now.into(),
+                now.into(),
+                bundle.into(),
+                i64::try_from(entries).unwrap_or(i64::MAX).into(),
+                mapping.into(),
+                outbox_id.into(),
+            ],
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Puts a dead bundle back in the queue, due now (operator replay).
     pub async fn requeue_fhir(&self, outbox_id: i64, now: i64) -> Result<bool, StoreError> {
         let n = query(
             self.backend,
             "UPDATE fhir_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2, \
-             created_at = $3 WHERE id = $4 AND state = 'dead' AND bundle IS NOT NULL"
+             created_at = $3 WHERE id = $4 AND state = 'dead' AND bundle IS NOT NULL \
+             AND NOT EXISTS (SELECT 1 FROM fhir_outbox n WHERE n.source = fhir_outbox.source \
+             AND n.event_id = fhir_outbox.event_id AND n.id > fhir_outbox.id AND n.state <> 'superseded')"
                 .to_owned(),
             vec![now.into(), now.into(), now.into(), outbox_id.into()],
         )
