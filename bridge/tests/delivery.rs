@@ -501,20 +501,7 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     assert_eq!(before.len(), 2);
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_backends!(
+kiungo::on_both_backends!(
     fhir_retries_then_delivers,
     fhir_permanent_and_exhausted_are_parked,
     circuit_holds_then_probes,

@@ -292,20 +292,7 @@ async fn audit_log_is_append_only(backend: Backend) {
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_backends!(
+kiungo::on_both_backends!(
     versions_and_edits,
     replaces_in_and_out_of_order,
     poison_is_parked_once,

@@ -450,20 +450,7 @@ async fn poison_of_every_class_is_parked(backend: Backend) {
     app.run_until(async {}).await;
 }
 
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() { super::$name(kiungo::store::Backend::Postgres).await })*
-        }
-    };
-}
-
-on_both_backends!(
+kiungo::on_both_backends!(
     ten_thousand_events_exactly_once,
     sigkill_loses_and_doubles_nothing,
     broker_connection_loss_recovers,

@@ -179,25 +179,7 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
     }
 
     /// Runs passes until `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let wait = match self.run_once().await {
-                Ok(r) if r.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.idle,
-                Err(e) => {
-                    warn!(error = %e, "dhis2 worker: store error; retrying");
-                    self.idle * 5
-                }
-            };
-            if *shutdown.borrow() {
-                return;
-            }
-            if !wait.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        super::run_passes("dhis2", || self.run_once(), self.idle, None, shutdown).await;
     }
 }

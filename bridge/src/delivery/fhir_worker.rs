@@ -140,32 +140,14 @@ impl<D: FhirDestination> FhirWorker<D> {
     }
 
     /// Runs passes until `shutdown` turns true.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            let wait = match self.run_once().await {
-                Ok(r) if r.claimed > 0 => Duration::ZERO,
-                Ok(_) => self.idle,
-                Err(e) => {
-                    warn!(error = %e, "fhir worker: store error; retrying");
-                    self.idle * 5
-                }
-            };
-            if *shutdown.borrow() {
-                return;
-            }
-            if !wait.is_zero() {
-                let woken = async {
-                    match &self.wake {
-                        Some(n) => n.notified().await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    () = woken => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
+    pub async fn run(&self, shutdown: watch::Receiver<bool>) {
+        super::run_passes(
+            "fhir",
+            || self.run_once(),
+            self.idle,
+            self.wake.as_deref(),
+            shutdown,
+        )
+        .await;
     }
 }

@@ -50,3 +50,44 @@ pub struct PassReport {
     /// Nothing sent because the circuit is open.
     pub held: bool,
 }
+
+/// Runs `pass` until `shutdown` turns true: again at once after a pass that
+/// claimed work, after `idle` (or a `wake`) when there was none, after five
+/// times `idle` when the store failed.
+async fn run_passes<F, Fut>(
+    worker: &'static str,
+    mut pass: F,
+    idle: Duration,
+    wake: Option<&tokio::sync::Notify>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<PassReport, crate::store::StoreError>>,
+{
+    loop {
+        let wait = match pass().await {
+            Ok(r) if r.claimed > 0 => Duration::ZERO,
+            Ok(_) => idle,
+            Err(e) => {
+                tracing::warn!(error = %e, worker, "store error; retrying");
+                idle * 5
+            }
+        };
+        if *shutdown.borrow() {
+            return;
+        }
+        if !wait.is_zero() {
+            let woken = async {
+                match wake {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = woken => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

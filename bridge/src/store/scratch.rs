@@ -84,3 +84,19 @@ impl ScratchDb {
         }
     }
 }
+
+/// Declares one `#[tokio::test]` per backend for each named
+/// `async fn name(backend: Backend)`: `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::store::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name($crate::store::Backend::Postgres).await })*
+        }
+    };
+}
