@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use kiungo_connectors::dhis2::{
-    DataValue, Dhis2Client, PreflightReport, ReferenceKind, References,
+    DataValue, Dhis2Client, ImportStatus, PreflightReport, ReferenceKind, References,
 };
 use kiungo_connectors::fhir::FhirClient;
 use kiungo_connectors::retry::Retryable;
@@ -258,6 +258,41 @@ impl Dhis2Destination for Dhis2Sink {
                 for j in 0..chunk.len() {
                     push.rejected
                         .insert(index_of_sent[offset + j], (code.clone(), message.clone()));
+                }
+                continue;
+            }
+            let attributed = !outcome.rejected(chunk.len()).is_empty()
+                || !outcome.unexplained_rejections(chunk.len()).is_empty();
+            if outcome.status == ImportStatus::Warning && !attributed && chunk.len() > 1 {
+                // Conflicts without positions (servers before 2.38): send
+                // the values one by one to learn which were refused. The
+                // clean ones are stored again unchanged (absolute values).
+                for (j, value) in chunk.iter().enumerate() {
+                    let single = self
+                        .client
+                        .post_data_values(std::slice::from_ref(value), None)
+                        .await
+                        .map_err(|e| dhis2_failure(&e))?;
+                    if single.status != ImportStatus::Success {
+                        let (code, message) = single.conflicts.first().map_or_else(
+                            || {
+                                (
+                                    "dhis2_rejected".to_owned(),
+                                    single.description.clone().unwrap_or_default(),
+                                )
+                            },
+                            |c| {
+                                (
+                                    c.error_code
+                                        .clone()
+                                        .unwrap_or_else(|| "dhis2_conflict".into()),
+                                    c.value.clone(),
+                                )
+                            },
+                        );
+                        push.rejected
+                            .insert(index_of_sent[offset + j], (code, message));
+                    }
                 }
                 continue;
             }
