@@ -59,42 +59,30 @@ pub struct Dhis2Worker<D> {
     pub idle: Duration,
 }
 
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 impl<D: Dhis2Destination> Dhis2Worker<D> {
     /// One pass: claim due totals and push them.
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
         let now = self.clock.now_ms();
-        if !self.circuit.allow(now) {
+        let claimed = super::claim_through(&self.circuit, now, |_probe| {
+            self.store.claim_totals(
+                self.batch,
+                now,
+                super::ms(self.delay),
+                super::ms(self.lease),
+            )
+        })
+        .await?;
+        let Some(totals) = claimed else {
             return Ok(PassReport {
                 held: true,
                 ..PassReport::default()
             });
-        }
-        let half_open = matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen);
-        let totals = match self
-            .store
-            .claim_totals(self.batch, now, ms(self.delay), ms(self.lease))
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                if half_open {
-                    self.circuit.failure(now);
-                }
-                return Err(e);
-            }
         };
         let mut report = PassReport {
             claimed: totals.len(),
             ..PassReport::default()
         };
         if totals.is_empty() {
-            if matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen) {
-                self.circuit.success();
-            }
             return Ok(report);
         }
         let values: Vec<(TotalKey, String)> = totals

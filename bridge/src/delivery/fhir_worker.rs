@@ -51,35 +51,24 @@ impl<D: FhirDestination> FhirWorker<D> {
     /// One pass: claim what is due and deliver it.
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
         let now = self.clock.now_ms();
-        if !self.circuit.allow(now) {
+        let lease = super::ms(self.lease);
+        let claimed = super::claim_through(&self.circuit, now, |probe| {
+            // A probe risks one bundle on a server that may still be down.
+            let limit = if probe { 1 } else { self.batch };
+            self.store.claim_fhir(limit, now, lease)
+        })
+        .await?;
+        let Some(items) = claimed else {
             return Ok(PassReport {
                 held: true,
                 ..PassReport::default()
             });
-        }
-        let half_open = matches!(self.circuit.state(), super::circuit::CircuitState::HalfOpen);
-        let limit = if half_open { 1 } else { self.batch };
-        let lease = i64::try_from(self.lease.as_millis()).unwrap_or(60_000);
-        let items = match self.store.claim_fhir(limit, now, lease).await {
-            Ok(items) => items,
-            Err(e) => {
-                if half_open {
-                    // No probe went out: open again, so that the next
-                    // cool-down lets another probe through.
-                    self.circuit.failure(now);
-                }
-                return Err(e);
-            }
         };
         let mut report = PassReport {
             claimed: items.len(),
             ..PassReport::default()
         };
         if items.is_empty() {
-            if half_open {
-                // Nothing to probe with: close again.
-                self.circuit.success();
-            }
             return Ok(report);
         }
         let results = join_all(items.iter().map(|item| self.deliver(item))).await;

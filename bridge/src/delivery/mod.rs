@@ -91,3 +91,42 @@ async fn run_passes<F, Fut>(
         }
     }
 }
+
+/// Milliseconds of a duration, for the store's timestamps.
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Claims work through a destination's circuit breaker: `None` (nothing
+/// claimed, nothing sent) while the circuit is open. When it is half-open,
+/// `claim` is told that this pass is the probe; if the claim fails no probe
+/// went out, so the circuit opens again for another cool-down, and if there
+/// is nothing to probe with, it closes.
+async fn claim_through<T, F, Fut>(
+    circuit: &circuit::Circuit,
+    now: i64,
+    claim: F,
+) -> Result<Option<Vec<T>>, crate::store::StoreError>
+where
+    F: FnOnce(bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<T>, crate::store::StoreError>>,
+{
+    if !circuit.allow(now) {
+        return Ok(None);
+    }
+    let probe = matches!(circuit.state(), circuit::CircuitState::HalfOpen);
+    match claim(probe).await {
+        Err(e) => {
+            if probe {
+                circuit.failure(now);
+            }
+            Err(e)
+        }
+        Ok(items) => {
+            if probe && items.is_empty() {
+                circuit.success();
+            }
+            Ok(Some(items))
+        }
+    }
+}
