@@ -1093,34 +1093,11 @@ fn fault_response(fault: Fault) -> HttpResponse {
     }))
 }
 
-/// CRC32 (IEEE), bitwise: only a few tokens are ever checked.
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// Whether `key` is a well-formed personal access token: `d2pat_`, 32
-/// characters, then the CRC32 of those 32 characters as `%010d`.
+/// characters, then the CRC32 of those 32 characters as `%010d`. The
+/// same check the DHIS2 sink applies to its configured token.
 pub fn valid_pat(key: &str) -> bool {
-    let Some(rest) = key.strip_prefix("d2pat_") else {
-        return false;
-    };
-    if key.len() != 48 || !rest.is_ascii() {
-        return false;
-    }
-    let (secret, check) = rest.split_at(32);
-    check.bytes().all(|b| b.is_ascii_digit())
-        && format!("{:010}", crc32(secret.as_bytes())) == check
+    kiungo_connectors::auth::check_dhis2_pat(key).is_ok()
 }
 
 fn basic_matches(encoded: &str) -> bool {
