@@ -174,6 +174,20 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads `file` when one is given, else the defaults with the
+    /// environment overrides applied (what `kiungo run` and `kiungo dlq`
+    /// do without `--config`).
+    pub fn load_or_default(file: Option<&Path>) -> Result<Self, ConfigError> {
+        match file {
+            Some(file) => Self::load(file),
+            None => {
+                let mut config = Self::default();
+                config.apply_env();
+                Ok(config)
+            }
+        }
+    }
+
     /// Applies `KIUNGO_*` overrides.
     pub fn apply_env(&mut self) {
         if let Ok(url) = std::env::var("KIUNGO_STORE_URL") {

@@ -59,18 +59,11 @@ pub enum DlqAction {
 
 /// Runs a `dlq` command.
 pub fn run(config: Option<&Path>, actor: Option<String>, action: DlqAction) -> ExitCode {
-    let config = match config {
-        Some(file) => match Config::load(file) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => {
-            let mut c = Config::default();
-            c.apply_env();
-            c
+    let config = match Config::load_or_default(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     let actor = actor

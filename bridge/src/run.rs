@@ -27,18 +27,11 @@ pub fn init_logging() {
 /// Runs the service until SIGINT or SIGTERM.
 pub fn run(config: Option<&Path>) -> ExitCode {
     init_logging();
-    let config = match config {
-        Some(file) => match Config::load(file) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        },
-        None => {
-            let mut c = Config::default();
-            c.apply_env();
-            c
+    let config = match Config::load_or_default(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
