@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{Backend, Store};
-use kiungo_tests::harness::{Vhost, publish, queue_for};
+use kiungo_tests::harness::{Vhost, publish, queue_for, wait_ready};
 use kiungo_tests::workload::{Mix, generate_with, load_mappings, packs_dir};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -225,22 +225,9 @@ async fn kiungo(
         .spawn()?;
     let pid = child.id();
     // t0: the service answers /readyz.
-    let ready = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let _ = s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n");
-            let mut buf = String::new();
-            let _ = s.read_to_string(&mut buf);
-            if buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200") {
-                break;
-            }
-        }
-        if ready.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            bail!("kiungo not ready after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if let Err(e) = wait_ready(port, Duration::from_secs(30)).await {
+        let _ = child.kill();
+        return Err(e);
     }
     let t0 = Instant::now();
     let store = Store::open(&db.config).await?;
