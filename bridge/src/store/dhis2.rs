@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::read::TotalKey;
+use super::read::{TotalKey, fold_total, total_key};
 use super::sql::query;
 use super::{Backend, Store, StoreError};
 
@@ -126,14 +126,7 @@ impl Store {
         }
         let mut acc: BTreeMap<TotalKey, Acc> = BTreeMap::new();
         for row in rows {
-            let key: TotalKey = (
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-            );
-            let a = acc.entry(key).or_insert(Acc {
+            let a = acc.entry(total_key(&row)?).or_insert(Acc {
                 changes: row.try_get(5).unwrap_or(0),
                 attempts: row.try_get(6).unwrap_or(0),
                 marked_at: row.try_get(7).unwrap_or(0),
@@ -150,9 +143,7 @@ impl Store {
                     a.text = text;
                     a.num = num;
                 }
-                ("min", Some(v)) => a.num = Some(a.num.map_or(v, |t| t.min(v))),
-                ("max", Some(v)) => a.num = Some(a.num.map_or(v, |t| t.max(v))),
-                (_, Some(v)) => a.num = Some(a.num.unwrap_or(0.0) + v),
+                (aggregation, Some(v)) => a.num = Some(fold_total(a.num, aggregation, v)),
                 (_, None) => {}
             }
         }
@@ -295,18 +286,7 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    (
-                        r.try_get(0)?,
-                        r.try_get(1)?,
-                        r.try_get(2)?,
-                        r.try_get(3)?,
-                        r.try_get(4)?,
-                    ),
-                    r.try_get(5)?,
-                ))
-            })
+            .map(|r| Ok((total_key(r)?, r.try_get(5)?)))
             .collect()
     }
 

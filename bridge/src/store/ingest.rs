@@ -29,6 +29,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use super::read::{TotalKey, total_key};
 use super::sql::{by_keys, multi_row, query};
 use super::{Store, StoreError};
 
@@ -166,6 +167,28 @@ struct Current {
     seen: HashSet<String>,
 }
 
+impl Current {
+    /// A row this batch creates: live for a new event, or the tombstone
+    /// of an event replaced before it arrived.
+    fn unstored(state: State, superseded_by: Option<String>, received_at: i64) -> Self {
+        Self {
+            in_db: false,
+            changed: true,
+            state,
+            superseded_by,
+            mapping: None,
+            mapping_version: None,
+            hash: None,
+            ts: None,
+            versions: 0,
+            message_id: None,
+            payload: None,
+            received_at,
+            seen: HashSet::new(),
+        }
+    }
+}
+
 type Key = (String, String);
 
 /// Everything one batch writes.
@@ -263,7 +286,7 @@ impl Store {
         }
 
         // 3. Write.
-        let mut dirty: IndexMap<[String; 5], ()> = IndexMap::new();
+        let mut dirty: IndexMap<TotalKey, ()> = IndexMap::new();
         for (sql, binds) in by_keys(
             "DELETE FROM dhis2_contributions WHERE",
             "RETURNING data_element, period, org_unit, coc, aoc",
@@ -271,16 +294,7 @@ impl Store {
             &plan.withdraw,
         ) {
             for row in query(self.backend, sql, binds).fetch_all(&mut *tx).await? {
-                dirty.insert(
-                    [
-                        row.try_get(0)?,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                        row.try_get(4)?,
-                    ],
-                    (),
-                );
+                dirty.insert(total_key(&row)?, ());
             }
         }
         self.execute_all(&mut tx, by_keys(
@@ -361,13 +375,13 @@ impl Store {
         for ((source, event_id), list) in &plan.contributions {
             for c in list {
                 dirty.insert(
-                    [
+                    (
                         c.data_element.clone(),
                         c.period.clone(),
                         c.org_unit.clone(),
                         c.category_option_combo.clone(),
                         c.attribute_option_combo.clone(),
-                    ],
+                    ),
                     (),
                 );
                 let (text, num) = match &c.value {
@@ -404,7 +418,7 @@ impl Store {
 
         let dirty = dirty
             .into_keys()
-            .map(|[de, pe, ou, coc, aoc]| {
+            .map(|(de, pe, ou, coc, aoc)| {
                 vec![
                     de.into(),
                     pe.into(),
@@ -540,21 +554,10 @@ impl Plan {
         if outcome == Outcome::Replaced {
             self.withdraw(&key);
         }
-        let cur = self.rows.entry(key.clone()).or_insert_with(|| Current {
-            in_db: false,
-            changed: true,
-            state: State::Live,
-            superseded_by: None,
-            mapping: None,
-            mapping_version: None,
-            hash: None,
-            ts: None,
-            versions: 0,
-            message_id: None,
-            payload: None,
-            received_at: ing.received_at,
-            seen: HashSet::new(),
-        });
+        let cur = self
+            .rows
+            .entry(key.clone())
+            .or_insert_with(|| Current::unstored(State::Live, None, ing.received_at));
         // The version being replaced joins the versions seen before, so
         // that a late re-delivery of it is recognised as stale.
         if let Some(previous) = cur.hash.take() {
@@ -600,21 +603,7 @@ impl Plan {
                 None => {
                     self.rows.insert(
                         old_key,
-                        Current {
-                            in_db: false,
-                            changed: true,
-                            state: State::Superseded,
-                            superseded_by: Some(m.event_id.clone()),
-                            mapping: None,
-                            mapping_version: None,
-                            hash: None,
-                            ts: None,
-                            versions: 0,
-                            message_id: None,
-                            payload: None,
-                            received_at: now,
-                            seen: HashSet::new(),
-                        },
+                        Current::unstored(State::Superseded, Some(m.event_id.clone()), now),
                     );
                 }
             }

@@ -35,6 +35,31 @@ pub struct Stats {
 /// option combo, attribute option combo.
 pub type TotalKey = (String, String, String, String, String);
 
+/// Reads a total's key from a row's first five columns (data element,
+/// period, org unit, COC, AOC).
+pub(crate) fn total_key(row: &sqlx::any::AnyRow) -> Result<TotalKey, sqlx::Error> {
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+    ))
+}
+
+/// Folds one numeric contribution into a total by its rule's aggregation:
+/// `min` and `max` pick, `last` replaces (rows come in event order), the
+/// rest (`count`, `sum`) add.
+pub(crate) fn fold_total(total: Option<f64>, aggregation: &str, v: f64) -> f64 {
+    match (total, aggregation) {
+        (None, _) => v,
+        (Some(t), "min") => t.min(v),
+        (Some(t), "max") => t.max(v),
+        (Some(_), "last") => v,
+        (Some(t), _) => t + v,
+    }
+}
+
 /// One event's current row, without its payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRow {
@@ -174,28 +199,13 @@ impl Store {
         .await?;
         let mut totals: BTreeMap<TotalKey, f64> = BTreeMap::new();
         for row in rows {
-            let key: TotalKey = (
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-                row.try_get(4)?,
-            );
+            let key = total_key(&row)?;
             let aggregation: String = row.try_get(5)?;
             let Some(v) = row.try_get::<Option<f64>, _>(6)? else {
                 continue;
             };
-            match totals.get_mut(&key) {
-                None => {
-                    totals.insert(key, v);
-                }
-                Some(t) => match aggregation.as_str() {
-                    "min" => *t = t.min(v),
-                    "max" => *t = t.max(v),
-                    "last" => *t = v,
-                    _ => *t += v,
-                },
-            }
+            let total = fold_total(totals.get(&key).copied(), &aggregation, v);
+            totals.insert(key, total);
         }
         Ok(totals)
     }
