@@ -89,7 +89,7 @@ impl Store {
         Ok(())
     }
 
-    async fn audit_in(
+    pub(super) async fn audit_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         actor: &str,

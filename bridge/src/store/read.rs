@@ -289,20 +289,10 @@ impl Store {
         target: &str,
         detail: Option<&str>,
     ) -> Result<(), StoreError> {
-        query(
-            self.backend,
-            "INSERT INTO audit_log (at, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)"
-                .to_owned(),
-            vec![
-                super::now_ms().into(),
-                actor.into(),
-                action.into(),
-                target.into(),
-                detail.map(str::to_owned).into(),
-            ],
-        )
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin_write().await?;
+        self.audit_in(&mut tx, actor, action, target, detail, super::now_ms())
+            .await?;
+        tx.commit().await?;
         Ok(())
     }
 
