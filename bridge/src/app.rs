@@ -35,6 +35,9 @@ pub enum StartError {
     /// A destination cannot be set up.
     #[error("{0}")]
     Delivery(#[from] crate::delivery::DeliveryStartError),
+    /// The admin tokens are unusable (each problem with its place).
+    #[error("{}", .0.join("; "))]
+    Admin(Vec<String>),
     /// The HTTP address cannot be bound.
     #[error("http.listen {addr}: {error}")]
     Bind {
@@ -106,6 +109,15 @@ impl Application {
             },
         )?);
         info!(mappings = mappings.mappings().len(), dir = %config.mappings.display(), "mappings loaded");
+        let tokens = config.admin.tokens().map_err(StartError::Admin)?;
+        if tokens.is_empty() {
+            warn!("no admin tokens (admin.tokens): the admin API and dashboard will refuse every request");
+        }
+        let m = crate::metrics::metrics();
+        m.know_sources(mappings.mappings().iter().map(|m| m.source.clone()));
+        if let Some(r) = &config.rabbitmq {
+            m.know_sources(r.queues.iter().map(|q| q.source.clone()));
+        }
         let store = Store::open(&config.store).await?;
         info!(backend = ?store.backend(), "store open");
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -146,7 +158,21 @@ impl Application {
             limits: Limits {
                 max_bytes: config.http.max_body_bytes.max(64 * 1024 * 1024),
             },
+            started: std::time::Instant::now(),
+            destinations: [
+                config.destinations.fhir.as_ref().map(|_| "fhir"),
+                config.destinations.dhis2.as_ref().map(|_| "dhis2"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+            queues: config
+                .rabbitmq
+                .iter()
+                .flat_map(|r| r.queues.iter().map(|q| q.name.clone()))
+                .collect(),
         });
+        let tokens = web::Data::new(tokens);
         let health = web::Data::new(Health {
             store: store.clone(),
             source: source_state.clone(),
@@ -157,6 +183,7 @@ impl Application {
                 .app_data(ingest_state.clone())
                 .app_data(health.clone())
                 .app_data(admin_state.clone())
+                .app_data(tokens.clone())
                 .configure(crate::ingest::http::configure)
                 .configure(crate::admin::configure)
                 .route("/healthz", web::get().to(healthz))
@@ -183,7 +210,26 @@ impl Application {
         tokio::spawn(server);
         info!(%http_addr, "http listening");
 
-        let delivery = crate::delivery::start(&config.destinations, &store, &shutdown_rx, wake)?;
+        let mut delivery =
+            crate::delivery::start(&config.destinations, &store, &shutdown_rx, wake)?;
+        if let Some(f) = config.feedback.clone() {
+            let url = f
+                .url
+                .clone()
+                .or_else(|| config.rabbitmq.as_ref().map(|r| r.url.clone()))
+                .unwrap_or_default();
+            info!(exchange = %f.exchange, "feedback to apps started");
+            delivery.push(tokio::spawn(crate::feedback::run(
+                f,
+                url,
+                store.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        if let Some(r) = &config.rabbitmq {
+            let queues = r.queues.iter().map(|q| q.name.clone()).collect();
+            tokio::spawn(queue_lag_loop(r.url.clone(), queues, shutdown_rx.clone()));
+        }
         let retention = tokio::spawn(retention_loop(
             store.clone(),
             config.store.payload_retention,
@@ -306,5 +352,40 @@ async fn retention_loop(store: Store, retention: Duration, mut shutdown: watch::
             Ok(_) => {}
             Err(e) => warn!(error = %e, "retention purge failed; will retry"),
         }
+    }
+}
+
+/// Reads the consumed queues' depths every 15 s into the
+/// `kiungo_queue_ready_messages` gauge (queue lag).
+async fn queue_lag_loop(url: String, queues: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+    use kiungo_connectors::rabbitmq::QueueProbe;
+    let m = crate::metrics::metrics();
+    let mut probe: Option<QueueProbe> = None;
+    loop {
+        if probe.as_ref().is_none_or(|p| !p.is_connected()) {
+            probe = QueueProbe::connect(&url).await.ok();
+        }
+        if let Some(p) = &probe {
+            for q in &queues {
+                match p.ready(q).await {
+                    Ok(n) => {
+                        m.queue_ready
+                            .get_or_create(&crate::metrics::QueueLabels { queue: q.clone() })
+                            .set(i64::from(n));
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, queue = %q, "queue depth unavailable");
+                        break;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(15)) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    if let Some(p) = probe {
+        p.close().await;
     }
 }

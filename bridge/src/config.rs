@@ -7,6 +7,11 @@
 //! | `KIUNGO_STORE_URL`   | `store.url`        |
 //! | `KIUNGO_AMQP_URL`    | `rabbitmq.url`     |
 //! | `KIUNGO_HTTP_LISTEN` | `http.listen`      |
+//! | `KIUNGO_LOG_FORMAT`  | `json` or `pretty` logs (not in the file) |
+//! | `KIUNGO_PSEUDONYM_KEY` | `pseudonym_key_file` |
+//!
+//! `kiungo config check --config FILE` loads the file, the mappings and
+//! every secret it refers to, and reports every problem with its place.
 //!
 //! Relative paths are relative to the config file's directory.
 
@@ -47,6 +52,12 @@ pub struct Config {
     /// events whose mapping needs a pseudonym are parked.
     #[serde(default)]
     pub pseudonym_key_file: Option<PathBuf>,
+    /// Admin API tokens and roles.
+    #[serde(default)]
+    pub admin: crate::admin::AdminConfig,
+    /// Status messages to apps over RabbitMQ; off without it.
+    #[serde(default)]
+    pub feedback: Option<crate::feedback::FeedbackConfig>,
 }
 
 /// `http:`.
@@ -85,6 +96,8 @@ impl Default for Config {
             ingest: BatchConfig::default(),
             destinations: DestinationsConfig::default(),
             pseudonym_key_file: None,
+            admin: crate::admin::AdminConfig::default(),
+            feedback: None,
         }
     }
 }
@@ -155,6 +168,7 @@ impl Config {
             *key = dir.join(&*key);
         }
         if let Some(dir) = file.parent() {
+            config.admin.resolve_paths(dir);
             if let Some(f) = config.destinations.fhir.as_mut() {
                 f.server.auth.resolve_paths(dir);
             }
@@ -208,6 +222,16 @@ impl Config {
             problems.extend(r.problems());
         }
         problems.extend(self.destinations.problems());
+        problems.extend(self.admin.problems());
+        if let Some(f) = &self.feedback {
+            problems.extend(f.problems());
+            if f.url.is_none() && self.rabbitmq.is_none() {
+                problems.push(
+                    "feedback.url: needed when there is no `rabbitmq` section to take the broker from"
+                        .into(),
+                );
+            }
+        }
         if self.ingest.max_events == 0 {
             problems.push("ingest.max_events: must be at least 1".into());
         }

@@ -73,6 +73,14 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
         })
         .await?;
         let Some(totals) = claimed else {
+            super::report_health(
+                &self.store,
+                "dhis2",
+                &self.circuit,
+                super::PassHealth::default(),
+                now,
+            )
+            .await;
             return Ok(PassReport {
                 held: true,
                 ..PassReport::default()
@@ -89,7 +97,10 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             .iter()
             .map(|t| (t.key.clone(), t.value.clone()))
             .collect();
-        let results: Vec<(DirtyTotal, TotalResult)> = match self.destination.push(&values).await {
+        let started = std::time::Instant::now();
+        let pushed = self.destination.push(&values).await;
+        crate::metrics::metrics().observe_request("dhis2", started.elapsed().as_secs_f64());
+        let results: Vec<(DirtyTotal, TotalResult)> = match pushed {
             Ok(push) => {
                 self.circuit.success();
                 totals
@@ -153,16 +164,33 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
                     .collect()
             }
         };
-        for (_, r) in &results {
-            match r {
-                TotalResult::Pushed => report.delivered += 1,
-                TotalResult::Retry { .. } => report.retried += 1,
-                TotalResult::Rejected { .. } => report.parked += 1,
-            }
+        let m = crate::metrics::metrics();
+        let now = self.clock.now_ms();
+        let mut health = super::PassHealth::default();
+        for (t, r) in &results {
+            let outcome = match r {
+                TotalResult::Pushed => {
+                    report.delivered += 1;
+                    health.success_at = Some(now);
+                    m.observe_latency("dhis2", (now - t.marked_at) as f64 / 1000.0);
+                    "delivered"
+                }
+                TotalResult::Retry { error, .. } => {
+                    report.retried += 1;
+                    health.error = Some(error.clone());
+                    "retried"
+                }
+                TotalResult::Rejected { code, message } => {
+                    report.parked += 1;
+                    health.error = Some(message.clone());
+                    m.park("dhis2", "", code);
+                    "parked"
+                }
+            };
+            m.delivery("dhis2", "", "", outcome);
         }
-        self.store
-            .finish_totals(&results, self.clock.now_ms())
-            .await?;
+        self.store.finish_totals(&results, now).await?;
+        super::report_health(&self.store, "dhis2", &self.circuit, health, now).await;
         Ok(report)
     }
 

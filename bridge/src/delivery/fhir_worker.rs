@@ -59,6 +59,14 @@ impl<D: FhirDestination> FhirWorker<D> {
         })
         .await?;
         let Some(items) = claimed else {
+            super::report_health(
+                &self.store,
+                "fhir",
+                &self.circuit,
+                super::PassHealth::default(),
+                now,
+            )
+            .await;
             return Ok(PassReport {
                 held: true,
                 ..PassReport::default()
@@ -72,22 +80,42 @@ impl<D: FhirDestination> FhirWorker<D> {
             return Ok(report);
         }
         let results = join_all(items.iter().map(|item| self.deliver(item))).await;
-        for result in &results {
-            match result {
-                Delivery::Delivered { .. } => report.delivered += 1,
-                Delivery::Retry { .. } => report.retried += 1,
-                Delivery::Dead { .. } => report.parked += 1,
-            }
+        let m = crate::metrics::metrics();
+        let now = self.clock.now_ms();
+        let mut health = super::PassHealth::default();
+        for (item, result) in items.iter().zip(&results) {
+            let outcome = match result {
+                Delivery::Delivered { .. } => {
+                    report.delivered += 1;
+                    health.success_at = Some(now);
+                    m.observe_latency("fhir", (now - item.created_at) as f64 / 1000.0);
+                    "delivered"
+                }
+                Delivery::Retry { error, .. } => {
+                    report.retried += 1;
+                    health.error = Some(error.clone());
+                    "retried"
+                }
+                Delivery::Dead { reason_code, error } => {
+                    report.parked += 1;
+                    health.error = Some(error.clone());
+                    m.park("fhir", &item.source, reason_code);
+                    "parked"
+                }
+            };
+            m.delivery("fhir", &item.source, &item.mapping, outcome);
         }
         let recorded: Vec<(OutboxItem, Delivery)> = items.into_iter().zip(results).collect();
-        self.store
-            .record_fhir_many(&recorded, self.clock.now_ms())
-            .await?;
+        self.store.record_fhir_many(&recorded, now).await?;
+        super::report_health(&self.store, "fhir", &self.circuit, health, now).await;
         Ok(report)
     }
 
     async fn deliver(&self, item: &OutboxItem) -> Delivery {
-        match self.destination.transaction(&item.bundle).await {
+        let started = std::time::Instant::now();
+        let sent = self.destination.transaction(&item.bundle).await;
+        crate::metrics::metrics().observe_request("fhir", started.elapsed().as_secs_f64());
+        match sent {
             Ok(server_ids) => {
                 self.circuit.success();
                 Delivery::Delivered { server_ids }

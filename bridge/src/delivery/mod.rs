@@ -130,3 +130,35 @@ where
         }
     }
 }
+
+/// What a pass saw of its destination's health.
+#[derive(Debug, Default)]
+struct PassHealth {
+    /// When something was delivered, if anything was.
+    success_at: Option<i64>,
+    /// The last failure's message (already cut of client data).
+    error: Option<String>,
+}
+
+/// Publishes a pass's view of its destination: the circuit gauge, and the
+/// `destinations` row that the admin API reads (shared by replicas). A
+/// store error here is logged, never fails the pass.
+async fn report_health(
+    store: &crate::store::Store,
+    destination: &str,
+    circuit: &circuit::Circuit,
+    health: PassHealth,
+    now: i64,
+) {
+    let state = circuit.state();
+    crate::metrics::metrics().set_circuit(destination, state);
+    let update = crate::store::DestinationUpdate {
+        circuit: state.as_str(),
+        success_at: health.success_at,
+        error: health.error.as_deref(),
+        now,
+    };
+    if let Err(e) = store.record_destination(destination, &update).await {
+        tracing::debug!(error = %e, destination, "cannot record destination health");
+    }
+}

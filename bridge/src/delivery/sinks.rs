@@ -324,6 +324,14 @@ impl Dhis2Destination for Dhis2Sink {
 
 /// Logs a preflight report: every reference that does not exist.
 pub fn log_preflight(report: &PreflightReport) {
+    let missing: Vec<String> = report.missing.iter().map(ToString::to_string).collect();
+    let resolved: usize = report.resolved.values().map(BTreeMap::len).sum();
+    remember_preflight(serde_json::json!({
+        "checked_at_ms": crate::store::now_ms(),
+        "complete": report.missing.is_empty(),
+        "resolved": resolved,
+        "missing": missing,
+    }));
     if report.missing.is_empty() {
         let n: usize = report.resolved.values().map(BTreeMap::len).sum();
         info!(references = n, "dhis2 preflight: every reference exists");
@@ -332,6 +340,21 @@ pub fn log_preflight(report: &PreflightReport) {
             warn!(missing = %m, "dhis2 preflight: values with this reference will be parked");
         }
     }
+}
+
+static LAST_PREFLIGHT: std::sync::Mutex<Option<serde_json::Value>> =
+    std::sync::Mutex::new(None);
+
+/// Keeps the outcome of the last DHIS2 preflight for `/v1/preflight`.
+pub fn remember_preflight(result: serde_json::Value) {
+    if let Ok(mut last) = LAST_PREFLIGHT.lock() {
+        *last = Some(result);
+    }
+}
+
+/// The outcome of the last DHIS2 preflight in this process, if one ran.
+pub fn last_preflight() -> Option<serde_json::Value> {
+    LAST_PREFLIGHT.lock().ok().and_then(|l| l.clone())
 }
 
 #[cfg(test)]

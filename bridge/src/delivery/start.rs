@@ -92,6 +92,10 @@ pub fn start(
                         match w.destination.check(&refs).await {
                             Ok(report) => log_preflight(&report),
                             Err(e) => {
+                                super::sinks::remember_preflight(serde_json::json!({
+                                    "checked_at_ms": crate::store::now_ms(),
+                                    "error": e.message,
+                                }));
                                 warn!(error = %e.message, "dhis2 preflight failed; references are checked at each push")
                             }
                         }

@@ -159,7 +159,18 @@ impl Committer {
             batch.into_iter().map(|w| (w.ingest, w.done)).unzip();
         let started = std::time::Instant::now();
         let events = ingests.len();
+        let labels: Vec<(String, String)> = ingests
+            .iter()
+            .map(|i| {
+                let mapping = match &i.result {
+                    Ok(o) => o.mapping.clone(),
+                    Err(r) => r.mapping.clone().unwrap_or_default(),
+                };
+                (i.source.clone(), mapping)
+            })
+            .collect();
         let outcomes = self.commit_all(ingests).await;
+        count_outcomes(&labels, &outcomes, &dones);
         debug!(
             events,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -266,4 +277,43 @@ impl Committer {
             }
         }
     }
+}
+
+/// Counts committed events into the metrics: consumed by transport,
+/// committed by outcome, parked by reason.
+fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Done]) {
+    let m = crate::metrics::metrics();
+    for (((source, mapping), outcome), done) in labels.iter().zip(outcomes).zip(dones) {
+        let source = m.source_label(source);
+        let transport = match done {
+            Done::Amqp(_) => "amqp",
+            Done::Http(_) => "http",
+        };
+        m.consumed
+            .get_or_create(&crate::metrics::ConsumedLabels {
+                source: source.clone(),
+                transport: transport.to_owned(),
+            })
+            .inc();
+        let name = match outcome {
+            Outcome::Stored => "stored",
+            Outcome::Replaced => "replaced",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Stale => "stale",
+            Outcome::Superseded => "superseded",
+            Outcome::Parked { reason, .. } => {
+                m.park("ingest", &source, reason);
+                "parked"
+            }
+        };
+        m.ingested
+            .get_or_create(&crate::metrics::IngestLabels {
+                source,
+                mapping: mapping.clone(),
+                outcome: name.to_owned(),
+            })
+            .inc();
+        m.add_total(&format!("ingest.{name}"), 1);
+    }
+    m.add_total("ingest.received", outcomes.len() as u64);
 }

@@ -483,7 +483,7 @@ impl Store {
                  VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
                  ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                  last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
-                 reason = excluded.reason, state = 'open' RETURNING id"
+                 reason = excluded.reason, state = 'open', notified = 0 RETURNING id"
                     .to_owned(),
                 vec![
                     fingerprint.into(),

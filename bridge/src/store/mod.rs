@@ -18,7 +18,9 @@
 mod dead_letters;
 mod dhis2;
 mod error;
+mod feedback;
 mod ingest;
+mod operations;
 mod outbox;
 mod read;
 mod retention;
@@ -34,7 +36,12 @@ use sqlx::{AnyPool, Executor};
 
 pub use dhis2::{DirtyTotal, TotalResult, format_number};
 pub use error::StoreError;
+pub use feedback::{StatusMessage, StatusOrigin};
 pub use ingest::{Ingest, Outcome, Outputs, Rejection, tally};
+pub use operations::{
+    Backlog, DestinationHealth, DestinationStatus, DestinationUpdate, EventDeadLetter, EventStatus,
+    Flow, ReasonCount,
+};
 pub use outbox::{Delivery, OutboxItem};
 pub use read::{DeadLetter, DeadLetterFilter, EventRow, Stats, TotalKey};
 pub use retention::PurgeReport;

@@ -155,7 +155,7 @@ impl Store {
                 query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
-                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3 \
+                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3, notified = 0 \
                      WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
                         .to_owned(),
                     vec![now.into(), now.into(), ids.into(), item.id.into(), item.lease_until.into()],
@@ -206,7 +206,7 @@ impl Store {
                      VALUES ($1, 'fhir', $2, $3, $4, $5, $6, $7, $8, $9, $10) \
                      ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                      last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
-                     reason = excluded.reason, payload = excluded.payload, state = 'open'"
+                     reason = excluded.reason, payload = excluded.payload, state = 'open', notified = 0"
                         .to_owned(),
                     vec![
                         format!("fhir:{}", item.id).into(),

@@ -10,8 +10,12 @@
 
 mod config;
 mod headers;
+mod probe;
+mod publisher;
 mod source;
 
 pub use config::{Binding, QueueConfig, QueueKind, RabbitConfig, Route};
 pub use headers::field_table_to_json;
+pub use probe::QueueProbe;
+pub use publisher::{ConfirmedPublisher, Outgoing};
 pub use source::{SourceMessage, SourceState, run};

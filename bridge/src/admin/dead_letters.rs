@@ -1,59 +1,30 @@
-//! Admin HTTP API, version 1 (the dead-letter part; the operations issue
-//! adds authentication, roles and the rest).
+//! `/v1/dead-letters`: list and show (viewer, without payloads), the
+//! payload (operator, audited), replay and discard (operator, audited).
 //!
 //! - `GET  /v1/dead-letters?stage=&source=&reason=&mapping=&state=&since_ms=&limit=`
-//!   lists dead letters, newest first, **without payloads** (payloads are
-//!   client data: `kiungo dlq show` reads them on the server);
-//! - `GET  /v1/dead-letters/{id}` one dead letter, without payload;
+//!   newest first;
+//! - `GET  /v1/dead-letters/{id}`;
+//! - `GET  /v1/dead-letters/{id}/payload` the raw payload and headers;
 //! - `POST /v1/dead-letters/{id}/replay` and `.../discard`;
-//! - `POST /v1/dead-letters/replay` with `{"ids": [..]}`;
-//! - `GET  /v1/outbox` FHIR outbox rows by state.
-//!
-//! The actor recorded in the audit log is the `X-Kiungo-Actor` header
-//! (until tokens identify operators).
+//! - `POST /v1/dead-letters/replay` with `{"ids": [..]}`.
 
-use std::sync::Arc;
-
-use actix_web::{HttpRequest, HttpResponse, web};
-use kiungo_mappings::MappingSet;
+use actix_web::{HttpResponse, web};
+use base64::Engine;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::ingest::Limits;
-use crate::store::{DeadLetterFilter, Store};
-
-/// What the admin routes need.
-#[derive(Debug, Clone)]
-pub struct AdminState {
-    /// The store.
-    pub store: Store,
-    /// The mappings, for replays.
-    pub mappings: Arc<MappingSet>,
-    /// Limits applied to replayed messages.
-    pub limits: Limits,
-}
+use super::auth::{Operator, Viewer};
+use super::{AdminState, not_found, server_error};
+use crate::store::DeadLetterFilter;
 
 /// Registers the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/dead-letters", web::get().to(list))
         .route("/v1/dead-letters/replay", web::post().to(replay_many))
         .route("/v1/dead-letters/{id}", web::get().to(show))
+        .route("/v1/dead-letters/{id}/payload", web::get().to(payload))
         .route("/v1/dead-letters/{id}/replay", web::post().to(replay_one))
-        .route("/v1/dead-letters/{id}/discard", web::post().to(discard_one))
-        .route("/v1/outbox", web::get().to(outbox));
-}
-
-fn server_error(e: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::InternalServerError()
-        .json(json!({"error": {"code": "store_error", "message": e.to_string()}}))
-}
-
-fn actor(req: &HttpRequest) -> String {
-    req.headers()
-        .get("x-kiungo-actor")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.trim().is_empty())
-        .map_or_else(|| "admin-api".to_owned(), |v| v.trim().to_owned())
+        .route("/v1/dead-letters/{id}/discard", web::post().to(discard_one));
 }
 
 /// Query of the list route.
@@ -70,7 +41,11 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(state: web::Data<AdminState>, q: web::Query<ListQuery>) -> HttpResponse {
+async fn list(
+    _who: Viewer,
+    state: web::Data<AdminState>,
+    q: web::Query<ListQuery>,
+) -> HttpResponse {
     let q = q.into_inner();
     let filter = DeadLetterFilter {
         state: match q.state.as_deref() {
@@ -91,18 +66,53 @@ async fn list(state: web::Data<AdminState>, q: web::Query<ListQuery>) -> HttpRes
     }
 }
 
-async fn show(state: web::Data<AdminState>, id: web::Path<i64>) -> HttpResponse {
+async fn show(_who: Viewer, state: web::Data<AdminState>, id: web::Path<i64>) -> HttpResponse {
     match state.store.dead_letter(*id).await {
         Ok(Some(mut d)) => {
             d.payload = None;
             d.headers = None;
             HttpResponse::Ok().json(d)
         }
-        Ok(None) => HttpResponse::NotFound().json(
-            json!({"error": {"code": "not_found", "message": format!("no dead letter {id}")}}),
-        ),
+        Ok(None) => not_found(format!("no dead letter {id}")),
         Err(e) => server_error(e),
     }
+}
+
+/// The raw payload: client data, so operators only, and audited.
+async fn payload(
+    Operator(who): Operator,
+    state: web::Data<AdminState>,
+    id: web::Path<i64>,
+) -> HttpResponse {
+    let d = match state.store.dead_letter(*id).await {
+        Ok(Some(d)) => d,
+        Ok(None) => return not_found(format!("no dead letter {id}")),
+        Err(e) => return server_error(e),
+    };
+    if let Err(e) = state
+        .store
+        .audit(&who.name, "read_payload", &format!("dead_letter:{id}"), None)
+        .await
+    {
+        return server_error(e);
+    }
+    let (encoding, body) = match d.payload.as_deref().map(std::str::from_utf8) {
+        None => ("none", None),
+        Some(Ok(text)) => ("utf8", Some(text.to_owned())),
+        Some(Err(_)) => (
+            "base64",
+            d.payload
+                .as_ref()
+                .map(|p| base64::engine::general_purpose::STANDARD.encode(p)),
+        ),
+    };
+    let headers = d
+        .headers
+        .as_deref()
+        .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok());
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(json!({"id": d.id, "encoding": encoding, "payload": body, "headers": headers}))
 }
 
 async fn replay_ids(state: &AdminState, ids: &[i64], actor: &str) -> HttpResponse {
@@ -117,11 +127,11 @@ async fn replay_ids(state: &AdminState, ids: &[i64], actor: &str) -> HttpRespons
 }
 
 async fn replay_one(
-    req: HttpRequest,
+    Operator(who): Operator,
     state: web::Data<AdminState>,
     id: web::Path<i64>,
 ) -> HttpResponse {
-    replay_ids(&state, &[*id], &actor(&req)).await
+    replay_ids(&state, &[*id], &who.name).await
 }
 
 /// Body of the bulk replay.
@@ -132,31 +142,24 @@ struct Ids {
 }
 
 async fn replay_many(
-    req: HttpRequest,
+    Operator(who): Operator,
     state: web::Data<AdminState>,
     body: web::Json<Ids>,
 ) -> HttpResponse {
-    replay_ids(&state, &body.ids, &actor(&req)).await
+    replay_ids(&state, &body.ids, &who.name).await
 }
 
 async fn discard_one(
-    req: HttpRequest,
+    Operator(who): Operator,
     state: web::Data<AdminState>,
     id: web::Path<i64>,
 ) -> HttpResponse {
     match state
         .store
-        .discard_dead_letters(&[*id], &actor(&req), crate::store::now_ms())
+        .discard_dead_letters(&[*id], &who.name, crate::store::now_ms())
         .await
     {
         Ok(n) => HttpResponse::Ok().json(json!({"discarded": n})),
-        Err(e) => server_error(e),
-    }
-}
-
-async fn outbox(state: web::Data<AdminState>) -> HttpResponse {
-    match state.store.outbox_states().await {
-        Ok(states) => HttpResponse::Ok().json(json!({"fhir_outbox": states.into_iter().collect::<std::collections::BTreeMap<_, _>>()})),
         Err(e) => server_error(e),
     }
 }

@@ -1,0 +1,354 @@
+//! Bearer tokens and roles for the admin API.
+//!
+//! Tokens come from the config as SHA-256 hashes (`sha256: <hex>`), or as
+//! a secret in the environment or a file (`token: {env: VAR}`), hashed at
+//! load; the plain token is never kept. `kiungo admin token` makes a new
+//! random token and prints its hash. Tokens are random and long, so one
+//! round of SHA-256 is enough (a slow password hash protects guessable
+//! passwords, not 256-bit random strings).
+//!
+//! Roles, each including the one before:
+//! - `app`: the status of an event (`GET /v1/events/{id}`), for apps;
+//! - `viewer`: counts, reasons, health, flows, dead letters without
+//!   payloads;
+//! - `operator`: payloads, replay and discard; every such action is
+//!   recorded in the audit log with the token's name.
+
+use std::collections::HashMap;
+use std::future::{Ready, ready};
+
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
+use kiungo_connectors::auth::SecretRef;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `admin:` in the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Who may use the admin API. Without tokens every `/v1/` admin route
+    /// answers 401 (ingest, probes, metrics and the dashboard page do not
+    /// need one).
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it: recorded in the audit log for each operator action.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Hex SHA-256 of the token (`kiungo admin token` prints one).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Or the token itself, from the environment or a file.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Event status only.
+    App,
+    /// Read everything but payloads.
+    Viewer,
+    /// Also payloads, replay and discard.
+    Operator,
+}
+
+impl Role {
+    /// `app`, `viewer` or `operator`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::App => "app",
+            Self::Viewer => "viewer",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+/// Who called.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    /// The token's name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// The tokens, by hash.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    by_hash: HashMap<[u8; 32], Principal>,
+}
+
+impl AdminConfig {
+    /// Problems with the tokens, each naming its place
+    /// (`admin.tokens[1].sha256`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            let at = format!("admin.tokens[{i}]");
+            if t.name.trim().is_empty() {
+                p.push(format!("{at}.name: must not be empty"));
+            } else if !names.insert(t.name.as_str()) {
+                p.push(format!("{at}.name: `{}` is used twice", t.name));
+            }
+            match (&t.sha256, &t.token) {
+                (Some(h), None) => {
+                    if parse_hash(h).is_none() {
+                        p.push(format!(
+                            "{at}.sha256: must be 64 hex digits (the SHA-256 of the token)"
+                        ));
+                    }
+                }
+                (None, Some(secret)) => {
+                    if let Err(e) = secret.load("token") {
+                        p.push(format!("{at}.{e}"));
+                    }
+                }
+                _ => p.push(format!("{at}: give exactly one of `sha256` and `token`")),
+            }
+        }
+        p
+    }
+
+    /// Makes relative token files relative to `dir`.
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        for t in &mut self.tokens {
+            if let Some(f) = t.token.as_mut().and_then(|s| s.file.as_mut())
+                && f.is_relative()
+            {
+                *f = dir.join(&*f);
+            }
+        }
+    }
+
+    /// The tokens by hash; fails with the config's problems.
+    pub fn tokens(&self) -> Result<Tokens, Vec<String>> {
+        let problems = self.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let mut by_hash = HashMap::new();
+        for t in &self.tokens {
+            let hash = match (&t.sha256, &t.token) {
+                (Some(h), _) => parse_hash(h),
+                (None, Some(secret)) => secret
+                    .load("token")
+                    .ok()
+                    .map(|s| hash_token(s.expose())),
+                (None, None) => None,
+            };
+            if let Some(hash) = hash {
+                by_hash.insert(
+                    hash,
+                    Principal {
+                        name: t.name.clone(),
+                        role: t.role,
+                    },
+                );
+            }
+        }
+        Ok(Tokens { by_hash })
+    }
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// SHA-256 of a token.
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Lower-case hex of a token's SHA-256, as `admin.tokens[].sha256` wants.
+pub fn token_hash_hex(token: &str) -> String {
+    hash_token(token).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Tokens {
+    /// Whether any token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    /// Who holds `token`, if anyone.
+    pub fn principal(&self, token: &str) -> Option<&Principal> {
+        self.by_hash.get(&hash_token(token))
+    }
+
+    fn authorize(&self, req: &HttpRequest, need: Role) -> Result<Principal, AuthError> {
+        if self.is_empty() {
+            return Err(AuthError::Unauthorized(
+                "the admin API has no tokens configured (admin.tokens in the config)",
+            ));
+        }
+        let header = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AuthError::Unauthorized(
+                "missing `Authorization: Bearer <token>`",
+            ))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .ok_or(AuthError::Unauthorized(
+                "the Authorization header must be `Bearer <token>`",
+            ))?;
+        let p = self
+            .principal(token)
+            .ok_or(AuthError::Unauthorized("unknown token"))?;
+        if p.role < need {
+            return Err(AuthError::Forbidden {
+                role: p.role,
+                need,
+            });
+        }
+        Ok(p.clone())
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No usable token (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The token's role is not enough (403).
+    #[error("this needs the {} role; the token has {}", need.as_str(), role.as_str())]
+    Forbidden {
+        /// The token's role.
+        role: Role,
+        /// The role needed.
+        need: Role,
+    },
+}
+
+impl ResponseError for AuthError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden { .. } => "forbidden",
+        };
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unauthorized(_)) {
+            res.insert_header(("WWW-Authenticate", "Bearer realm=\"kiungo\""));
+        }
+        res.json(serde_json::json!({"error": {"code": code, "message": self.to_string()}}))
+    }
+}
+
+fn extract(req: &HttpRequest, need: Role) -> Result<Principal, AuthError> {
+    match req.app_data::<web::Data<Tokens>>() {
+        Some(tokens) => tokens.authorize(req, need),
+        None => Err(AuthError::Unauthorized(
+            "the admin API has no tokens configured (admin.tokens in the config)",
+        )),
+    }
+}
+
+/// A caller with at least the `app` role.
+#[derive(Debug, Clone)]
+pub struct AppCaller(pub Principal);
+
+/// A caller with at least the `viewer` role.
+#[derive(Debug, Clone)]
+pub struct Viewer(pub Principal);
+
+/// A caller with the `operator` role.
+#[derive(Debug, Clone)]
+pub struct Operator(pub Principal);
+
+macro_rules! extractor {
+    ($t:ident, $role:expr) => {
+        impl FromRequest for $t {
+            type Error = AuthError;
+            type Future = Ready<Result<Self, AuthError>>;
+
+            fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+                ready(extract(req, $role).map($t))
+            }
+        }
+    };
+}
+
+extractor!(AppCaller, Role::App);
+extractor!(Viewer, Role::Viewer);
+extractor!(Operator, Role::Operator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_and_problems() {
+        let cfg = AdminConfig {
+            tokens: vec![
+                TokenConfig {
+                    name: "alice".into(),
+                    role: Role::Operator,
+                    sha256: Some(token_hash_hex("secret-a")),
+                    token: None,
+                },
+                TokenConfig {
+                    name: "alice".into(),
+                    role: Role::Viewer,
+                    sha256: Some("xyz".into()),
+                    token: None,
+                },
+                TokenConfig {
+                    name: "carol".into(),
+                    role: Role::Viewer,
+                    sha256: None,
+                    token: None,
+                },
+            ],
+        };
+        let p = cfg.problems();
+        assert!(
+            p.iter().any(|p| p.starts_with("admin.tokens[1].name")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|p| p.starts_with("admin.tokens[1].sha256")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|p| p.starts_with("admin.tokens[2]:")), "{p:?}");
+        let ok = AdminConfig {
+            tokens: cfg.tokens[..1].to_vec(),
+        };
+        let tokens = ok.tokens().expect("valid");
+        assert_eq!(
+            tokens.principal("secret-a").map(|p| p.role),
+            Some(Role::Operator)
+        );
+        assert!(tokens.principal("secret-b").is_none());
+        assert!(Role::Operator > Role::Viewer && Role::Viewer > Role::App);
+    }
+}

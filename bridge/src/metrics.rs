@@ -1,0 +1,360 @@
+//! Prometheus metrics, served at `/metrics` in the OpenMetrics text format.
+//!
+//! One registry per process ([`metrics()`]): the pipeline's parts count
+//! into it wherever they are, the way the `tracing` subscriber is global.
+//! Each replica reports its own work; sum over pods in queries.
+//!
+//! **Label values never carry personal data**: they are source names from
+//! the config or the mappings, mapping ids, destination names and stable
+//! reason codes. A source name that no queue or mapping declares (HTTP
+//! ingest takes it from the URL path) is reported as `other`, so a client
+//! cannot put arbitrary text into a label.
+//!
+//! Gauges that describe the store (outbox backlog, oldest pending age,
+//! open dead letters, totals waiting) are read from the store at scrape
+//! time, so they are right across replicas; see [`crate::admin`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// `{source, transport}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumedLabels {
+    /// Source app.
+    pub source: String,
+    /// `amqp` or `http`.
+    pub transport: String,
+}
+
+/// `{source, mapping, outcome}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestLabels {
+    /// Source app.
+    pub source: String,
+    /// Mapping id, empty when none applied.
+    pub mapping: String,
+    /// `stored`, `replaced`, `duplicate`, `stale`, `superseded`, `parked`.
+    pub outcome: String,
+}
+
+/// `{stage, source, reason}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ParkedLabels {
+    /// `ingest`, `fhir` or `dhis2`.
+    pub stage: String,
+    /// Source app (`dhis2` for totals, which mix sources).
+    pub source: String,
+    /// Stable reason code.
+    pub reason: String,
+}
+
+/// `{destination, source, mapping, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `fhir` or `dhis2`.
+    pub destination: String,
+    /// Source app; empty for DHIS2 totals, which mix sources.
+    pub source: String,
+    /// Mapping id; empty for DHIS2 totals.
+    pub mapping: String,
+    /// `delivered`, `retried` or `parked`.
+    pub result: String,
+}
+
+/// `{destination}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// `fhir`, `dhis2` or `feedback`.
+    pub destination: String,
+}
+
+/// `{destination, state}` for the store gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BacklogLabels {
+    /// `fhir` or `dhis2`.
+    pub destination: String,
+    /// Row state (`pending`, `delivering`, `retrying`, ...).
+    pub state: String,
+}
+
+/// `{queue}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// Queue name from the config.
+    pub queue: String,
+}
+
+/// `{result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `published` or `failed`.
+    pub result: String,
+}
+
+/// Every metric of the process.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    known_sources: RwLock<HashSet<String>>,
+    totals: Mutex<BTreeMap<String, u64>>,
+    /// Messages taken off a queue or an HTTP request.
+    pub consumed: Family<ConsumedLabels, Counter>,
+    /// Events committed, by what the store did with them.
+    pub ingested: Family<IngestLabels, Counter>,
+    /// Dead letters parked.
+    pub parked: Family<ParkedLabels, Counter>,
+    /// Delivery results (FHIR bundles, DHIS2 data values).
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// From receipt of an event to its delivery, seconds.
+    pub delivery_latency: Family<DestinationLabels, Histogram>,
+    /// Time of one request to a destination, seconds.
+    pub request_duration: Family<DestinationLabels, Histogram>,
+    /// Circuit state: 0 closed, 1 half-open, 2 open.
+    pub circuit: Family<DestinationLabels, Gauge>,
+    /// Store backlog per destination and state (set at scrape time).
+    pub backlog: Family<BacklogLabels, Gauge>,
+    /// Age of the oldest undelivered item, seconds (set at scrape time).
+    pub oldest_pending: Family<DestinationLabels, Gauge>,
+    /// Open dead letters (set at scrape time).
+    pub dead_letters_open: Gauge,
+    /// Messages ready in each consumed queue, from the broker (queue lag).
+    pub queue_ready: Family<QueueLabels, Gauge>,
+    /// Status messages to apps, by result.
+    pub feedback: Family<ResultLabels, Counter>,
+    /// Status messages waiting to be published (set at scrape time).
+    pub feedback_pending: Gauge,
+}
+
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+        3600.0, 21600.0, 86400.0,
+    ]
+    .into_iter()
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("kiungo");
+        let consumed = Family::<ConsumedLabels, Counter>::default();
+        registry.register(
+            "messages_consumed",
+            "Messages taken from a queue or an HTTP request",
+            consumed.clone(),
+        );
+        let ingested = Family::<IngestLabels, Counter>::default();
+        registry.register(
+            "events",
+            "Events committed to the store, by outcome (stored, replaced, duplicate, stale, superseded, parked)",
+            ingested.clone(),
+        );
+        let parked = Family::<ParkedLabels, Counter>::default();
+        registry.register(
+            "dead_letters",
+            "Dead letters parked, by stage and reason code",
+            parked.clone(),
+        );
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Delivery results: FHIR bundles and DHIS2 data values delivered, retried or parked",
+            deliveries.clone(),
+        );
+        let delivery_latency = Family::<DestinationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From receipt of an event (FHIR) or the change of a total (DHIS2) to its delivery",
+            delivery_latency.clone(),
+        );
+        let request_duration = Family::<DestinationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(latency_buckets())) as fn() -> Histogram,
+        );
+        registry.register(
+            "destination_request_seconds",
+            "Duration of one request to a destination",
+            request_duration.clone(),
+        );
+        let circuit = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit breaker per destination: 0 closed, 1 half-open, 2 open",
+            circuit.clone(),
+        );
+        let backlog = Family::<BacklogLabels, Gauge>::default();
+        registry.register(
+            "backlog",
+            "Items in the store waiting for a destination, by state",
+            backlog.clone(),
+        );
+        let oldest_pending = Family::<DestinationLabels, Gauge>::default();
+        registry.register(
+            "oldest_pending_seconds",
+            "Age of the oldest item not yet delivered to a destination",
+            oldest_pending.clone(),
+        );
+        let dead_letters_open = Gauge::default();
+        registry.register(
+            "dead_letters_open",
+            "Dead letters waiting for an operator",
+            dead_letters_open.clone(),
+        );
+        let queue_ready = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_ready_messages",
+            "Messages ready in a consumed queue, as the broker last reported (queue lag)",
+            queue_ready.clone(),
+        );
+        let feedback = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "feedback_messages",
+            "Status messages to apps, published (confirmed by the broker) or failed",
+            feedback.clone(),
+        );
+        let feedback_pending = Gauge::default();
+        registry.register(
+            "feedback_pending",
+            "Status messages waiting to be published",
+            feedback_pending.clone(),
+        );
+        Self {
+            registry,
+            known_sources: RwLock::new(HashSet::new()),
+            totals: Mutex::new(BTreeMap::new()),
+            consumed,
+            ingested,
+            parked,
+            deliveries,
+            delivery_latency,
+            request_duration,
+            circuit,
+            backlog,
+            oldest_pending,
+            dead_letters_open,
+            queue_ready,
+            feedback,
+            feedback_pending,
+        }
+    }
+
+    /// Declares source names that may appear as label values (from the
+    /// queues and the mappings).
+    pub fn know_sources<I: IntoIterator<Item = String>>(&self, sources: I) {
+        if let Ok(mut known) = self.known_sources.write() {
+            known.extend(sources);
+        }
+    }
+
+    /// The label value of a source: itself when declared, else `other`.
+    pub fn source_label(&self, source: &str) -> String {
+        match self.known_sources.read() {
+            Ok(known) if known.contains(source) => source.to_owned(),
+            _ => "other".to_owned(),
+        }
+    }
+
+    /// Counts one delivery result.
+    pub fn delivery(&self, destination: &str, source: &str, mapping: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                destination: destination.to_owned(),
+                source: if source.is_empty() {
+                    String::new()
+                } else {
+                    self.source_label(source)
+                },
+                mapping: mapping.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+        self.add_total(&format!("{destination}.{result}"), 1);
+    }
+
+    /// Counts one dead letter.
+    pub fn park(&self, stage: &str, source: &str, reason: &str) {
+        self.parked
+            .get_or_create(&ParkedLabels {
+                stage: stage.to_owned(),
+                source: if stage == "dhis2" {
+                    "dhis2".to_owned()
+                } else {
+                    self.source_label(source)
+                },
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Observes a latency in seconds.
+    pub fn observe_latency(&self, destination: &str, seconds: f64) {
+        self.delivery_latency
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_owned(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    /// Observes one request's duration.
+    pub fn observe_request(&self, destination: &str, seconds: f64) {
+        self.request_duration
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_owned(),
+            })
+            .observe(seconds.max(0.0));
+    }
+
+    /// Sets a destination's circuit gauge.
+    pub fn set_circuit(&self, destination: &str, state: crate::delivery::circuit::CircuitState) {
+        use crate::delivery::circuit::CircuitState as C;
+        let v = match state {
+            C::Closed => 0,
+            C::HalfOpen => 1,
+            C::Open { .. } => 2,
+        };
+        self.circuit
+            .get_or_create(&DestinationLabels {
+                destination: destination.to_owned(),
+            })
+            .set(v);
+    }
+
+    /// Adds `n` to a running total the admin summary reports
+    /// (`ingest.stored`, `fhir.delivered`, ...): label families cannot be
+    /// read back, so the summary keeps its own unlabelled sums.
+    pub fn add_total(&self, key: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        if let Ok(mut totals) = self.totals.lock() {
+            *totals.entry(key.to_owned()).or_default() += n;
+        }
+    }
+
+    /// The running totals since the process started.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        self.totals.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Arc<Metrics> {
+    static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+    METRICS.get_or_init(|| Arc::new(Metrics::new()))
+}

@@ -1,0 +1,313 @@
+//! Status messages to apps, read from the outcomes the store already
+//! holds (a transactional outbox without a second table): a delivered FHIR
+//! bundle, a dead letter, or a DHIS2 contribution whose total DHIS2 has
+//! accepted, each with `notified = 0` until the broker confirmed its
+//! status message. A crash between publish and mark sends the message
+//! again: delivery to apps is at least once, and each message carries a
+//! stable `status_id` to deduplicate on.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::sql::query;
+use super::{Store, StoreError};
+
+/// Where a status comes from, to mark it published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusOrigin {
+    /// A delivered FHIR bundle (outbox id).
+    Fhir(i64),
+    /// A dead letter (id).
+    DeadLetter(i64),
+    /// DHIS2 contributions of one event now in accepted totals.
+    Dhis2 {
+        /// Source app.
+        source: String,
+        /// Event id.
+        event_id: String,
+        /// Rules (contributions) covered.
+        rules: Vec<String>,
+    },
+}
+
+/// One status message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusMessage {
+    /// Stable id of this outcome (`fhir:42:delivered`, `dead-letter:7:3`).
+    pub status_id: String,
+    /// Source app.
+    pub source: String,
+    /// Event id (the message id for a message parked before its event
+    /// id was known).
+    pub event_id: Option<String>,
+    /// The AMQP message id or HTTP `X-Message-Id` it arrived with.
+    pub message_id: Option<String>,
+    /// Mapping, when known.
+    pub mapping: Option<String>,
+    /// `ingest`, `fhir` or `dhis2`.
+    pub destination: String,
+    /// `delivered` or `parked`.
+    pub status: String,
+    /// Reason code, when parked.
+    pub reason_code: Option<String>,
+    /// Reason, when parked (never payload content).
+    pub reason: Option<String>,
+    /// The dead letter an operator can replay, when parked.
+    pub dead_letter_id: Option<i64>,
+    /// When the outcome happened (ms).
+    pub at_ms: i64,
+    /// What to mark once published.
+    #[serde(skip)]
+    pub origin: StatusOrigin,
+}
+
+impl Store {
+    /// Up to `limit` outcomes not yet published, oldest first within each
+    /// kind.
+    pub async fn pending_statuses(&self, limit: i64) -> Result<Vec<StatusMessage>, StoreError> {
+        let mut out = Vec::new();
+        let rows = query(
+            self.backend,
+            "SELECT id, source, event_id, mapping, delivered_at FROM fhir_outbox \
+             WHERE notified = 0 AND state = 'delivered' ORDER BY id LIMIT $1"
+                .to_owned(),
+            vec![limit.into()],
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let id: i64 = r.try_get(0)?;
+            out.push(StatusMessage {
+                status_id: format!("fhir:{id}:delivered"),
+                source: r.try_get(1)?,
+                event_id: Some(r.try_get(2)?),
+                message_id: None,
+                mapping: Some(r.try_get(3)?),
+                destination: "fhir".into(),
+                status: "delivered".into(),
+                reason_code: None,
+                reason: None,
+                dead_letter_id: None,
+                at_ms: r.try_get::<Option<i64>, _>(4)?.unwrap_or_default(),
+                origin: StatusOrigin::Fhir(id),
+            });
+        }
+        let rows = query(
+            self.backend,
+            "SELECT id, stage, source, event_id, message_id, mapping, reason_code, reason, last_seen_at, \
+             seen_count, payload FROM dead_letters WHERE notified = 0 ORDER BY id LIMIT $1"
+                .to_owned(),
+            vec![limit.into()],
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let id: i64 = r.try_get(0)?;
+            let stage: String = r.try_get(1)?;
+            let seen: i64 = r.try_get(9)?;
+            let base = StatusMessage {
+                status_id: format!("dead-letter:{id}:{seen}"),
+                source: r.try_get(2)?,
+                event_id: r.try_get::<Option<String>, _>(3)?,
+                message_id: r.try_get(4)?,
+                mapping: r.try_get(5)?,
+                destination: stage.clone(),
+                status: "parked".into(),
+                reason_code: Some(r.try_get(6)?),
+                reason: Some(r.try_get(7)?),
+                dead_letter_id: Some(id),
+                at_ms: r.try_get(8)?,
+                origin: StatusOrigin::DeadLetter(id),
+            };
+            if stage != "dhis2" {
+                let mut m = base;
+                if m.event_id.is_none() {
+                    m.event_id.clone_from(&m.message_id);
+                }
+                out.push(m);
+                continue;
+            }
+            // A refused DHIS2 total: tell every event contributing to it.
+            let payload: Option<Vec<u8>> = r.try_get(10)?;
+            let key = payload
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                .map(|v| {
+                    [
+                        "dataElement",
+                        "period",
+                        "orgUnit",
+                        "categoryOptionCombo",
+                        "attributeOptionCombo",
+                    ]
+                    .map(|k| v[k].as_str().unwrap_or_default().to_owned())
+                });
+            let events = match key {
+                Some(k) => self.contributing_events(&k).await?,
+                None => Vec::new(),
+            };
+            if events.is_empty() {
+                // Nothing to tell an app, but mark it all the same.
+                out.push(StatusMessage {
+                    event_id: None,
+                    ..base
+                });
+                continue;
+            }
+            for (i, (source, event_id)) in events.into_iter().enumerate() {
+                out.push(StatusMessage {
+                    status_id: format!("dead-letter:{id}:{seen}:{i}"),
+                    source,
+                    event_id: Some(event_id),
+                    // Mark the dead letter once, with its last message.
+                    origin: StatusOrigin::DeadLetter(id),
+                    ..base.clone()
+                });
+            }
+        }
+        // Contributions whose total DHIS2 accepted: not waiting for a push,
+        // pushed at least once, and not refused (an open dead letter).
+        let rows = query(
+            self.backend,
+            "SELECT c.source, c.event_id, c.rule, p.pushed_at FROM dhis2_contributions c \
+             JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
+               AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
+             WHERE c.notified = 0 AND NOT EXISTS (SELECT 1 FROM dhis2_dirty d \
+               WHERE d.data_element = c.data_element AND d.period = c.period \
+               AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc) \
+             AND NOT EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' AND dl.fingerprint = \
+               'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit || ':' || c.coc || ':' || c.aoc) \
+             ORDER BY c.source, c.event_id LIMIT $1"
+                .to_owned(),
+            vec![limit.into()],
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut current: Option<StatusMessage> = None;
+        for r in &rows {
+            let (source, event_id, rule, at): (String, String, String, i64) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            if let Some(StatusMessage {
+                origin:
+                    StatusOrigin::Dhis2 {
+                        source: s,
+                        event_id: e,
+                        rules,
+                    },
+                at_ms,
+                ..
+            }) = current.as_mut()
+                && *s == source
+                && *e == event_id
+            {
+                rules.push(rule);
+                *at_ms = (*at_ms).max(at);
+                continue;
+            }
+            out.extend(current.take());
+            current = Some(StatusMessage {
+                status_id: format!("dhis2:{source}:{event_id}:{at}"),
+                source: source.clone(),
+                event_id: Some(event_id.clone()),
+                message_id: None,
+                mapping: None,
+                destination: "dhis2".into(),
+                status: "delivered".into(),
+                reason_code: None,
+                reason: None,
+                dead_letter_id: None,
+                at_ms: at,
+                origin: StatusOrigin::Dhis2 {
+                    source,
+                    event_id,
+                    rules: vec![rule],
+                },
+            });
+        }
+        out.extend(current);
+        Ok(out)
+    }
+
+    async fn contributing_events(
+        &self,
+        key: &[String; 5],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = query(
+            self.backend,
+            "SELECT DISTINCT source, event_id FROM dhis2_contributions WHERE data_element = $1 \
+             AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 ORDER BY source, event_id"
+                .to_owned(),
+            key.iter().map(|k| k.as_str().into()).collect(),
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Marks statuses published (after the broker confirmed them).
+    pub async fn mark_statuses(&self, published: &[StatusOrigin]) -> Result<(), StoreError> {
+        if published.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for origin in published {
+            match origin {
+                StatusOrigin::Fhir(id) => {
+                    query(
+                        self.backend,
+                        "UPDATE fhir_outbox SET notified = 1 WHERE id = $1 AND state = 'delivered'"
+                            .to_owned(),
+                        vec![(*id).into()],
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                StatusOrigin::DeadLetter(id) => {
+                    query(
+                        self.backend,
+                        "UPDATE dead_letters SET notified = 1 WHERE id = $1".to_owned(),
+                        vec![(*id).into()],
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                StatusOrigin::Dhis2 {
+                    source,
+                    event_id,
+                    rules,
+                } => {
+                    for rule in rules {
+                        query(
+                            self.backend,
+                            "UPDATE dhis2_contributions SET notified = 1 WHERE source = $1 \
+                             AND event_id = $2 AND rule = $3"
+                                .to_owned(),
+                            vec![
+                                source.as_str().into(),
+                                event_id.as_str().into(),
+                                rule.as_str().into(),
+                            ],
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Outcomes not yet published (for the `kiungo_feedback_pending`
+    /// gauge).
+    pub async fn pending_status_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM fhir_outbox WHERE notified = 0 AND state = 'delivered') \
+             + (SELECT COUNT(*) FROM dead_letters WHERE notified = 0)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+}
