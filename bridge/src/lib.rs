@@ -17,3 +17,4 @@ pub mod run;
 pub mod sandbox;
 pub mod store;
 pub mod tls;
+pub mod trace;

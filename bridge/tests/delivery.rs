@@ -91,7 +91,11 @@ impl ScriptedFhir {
 }
 
 impl FhirDestination for ScriptedFhir {
-    async fn transaction(&self, bundle: &str) -> Result<Vec<String>, SinkFailure> {
+    async fn transaction(
+        &self,
+        bundle: &str,
+        _traceparent: Option<&str>,
+    ) -> Result<Vec<String>, SinkFailure> {
         self.calls.lock().expect("lock").push(bundle.to_owned());
         self.script
             .lock()

@@ -18,6 +18,9 @@ fn packs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs")
 }
 
+const OPERATOR: &str = "operator-token-for-tests-0123456789";
+const VIEWER: &str = "viewer-token-for-tests-0123456789";
+
 async fn start() -> (ScratchDb, Application) {
     kiungo::tls::install_crypto_provider();
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
@@ -26,6 +29,20 @@ async fn start() -> (ScratchDb, Application) {
     config.store = db.config.clone();
     config.http.listen = "127.0.0.1:0".into();
     config.http.max_body_bytes = 32 * 1024;
+    config.admin.tokens = vec![
+        kiungo::admin::auth::TokenConfig {
+            name: "ops-juma".into(),
+            role: kiungo::admin::Role::Operator,
+            sha256: Some(kiungo::admin::token_hash_hex(OPERATOR)),
+            token: None,
+        },
+        kiungo::admin::auth::TokenConfig {
+            name: "viewer-amina".into(),
+            role: kiungo::admin::Role::Viewer,
+            sha256: Some(kiungo::admin::token_hash_hex(VIEWER)),
+            token: None,
+        },
+    ];
     let app = Application::build(config).await.expect("start");
     (db, app)
 }
@@ -179,6 +196,7 @@ async fn dead_letters_over_the_admin_api() {
     let client = reqwest::Client::new();
     let list: Value = client
         .get(format!("{base}/v1/dead-letters?reason=mapping_error"))
+        .bearer_auth(VIEWER)
         .send()
         .await
         .expect("get")
@@ -191,6 +209,7 @@ async fn dead_letters_over_the_admin_api() {
     assert!(items[0].get("payload").is_none(), "no payloads over HTTP");
     let one: Value = client
         .get(format!("{base}/v1/dead-letters/{id}"))
+        .bearer_auth(VIEWER)
         .send()
         .await
         .expect("get")
@@ -201,6 +220,7 @@ async fn dead_letters_over_the_admin_api() {
     assert!(one.get("payload").is_none());
     let missing = client
         .get(format!("{base}/v1/dead-letters/999999"))
+        .bearer_auth(VIEWER)
         .send()
         .await
         .expect("get");
@@ -210,7 +230,7 @@ async fn dead_letters_over_the_admin_api() {
     // closes it; both are audited with the actor.
     let r: Value = client
         .post(format!("{base}/v1/dead-letters/{id}/replay"))
-        .header("X-Kiungo-Actor", "ops-juma")
+        .bearer_auth(OPERATOR)
         .send()
         .await
         .expect("post")
@@ -220,7 +240,7 @@ async fn dead_letters_over_the_admin_api() {
     assert_eq!(r["results"][0]["replay"]["result"], "parked_again");
     let d: Value = client
         .post(format!("{base}/v1/dead-letters/{id2}/discard"))
-        .header("X-Kiungo-Actor", "ops-juma")
+        .bearer_auth(OPERATOR)
         .send()
         .await
         .expect("post")
@@ -230,6 +250,7 @@ async fn dead_letters_over_the_admin_api() {
     assert_eq!(d["discarded"], 1);
     let open: Value = client
         .get(format!("{base}/v1/dead-letters"))
+        .bearer_auth(VIEWER)
         .send()
         .await
         .expect("get")

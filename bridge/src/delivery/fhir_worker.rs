@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::circuit::Circuit;
 use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
@@ -16,10 +16,12 @@ use crate::store::{Delivery, OutboxItem, Store, StoreError};
 
 /// Where bundles go: a FHIR server (or a fake in tests).
 pub trait FhirDestination: Send + Sync + 'static {
-    /// Sends one transaction bundle; returns the `Type/id` of each entry.
+    /// Sends one transaction bundle with a W3C `traceparent`; returns the
+    /// `Type/id` of each entry.
     fn transaction(
         &self,
         bundle: &str,
+        traceparent: Option<&str>,
     ) -> impl Future<Output = Result<Vec<String>, SinkFailure>> + Send;
 }
 
@@ -112,8 +114,22 @@ impl<D: FhirDestination> FhirWorker<D> {
     }
 
     async fn deliver(&self, item: &OutboxItem) -> Delivery {
+        let traceparent = item.traceparent.as_deref().map(crate::trace::child);
+        let span = tracing::debug_span!(
+            "deliver",
+            destination = "fhir",
+            outbox = item.id,
+            source = %item.source,
+            event_id = %item.event_id,
+            trace_id = crate::trace::trace_id(traceparent.as_deref().unwrap_or("")),
+        );
         let started = std::time::Instant::now();
-        let sent = self.destination.transaction(&item.bundle).await;
+        let sent = self
+            .destination
+            .transaction(&item.bundle, traceparent.as_deref())
+            .instrument(span.clone())
+            .await;
+        let _entered = span.enter();
         crate::metrics::metrics().observe_request("fhir", started.elapsed().as_secs_f64());
         match sent {
             Ok(server_ids) => {

@@ -87,8 +87,12 @@ fn dhis2_failure(e: &kiungo_connectors::dhis2::Dhis2Error) -> SinkFailure {
 }
 
 impl FhirDestination for FhirClient {
-    async fn transaction(&self, bundle: &str) -> Result<Vec<String>, SinkFailure> {
-        match FhirClient::transaction(self, bundle, None).await {
+    async fn transaction(
+        &self,
+        bundle: &str,
+        traceparent: Option<&str>,
+    ) -> Result<Vec<String>, SinkFailure> {
+        match FhirClient::transaction(self, bundle, traceparent).await {
             Ok(r) => Ok(r
                 .entries
                 .into_iter()
@@ -237,7 +241,7 @@ impl Dhis2Destination for Dhis2Sink {
             let offset = chunk_no * self.client.batch_size().max(1);
             let outcome = self
                 .client
-                .post_data_values(chunk, None)
+                .post_data_values(chunk, Some(&crate::trace::continue_or_start(None)))
                 .await
                 .map_err(|e| dhis2_failure(&e))?;
             if outcome.is_batch_rejected() {
@@ -270,7 +274,10 @@ impl Dhis2Destination for Dhis2Sink {
                 for (j, value) in chunk.iter().enumerate() {
                     let single = self
                         .client
-                        .post_data_values(std::slice::from_ref(value), None)
+                        .post_data_values(
+                        std::slice::from_ref(value),
+                        Some(&crate::trace::continue_or_start(None)),
+                    )
                         .await
                         .map_err(|e| dhis2_failure(&e))?;
                     if single.status != ImportStatus::Success {

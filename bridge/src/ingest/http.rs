@@ -102,7 +102,7 @@ async fn ingest(
         queue: None,
         message_id: header(&req, "x-message-id"),
         timestamp_ms: None,
-        headers: None,
+        headers: header(&req, "traceparent").map(|tp| serde_json::json!({ "traceparent": tp })),
         route: Ok(header(&req, "x-kiungo-mapping")),
     };
     let ingest = prepare(&state.mappings, origin, body.to_vec(), state.limits);

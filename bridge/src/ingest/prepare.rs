@@ -37,8 +37,35 @@ pub struct Origin {
 
 /// Maps one message. Pure apart from the clock: the result is committed by
 /// the caller.
-pub fn prepare(set: &MappingSet, origin: Origin, body: Vec<u8>, limits: Limits) -> Ingest {
+///
+/// The event's W3C `traceparent` (a valid one from the headers, or a new
+/// trace) is kept in its headers under `traceparent`; the store saves it
+/// with the FHIR bundle and delivery forwards it.
+pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limits) -> Ingest {
+    let traceparent = crate::trace::continue_or_start(
+        origin
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("traceparent"))
+            .and_then(serde_json::Value::as_str),
+    );
     let result = classify(set, &origin, &body, limits);
+    match origin.headers.as_mut() {
+        Some(serde_json::Value::Object(h)) => {
+            h.insert("traceparent".into(), traceparent.clone().into());
+        }
+        _ => origin.headers = Some(serde_json::json!({ "traceparent": traceparent })),
+    }
+    let span = tracing::debug_span!(
+        "event",
+        source = %origin.source,
+        event_id = result.as_ref().map_or("", |o| o.event_id.as_str()),
+        trace_id = crate::trace::trace_id(&traceparent),
+    );
+    span.in_scope(|| match &result {
+        Ok(o) => tracing::debug!(mapping = %o.mapping, "event mapped"),
+        Err(r) => tracing::debug!(reason = %r.code, "event rejected; it will be parked"),
+    });
     Ingest {
         source: origin.source,
         queue: origin.queue,

@@ -199,7 +199,7 @@ struct Plan {
     /// withdrawn.
     withdraw: Vec<Key>,
     contributions: IndexMap<Key, Vec<Dhis2Contribution>>,
-    bundles: IndexMap<Key, (String, String, usize, String)>,
+    bundles: IndexMap<Key, (String, String, usize, String, Option<String>)>,
     versions: Vec<(Key, String)>,
 }
 
@@ -446,7 +446,7 @@ impl Store {
         let bundles = plan
             .bundles
             .iter()
-            .map(|((source, event_id), (hash, mapping, entries, bundle))| {
+            .map(|((source, event_id), (hash, mapping, entries, bundle, traceparent))| {
                 vec![
                     source.as_str().into(),
                     event_id.as_str().into(),
@@ -457,14 +457,15 @@ impl Store {
                     now.into(),
                     now.into(),
                     now.into(),
+                    traceparent.clone().into(),
                 ]
             })
             .collect();
         self.execute_all(&mut tx, multi_row(
             "INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, \
-             next_attempt_at, created_at, updated_at)",
+             next_attempt_at, created_at, updated_at, traceparent)",
             "ON CONFLICT (source, event_id, version_hash) DO NOTHING",
-            9,
+            10,
             bundles,
         )).await?;
 
@@ -581,7 +582,17 @@ impl Plan {
         if let Some((bundle, entries)) = &m.bundle {
             self.bundles.insert(
                 key.clone(),
-                (hash, m.mapping.clone(), *entries, bundle.clone()),
+                (
+                    hash,
+                    m.mapping.clone(),
+                    *entries,
+                    bundle.clone(),
+                    ing.headers
+                        .as_ref()
+                        .and_then(|h| h.get("traceparent"))
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned),
+                ),
             );
         }
         if let Some(old) = m

@@ -34,6 +34,8 @@ pub struct OutboxItem {
     /// The lease this claim holds; results are recorded only while it
     /// still does (a worker that outlived its lease records nothing).
     pub lease_until: i64,
+    /// The event's W3C `traceparent`, forwarded (as a child) with it.
+    pub traceparent: Option<String>,
 }
 
 /// What happened to one claimed bundle.
@@ -81,7 +83,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
                    AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
                ORDER BY o.next_attempt_at, o.id LIMIT $5 {lock}) \
-             RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until"
+             RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
         );
         let mut tx = self.begin_write().await?;
         let rows = query(
@@ -110,6 +112,7 @@ impl Store {
                     attempts: r.try_get(5)?,
                     created_at: r.try_get(6)?,
                     lease_until: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
+                    traceparent: r.try_get(8)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
