@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use kiungo_mappings::{LoadErrors, LoadOptions, MappingSet, PseudonymKey};
+use kiungo_mappings::{LoadErrors, LoadOptions, MappingSet};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -75,32 +75,12 @@ impl Application {
     /// Starts everything; returns once the HTTP port is bound.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
-        let key = match PseudonymKey::from_env().map_err(StartError::PseudonymKey)? {
-            Some(key) => Some(key),
-            None => match &config.pseudonym_key_file {
-                Some(file) => {
-                    let bytes = std::fs::read(file).map_err(|e| {
-                        StartError::PseudonymKey(format!(
-                            "pseudonym_key_file {}: {e}",
-                            file.display()
-                        ))
-                    })?;
-                    let text = String::from_utf8_lossy(&bytes);
-                    Some(PseudonymKey::new(text.trim().as_bytes()).map_err(|e| {
-                        StartError::PseudonymKey(format!(
-                            "pseudonym_key_file {}: {e}",
-                            file.display()
-                        ))
-                    })?)
-                }
-                None => {
-                    warn!(
-                        "no pseudonym key (KIUNGO_PSEUDONYM_KEY or pseudonym_key_file): events whose mapping calls pseudonym() will be parked"
-                    );
-                    None
-                }
-            },
-        };
+        let key = config.pseudonym_key().map_err(StartError::PseudonymKey)?;
+        if key.is_none() {
+            warn!(
+                "no pseudonym key (KIUNGO_PSEUDONYM_KEY or pseudonym_key_file): events whose mapping calls pseudonym() will be parked"
+            );
+        }
         let mappings = Arc::new(MappingSet::load_dir(
             &config.mappings,
             LoadOptions {

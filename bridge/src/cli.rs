@@ -70,6 +70,54 @@ pub enum Command {
     },
     /// Run local DHIS2 and FHIR simulators until Ctrl-C.
     Sandbox(crate::sandbox::SandboxArgs),
+    /// Check a config file.
+    Config {
+        /// What to do.
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Admin API tokens.
+    Admin {
+        /// What to do.
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+/// `kiungo config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load the config (with environment overrides), its mappings and its
+    /// secrets, and print every problem with its location.
+    Check {
+        /// Config file (YAML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// `kiungo admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminAction {
+    /// Make a new random token and print the config lines (with its
+    /// SHA-256) that admit it.
+    Token {
+        /// Who will hold it (recorded in the audit log).
+        #[arg(long)]
+        name: String,
+        /// `app`, `viewer` or `operator`.
+        #[arg(long, value_parser = parse_role)]
+        role: crate::admin::Role,
+    },
+}
+
+fn parse_role(s: &str) -> Result<crate::admin::Role, String> {
+    match s {
+        "app" => Ok(crate::admin::Role::App),
+        "viewer" => Ok(crate::admin::Role::Viewer),
+        "operator" => Ok(crate::admin::Role::Operator),
+        other => Err(format!("`{other}`: expected app, viewer or operator")),
+    }
 }
 
 /// `kiungo mappings ...`
@@ -110,6 +158,15 @@ pub fn run(cli: Cli) -> ExitCode {
             event,
         } => map(&mapping, source, message_id, test_key, &event),
         Command::Sandbox(args) => crate::sandbox::run_cli(args),
+        Command::Config {
+            action: ConfigAction::Check { config },
+        } => crate::config_check::run(&config),
+        Command::Admin {
+            action: AdminAction::Token { name, role },
+        } => {
+            print!("{}", crate::config_check::new_token(&name, role));
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -146,8 +146,35 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The key of `pseudonym()`: `KIUNGO_PSEUDONYM_KEY`, else
+    /// `pseudonym_key_file`, else none.
+    pub fn pseudonym_key(&self) -> Result<Option<kiungo_mappings::PseudonymKey>, String> {
+        use kiungo_mappings::PseudonymKey;
+        if let Some(key) = PseudonymKey::from_env()? {
+            return Ok(Some(key));
+        }
+        let Some(file) = &self.pseudonym_key_file else {
+            return Ok(None);
+        };
+        let fail = |e: &dyn std::fmt::Display| format!("pseudonym_key_file {}: {e}", file.display());
+        let bytes = std::fs::read(file).map_err(|e| fail(&e))?;
+        let text = String::from_utf8_lossy(&bytes);
+        PseudonymKey::new(text.trim().as_bytes())
+            .map(Some)
+            .map_err(|e| fail(&e))
+    }
+
     /// Reads a config file, applies the environment overrides and checks it.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let config = Self::load_unchecked(file)?;
+        config.check(file)?;
+        Ok(config)
+    }
+
+    /// Reads a config file and applies the environment overrides, without
+    /// checking the values (`kiungo config check` reports those together
+    /// with the mappings' problems).
+    pub fn load_unchecked(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Read {
             file: file.into(),
             error,
@@ -184,7 +211,6 @@ impl Config {
             config.store.url = format!("sqlite:{}", dir.join(path).display());
         }
         config.apply_env();
-        config.check(file)?;
         Ok(config)
     }
 
@@ -217,6 +243,19 @@ impl Config {
 
     /// Every problem at once.
     pub fn check(&self, file: &Path) -> Result<(), ConfigError> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid {
+                file: file.into(),
+                problems,
+            })
+        }
+    }
+
+    /// Every problem with the values, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(r) = &self.rabbitmq {
             problems.extend(r.problems());
@@ -241,14 +280,16 @@ impl Config {
                 self.http.listen
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid {
-                file: file.into(),
-                problems,
-            })
+        if !self.store.url.starts_with("sqlite:")
+            && !self.store.url.starts_with("postgres://")
+            && !self.store.url.starts_with("postgresql://")
+        {
+            problems.push(format!(
+                "store.url: `{}` is neither sqlite:PATH nor postgres://…",
+                crate::store::redact(&self.store.url)
+            ));
         }
+        problems
     }
 }
 

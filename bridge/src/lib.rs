@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod config_check;
 pub mod delivery;
 pub mod dlq;
 pub mod dlq_cli;
