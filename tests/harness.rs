@@ -228,14 +228,26 @@ pub struct KiungoProcess {
 impl KiungoProcess {
     /// Starts `kiungo run --config CONFIG`, appending its output to `LOG`.
     pub fn start(config: &Path, log: &Path) -> anyhow::Result<Self> {
+        Self::start_with_env(config, log, &[("RUST_LOG", "info")])
+    }
+
+    /// [`Self::start`] with environment variables (`RUST_LOG`,
+    /// `KIUNGO_LOG_FORMAT`, ...).
+    pub fn start_with_env(
+        config: &Path,
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
-        let child = Command::new(kiungo_binary()?)
-            .args(["run", "--config"])
-            .arg(config)
-            .env("RUST_LOG", "info")
+        let mut command = Command::new(kiungo_binary()?);
+        command.args(["run", "--config"]).arg(config);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
             .stdout(Stdio::from(out.try_clone()?))
             .stderr(Stdio::from(out))
             .spawn()?;

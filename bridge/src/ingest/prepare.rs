@@ -134,8 +134,18 @@ fn classify(
         code: e.reason().to_owned(),
         reason: e.to_string(),
         mapping: mapping_of(&e),
-        event_id: None,
+        event_id: event_of(&e),
     })
+}
+
+/// The event id a mapping error names, so that the app can look the
+/// parked event up by its id (`GET /v1/events/{id}`).
+fn event_of(e: &kiungo_mappings::MapError) -> Option<String> {
+    use kiungo_mappings::MapError as E;
+    match e {
+        E::Field { event, .. } | E::InvalidFhir { event, .. } => Some(event.clone()),
+        _ => None,
+    }
 }
 
 fn mapping_of(e: &kiungo_mappings::MapError) -> Option<String> {
