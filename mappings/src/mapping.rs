@@ -1159,6 +1159,15 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     paths.sort();
     for path in paths {
+        // Hidden entries are skipped: a Kubernetes ConfigMap volume holds
+        // every file twice, once under a hidden `..data` folder.
+        if path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'))
+        {
+            continue;
+        }
         if path.is_dir() {
             collect_yaml(&path, out)?;
         } else if matches!(

@@ -86,6 +86,21 @@ fn the_good_mapping_loads_and_its_test_passes() {
 }
 
 #[test]
+fn hidden_folders_are_skipped_as_in_a_configmap_volume() {
+    // A ConfigMap volume: the files live in `..2026_11_25/`, `..data` links
+    // to it, and the visible names link into `..data`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hidden = dir.path().join("..2026_11_25");
+    std::fs::create_dir(&hidden).expect("mkdir");
+    write(&hidden, "m.yaml", GOOD);
+    std::os::unix::fs::symlink(&hidden, dir.path().join("..data")).expect("link");
+    std::os::unix::fs::symlink(dir.path().join("..data/m.yaml"), dir.path().join("m.yaml"))
+        .expect("link");
+    let set = MappingSet::load_dir(dir.path(), LoadOptions::default()).expect("loads once");
+    assert_eq!(set.mappings().len(), 1);
+}
+
+#[test]
 fn unknown_key_at_top_level() {
     let text = GOOD.replace("source: demo\n", "source: demo\nsorce: typo\n");
     let (_dir, errs) = errors_of(&text);
