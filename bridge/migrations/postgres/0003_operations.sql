@@ -23,3 +23,4 @@ ALTER TABLE fhir_outbox ADD COLUMN traceparent TEXT;
 -- GET /v1/events/{id}: an event and its dead letters by event id.
 CREATE INDEX events_event_id ON events (event_id);
 CREATE INDEX dead_letters_event ON dead_letters (event_id);
+CREATE INDEX dead_letters_message ON dead_letters (message_id);

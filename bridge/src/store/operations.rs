@@ -329,7 +329,7 @@ impl Store {
         let rows = query(
             self.backend,
             "SELECT id, stage, reason_code, reason, state, source FROM dead_letters \
-             WHERE event_id = $1 OR (event_id IS NULL AND message_id = $2) ORDER BY id"
+             WHERE event_id = $1 OR message_id = $2 ORDER BY id"
                 .to_owned(),
             vec![event_id.into(), event_id.into()],
         )
