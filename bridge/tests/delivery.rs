@@ -480,6 +480,39 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     // Nothing left dirty.
     assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
 
+    // The apps learn it: the refused total's event is parked for DHIS2
+    // (although an earlier value of that total was accepted), the other
+    // delivered; the status messages say the same.
+    let (refused, accepted) = if detail["categoryOptionCombo"] == "PT59n8BQbqM" {
+        ("d4", "d5")
+    } else {
+        ("d5", "d4")
+    };
+    for (event, want) in [(refused, "parked"), (accepted, "delivered")] {
+        let status = store.event_status(event, None).await.expect("status");
+        let dhis2 = status[0]
+            .destinations
+            .iter()
+            .find(|d| d.destination == "dhis2")
+            .expect("dhis2 status");
+        assert_eq!(dhis2.status, want, "{event}: {status:?}");
+    }
+    let messages = store.pending_statuses(1000).await.expect("statuses");
+    let about = |event: &str, status: &str| {
+        messages.iter().any(|m| {
+            m.destination == "dhis2" && m.status == status && m.event_id.as_deref() == Some(event)
+        })
+    };
+    assert!(about(refused, "parked"), "{messages:#?}");
+    assert!(about(accepted, "delivered"), "{messages:#?}");
+    assert!(!about(refused, "delivered"), "{messages:#?}");
+    let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
+    store.mark_statuses(&origins).await.expect("mark");
+    assert!(
+        store.pending_statuses(1000).await.expect("statuses").is_empty(),
+        "published statuses are not sent again"
+    );
+
     // The scheduled re-sync pushes every total again, with the same values.
     let before = dest.values.lock().expect("lock").clone();
     let marked = store

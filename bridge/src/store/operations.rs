@@ -324,8 +324,8 @@ impl Store {
                 .extend(self.dhis2_status(&status.source, event_id).await?);
             out.push(status);
         }
-        // Dead letters naming the event (by event id, or by message id
-        // for messages parked before an event id was known).
+        // Dead letters naming the event, by event id or by the message id
+        // the app sent (a message parked before its event id was known).
         let rows = query(
             self.backend,
             "SELECT id, stage, reason_code, reason, state, source FROM dead_letters \
@@ -409,7 +409,10 @@ impl Store {
             "SELECT COUNT(*), \
              COALESCE(SUM(CASE WHEN d.data_element IS NOT NULL THEN 1 ELSE 0 END), 0), \
              COALESCE(SUM(CASE WHEN d.data_element IS NULL AND p.data_element IS NULL THEN 1 ELSE 0 END), 0), \
-             MAX(d.last_error) \
+             MAX(d.last_error), \
+             COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
+               AND dl.fingerprint = 'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit \
+               || ':' || c.coc || ':' || c.aoc) THEN 1 ELSE 0 END), 0) \
              FROM dhis2_contributions c \
              LEFT JOIN dhis2_dirty d ON d.data_element = c.data_element AND d.period = c.period \
                AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc \
@@ -421,15 +424,20 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await?;
-        let (n, dirty, never_pushed): (i64, i64, i64) =
-            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let (n, dirty, never_pushed, refused): (i64, i64, i64, i64) = (
+            row.try_get(0)?,
+            row.try_get(1)?,
+            row.try_get(2)?,
+            row.try_get(4)?,
+        );
         if n == 0 {
             return Ok(Vec::new());
         }
         let status = if dirty > 0 {
             "pending"
-        } else if never_pushed > 0 {
-            // Not waiting and never accepted: DHIS2 refused the total.
+        } else if refused > 0 || never_pushed > 0 {
+            // Not waiting, and refused (an open dead letter for the total)
+            // or never accepted.
             "parked"
         } else {
             "delivered"
