@@ -233,11 +233,7 @@ impl KiungoProcess {
 
     /// [`Self::start`] with environment variables (`RUST_LOG`,
     /// `KIUNGO_LOG_FORMAT`, ...).
-    pub fn start_with_env(
-        config: &Path,
-        log: &Path,
-        env: &[(&str, &str)],
-    ) -> anyhow::Result<Self> {
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

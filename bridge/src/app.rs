@@ -91,7 +91,9 @@ impl Application {
         info!(mappings = mappings.mappings().len(), dir = %config.mappings.display(), "mappings loaded");
         let tokens = config.admin.tokens().map_err(StartError::Admin)?;
         if tokens.is_empty() {
-            warn!("no admin tokens (admin.tokens): the admin API and dashboard will refuse every request");
+            warn!(
+                "no admin tokens (admin.tokens): the admin API and dashboard will refuse every request"
+            );
         }
         let m = crate::metrics::metrics();
         m.know_sources(mappings.mappings().iter().map(|m| m.source.clone()));

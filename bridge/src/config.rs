@@ -156,7 +156,8 @@ impl Config {
         let Some(file) = &self.pseudonym_key_file else {
             return Ok(None);
         };
-        let fail = |e: &dyn std::fmt::Display| format!("pseudonym_key_file {}: {e}", file.display());
+        let fail =
+            |e: &dyn std::fmt::Display| format!("pseudonym_key_file {}: {e}", file.display());
         let bytes = std::fs::read(file).map_err(|e| fail(&e))?;
         let text = String::from_utf8_lossy(&bytes);
         PseudonymKey::new(text.trim().as_bytes())

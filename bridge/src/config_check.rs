@@ -160,11 +160,7 @@ mod tests {
     #[test]
     fn new_tokens_hash_to_the_printed_sha256() {
         let out = new_token("alice", crate::admin::Role::Viewer);
-        let token = out
-            .lines()
-            .nth(1)
-            .map(str::trim)
-            .expect("token line");
+        let token = out.lines().nth(1).map(str::trim).expect("token line");
         assert!(token.starts_with("kiungo_") && token.len() == 71, "{token}");
         assert!(out.contains(&crate::admin::token_hash_hex(token)));
         assert!(out.contains("role: viewer"));

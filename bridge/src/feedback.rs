@@ -155,12 +155,7 @@ async fn round(
     let outgoing: Vec<Outgoing> = pending
         .iter()
         .map(|s| Outgoing {
-            routing_key: format!(
-                "{}.{}.{}",
-                routing_word(&s.source),
-                s.destination,
-                s.status
-            ),
+            routing_key: format!("{}.{}.{}", routing_word(&s.source), s.destination, s.status),
             body: serde_json::to_vec(s).unwrap_or_default(),
             message_id: s.status_id.clone(),
             timestamp: u64::try_from(s.at_ms / 1000).unwrap_or_default(),

@@ -509,7 +509,11 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
     store.mark_statuses(&origins).await.expect("mark");
     assert!(
-        store.pending_statuses(1000).await.expect("statuses").is_empty(),
+        store
+            .pending_statuses(1000)
+            .await
+            .expect("statuses")
+            .is_empty(),
         "published statuses are not sent again"
     );
 

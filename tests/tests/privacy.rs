@@ -42,7 +42,8 @@ fn mark(v: &mut Value) {
                         *x = PHONE.into();
                     } else if leaf.contains("national_id") {
                         *x = NIN.into();
-                    } else if (leaf == "name" || leaf.ends_with("_name")) && !leaf.contains("user") {
+                    } else if (leaf == "name" || leaf.ends_with("_name")) && !leaf.contains("user")
+                    {
                         *x = NAME.into();
                     }
                 } else {
@@ -280,7 +281,11 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             .await
             .expect("post");
         let text = r.text().await.expect("body");
-        assert_eq!(leaks(&text), Vec::<&str>::new(), "HTTP ingest answer: {text}");
+        assert_eq!(
+            leaks(&text),
+            Vec::<&str>::new(),
+            "HTTP ingest answer: {text}"
+        );
         if http_event.is_none() {
             let v: Value = serde_json::from_str(&text).expect("json answer");
             http_event = v["event_id"].as_str().map(str::to_owned);
@@ -300,7 +305,10 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             if ready + unacked == 0 {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(120), "queue {s} not drained");
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "queue {s} not drained"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -347,7 +355,12 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
     );
     for d in &letters {
         let text = serde_json::to_string(d).expect("json");
-        assert_eq!(leaks(&text), Vec::<&str>::new(), "dead letter {}: {text}", d.id);
+        assert_eq!(
+            leaks(&text),
+            Vec::<&str>::new(),
+            "dead letter {}: {text}",
+            d.id
+        );
         let r = http
             .get(format!("{base}/v1/dead-letters/{}", d.id))
             .bearer_auth(VIEWER)
@@ -355,7 +368,12 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             .await
             .expect("get");
         let text = r.text().await.expect("text");
-        assert_eq!(leaks(&text), Vec::<&str>::new(), "dead letter {}: {text}", d.id);
+        assert_eq!(
+            leaks(&text),
+            Vec::<&str>::new(),
+            "dead letter {}: {text}",
+            d.id
+        );
     }
 
     // Status messages to apps.
@@ -396,7 +414,12 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
     );
     let mut in_payloads = String::new();
     for d in letters.iter().filter(|d| d.stage == "ingest") {
-        if let Some(p) = store.dead_letter(d.id).await.expect("letter").and_then(|d| d.payload) {
+        if let Some(p) = store
+            .dead_letter(d.id)
+            .await
+            .expect("letter")
+            .and_then(|d| d.payload)
+        {
             in_payloads.push_str(&String::from_utf8_lossy(&p));
         }
     }

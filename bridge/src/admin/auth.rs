@@ -141,10 +141,7 @@ impl AdminConfig {
         for t in &self.tokens {
             let hash = match (&t.sha256, &t.token) {
                 (Some(h), _) => parse_hash(h),
-                (None, Some(secret)) => secret
-                    .load("token")
-                    .ok()
-                    .map(|s| hash_token(s.expose())),
+                (None, Some(secret)) => secret.load("token").ok().map(|s| hash_token(s.expose())),
                 (None, None) => None,
             };
             if let Some(hash) = hash {
@@ -180,7 +177,10 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 
 /// Lower-case hex of a token's SHA-256, as `admin.tokens[].sha256` wants.
 pub fn token_hash_hex(token: &str) -> String {
-    hash_token(token).iter().map(|b| format!("{b:02x}")).collect()
+    hash_token(token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Tokens {
@@ -218,10 +218,7 @@ impl Tokens {
             .principal(token)
             .ok_or(AuthError::Unauthorized("unknown token"))?;
         if p.role < need {
-            return Err(AuthError::Forbidden {
-                role: p.role,
-                need,
-            });
+            return Err(AuthError::Forbidden { role: p.role, need });
         }
         Ok(p.clone())
     }

@@ -91,7 +91,12 @@ async fn payload(
     };
     if let Err(e) = state
         .store
-        .audit(&who.name, "read_payload", &format!("dead_letter:{id}"), None)
+        .audit(
+            &who.name,
+            "read_payload",
+            &format!("dead_letter:{id}"),
+            None,
+        )
         .await
     {
         return server_error(e);

@@ -20,13 +20,11 @@ pub async fn whoami(AppCaller(who): AppCaller) -> HttpResponse {
 /// `GET /v1/summary`: counters since start, the store's state, failures
 /// by reason.
 pub async fn summary(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
-    let (stats, reasons) = match tokio::try_join!(
-        state.store.stats(),
-        state.store.dead_letters_by_reason()
-    ) {
-        Ok(v) => v,
-        Err(e) => return server_error(e),
-    };
+    let (stats, reasons) =
+        match tokio::try_join!(state.store.stats(), state.store.dead_letters_by_reason()) {
+            Ok(v) => v,
+            Err(e) => return server_error(e),
+        };
     let totals = metrics().totals();
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
     let ingest: BTreeMap<&str, u64> = [
@@ -74,13 +72,11 @@ pub async fn flows(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
 /// `GET /v1/destinations`: health as last recorded by any replica, and
 /// the backlog.
 pub async fn destinations(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
-    let (health, backlog) = match tokio::try_join!(
-        state.store.destination_health(),
-        state.store.backlog()
-    ) {
-        Ok(v) => v,
-        Err(e) => return server_error(e),
-    };
+    let (health, backlog) =
+        match tokio::try_join!(state.store.destination_health(), state.store.backlog()) {
+            Ok(v) => v,
+            Err(e) => return server_error(e),
+        };
     let list: Vec<serde_json::Value> = ["fhir", "dhis2"]
         .into_iter()
         .map(|name| {

@@ -275,9 +275,9 @@ impl Dhis2Destination for Dhis2Sink {
                     let single = self
                         .client
                         .post_data_values(
-                        std::slice::from_ref(value),
-                        Some(&crate::trace::continue_or_start(None)),
-                    )
+                            std::slice::from_ref(value),
+                            Some(&crate::trace::continue_or_start(None)),
+                        )
                         .await
                         .map_err(|e| dhis2_failure(&e))?;
                     if single.status != ImportStatus::Success {
@@ -349,8 +349,7 @@ pub fn log_preflight(report: &PreflightReport) {
     }
 }
 
-static LAST_PREFLIGHT: std::sync::Mutex<Option<serde_json::Value>> =
-    std::sync::Mutex::new(None);
+static LAST_PREFLIGHT: std::sync::Mutex<Option<serde_json::Value>> = std::sync::Mutex::new(None);
 
 /// Keeps the outcome of the last DHIS2 preflight for `/v1/preflight`.
 pub fn remember_preflight(result: serde_json::Value) {

@@ -446,20 +446,22 @@ impl Store {
         let bundles = plan
             .bundles
             .iter()
-            .map(|((source, event_id), (hash, mapping, entries, bundle, traceparent))| {
-                vec![
-                    source.as_str().into(),
-                    event_id.as_str().into(),
-                    hash.as_str().into(),
-                    mapping.as_str().into(),
-                    bundle.as_str().into(),
-                    (*entries as i64).into(),
-                    now.into(),
-                    now.into(),
-                    now.into(),
-                    traceparent.clone().into(),
-                ]
-            })
+            .map(
+                |((source, event_id), (hash, mapping, entries, bundle, traceparent))| {
+                    vec![
+                        source.as_str().into(),
+                        event_id.as_str().into(),
+                        hash.as_str().into(),
+                        mapping.as_str().into(),
+                        bundle.as_str().into(),
+                        (*entries as i64).into(),
+                        now.into(),
+                        now.into(),
+                        now.into(),
+                        traceparent.clone().into(),
+                    ]
+                },
+            )
             .collect();
         self.execute_all(&mut tx, multi_row(
             "INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, \
