@@ -97,6 +97,7 @@ impl Application {
         }
         let m = crate::metrics::metrics();
         m.know_sources(mappings.mappings().iter().map(|m| m.source.clone()));
+        m.know_mappings(mappings.mappings().iter().map(|m| m.id.clone()));
         if let Some(r) = &config.rabbitmq {
             m.know_sources(r.queues.iter().map(|q| q.source.clone()));
         }

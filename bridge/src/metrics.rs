@@ -7,8 +7,9 @@
 //! **Label values never carry personal data**: they are source names from
 //! the config or the mappings, mapping ids, destination names and stable
 //! reason codes. A source name that no queue or mapping declares (HTTP
-//! ingest takes it from the URL path) is reported as `other`, so a client
-//! cannot put arbitrary text into a label.
+//! ingest takes it from the URL path) is reported as `other`, and so is a
+//! mapping id that no loaded mapping has (a route header can name any), so
+//! a client cannot put arbitrary text into a label.
 //!
 //! Gauges that describe the store (outbox backlog, oldest pending age,
 //! open dead letters, totals waiting) are read from the store at scrape
@@ -103,6 +104,7 @@ pub struct ResultLabels {
 pub struct Metrics {
     registry: Registry,
     known_sources: RwLock<HashSet<String>>,
+    known_mappings: RwLock<HashSet<String>>,
     totals: Mutex<BTreeMap<String, u64>>,
     /// Messages taken off a queue or an HTTP request.
     pub consumed: Family<ConsumedLabels, Counter>,
@@ -228,6 +230,7 @@ impl Metrics {
         Self {
             registry,
             known_sources: RwLock::new(HashSet::new()),
+            known_mappings: RwLock::new(HashSet::new()),
             totals: Mutex::new(BTreeMap::new()),
             consumed,
             ingested,
@@ -261,6 +264,26 @@ impl Metrics {
         }
     }
 
+    /// Declares mapping ids that may appear as label values (the loaded
+    /// mappings; a route can name any id, loaded or not).
+    pub fn know_mappings<I: IntoIterator<Item = String>>(&self, ids: I) {
+        if let Ok(mut known) = self.known_mappings.write() {
+            known.extend(ids);
+        }
+    }
+
+    /// The label value of a mapping id: itself when loaded, `other` for
+    /// any other non-empty id.
+    pub fn mapping_label(&self, mapping: &str) -> String {
+        if mapping.is_empty() {
+            return String::new();
+        }
+        match self.known_mappings.read() {
+            Ok(known) if known.contains(mapping) => mapping.to_owned(),
+            _ => "other".to_owned(),
+        }
+    }
+
     /// Counts one delivery result.
     pub fn delivery(&self, destination: &str, source: &str, mapping: &str, result: &str) {
         self.deliveries
@@ -271,7 +294,7 @@ impl Metrics {
                 } else {
                     self.source_label(source)
                 },
-                mapping: mapping.to_owned(),
+                mapping: self.mapping_label(mapping),
                 result: result.to_owned(),
             })
             .inc();

@@ -93,7 +93,7 @@ async fn payload(
         .store
         .audit(
             &who.name,
-            "read_payload",
+            "dead_letter.read_payload",
             &format!("dead_letter:{id}"),
             None,
         )

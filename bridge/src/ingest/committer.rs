@@ -309,7 +309,7 @@ fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Do
         m.ingested
             .get_or_create(&crate::metrics::IngestLabels {
                 source,
-                mapping: mapping.clone(),
+                mapping: m.mapping_label(mapping),
                 outcome: name.to_owned(),
             })
             .inc();

@@ -134,16 +134,23 @@ fn classify(
         code: e.reason().to_owned(),
         reason: e.to_string(),
         mapping: mapping_of(&e),
-        event_id: event_of(&e),
+        event_id: event_of(&e, origin.message_id.as_ref()),
     })
 }
 
 /// The event id a mapping error names, so that the app can look the
 /// parked event up by its id (`GET /v1/events/{id}`).
-fn event_of(e: &kiungo_mappings::MapError) -> Option<String> {
+fn event_of(e: &kiungo_mappings::MapError, message_id: Option<&String>) -> Option<String> {
     use kiungo_mappings::MapError as E;
     match e {
-        E::Field { event, .. } | E::InvalidFhir { event, .. } => Some(event.clone()),
+        // Before the event id is evaluated the engine names the event by
+        // its message id, or "(no id)": neither is an event id (the dead
+        // letter keeps the message id, which finds it all the same).
+        E::Field { event, .. } | E::InvalidFhir { event, .. }
+            if event != "(no id)" && Some(event) != message_id =>
+        {
+            Some(event.clone())
+        }
         _ => None,
     }
 }

@@ -15,6 +15,17 @@
 //! whose content equals the stored resource answers `200 OK` without a new
 //! version (HAPI's no-op update), any other PUT of an existing resource
 //! increments `versionId`.
+//!
+//! Overlap detector: every transaction request counts as in flight from
+//! the moment its body is read until its answer is ready (an injected
+//! latency included). A request that starts while another one in flight
+//! carries the same bundle (same bytes: one outbox row delivered twice at
+//! once, as a double claim by two replicas would do) or writes one of the
+//! same resources (`PUT`/`DELETE` targets, which the mappings derive from
+//! the event: two versions of one event at once) is counted;
+//! `GET /sandbox/overlaps` and [`Sandbox::fhir_overlaps`](super::Sandbox::fhir_overlaps)
+//! answer the counts. Conditional creates (`POST` with `ifNoneExist`,
+//! a patient shared by many events) are not identities.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -266,9 +277,87 @@ struct Planned {
     resource: Option<Value>,
 }
 
+/// Transaction requests in flight, by identity, and the overlaps seen.
+#[derive(Debug, Default)]
+struct InFlight {
+    /// Identity key -> requests in flight holding it.
+    keys: HashMap<String, usize>,
+    /// Requests in flight now.
+    now: usize,
+    /// Most requests in flight at once.
+    max: usize,
+    /// Transaction requests seen.
+    requests: u64,
+    /// Requests that started while another with the same bytes was in flight.
+    same_bundle: u64,
+    /// Requests that started while another writing one of the same
+    /// resources, with other bytes, was in flight.
+    same_resource: u64,
+    /// The first few overlaps: the shared key.
+    examples: Vec<String>,
+}
+
+/// How many overlaps keep an example.
+const OVERLAP_EXAMPLES: usize = 10;
+
+/// The identity keys of a transaction: `bundle:<hash of the bytes>`, and
+/// the `Type/id` (or conditional URL) of each `PUT` and `DELETE` entry.
+fn identity_keys(bundle: &Value, bytes: &[u8]) -> Vec<String> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    let mut keys = vec![format!("bundle:{:016x}", hasher.finish())];
+    for entry in bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let request = entry.get("request");
+        let method = request
+            .and_then(|r| r.get("method"))
+            .and_then(Value::as_str);
+        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str);
+        if let (Some("PUT" | "DELETE"), Some(url)) = (method, url) {
+            let key = url.trim_start_matches('/').to_owned();
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+    }
+    keys
+}
+
+/// A request in flight; leaves the registry when dropped (answered, or
+/// the client went away).
+struct InFlightGuard<'a> {
+    state: &'a FhirState,
+    keys: Vec<String>,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut f = self
+            .state
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f.now = f.now.saturating_sub(1);
+        for key in &self.keys {
+            if let Some(n) = f.keys.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    f.keys.remove(key);
+                }
+            }
+        }
+    }
+}
+
 /// The simulator's state.
 pub struct FhirState {
     resources: Mutex<Resources>,
+    in_flight: Mutex<InFlight>,
     bearer_token: Option<String>,
     pub(crate) faults: FaultControl,
 }
@@ -330,6 +419,7 @@ impl FhirState {
     pub fn new(bearer_token: Option<String>, faults: FaultControl) -> Self {
         Self {
             resources: Mutex::new(Resources::default()),
+            in_flight: Mutex::new(InFlight::default()),
             bearer_token,
             faults,
         }
@@ -353,6 +443,54 @@ impl FhirState {
             all.extend(by_id.values().map(|s| s.resource.clone()));
         }
         json!({"total": total, "counts": counts, "resources": all})
+    }
+
+    /// Registers a transaction request as in flight, counting an overlap
+    /// if a request with the same identity already is.
+    fn begin(&self, bundle: &Value, bytes: &[u8]) -> InFlightGuard<'_> {
+        let keys = identity_keys(bundle, bytes);
+        let mut f = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f.requests += 1;
+        f.now += 1;
+        f.max = f.max.max(f.now);
+        let shared = keys.iter().find(|k| f.keys.contains_key(*k)).cloned();
+        if let Some(key) = shared {
+            if key.starts_with("bundle:") {
+                f.same_bundle += 1;
+            } else {
+                f.same_resource += 1;
+            }
+            if f.examples.len() < OVERLAP_EXAMPLES {
+                f.examples.push(key);
+            }
+        }
+        for key in &keys {
+            *f.keys.entry(key.clone()).or_default() += 1;
+        }
+        drop(f);
+        InFlightGuard { state: self, keys }
+    }
+
+    /// The overlap detector's counts, as `/sandbox/overlaps` shows:
+    /// `overlaps` (= `same_bundle` + `same_resource`), `requests`,
+    /// `in_flight`, `max_in_flight` and the first shared keys.
+    pub fn overlaps_json(&self) -> Value {
+        let f = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        json!({
+            "overlaps": f.same_bundle + f.same_resource,
+            "same_bundle": f.same_bundle,
+            "same_resource": f.same_resource,
+            "requests": f.requests,
+            "in_flight": f.now,
+            "max_in_flight": f.max,
+            "examples": f.examples,
+        })
     }
 
     /// Processes a transaction bundle; returns the transaction-response.
@@ -825,6 +963,10 @@ async fn post_transaction(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
+    // Parsed before the gate, so that the request is in flight for the
+    // overlap detector for as long as it is being answered.
+    let parsed: Result<Value, serde_json::Error> = serde_json::from_slice(&body);
+    let _in_flight = parsed.as_ref().ok().map(|b| state.begin(b, &body));
     if let Some(r) = gate(&state, &req).await {
         return r;
     }
@@ -844,7 +986,7 @@ async fn post_transaction(
             ),
         );
     }
-    let bundle: Value = match serde_json::from_slice(&body) {
+    let bundle: Value = match parsed {
         Ok(b) => b,
         Err(e) => {
             return fhir_json(
@@ -947,7 +1089,22 @@ async fn sandbox_reset(state: web::Data<FhirState>) -> HttpResponse {
         .resources
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Resources::default();
+    let mut f = state
+        .in_flight
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    // Requests still in flight keep their keys; the counts start again.
+    f.max = f.now;
+    f.requests = 0;
+    f.same_bundle = 0;
+    f.same_resource = 0;
+    f.examples.clear();
+    drop(f);
     HttpResponse::NoContent().finish()
+}
+
+async fn sandbox_overlaps(state: web::Data<FhirState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.overlaps_json())
 }
 
 async fn get_faults(state: web::Data<FhirState>) -> HttpResponse {
@@ -963,6 +1120,7 @@ async fn set_faults(state: web::Data<FhirState>, body: web::Bytes) -> HttpRespon
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/sandbox/resources", web::get().to(sandbox_resources))
         .route("/sandbox/reset", web::post().to(sandbox_reset))
+        .route("/sandbox/overlaps", web::get().to(sandbox_overlaps))
         .route("/sandbox/faults", web::get().to(get_faults))
         .route("/sandbox/faults", web::post().to(set_faults))
         .route("/", web::post().to(post_transaction))
@@ -974,4 +1132,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Shares the state with the server factory.
 pub(crate) fn data(state: &Arc<FhirState>) -> web::Data<FhirState> {
     web::Data::from(state.clone())
+}
+
+impl super::Sandbox {
+    /// The FHIR simulator's overlap detector (what `GET /sandbox/overlaps`
+    /// answers): `overlaps` counts transaction requests that started while
+    /// another request carrying the same bundle (`same_bundle`) or writing
+    /// one of the same `PUT`/`DELETE` targets (`same_resource`) was in
+    /// flight; `max_in_flight` shows how many ran at once.
+    pub fn fhir_overlaps(&self) -> Value {
+        self.fhir.overlaps_json()
+    }
 }

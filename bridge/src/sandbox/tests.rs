@@ -706,3 +706,87 @@ async fn faults_outage_opened_and_closed_at_runtime() {
     assert_eq!(stored_values(&sb).await["total"], 1);
     sb.stop().await;
 }
+
+// ---------------------------------------------------------------------------
+// Overlap detector
+
+/// A bundle that only shares the conditionally created patient with
+/// [`anc_bundle`]: another event of the same patient.
+fn other_visit_bundle() -> Value {
+    let mut b = anc_bundle("finished");
+    let other = "0c8d7b0a-5a43-5bd4-9a54-0e6f1d2c3b4a";
+    b["entry"][1]["fullUrl"] = json!(format!("urn:uuid:{other}"));
+    b["entry"][1]["resource"]["id"] = json!(other);
+    b["entry"][1]["request"]["url"] = json!(format!("Encounter/{other}"));
+    b
+}
+
+/// Posts two bundles at the same time; both must succeed.
+async fn post_both(sb: &Sandbox, a: &Value, b: &Value) {
+    let (a, b) = tokio::join!(post_bundle(sb, a), post_bundle(sb, b));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+}
+
+#[tokio::test]
+async fn fhir_overlap_detector_counts_the_same_bundle_or_resource_in_flight_twice() {
+    let mut config = SandboxConfig::for_test();
+    config.fhir.faults = Faults {
+        latency: std::time::Duration::from_millis(300),
+        ..Faults::default()
+    };
+    let sb = Sandbox::start(config).await.unwrap();
+    let (finished, cancelled, other) = (
+        anc_bundle("finished"),
+        anc_bundle("cancelled"),
+        other_visit_bundle(),
+    );
+
+    // One after the other: no overlap.
+    for _ in 0..2 {
+        assert_eq!(post_bundle(&sb, &finished).await.status().as_u16(), 200);
+    }
+    let o = sb.fhir_overlaps();
+    assert_eq!(
+        (o["overlaps"].clone(), o["requests"].clone()),
+        (json!(0), json!(2)),
+        "{o}"
+    );
+
+    // Two events of the same patient at once: not the same identity.
+    post_both(&sb, &finished, &other).await;
+    let o = sb.fhir_overlaps();
+    assert_eq!(o["overlaps"], 0, "{o}");
+    assert_eq!(o["max_in_flight"], 2, "{o}");
+
+    // The same bundle twice at once (a double claim).
+    post_both(&sb, &finished, &finished).await;
+    let o = sb.fhir_overlaps();
+    assert_eq!(o["same_bundle"], 1, "{o}");
+    assert_eq!(o["same_resource"], 0, "{o}");
+
+    // Two versions of one event at once: the same Encounter.
+    post_both(&sb, &finished, &cancelled).await;
+    let o = sb.fhir_overlaps();
+    assert_eq!(o["same_resource"], 1, "{o}");
+    assert_eq!(
+        o["examples"][1],
+        json!(format!("Encounter/{ENCOUNTER_ID}")),
+        "{o}"
+    );
+    assert_eq!(
+        (o["overlaps"].clone(), o["in_flight"].clone()),
+        (json!(2), json!(0)),
+        "{o}"
+    );
+
+    // Over HTTP too; a reset starts the counts again.
+    let (status, body) = get_json(format!("{}/sandbox/overlaps", sb.fhir_url())).await;
+    assert_eq!((status, body["overlaps"].clone()), (200, json!(2)));
+    client()
+        .post(format!("{}/sandbox/reset", sb.fhir_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sb.fhir_overlaps()["overlaps"], 0);
+    sb.stop().await;
+}
