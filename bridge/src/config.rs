@@ -7,6 +7,7 @@
 //! | `KIUNGO_STORE_URL`   | `store.url`        |
 //! | `KIUNGO_AMQP_URL`    | `rabbitmq.url`     |
 //! | `KIUNGO_HTTP_LISTEN` | `http.listen`      |
+//! | `KIUNGO_FEEDBACK_AMQP_URL` | `feedback.url` |
 //! | `KIUNGO_LOG_FORMAT`  | `json` or `pretty` logs (not in the file) |
 //! | `KIUNGO_PSEUDONYM_KEY` | `pseudonym_key_file` |
 //!
@@ -239,6 +240,12 @@ impl Config {
         }
         if let Ok(listen) = std::env::var("KIUNGO_HTTP_LISTEN") {
             self.http.listen = listen;
+        }
+        if let (Ok(url), Some(f)) = (
+            std::env::var("KIUNGO_FEEDBACK_AMQP_URL"),
+            self.feedback.as_mut(),
+        ) {
+            f.url = Some(url);
         }
     }
 

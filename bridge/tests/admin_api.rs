@@ -28,6 +28,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 const OPERATOR: &str = "admin-api-test-operator-token-8c1f4e2a9b7d6c5e3f1a";
 const VIEWER: &str = "admin-api-test-viewer-token-2b9e7d5c3a1f8e6d4c2b";
 const APP: &str = "admin-api-test-app-token-5d3c1b9a7f5e3d1c9b7a";
+/// An app token limited to CommCare's events.
+const COMMCARE_APP: &str = "admin-api-test-commcare-app-token-8e6c4a2";
 
 /// The visit fixture's event id.
 const VISIT_ID: &str = "0b3a8f6e-1d2c-4e5f-9a7b-6c5d4e3f2a10";
@@ -119,10 +121,12 @@ fn tokens_yaml() -> String {
         "admin:\n  tokens:\n\
          \x20   - {{name: ops-juma, role: operator, sha256: {}}}\n\
          \x20   - {{name: viewer-amina, role: viewer, sha256: {}}}\n\
-         \x20   - {{name: cht-app, role: app, sha256: {}}}\n",
+         \x20   - {{name: cht-app, role: app, sha256: {}}}\n\
+         \x20   - {{name: commcare-app, role: app, sha256: {}, sources: [commcare]}}\n",
         h(OPERATOR),
         h(VIEWER),
-        h(APP)
+        h(APP),
+        h(COMMCARE_APP)
     )
 }
 
@@ -977,6 +981,12 @@ async fn event_status(backend: Backend) {
         "{e}"
     );
     assert_eq!(e["dead_letters"], json!([]));
+
+    // An app token limited to another source does not see the event.
+    let r = k
+        .get(&format!("/v1/events/{VISIT_ID}"), Some(COMMCARE_APP))
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
 
     // Narrowed by source.
     assert_eq!(

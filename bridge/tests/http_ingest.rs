@@ -35,12 +35,14 @@ async fn start() -> (ScratchDb, Application) {
             role: kiungo::admin::Role::Operator,
             sha256: Some(kiungo::admin::token_hash_hex(OPERATOR)),
             token: None,
+            sources: None,
         },
         kiungo::admin::auth::TokenConfig {
             name: "viewer-amina".into(),
             role: kiungo::admin::Role::Viewer,
             sha256: Some(kiungo::admin::token_hash_hex(VIEWER)),
             token: None,
+            sources: None,
         },
     ];
     let app = Application::build(config).await.expect("start");

@@ -292,7 +292,56 @@ async fn audit_log_is_append_only(backend: Backend) {
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
+/// One replica at a time holds a lease; it renews it; another takes it
+/// over only once it ran out.
+async fn leases_have_one_holder(backend: Backend) {
+    let (_db, store) = open(backend).await;
+    assert!(
+        store
+            .try_lease("feedback", "a", 1_000, 100)
+            .await
+            .expect("a")
+    );
+    assert!(
+        !store
+            .try_lease("feedback", "b", 1_050, 100)
+            .await
+            .expect("b")
+    );
+    assert!(
+        store
+            .try_lease("feedback", "a", 1_090, 100)
+            .await
+            .expect("renew")
+    );
+    assert!(
+        !store
+            .try_lease("feedback", "b", 1_150, 100)
+            .await
+            .expect("b")
+    );
+    assert!(
+        store
+            .try_lease("feedback", "b", 1_200, 100)
+            .await
+            .expect("taken over")
+    );
+    assert!(
+        !store
+            .try_lease("feedback", "a", 1_210, 100)
+            .await
+            .expect("a lost it")
+    );
+    assert!(
+        store
+            .try_lease("other", "a", 1_210, 100)
+            .await
+            .expect("another lease")
+    );
+}
+
 kiungo::on_both_backends!(
+    leases_have_one_holder,
     versions_and_edits,
     replaces_in_and_out_of_order,
     poison_is_parked_once,

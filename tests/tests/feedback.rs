@@ -409,8 +409,15 @@ fn check(r: &Received, dead_letters: &BTreeMap<String, i64>) -> Result<Expect, S
             if r.routing_key != want_key {
                 return Err(format!("routing key {} for {b}", r.routing_key));
             }
-            if !status_id.starts_with("fhir:") || !status_id.ends_with(":delivered") {
+            // `fhir:<outbox id>:<delivered at>`: a bundle delivered again
+            // after a replay is a new status.
+            let parts: Vec<&str> = status_id.split(':').collect();
+            let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+            if !(parts.len() == 3 && parts[0] == "fhir" && numeric(parts[1]) && numeric(parts[2])) {
                 return Err(format!("status_id {status_id}"));
+            }
+            if b["at_ms"].as_i64().map(|t| t.to_string()).as_deref() != Some(parts[2]) {
+                return Err(format!("status_id {status_id} and at_ms disagree: {b}"));
             }
             if !(b["reason_code"].is_null() && b["dead_letter_id"].is_null()) {
                 return Err(format!("a delivered status with a reason: {b}"));

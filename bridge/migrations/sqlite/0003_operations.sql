@@ -24,3 +24,10 @@ ALTER TABLE fhir_outbox ADD COLUMN traceparent TEXT;
 CREATE INDEX events_event_id ON events (event_id);
 CREATE INDEX dead_letters_event ON dead_letters (event_id);
 CREATE INDEX dead_letters_message ON dead_letters (message_id);
+
+-- Leases held by one replica at a time (the status publisher).
+CREATE TABLE leases (
+    name   TEXT   PRIMARY KEY,
+    holder TEXT   NOT NULL,
+    until  INTEGER NOT NULL
+);

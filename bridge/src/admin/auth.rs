@@ -48,6 +48,10 @@ pub struct TokenConfig {
     /// Or the token itself, from the environment or a file.
     #[serde(default)]
     pub token: Option<SecretRef>,
+    /// For `app` tokens: the sources whose events it may see (an app
+    /// vendor's token sees its own app's events only). All when absent.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
 }
 
 /// What a token may do.
@@ -80,6 +84,18 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// The sources it may see events of; all when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sources: Option<Vec<String>>,
+}
+
+impl Principal {
+    /// Whether it may see the events of `source`.
+    pub fn may_see(&self, source: &str) -> bool {
+        self.sources
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|x| x == source))
+    }
 }
 
 /// The tokens, by hash.
@@ -94,6 +110,7 @@ impl AdminConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashMap::new();
         for (i, t) in self.tokens.iter().enumerate() {
             let at = format!("admin.tokens[{i}]");
             if t.name.trim().is_empty() {
@@ -102,18 +119,28 @@ impl AdminConfig {
                 p.push(format!("{at}.name: `{}` is used twice", t.name));
             }
             match (&t.sha256, &t.token) {
-                (Some(h), None) => {
-                    if parse_hash(h).is_none() {
-                        p.push(format!(
-                            "{at}.sha256: must be 64 hex digits (the SHA-256 of the token)"
-                        ));
+                (Some(h), None) => match parse_hash(h) {
+                    None => p.push(format!(
+                        "{at}.sha256: must be 64 hex digits (the SHA-256 of the token)"
+                    )),
+                    Some(hash) => {
+                        if let Some(first) = hashes.insert(hash, i) {
+                            p.push(format!(
+                                "{at}: the same token as admin.tokens[{first}] (one token, one role)"
+                            ));
+                        }
                     }
-                }
-                (None, Some(secret)) => {
-                    if let Err(e) = secret.load("token") {
-                        p.push(format!("{at}.{e}"));
+                },
+                (None, Some(secret)) => match secret.load("token") {
+                    Err(e) => p.push(format!("{at}.{e}")),
+                    Ok(token) => {
+                        if let Some(first) = hashes.insert(hash_token(token.expose()), i) {
+                            p.push(format!(
+                                "{at}: the same token as admin.tokens[{first}] (one token, one role)"
+                            ));
+                        }
                     }
-                }
+                },
                 _ => p.push(format!("{at}: give exactly one of `sha256` and `token`")),
             }
         }
@@ -150,6 +177,7 @@ impl AdminConfig {
                     Principal {
                         name: t.name.clone(),
                         role: t.role,
+                        sources: t.sources.clone(),
                     },
                 );
             }
@@ -312,18 +340,21 @@ mod tests {
                     role: Role::Operator,
                     sha256: Some(token_hash_hex("secret-a")),
                     token: None,
+                    sources: None,
                 },
                 TokenConfig {
                     name: "alice".into(),
                     role: Role::Viewer,
                     sha256: Some("xyz".into()),
                     token: None,
+                    sources: None,
                 },
                 TokenConfig {
                     name: "carol".into(),
                     role: Role::Viewer,
                     sha256: None,
                     token: None,
+                    sources: None,
                 },
             ],
         };
@@ -337,6 +368,23 @@ mod tests {
             "{p:?}"
         );
         assert!(p.iter().any(|p| p.starts_with("admin.tokens[2]:")), "{p:?}");
+        let twice = AdminConfig {
+            tokens: vec![
+                cfg.tokens[0].clone(),
+                TokenConfig {
+                    name: "bob".into(),
+                    ..cfg.tokens[0].clone()
+                },
+            ],
+        };
+        assert!(
+            twice
+                .problems()
+                .iter()
+                .any(|p| p.contains("the same token as admin.tokens[0]")),
+            "{:?}",
+            twice.problems()
+        );
         let ok = AdminConfig {
             tokens: cfg.tokens[..1].to_vec(),
         };

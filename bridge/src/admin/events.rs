@@ -19,12 +19,21 @@ pub struct StatusQuery {
 
 /// The handler.
 pub async fn status(
-    _who: AppCaller,
+    AppCaller(who): AppCaller,
     state: web::Data<AdminState>,
     id: web::Path<String>,
     q: web::Query<StatusQuery>,
 ) -> HttpResponse {
-    match state.store.event_status(&id, q.source.as_deref()).await {
+    let found = state
+        .store
+        .event_status(&id, q.source.as_deref())
+        .await
+        .map(|mut list| {
+            // An app's token sees its own sources' events only.
+            list.retain(|e| who.may_see(&e.source));
+            list
+        });
+    match found {
         Ok(list) if list.is_empty() => not_found(format!(
             "no event `{id}`{} has reached Kiungo",
             q.source

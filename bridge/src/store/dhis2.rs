@@ -223,7 +223,8 @@ impl Store {
                          ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                          last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
                          reason = excluded.reason, payload = excluded.payload, \
-                         notified = 0, state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END"
+                         notified = CASE WHEN dead_letters.state = 'discarded' THEN dead_letters.notified ELSE 0 END, \
+                         state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END"
                             .to_owned(),
                         vec![
                             format!("dhis2:{de}:{pe}:{ou}:{coc}:{aoc}").into(),

@@ -12,21 +12,38 @@ use sqlx::Row;
 use super::sql::query;
 use super::{Store, StoreError};
 
-/// Where a status comes from, to mark it published.
+/// Where a status comes from, to mark it published. Each carries what the
+/// row looked like when read: marking is compare-and-set, so an outcome
+/// that changed in between (parked again, delivered again, an edit) stays
+/// unpublished and goes out in the next round.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusOrigin {
-    /// A delivered FHIR bundle (outbox id).
-    Fhir(i64),
-    /// A dead letter (id).
-    DeadLetter(i64),
+    /// A delivered FHIR bundle.
+    Fhir {
+        /// Outbox id.
+        id: i64,
+        /// Its `delivered_at` when read.
+        delivered_at: i64,
+    },
+    /// A dead letter.
+    DeadLetter {
+        /// Its id.
+        id: i64,
+        /// Its `seen_count` when read.
+        seen: i64,
+        /// For a refused DHIS2 total, its key: the contributions are set
+        /// back to unpublished, so that their events hear "delivered"
+        /// once DHIS2 accepts the total.
+        dhis2_key: Option<[String; 5]>,
+    },
     /// DHIS2 contributions of one event now in accepted totals.
     Dhis2 {
         /// Source app.
         source: String,
         /// Event id.
         event_id: String,
-        /// Rules (contributions) covered.
-        rules: Vec<String>,
+        /// Rules (contributions) covered, with their `created_at`.
+        rules: Vec<(String, i64)>,
     },
 }
 
@@ -59,6 +76,21 @@ pub struct StatusMessage {
     /// What to mark once published.
     #[serde(skip)]
     pub origin: StatusOrigin,
+    /// `false` for an outcome that is already over (a dead letter an
+    /// operator replayed or discarded): marked without a message.
+    #[serde(skip)]
+    pub publish: bool,
+}
+
+/// A status id of at most 128 bytes (AMQP short strings hold 255): long
+/// source names or event ids are replaced by their SHA-256.
+fn bounded(id: String) -> String {
+    if id.len() <= 128 {
+        id
+    } else {
+        use sha2::{Digest, Sha256};
+        format!("h:{}", super::ingest::hex(&Sha256::digest(id.as_bytes())))
+    }
 }
 
 impl Store {
@@ -77,8 +109,9 @@ impl Store {
         .await?;
         for r in &rows {
             let id: i64 = r.try_get(0)?;
+            let delivered_at = r.try_get::<Option<i64>, _>(4)?.unwrap_or_default();
             out.push(StatusMessage {
-                status_id: format!("fhir:{id}:delivered"),
+                status_id: format!("fhir:{id}:{delivered_at}"),
                 source: r.try_get(1)?,
                 event_id: Some(r.try_get(2)?),
                 message_id: None,
@@ -88,14 +121,15 @@ impl Store {
                 reason_code: None,
                 reason: None,
                 dead_letter_id: None,
-                at_ms: r.try_get::<Option<i64>, _>(4)?.unwrap_or_default(),
-                origin: StatusOrigin::Fhir(id),
+                at_ms: delivered_at,
+                origin: StatusOrigin::Fhir { id, delivered_at },
+                publish: true,
             });
         }
         let rows = query(
             self.backend,
             "SELECT id, stage, source, event_id, message_id, mapping, reason_code, reason, last_seen_at, \
-             seen_count, payload FROM dead_letters WHERE notified = 0 ORDER BY id LIMIT $1"
+             seen_count, payload, state FROM dead_letters WHERE notified = 0 ORDER BY id LIMIT $1"
                 .to_owned(),
             vec![limit.into()],
         )
@@ -105,8 +139,27 @@ impl Store {
             let id: i64 = r.try_get(0)?;
             let stage: String = r.try_get(1)?;
             let seen: i64 = r.try_get(9)?;
+            let state: String = r.try_get(11)?;
+            let payload: Option<Vec<u8>> = r.try_get(10)?;
+            // A refused DHIS2 total: its key, to tell every contributor.
+            let dhis2_key = (stage == "dhis2")
+                .then(|| {
+                    payload
+                        .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                        .map(|v| {
+                            [
+                                "dataElement",
+                                "period",
+                                "orgUnit",
+                                "categoryOptionCombo",
+                                "attributeOptionCombo",
+                            ]
+                            .map(|k| v[k].as_str().unwrap_or_default().to_owned())
+                        })
+                })
+                .flatten();
             let base = StatusMessage {
-                status_id: format!("dead-letter:{id}:{seen}"),
+                status_id: bounded(format!("dead-letter:{id}:{seen}")),
                 source: r.try_get(2)?,
                 event_id: r.try_get::<Option<String>, _>(3)?,
                 message_id: r.try_get(4)?,
@@ -117,49 +170,44 @@ impl Store {
                 reason: Some(r.try_get(7)?),
                 dead_letter_id: Some(id),
                 at_ms: r.try_get(8)?,
-                origin: StatusOrigin::DeadLetter(id),
+                origin: StatusOrigin::DeadLetter {
+                    id,
+                    seen,
+                    dhis2_key: dhis2_key.clone(),
+                },
+                // Replayed or discarded since: nothing to tell any more.
+                publish: state == "open",
             };
             if stage != "dhis2" {
                 let mut m = base;
+                if stage == "fhir" {
+                    // `outbox:N` is Kiungo's, not the app's message id.
+                    m.message_id = None;
+                }
                 if m.event_id.is_none() {
                     m.event_id.clone_from(&m.message_id);
                 }
                 out.push(m);
                 continue;
             }
-            // A refused DHIS2 total: tell every event contributing to it.
-            let payload: Option<Vec<u8>> = r.try_get(10)?;
-            let key = payload
-                .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
-                .map(|v| {
-                    [
-                        "dataElement",
-                        "period",
-                        "orgUnit",
-                        "categoryOptionCombo",
-                        "attributeOptionCombo",
-                    ]
-                    .map(|k| v[k].as_str().unwrap_or_default().to_owned())
-                });
-            let events = match key {
-                Some(k) => self.contributing_events(&k).await?,
+            let events = match &dhis2_key {
+                Some(k) => self.contributing_events(k).await?,
                 None => Vec::new(),
             };
             if events.is_empty() {
-                // Nothing to tell an app, but mark it all the same.
+                // Nothing to tell an app; mark it all the same.
                 out.push(StatusMessage {
                     event_id: None,
+                    publish: false,
                     ..base
                 });
                 continue;
             }
-            for (i, (source, event_id)) in events.into_iter().enumerate() {
+            for (source, event_id) in events {
                 out.push(StatusMessage {
-                    status_id: format!("dead-letter:{id}:{seen}:{i}"),
+                    status_id: bounded(format!("dead-letter:{id}:{seen}:{source}:{event_id}")),
                     source,
                     event_id: Some(event_id),
-                    // Mark the dead letter once, with its last message.
-                    origin: StatusOrigin::DeadLetter(id),
                     ..base.clone()
                 });
             }
@@ -168,14 +216,16 @@ impl Store {
         // pushed at least once, and not refused (an open dead letter).
         let rows = query(
             self.backend,
-            "SELECT c.source, c.event_id, c.rule, p.pushed_at FROM dhis2_contributions c \
+            "SELECT c.source, c.event_id, c.rule, p.pushed_at, c.created_at FROM dhis2_contributions c \
              JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
                AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
-             WHERE c.notified = 0 AND NOT EXISTS (SELECT 1 FROM dhis2_dirty d \
+             WHERE c.notified = 0 AND p.pushed_at >= c.created_at \
+             AND NOT EXISTS (SELECT 1 FROM dhis2_dirty d \
                WHERE d.data_element = c.data_element AND d.period = c.period \
                AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc) \
-             AND NOT EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' AND dl.fingerprint = \
-               'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit || ':' || c.coc || ':' || c.aoc) \
+             AND NOT EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.fingerprint = \
+               'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit || ':' || c.coc || ':' || c.aoc \
+               AND dl.last_seen_at >= p.pushed_at) \
              ORDER BY c.source, c.event_id LIMIT $1"
                 .to_owned(),
             vec![limit.into()],
@@ -184,8 +234,13 @@ impl Store {
         .await?;
         let mut current: Option<StatusMessage> = None;
         for r in &rows {
-            let (source, event_id, rule, at): (String, String, String, i64) =
-                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let (source, event_id, rule, at, created): (String, String, String, i64, i64) = (
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            );
             if let Some(StatusMessage {
                 origin:
                     StatusOrigin::Dhis2 {
@@ -199,13 +254,13 @@ impl Store {
                 && *s == source
                 && *e == event_id
             {
-                rules.push(rule);
+                rules.push((rule, created));
                 *at_ms = (*at_ms).max(at);
                 continue;
             }
             out.extend(current.take());
             current = Some(StatusMessage {
-                status_id: format!("dhis2:{source}:{event_id}:{at}"),
+                status_id: bounded(format!("dhis2:{source}:{event_id}:{at}")),
                 source: source.clone(),
                 event_id: Some(event_id.clone()),
                 message_id: None,
@@ -219,11 +274,15 @@ impl Store {
                 origin: StatusOrigin::Dhis2 {
                     source,
                     event_id,
-                    rules: vec![rule],
+                    rules: vec![(rule, created)],
                 },
+                publish: true,
             });
         }
         out.extend(current);
+        // In the order things happened, so that an app that hears both
+        // "parked" and then "delivered" ends on the latter.
+        out.sort_by_key(|m| m.at_ms);
         Ok(out)
     }
 
@@ -245,7 +304,8 @@ impl Store {
             .collect()
     }
 
-    /// Marks statuses published (after the broker confirmed them).
+    /// Marks statuses published (after the broker confirmed them), each
+    /// only if its row is still as it was read.
     pub async fn mark_statuses(&self, published: &[StatusOrigin]) -> Result<(), StoreError> {
         if published.is_empty() {
             return Ok(());
@@ -253,40 +313,60 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for origin in published {
             match origin {
-                StatusOrigin::Fhir(id) => {
+                StatusOrigin::Fhir { id, delivered_at } => {
                     query(
                         self.backend,
-                        "UPDATE fhir_outbox SET notified = 1 WHERE id = $1 AND state = 'delivered'"
+                        "UPDATE fhir_outbox SET notified = 1 WHERE id = $1 AND state = 'delivered' \
+                         AND delivered_at = $2"
                             .to_owned(),
-                        vec![(*id).into()],
+                        vec![(*id).into(), (*delivered_at).into()],
                     )
                     .execute(&mut *tx)
                     .await?;
                 }
-                StatusOrigin::DeadLetter(id) => {
-                    query(
+                StatusOrigin::DeadLetter {
+                    id,
+                    seen,
+                    dhis2_key,
+                } => {
+                    let marked = query(
                         self.backend,
-                        "UPDATE dead_letters SET notified = 1 WHERE id = $1".to_owned(),
-                        vec![(*id).into()],
+                        "UPDATE dead_letters SET notified = 1 WHERE id = $1 AND seen_count = $2"
+                            .to_owned(),
+                        vec![(*id).into(), (*seen).into()],
                     )
                     .execute(&mut *tx)
-                    .await?;
+                    .await?
+                    .rows_affected();
+                    if let (1, Some(key)) = (marked, dhis2_key) {
+                        // Told "parked": tell "delivered" once accepted.
+                        query(
+                            self.backend,
+                            "UPDATE dhis2_contributions SET notified = 0 WHERE data_element = $1 \
+                             AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND notified = 1"
+                                .to_owned(),
+                            key.iter().map(|k| k.as_str().into()).collect(),
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                 }
                 StatusOrigin::Dhis2 {
                     source,
                     event_id,
                     rules,
                 } => {
-                    for rule in rules {
+                    for (rule, created) in rules {
                         query(
                             self.backend,
                             "UPDATE dhis2_contributions SET notified = 1 WHERE source = $1 \
-                             AND event_id = $2 AND rule = $3"
+                             AND event_id = $2 AND rule = $3 AND created_at = $4"
                                 .to_owned(),
                             vec![
                                 source.as_str().into(),
                                 event_id.as_str().into(),
                                 rule.as_str().into(),
+                                (*created).into(),
                             ],
                         )
                         .execute(&mut *tx)
@@ -299,8 +379,38 @@ impl Store {
         Ok(())
     }
 
-    /// Outcomes not yet published (for the `kiungo_feedback_pending`
-    /// gauge).
+    /// Takes or renews the lease `name` for `holder` until `now + ttl_ms`;
+    /// `false` while another holder's lease runs. Used so that one replica
+    /// publishes status messages at a time.
+    pub async fn try_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now: i64,
+        ttl_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = query(
+            self.backend,
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+             WHERE leases.holder = excluded.holder OR leases.until < $4"
+                .to_owned(),
+            vec![
+                name.into(),
+                holder.into(),
+                (now + ttl_ms).into(),
+                now.into(),
+            ],
+        )
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Delivered bundles and dead letters not yet published (the
+    /// `kiungo_feedback_pending` gauge; DHIS2 contributions are left out:
+    /// counting them means joining the totals).
     pub async fn pending_status_count(&self) -> Result<i64, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM fhir_outbox WHERE notified = 0 AND state = 'delivered') \

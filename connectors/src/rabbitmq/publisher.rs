@@ -78,6 +78,13 @@ impl ConfirmedPublisher {
     pub async fn publish(&self, messages: &[Outgoing]) -> Result<Vec<bool>, lapin::Error> {
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
+            // AMQP short strings hold 255 bytes; lapin panics beyond.
+            if m.routing_key.len() > 255 || m.message_id.len() > 255 {
+                return Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+                    lapin::ChannelState::Error,
+                    "routing key or message id longer than 255 bytes",
+                )));
+            }
             let props = BasicProperties::default()
                 .with_message_id(m.message_id.as_str().into())
                 .with_timestamp(m.timestamp)
