@@ -154,6 +154,11 @@ impl Application {
                 .iter()
                 .flat_map(|r| r.queues.iter().map(|q| q.name.clone()))
                 .collect(),
+            feedback: config.feedback.is_some(),
+            cache: Arc::new(crate::admin::Caches {
+                ttl: config.http.admin_cache,
+                ..crate::admin::Caches::default()
+            }),
         });
         let tokens = web::Data::new(tokens);
         let health = web::Data::new(Health {

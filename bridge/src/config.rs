@@ -75,6 +75,11 @@ pub struct HttpConfig {
     /// How long an HTTP ingest waits for its commit before answering 503.
     #[serde(default = "default_commit_timeout", with = "humantime_serde")]
     pub commit_timeout: Duration,
+    /// How long the admin API and `/metrics` reuse a store count (backlog,
+    /// flows, summary) for every dashboard poll and scrape: counting large
+    /// tables takes time on PostgreSQL. `0s` reads every time.
+    #[serde(default = "default_admin_cache", with = "humantime_serde")]
+    pub admin_cache: Duration,
 }
 
 impl Default for HttpConfig {
@@ -83,6 +88,7 @@ impl Default for HttpConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             commit_timeout: default_commit_timeout(),
+            admin_cache: default_admin_cache(),
         }
     }
 }
@@ -114,6 +120,9 @@ const fn default_max_body() -> usize {
 }
 const fn default_commit_timeout() -> Duration {
     Duration::from_secs(30)
+}
+const fn default_admin_cache() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// A config that cannot be used.

@@ -135,7 +135,7 @@ async fn start(backend: Backend, setup: Setup<'_>) -> Kiungo {
     let db = ScratchDb::new(backend).await.expect("db");
     let dir = tempfile::tempdir().expect("dir");
     let mut yaml = format!(
-        "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n  max_body_bytes: 65536\n\
+        "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n  max_body_bytes: 65536\n  admin_cache: 0s\n\
          ingest:\n  max_wait: 2ms\n",
         packs().display(),
         db.config.url
@@ -552,7 +552,7 @@ async fn env_token_child() {
     std::fs::create_dir(dir.path().join("secrets")).expect("dir");
     std::fs::write(dir.path().join("secrets/viewer"), format!("{file_token}\n")).expect("write");
     let yaml = format!(
-        "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n\
+        "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n  admin_cache: 0s\n\
          admin:\n  tokens:\n\
          \x20   - {{name: ops-from-env, role: operator, token: {{env: {ENV_TOKEN_VAR}}}}}\n\
          \x20   - {{name: viewer-from-file, role: viewer, token: {{file: secrets/viewer}}}}\n",

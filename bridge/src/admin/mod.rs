@@ -13,7 +13,7 @@ mod events;
 mod views;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::{HttpResponse, web};
 use kiungo_mappings::MappingSet;
@@ -39,6 +39,51 @@ pub struct AdminState {
     pub destinations: Vec<&'static str>,
     /// The consumed queues' names, for the queue-lag gauge.
     pub queues: Vec<String>,
+    /// Whether status messages to apps are on (the pending gauge is read
+    /// only then).
+    pub feedback: bool,
+    /// Store reads shared by every poll and scrape for a few seconds.
+    pub cache: Arc<Caches>,
+}
+
+/// Store reads shared by every dashboard poll (each open dashboard polls
+/// every 10 s) and scrape for `http.admin_cache`, while counting a large
+/// table takes time on PostgreSQL.
+#[derive(Debug, Default)]
+pub struct Caches {
+    /// How long a read is reused.
+    pub ttl: Duration,
+    /// `/v1/summary`'s store part.
+    pub summary: Cached,
+    /// `/v1/flows`.
+    pub flows: Cached,
+    /// `/v1/destinations` and the `/metrics` store gauges.
+    pub backlog: Cached,
+}
+
+/// One cached read; concurrent callers wait for a single read.
+#[derive(Debug, Default)]
+pub struct Cached {
+    slot: tokio::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+}
+
+impl Cached {
+    /// The value read within the last `ttl`, or a fresh one from `read`.
+    pub async fn get<F, Fut, E>(&self, ttl: Duration, read: F) -> Result<serde_json::Value, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<serde_json::Value, E>>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((at, v)) = slot.as_ref()
+            && at.elapsed() < ttl
+        {
+            return Ok(v.clone());
+        }
+        let v = read().await?;
+        *slot = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
 }
 
 /// The OpenAPI document of `/v1/`.
@@ -100,4 +145,27 @@ fn server_error(e: impl std::fmt::Display) -> HttpResponse {
 /// A 404.
 fn not_found(message: String) -> HttpResponse {
     HttpResponse::NotFound().json(json!({"error": {"code": "not_found", "message": message}}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn a_cached_read_is_reused_within_its_ttl() {
+        let cached = Cached::default();
+        let reads = AtomicU32::new(0);
+        let read = || async {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, ()>(json!(n))
+        };
+        let ttl = Duration::from_millis(200);
+        assert_eq!(cached.get(ttl, read).await, Ok(json!(0)));
+        assert_eq!(cached.get(ttl, read).await, Ok(json!(0)), "reused");
+        tokio::time::sleep(ttl).await;
+        assert_eq!(cached.get(ttl, read).await, Ok(json!(1)), "read again");
+        assert_eq!(cached.get(Duration::ZERO, read).await, Ok(json!(2)));
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
 }

@@ -20,11 +20,19 @@ pub async fn whoami(AppCaller(who): AppCaller) -> HttpResponse {
 /// `GET /v1/summary`: counters since start, the store's state, failures
 /// by reason.
 pub async fn summary(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
-    let (stats, reasons) =
-        match tokio::try_join!(state.store.stats(), state.store.dead_letters_by_reason()) {
-            Ok(v) => v,
-            Err(e) => return server_error(e),
-        };
+    let stored = state
+        .cache
+        .summary
+        .get(state.cache.ttl, || async {
+            let (stats, reasons) =
+                tokio::try_join!(state.store.stats(), state.store.dead_letters_by_reason())?;
+            Ok::<_, crate::store::StoreError>(json!({"stats": stats, "reasons": reasons}))
+        })
+        .await;
+    let stored = match stored {
+        Ok(v) => v,
+        Err(e) => return server_error(e),
+    };
     let totals = metrics().totals();
     let get = |k: &str| totals.get(k).copied().unwrap_or(0);
     let ingest: BTreeMap<&str, u64> = [
@@ -56,14 +64,21 @@ pub async fn summary(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse
         "now_ms": crate::store::now_ms(),
         "ingest": ingest,
         "delivery": delivery,
-        "store": stats,
-        "dead_letters_by_reason": reasons,
+        "store": stored["stats"],
+        "dead_letters_by_reason": stored["reasons"],
     }))
 }
 
 /// `GET /v1/flows`.
 pub async fn flows(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
-    match state.store.flows().await {
+    let flows = state
+        .cache
+        .flows
+        .get(state.cache.ttl, || async {
+            Ok::<_, crate::store::StoreError>(json!(state.store.flows().await?))
+        })
+        .await;
+    match flows {
         Ok(flows) => HttpResponse::Ok().json(json!({"flows": flows})),
         Err(e) => server_error(e),
     }
@@ -73,7 +88,7 @@ pub async fn flows(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
 /// the backlog.
 pub async fn destinations(_who: Viewer, state: web::Data<AdminState>) -> HttpResponse {
     let (health, backlog) =
-        match tokio::try_join!(state.store.destination_health(), state.store.backlog()) {
+        match tokio::try_join!(state.store.destination_health(), cached_backlog(&state)) {
             Ok(v) => v,
             Err(e) => return server_error(e),
         };
@@ -175,13 +190,20 @@ pub async fn audit(
 }
 
 /// `GET /metrics`: refreshes the store gauges, then encodes everything.
+///
+/// The store gauges (`kiungo_backlog`, `kiungo_oldest_pending_seconds`,
+/// `kiungo_dead_letters_open`, `kiungo_feedback_pending`) describe the
+/// shared store: every replica reports the same values, so aggregate them
+/// with `max`, not `sum`.
 pub async fn metrics_route(state: web::Data<AdminState>) -> HttpResponse {
     let m = metrics();
-    match state.store.backlog().await {
+    match cached_backlog(&state).await {
         Ok(b) => set_backlog(&b),
         Err(e) => tracing::debug!(error = %e, "metrics: cannot read the backlog"),
     }
-    if let Ok(n) = state.store.pending_status_count().await {
+    if state.feedback
+        && let Ok(n) = state.store.pending_status_count().await
+    {
         m.feedback_pending.set(n);
     }
     HttpResponse::Ok()
@@ -215,4 +237,16 @@ fn set_backlog(b: &Backlog) {
     }
     m.dead_letters_open
         .set(b.dead_letters_open.values().copied().sum());
+}
+
+/// The backlog, read at most once per `http.admin_cache`.
+async fn cached_backlog(state: &AdminState) -> Result<Backlog, crate::store::StoreError> {
+    let v = state
+        .cache
+        .backlog
+        .get(state.cache.ttl, || async {
+            Ok::<_, crate::store::StoreError>(json!(state.store.backlog().await?))
+        })
+        .await?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }

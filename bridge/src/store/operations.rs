@@ -40,7 +40,7 @@ pub struct DestinationHealth {
 }
 
 /// Work waiting per destination.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Backlog {
     /// FHIR bundles never tried yet.
     pub fhir_pending: i64,
