@@ -350,20 +350,23 @@ async fn queue_lag_loop(url: String, queues: Vec<String>, mut shutdown: watch::R
     let m = crate::metrics::metrics();
     let mut probe: Option<QueueProbe> = None;
     loop {
-        if probe.as_ref().is_none_or(|p| !p.is_connected()) {
-            probe = QueueProbe::connect(&url).await.ok();
-        }
-        if let Some(p) = &probe {
-            for q in &queues {
-                match p.ready(q).await {
-                    Ok(n) => {
-                        m.queue_ready
-                            .get_or_create(&crate::metrics::QueueLabels { queue: q.clone() })
-                            .set(i64::from(n));
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, queue = %q, "queue depth unavailable");
-                        break;
+        for q in &queues {
+            // A passive declare of a missing queue closes the channel:
+            // reconnect for the next one.
+            if probe.as_ref().is_none_or(|p| !p.is_connected()) {
+                probe = QueueProbe::connect(&url).await.ok();
+            }
+            let Some(p) = &probe else { break };
+            match p.ready(q).await {
+                Ok(n) => {
+                    m.queue_ready
+                        .get_or_create(&crate::metrics::QueueLabels { queue: q.clone() })
+                        .set(i64::from(n));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, queue = %q, "queue depth unavailable");
+                    if let Some(p) = probe.take() {
+                        p.close().await;
                     }
                 }
             }

@@ -303,6 +303,11 @@ impl Metrics {
 
     /// Counts one dead letter.
     pub fn park(&self, stage: &str, source: &str, reason: &str) {
+        self.park_many(stage, source, reason, 1);
+    }
+
+    /// Counts `n` dead letters of one stage, source and reason.
+    pub fn park_many(&self, stage: &str, source: &str, reason: &str, n: u64) {
         self.parked
             .get_or_create(&ParkedLabels {
                 stage: stage.to_owned(),
@@ -313,7 +318,7 @@ impl Metrics {
                 },
                 reason: reason.to_owned(),
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// Observes a latency in seconds.

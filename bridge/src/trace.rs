@@ -10,7 +10,11 @@
 
 /// A valid `traceparent`, or `None`.
 pub fn parse(value: &str) -> Option<&str> {
-    let v = value.trim();
+    let mut v = value.trim();
+    // A later version may append fields: read it as version 00 (W3C).
+    if v.len() > 55 && !v.starts_with("00-") && v.as_bytes()[55] == b'-' {
+        v = v.get(..55)?;
+    }
     let parts: Vec<&str> = v.split('-').collect();
     let [version, trace, parent, flags] = parts.as_slice() else {
         return None;
@@ -83,6 +87,13 @@ mod tests {
         ] {
             assert_eq!(parse(bad), None, "{bad}");
         }
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
+        assert_eq!(trace_id(later), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            parse(&format!("{tp}-extra")),
+            None,
+            "version 00 has 4 fields"
+        );
         let c = child(tp);
         assert!(parse(&c).is_some(), "{c}");
         assert_eq!(trace_id(&c), trace_id(tp));

@@ -280,21 +280,20 @@ impl Committer {
 }
 
 /// Counts committed events into the metrics: consumed by transport,
-/// committed by outcome, parked by reason.
+/// committed by outcome, parked by reason. Counted per batch (one label
+/// lookup per distinct label set, not per event): this runs on the
+/// commit path.
 fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Done]) {
     let m = crate::metrics::metrics();
+    let mut consumed: HashMap<(&str, &'static str), u64> = HashMap::new();
+    let mut committed: HashMap<(&str, &str, &'static str), u64> = HashMap::new();
+    let mut parked: HashMap<(&str, &str), u64> = HashMap::new();
     for (((source, mapping), outcome), done) in labels.iter().zip(outcomes).zip(dones) {
-        let source = m.source_label(source);
         let transport = match done {
             Done::Amqp(_) => "amqp",
             Done::Http(_) => "http",
         };
-        m.consumed
-            .get_or_create(&crate::metrics::ConsumedLabels {
-                source: source.clone(),
-                transport: transport.to_owned(),
-            })
-            .inc();
+        *consumed.entry((source, transport)).or_default() += 1;
         let name = match outcome {
             Outcome::Stored => "stored",
             Outcome::Replaced => "replaced",
@@ -302,18 +301,32 @@ fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Do
             Outcome::Stale => "stale",
             Outcome::Superseded => "superseded",
             Outcome::Parked { reason, .. } => {
-                m.park("ingest", &source, reason);
+                *parked.entry((source, reason)).or_default() += 1;
                 "parked"
             }
         };
+        *committed.entry((source, mapping, name)).or_default() += 1;
+    }
+    for ((source, transport), n) in consumed {
+        m.consumed
+            .get_or_create(&crate::metrics::ConsumedLabels {
+                source: m.source_label(source),
+                transport: transport.to_owned(),
+            })
+            .inc_by(n);
+    }
+    for ((source, reason), n) in parked {
+        m.park_many("ingest", source, reason, n);
+    }
+    for ((source, mapping, outcome), n) in committed {
         m.ingested
             .get_or_create(&crate::metrics::IngestLabels {
-                source,
+                source: m.source_label(source),
                 mapping: m.mapping_label(mapping),
-                outcome: name.to_owned(),
+                outcome: outcome.to_owned(),
             })
-            .inc();
-        m.add_total(&format!("ingest.{name}"), 1);
+            .inc_by(n);
+        m.add_total(&format!("ingest.{outcome}"), n);
     }
     m.add_total("ingest.received", outcomes.len() as u64);
 }
