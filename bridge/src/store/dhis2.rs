@@ -170,8 +170,11 @@ impl Store {
         results: &[(DirtyTotal, TotalResult)],
         now: i64,
     ) -> Result<(), StoreError> {
+        // Rows are locked in key order, as the committer marks them.
+        let mut ordered: Vec<&(DirtyTotal, TotalResult)> = results.iter().collect();
+        ordered.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         let mut tx = self.begin_write().await?;
-        for (t, result) in results {
+        for (t, result) in ordered {
             let (de, pe, ou, coc, aoc) = &t.key;
             let key_binds = || {
                 vec![

@@ -416,8 +416,12 @@ impl Store {
             contributions,
         )).await?;
 
+        // In key order: replicas committing at once, and the DHIS2 worker,
+        // then lock the rows in the same order and cannot deadlock.
+        let mut dirty: Vec<TotalKey> = dirty.into_keys().collect();
+        dirty.sort_unstable();
         let dirty = dirty
-            .into_keys()
+            .into_iter()
             .map(|(de, pe, ou, coc, aoc)| {
                 vec![
                     de.into(),
