@@ -130,7 +130,7 @@ fn dashboard_csp() -> &'static str {
                 let Some(j) = body.find(&close) else { break };
                 use base64::Engine;
                 use sha2::Digest;
-                let digest = sha2::Sha256::digest(body[..j].as_bytes());
+                let digest = sha2::Sha256::digest(&body.as_bytes()[..j]);
                 out.push(format!(
                     "'sha256-{}'",
                     base64::engine::general_purpose::STANDARD.encode(digest)
