@@ -199,6 +199,33 @@ async fn replaces_in_and_out_of_order(backend: Backend) {
     assert_eq!(sum(&store).await, 2.0 * one);
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.events_live, stats.events_superseded), (2, 2));
+
+    // A chain z1 <- z2 <- z3 whose middle link commits last (replicas
+    // committing in any order): z2 is superseded by z3 but must still
+    // withdraw z1, else z1 would count alongside z3.
+    let z1 = ingest(&set, &cht_visit("z1", "facility", ""), None);
+    let z2 = ingest(&set, &cht_visit("z2", "facility", "uuid:z1"), None);
+    let z3 = ingest(&set, &cht_visit("z3", "facility", "uuid:z2"), None);
+    assert_eq!(
+        store.commit(&[z1]).await.expect("commit"),
+        vec![Outcome::Stored]
+    );
+    assert_eq!(
+        store.commit(&[z3]).await.expect("commit"),
+        vec![Outcome::Stored]
+    );
+    assert_eq!(
+        sum(&store).await,
+        4.0 * one,
+        "z1 and z3 both live until z2 arrives"
+    );
+    assert_eq!(
+        store.commit(&[z2]).await.expect("commit"),
+        vec![Outcome::Superseded]
+    );
+    assert_eq!(sum(&store).await, 3.0 * one, "z2 withdrew z1 on arrival");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.events_live, stats.events_superseded), (3, 4));
 }
 
 async fn poison_is_parked_once(backend: Backend) {

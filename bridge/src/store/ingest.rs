@@ -547,6 +547,7 @@ impl Plan {
                 if cur.seen.insert(hash.clone()) {
                     self.versions.push((key.clone(), hash.clone()));
                 }
+                self.supersede_replaced(ing, m, now);
                 return Outcome::Superseded;
             }
             Some(cur) if cur.hash.as_deref() == Some(hash.as_str()) => return Outcome::Duplicate,
@@ -601,31 +602,39 @@ impl Plan {
                 ),
             );
         }
-        if let Some(old) = m
+        self.supersede_replaced(ing, m, now);
+        outcome
+    }
+
+    /// Withdraws the event that `m` declares it replaces. This holds even
+    /// when `m` itself has already been superseded: with a chain X <- Y <- Z
+    /// committed as Z, then Y, Y must still withdraw X.
+    fn supersede_replaced(&mut self, ing: &Ingest, m: &Outputs, now: i64) {
+        let Some(old) = m
             .replaces
             .as_ref()
             .filter(|o| !o.is_empty() && **o != m.event_id)
-        {
-            let old_key: Key = (ing.source.clone(), old.clone());
-            match self.rows.get(&old_key).map(|c| c.state) {
-                Some(State::Superseded) => {}
-                Some(State::Live) => {
-                    self.withdraw(&old_key);
-                    if let Some(c) = self.rows.get_mut(&old_key) {
-                        c.state = State::Superseded;
-                        c.superseded_by = Some(m.event_id.clone());
-                        c.changed = true;
-                    }
-                }
-                None => {
-                    self.rows.insert(
-                        old_key,
-                        Current::unstored(State::Superseded, Some(m.event_id.clone()), now),
-                    );
+        else {
+            return;
+        };
+        let old_key: Key = (ing.source.clone(), old.clone());
+        match self.rows.get(&old_key).map(|c| c.state) {
+            Some(State::Superseded) => {}
+            Some(State::Live) => {
+                self.withdraw(&old_key);
+                if let Some(c) = self.rows.get_mut(&old_key) {
+                    c.state = State::Superseded;
+                    c.superseded_by = Some(m.event_id.clone());
+                    c.changed = true;
                 }
             }
+            None => {
+                self.rows.insert(
+                    old_key,
+                    Current::unstored(State::Superseded, Some(m.event_id.clone()), now),
+                );
+            }
         }
-        outcome
     }
 
     /// Withdraws a key's outputs: those stored by earlier batches (deleted
