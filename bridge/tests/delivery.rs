@@ -340,6 +340,23 @@ async fn leases_and_version_order(backend: Backend) {
         vec![first[0].id],
         "reclaimed after the lease"
     );
+    // The first holder wakes up late: its result no longer counts.
+    store
+        .record_fhir(
+            &first[0],
+            &kiungo::store::Delivery::Dead {
+                reason_code: "fhir_rejected".into(),
+                error: "late".into(),
+            },
+            now + 61_500,
+        )
+        .await
+        .expect("late record");
+    assert_eq!(
+        store.outbox_states().await.expect("states"),
+        vec![("delivering".to_owned(), 1), ("pending".to_owned(), 1)],
+        "the late holder neither parked the bundle nor freed it"
+    );
     store
         .record_fhir(
             &again[0],

@@ -226,6 +226,28 @@ async fn replaces_in_and_out_of_order(backend: Backend) {
     assert_eq!(sum(&store).await, 3.0 * one, "z2 withdrew z1 on arrival");
     let stats = store.stats().await.expect("stats");
     assert_eq!((stats.events_live, stats.events_superseded), (3, 4));
+
+    // w2 replaces w1; an edit of w2 (which no longer names w1) commits
+    // first and the replacement itself arrives late, as a stale version:
+    // it still withdraws w1.
+    let w1 = ingest(&set, &cht_visit("w1", "facility", ""), Some(1_000));
+    let w2_edit = ingest(&set, &cht_visit("w2", "outreach", ""), Some(3_000));
+    let w2 = ingest(&set, &cht_visit("w2", "facility", "uuid:w1"), Some(2_000));
+    assert_eq!(
+        store.commit(&[w1, w2_edit]).await.expect("commit"),
+        vec![Outcome::Stored, Outcome::Stored]
+    );
+    assert_eq!(sum(&store).await, 5.0 * one);
+    assert_eq!(
+        store.commit(std::slice::from_ref(&w2)).await.expect("commit"),
+        vec![Outcome::Stale]
+    );
+    assert_eq!(sum(&store).await, 4.0 * one, "the stale w2 withdrew w1");
+    assert_eq!(
+        store.commit(&[w2]).await.expect("commit"),
+        vec![Outcome::Stale]
+    );
+    assert_eq!(sum(&store).await, 4.0 * one, "and only once");
 }
 
 async fn poison_is_parked_once(backend: Backend) {

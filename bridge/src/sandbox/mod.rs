@@ -15,7 +15,9 @@
 //! JSON document replacing the current faults; `{}` clears them) and
 //! `POST /sandbox/reset` (forget all data); on DHIS2 `GET /sandbox/values`
 //! (every stored data value), on FHIR `GET /sandbox/resources` (counts per
-//! type and every resource).
+//! type and every resource) and `GET /sandbox/overlaps` (whether two
+//! requests ever carried the same bundle or resource at once: what the
+//! scale-out test asserts is zero).
 
 mod dhis2;
 mod faults;

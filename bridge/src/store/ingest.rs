@@ -541,23 +541,36 @@ impl Plan {
     fn apply(&mut self, ing: &Ingest, m: &Outputs, now: i64) -> Outcome {
         let hash = hex(&Sha256::digest(&ing.payload));
         let key: Key = (ing.source.clone(), m.event_id.clone());
-        let outcome = match self.rows.get_mut(&key) {
-            None => Outcome::Stored,
+        let early = match self.rows.get_mut(&key) {
+            None => None,
             Some(cur) if cur.state == State::Superseded => {
                 if cur.seen.insert(hash.clone()) {
                     self.versions.push((key.clone(), hash.clone()));
                 }
-                self.supersede_replaced(ing, m, now);
-                return Outcome::Superseded;
+                Some(Outcome::Superseded)
             }
-            Some(cur) if cur.hash.as_deref() == Some(hash.as_str()) => return Outcome::Duplicate,
-            Some(cur) if cur.seen.contains(&hash) => return Outcome::Stale,
+            Some(cur) if cur.hash.as_deref() == Some(hash.as_str()) => Some(Outcome::Duplicate),
+            Some(cur) if cur.seen.contains(&hash) => Some(Outcome::Stale),
             Some(cur) if matches!((ing.version_ts, cur.ts), (Some(new), Some(old)) if new < old) => {
                 cur.seen.insert(hash.clone());
                 self.versions.push((key.clone(), hash.clone()));
-                return Outcome::Stale;
+                Some(Outcome::Stale)
             }
-            Some(_) => Outcome::Replaced,
+            Some(_) => None,
+        };
+        if let Some(outcome) = early {
+            // A version that changes nothing of its own event still
+            // declares what it replaces, and withdrawal is for good: with
+            // Y replacing X, an edit of Y (without `replaces`) that commits
+            // before Y itself, or a chain X <- Y <- Z committed as Z then
+            // Y, must still leave X withdrawn.
+            self.supersede_replaced(ing, m, now);
+            return outcome;
+        }
+        let outcome = if self.rows.contains_key(&key) {
+            Outcome::Replaced
+        } else {
+            Outcome::Stored
         };
         if outcome == Outcome::Replaced {
             self.withdraw(&key);
@@ -606,9 +619,8 @@ impl Plan {
         outcome
     }
 
-    /// Withdraws the event that `m` declares it replaces. This holds even
-    /// when `m` itself has already been superseded: with a chain X <- Y <- Z
-    /// committed as Z, then Y, Y must still withdraw X.
+    /// Withdraws the event that `m` declares it replaces, whatever `m`
+    /// does to its own event.
     fn supersede_replaced(&mut self, ing: &Ingest, m: &Outputs, now: i64) {
         let Some(old) = m
             .replaces

@@ -64,6 +64,11 @@ pub enum Delivery {
 
 impl Store {
     /// Claims up to `limit` due bundles for `lease_ms`.
+    ///
+    /// Bundles whose lease ran out (a replica died mid-delivery) are put
+    /// back to pending first, so that one ordered index walk over pending
+    /// rows finds every due bundle and stops after `limit` of them. A
+    /// bundle waits while an older version of its event is in flight.
     pub async fn claim_fhir(
         &self,
         limit: i64,
@@ -74,24 +79,32 @@ impl Store {
             Backend::Sqlite => "",
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         };
+        // Expired leases: taking the row's lease away (lease_until NULL)
+        // makes the late holder's result a no-op.
+        let expired = format!(
+            "UPDATE fhir_outbox SET state = 'pending', lease_until = NULL, updated_at = $1 \
+             WHERE id IN (SELECT id FROM fhir_outbox WHERE state = 'delivering' AND lease_until < $2 \
+             ORDER BY id {lock})"
+        );
         let sql = format!(
             "UPDATE fhir_outbox SET state = 'delivering', lease_until = $1, updated_at = $2 \
              WHERE id IN ( \
                SELECT o.id FROM fhir_outbox o \
-               WHERE ((o.state = 'pending' AND o.next_attempt_at <= $3) \
-                      OR (o.state = 'delivering' AND o.lease_until < $4)) \
+               WHERE o.state = 'pending' AND o.next_attempt_at <= $3 \
                AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
                    AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
-               ORDER BY o.next_attempt_at, o.id LIMIT $5 {lock}) \
+               ORDER BY o.next_attempt_at, o.id LIMIT $4 {lock}) \
              RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
         );
         let mut tx = self.begin_write().await?;
+        query(self.backend, expired, vec![now.into(), now.into()])
+            .execute(&mut *tx)
+            .await?;
         let rows = query(
             self.backend,
             sql,
             vec![
                 (now + lease_ms).into(),
-                now.into(),
                 now.into(),
                 now.into(),
                 limit.into(),
