@@ -352,6 +352,16 @@ async fn leases_and_version_order(backend: Backend) {
         )
         .await
         .expect("late record");
+    store
+        .record_fhir(
+            &first[0],
+            &kiungo::store::Delivery::Delivered {
+                server_ids: vec!["Patient/late".into()],
+            },
+            now + 61_600,
+        )
+        .await
+        .expect("late record");
     assert_eq!(
         store.outbox_states().await.expect("states"),
         vec![("delivering".to_owned(), 1), ("pending".to_owned(), 1)],

@@ -116,6 +116,10 @@ pub enum SqliteSynchronous {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// When this process last put FHIR bundles with expired leases back
+    /// to pending (ms): the sweep runs at most once a second, not with
+    /// every claim.
+    lease_sweep: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Store {
@@ -174,7 +178,11 @@ impl Store {
                     .await?
             }
         };
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            lease_sweep: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+        };
         store.migrate().await?;
         Ok(store)
     }

@@ -62,11 +62,27 @@ pub enum Delivery {
     },
 }
 
+/// How often a process sweeps expired FHIR leases (ms).
+const LEASE_SWEEP_MS: i64 = 1_000;
+
 impl Store {
+    /// Whether this claim should first sweep expired leases: at most once
+    /// a second (leases last minutes), or after the clock went back.
+    fn lease_sweep_due(&self, now: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.lease_sweep.load(Ordering::Relaxed);
+        if now < last || now.saturating_sub(last) >= LEASE_SWEEP_MS {
+            self.lease_sweep.store(now, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
     /// Claims up to `limit` due bundles for `lease_ms`.
     ///
     /// Bundles whose lease ran out (a replica died mid-delivery) are put
-    /// back to pending first, so that one ordered index walk over pending
+    /// back to pending first (at most once a second), so that one ordered index walk over pending
     /// rows finds every due bundle and stops after `limit` of them. A
     /// bundle waits while an older version of its event is in flight.
     pub async fn claim_fhir(
@@ -97,9 +113,11 @@ impl Store {
              RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
         );
         let mut tx = self.begin_write().await?;
-        query(self.backend, expired, vec![now.into(), now.into()])
-            .execute(&mut *tx)
-            .await?;
+        if self.lease_sweep_due(now) {
+            query(self.backend, expired, vec![now.into(), now.into()])
+                .execute(&mut *tx)
+                .await?;
+        }
         let rows = query(
             self.backend,
             sql,
@@ -151,7 +169,35 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        for (item, result) in results {
+        // Deliveries, the common case, are one statement per pass, not
+        // one per bundle.
+        let (delivered, rest): (Vec<_>, Vec<_>) = results
+            .iter()
+            .partition(|(_, r)| matches!(r, Delivery::Delivered { .. }));
+        for chunk in delivered.chunks((super::sql::MAX_PARAMS - 1) / 3) {
+            let sql = format!(
+                "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                 updated_at = $1, lease_until = NULL, last_error = NULL, server_ids = v.column3, \
+                 notified = 0 FROM (VALUES {}) AS v WHERE fhir_outbox.id = v.column1 \
+                 AND fhir_outbox.state = 'delivering' AND fhir_outbox.lease_until = v.column2",
+                super::sql::tuples(2, chunk.len(), 3)
+            );
+            let mut binds = vec![now.into()];
+            for (item, result) in chunk {
+                let Delivery::Delivered { server_ids } = result else {
+                    continue;
+                };
+                binds.push(item.id.into());
+                binds.push(item.lease_until.into());
+                binds.push(
+                    serde_json::to_string(server_ids)
+                        .unwrap_or_else(|_| "[]".into())
+                        .into(),
+                );
+            }
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
+        }
+        for (item, result) in rest {
             self.record_one(&mut tx, item, result, now).await?;
         }
         tx.commit().await?;

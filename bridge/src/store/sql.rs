@@ -9,7 +9,7 @@ use sqlx::{Any, AssertSqlSafe};
 use super::Backend;
 
 /// SQLite allows 32,766 parameters per statement and PostgreSQL 65,535.
-const MAX_PARAMS: usize = 30_000;
+pub(crate) const MAX_PARAMS: usize = 30_000;
 
 /// One bound value.
 #[derive(Debug, Clone)]
