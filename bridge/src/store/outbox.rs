@@ -82,9 +82,10 @@ impl Store {
     /// Claims up to `limit` due bundles for `lease_ms`.
     ///
     /// Bundles whose lease ran out (a replica died mid-delivery) are put
-    /// back to pending first (at most once a second), so that one ordered index walk over pending
-    /// rows finds every due bundle and stops after `limit` of them. A
-    /// bundle waits while an older version of its event is in flight.
+    /// back to pending first (at most once a second), so that one ordered
+    /// index walk over pending rows finds every due bundle and stops after
+    /// `limit` of them. A bundle waits while an older version of its
+    /// event is in flight.
     pub async fn claim_fhir(
         &self,
         limit: i64,
