@@ -239,7 +239,10 @@ async fn replaces_in_and_out_of_order(backend: Backend) {
     );
     assert_eq!(sum(&store).await, 5.0 * one);
     assert_eq!(
-        store.commit(std::slice::from_ref(&w2)).await.expect("commit"),
+        store
+            .commit(std::slice::from_ref(&w2))
+            .await
+            .expect("commit"),
         vec![Outcome::Stale]
     );
     assert_eq!(sum(&store).await, 4.0 * one, "the stale w2 withdrew w1");
