@@ -264,6 +264,18 @@ async fn poison_of_every_class_is_parked(backend: Backend) {
     ))
     .expect("config");
     let app = Application::build(config).await.expect("start");
+    // The exchange and its binding exist once the source has declared its
+    // topology (it connects in the background): publishing to the
+    // exchange earlier finds no exchange, or no binding.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !app.source_state().connected {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "source not connected: {:?}",
+            app.source_state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // Poison from the workload (not JSON, no mapping, mapping error)
     // interleaved with good events.
     publish(&vhost.url(), &prefix, &w.messages)

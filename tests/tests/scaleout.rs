@@ -77,6 +77,10 @@ fn write_config(
             queue_for(&iso.prefix, s)
         ));
     }
+    // The FHIR lease (30 s) is far above a pass of a debug replica on a
+    // loaded CI machine (5 s request timeout): a lease that ran out under
+    // a live holder would show as an overlap, which this test forbids. The
+    // killed replica's claims come back after it.
     let yaml = format!(
         "mappings: {mappings}\npseudonym_key_file: pseudonym.key\n\
          store:\n  url: '{store_url}'\n\
@@ -86,7 +90,7 @@ fn write_config(
          destinations:\n\
          \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 5s}}\n\
          \x20   retry: {{base_delay: 100ms, max_delay: 2s, max_age: 10m}}\n\
-         \x20   circuit: {{failures: 5, cool_down: 1s}}\n    concurrency: 32\n    lease: 10s\n\
+         \x20   circuit: {{failures: 5, cool_down: 1s}}\n    concurrency: 32\n    lease: 30s\n\
          \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      timeout: 5s\n\
          \x20     auth: {{type: basic, username: admin, password: {{file: dhis2-password}}}}\n\
          \x20   retry: {{base_delay: 100ms, max_delay: 2s, max_age: 10m}}\n\
