@@ -383,6 +383,49 @@ async fn leases_and_version_order(backend: Backend) {
     assert!(newer[0].id > first[0].id);
 }
 
+/// A replacement waits while a bundle of the event it replaces is in
+/// flight; once that lease runs out, the replaced bundle is not sent again
+/// (it would overwrite the replacement's resources) and the replacement
+/// goes.
+async fn replacement_waits_for_the_replaced_bundle(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    let mut old = visit("r1", "facility");
+    old["fields"]["meta"]["instanceID"] = json!("uuid:r1");
+    ingest(&store, &set, &old).await;
+    let now = clock.now_ms();
+    let first = store.claim_fhir(10, now, 60_000).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event_id, "r1");
+    // A replica died holding it; the replacement arrives.
+    let mut new = visit("r2", "outreach");
+    new["fields"]["meta"]["instanceID"] = json!("uuid:r2");
+    new["fields"]["meta"]["deprecatedID"] = json!("uuid:r1");
+    ingest(&store, &set, &new).await;
+    assert!(
+        store
+            .claim_fhir(10, now + 1_000, 60_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the replacement waits for the replaced bundle in flight"
+    );
+    let next = store
+        .claim_fhir(10, now + 61_000, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(
+        next.iter().map(|i| i.event_id.as_str()).collect::<Vec<_>>(),
+        vec!["r2"],
+        "after the lease: the replacement, not the replaced bundle again"
+    );
+    let states = store.outbox_states().await.expect("states");
+    assert_eq!(
+        states,
+        vec![("delivering".to_owned(), 1), ("superseded".to_owned(), 1)]
+    );
+}
+
 /// DHIS2 that stores pushed values and answers from a script.
 #[derive(Debug, Default, Clone)]
 struct ScriptedDhis2 {
@@ -574,5 +617,6 @@ kiungo::on_both_backends!(
     fhir_permanent_and_exhausted_are_parked,
     circuit_holds_then_probes,
     leases_and_version_order,
+    replacement_waits_for_the_replaced_bundle,
     dhis2_totals_follow_edits_and_conflicts_are_parked,
 );

@@ -10,3 +10,7 @@ CREATE INDEX fhir_outbox_ready ON fhir_outbox (next_attempt_at, id) WHERE state 
 -- PostgreSQL).
 CREATE INDEX fhir_outbox_in_flight ON fhir_outbox (source, event_id, id)
     WHERE state IN ('pending', 'delivering');
+-- The claim also waits for bundles of the event a candidate replaces:
+-- events by what superseded them.
+CREATE INDEX events_superseded_by ON events (source, superseded_by)
+    WHERE superseded_by IS NOT NULL;

@@ -85,7 +85,7 @@ impl Store {
     /// back to pending first (at most once a second), so that one ordered
     /// index walk over pending rows finds every due bundle and stops after
     /// `limit` of them. A bundle waits while an older version of its
-    /// event is in flight.
+    /// event, or a bundle of the event it replaces, is in flight.
     pub async fn claim_fhir(
         &self,
         limit: i64,
@@ -97,9 +97,14 @@ impl Store {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         };
         // Expired leases: taking the row's lease away (lease_until NULL)
-        // makes the late holder's result a no-op.
+        // makes the late holder's result a no-op. A bundle whose event was
+        // withdrawn meanwhile (`replaces`) is not sent again: it would
+        // overwrite what its replacement delivered.
         let expired = format!(
-            "UPDATE fhir_outbox SET state = 'pending', lease_until = NULL, updated_at = $1 \
+            "UPDATE fhir_outbox SET lease_until = NULL, updated_at = $1, \
+             state = CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.source = fhir_outbox.source \
+                 AND e.event_id = fhir_outbox.event_id AND e.state = 'superseded') \
+               THEN 'superseded' ELSE 'pending' END \
              WHERE id IN (SELECT id FROM fhir_outbox WHERE state = 'delivering' AND lease_until < $2 \
              ORDER BY id {lock})"
         );
@@ -110,6 +115,9 @@ impl Store {
                WHERE o.state = 'pending' AND o.next_attempt_at <= $3 \
                AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
                    AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
+               AND NOT EXISTS (SELECT 1 FROM events x JOIN fhir_outbox p ON p.source = x.source \
+                   AND p.event_id = x.event_id AND p.state IN ('pending', 'delivering') \
+                   WHERE x.source = o.source AND x.superseded_by = o.event_id) \
                ORDER BY o.next_attempt_at, o.id LIMIT $4 {lock}) \
              RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
         );
