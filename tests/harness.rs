@@ -489,3 +489,52 @@ pub async fn wait_ready(port: u16, timeout: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The scratch database's URL through the local Unix socket when there is
+/// one: sqlx 0.9.0 does not set `TCP_NODELAY`, which costs ~40 ms per
+/// multi-statement round trip over TCP (see BENCHMARKS.md).
+pub fn local_socket_url(url: &str) -> String {
+    const SOCKET_DIR: &str = "/var/run/postgresql";
+    let Some(rest) = url.strip_prefix("postgres://") else {
+        return url.to_owned();
+    };
+    let (user_host, db) = rest.split_once('/').unwrap_or((rest, ""));
+    let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
+    let local = host.starts_with("127.0.0.1") || host.starts_with("localhost");
+    if !local || db.contains('?') || !Path::new(SOCKET_DIR).join(".s.PGSQL.5432").exists() {
+        return url.to_owned();
+    }
+    let user = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    format!("postgres://{user}localhost/{db}?host={SOCKET_DIR}")
+}
+
+/// Waits until no FHIR bundle is pending or delivering and no DHIS2 total
+/// is dirty; describes what is left after `timeout`.
+pub async fn until_delivered(store: &Store, timeout: Duration) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let states: std::collections::HashMap<String, i64> = store
+            .outbox_states()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .collect();
+        let stats = store.stats().await.map_err(|e| e.to_string())?;
+        let busy = states.get("pending").copied().unwrap_or(0)
+            + states.get("delivering").copied().unwrap_or(0);
+        if busy == 0 && stats.dhis2_dirty == 0 {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "not delivered after {timeout:?}: outbox {states:?}, dirty totals {}",
+                stats.dhis2_dirty
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -32,7 +32,7 @@ use anyhow::{Context, bail};
 use kiungo::sandbox::{Faults, Sandbox, SandboxConfig};
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{Backend, Store, StoreConfig};
-use kiungo_tests::harness::{Publisher, Vhost, queue_for, wait_ready};
+use kiungo_tests::harness::{Publisher, Vhost, local_socket_url, queue_for, wait_ready};
 use kiungo_tests::workload::{Mix, Workload, generate_with, load_mappings, packs_dir};
 
 const SOURCES: [&str; 4] = ["cht", "commcare", "kobo", "inhouse"];
@@ -70,27 +70,6 @@ fn args() -> anyhow::Result<Args> {
         }
     }
     Ok(a)
-}
-
-/// The database's URL through the local Unix socket (sqlx 0.9.0 over TCP
-/// waits for delayed ACKs; see BENCHMARKS.md).
-fn local_socket_url(url: &str) -> String {
-    const SOCKET_DIR: &str = "/var/run/postgresql";
-    let Some(rest) = url.strip_prefix("postgres://") else {
-        return url.to_owned();
-    };
-    let (user_host, db) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
-    let local = host.starts_with("127.0.0.1") || host.starts_with("localhost");
-    if !local || db.contains('?') || !Path::new(SOCKET_DIR).join(".s.PGSQL.5432").exists() {
-        return url.to_owned();
-    }
-    let user = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}@")
-    };
-    format!("postgres://{user}localhost/{db}?host={SOCKET_DIR}")
 }
 
 /// Clock ticks per second of `/proc/*/stat` (100 on Linux).

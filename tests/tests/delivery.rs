@@ -7,13 +7,13 @@
 //! backends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiungo::app::Application;
 use kiungo::config::Config;
 use kiungo::sandbox::{Faults, Outage, Sandbox, SandboxConfig, normalize_period};
-use kiungo::store::{Backend, DeadLetterFilter, Store, format_number};
-use kiungo_tests::harness::{Isolated, publish, queue_for, wait_for_store};
+use kiungo::store::{Backend, DeadLetterFilter, format_number};
+use kiungo_tests::harness::{Isolated, publish, queue_for, until_delivered, wait_for_store};
 use kiungo_tests::workload::{Mix, expected, generate_with, load_mappings, packs_dir};
 use serde_json::Value;
 
@@ -33,31 +33,6 @@ fn faults(error_rate: f64, outage: Option<Duration>) -> Faults {
             duration,
         }),
         seed: 11,
-    }
-}
-
-async fn until_delivered(store: &Store, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        let states: HashMap<String, i64> = store
-            .outbox_states()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        let stats = store.stats().await.map_err(|e| e.to_string())?;
-        let busy = states.get("pending").copied().unwrap_or(0)
-            + states.get("delivering").copied().unwrap_or(0);
-        if busy == 0 && stats.dhis2_dirty == 0 {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "not delivered after {timeout:?}: outbox {states:?}, dirty totals {}",
-                stats.dhis2_dirty
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use kiungo::sandbox::{Faults, Sandbox, SandboxConfig, normalize_period};
 use kiungo::store::{Backend, DeadLetterFilter, Store, StoreConfig, format_number};
 use kiungo_tests::harness::{
-    Isolated, KiungoProcess, Publisher, queue_for, store_matches, wait_ready,
+    Isolated, KiungoProcess, Publisher, local_socket_url, queue_for, store_matches,
+    until_delivered, wait_ready,
 };
 use kiungo_tests::workload::{
     Expected, Kind, Mix, Workload, expected, generate_with, load_mappings, packs_dir,
@@ -28,28 +29,6 @@ const EVENTS: usize = 30_000;
 /// The key the workload's expected outputs are computed with
 /// (`PseudonymKey::for_tests`), so that resources compare byte for byte.
 const PSEUDONYM_KEY: &str = "kiungo-test-pseudonym-key-not-secret";
-
-/// The scratch database's URL through the local Unix socket when there is
-/// one: sqlx 0.9.0 does not set `TCP_NODELAY`, which costs ~40 ms per
-/// multi-statement round trip over TCP (see BENCHMARKS.md).
-fn local_socket_url(url: &str) -> String {
-    const SOCKET_DIR: &str = "/var/run/postgresql";
-    let Some(rest) = url.strip_prefix("postgres://") else {
-        return url.to_owned();
-    };
-    let (user_host, db) = rest.split_once('/').unwrap_or((rest, ""));
-    let (user, host) = user_host.rsplit_once('@').unwrap_or(("", user_host));
-    let local = host.starts_with("127.0.0.1") || host.starts_with("localhost");
-    if !local || db.contains('?') || !Path::new(SOCKET_DIR).join(".s.PGSQL.5432").exists() {
-        return url.to_owned();
-    }
-    let user = if user.is_empty() {
-        String::new()
-    } else {
-        format!("{user}@")
-    };
-    format!("postgres://{user}localhost/{db}?host={SOCKET_DIR}")
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -126,31 +105,6 @@ fn counter(metrics: &str, name: &str, filters: &[&str]) -> f64 {
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
-}
-
-async fn until_delivered(store: &Store, timeout: Duration) -> Result<(), String> {
-    let start = Instant::now();
-    loop {
-        let states: HashMap<String, i64> = store
-            .outbox_states()
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .collect();
-        let stats = store.stats().await.map_err(|e| e.to_string())?;
-        let busy = states.get("pending").copied().unwrap_or(0)
-            + states.get("delivering").copied().unwrap_or(0);
-        if busy == 0 && stats.dhis2_dirty == 0 {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "not delivered after {timeout:?}: outbox {states:?}, dirty totals {}",
-                stats.dhis2_dirty
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// A resource as compared: no `id` or `meta` (the server's), every
