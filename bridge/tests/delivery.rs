@@ -42,6 +42,11 @@ fn visit(id: &str, location: &str) -> Value {
 }
 
 async fn ingest(store: &Store, set: &MappingSet, payload: &Value) {
+    ingest_at(store, set, payload, None).await;
+}
+
+/// Ingests with a publisher timestamp, which orders versions of an event.
+async fn ingest_at(store: &Store, set: &MappingSet, payload: &Value, version_ts: Option<i64>) {
     let mapped = set
         .map(&Event {
             source: "cht".into(),
@@ -53,7 +58,7 @@ async fn ingest(store: &Store, set: &MappingSet, payload: &Value) {
         source: "cht".into(),
         queue: None,
         message_id: None,
-        version_ts: None,
+        version_ts,
         received_at: kiungo::store::now_ms(),
         payload: serde_json::to_vec(payload).expect("bytes"),
         headers: None,
@@ -426,6 +431,156 @@ async fn replacement_waits_for_the_replaced_bundle(backend: Backend) {
     );
 }
 
+/// A CHT visit `id` that names `replaces` (or nothing) as the version it
+/// replaces.
+fn version(id: &str, location: &str, replaces: Option<&str>) -> Value {
+    let mut v = visit(id, location);
+    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}:{location}"));
+    if let Some(old) = replaces {
+        v["fields"]["meta"]["deprecatedID"] = json!(format!("uuid:{old}"));
+    }
+    v
+}
+
+async fn deliver(store: &Store, item: &kiungo::store::OutboxItem, now: i64) {
+    store
+        .record_fhir(
+            item,
+            &kiungo::store::Delivery::Delivered { server_ids: vec![] },
+            now,
+        )
+        .await
+        .expect("record");
+}
+
+async fn claimed(store: &Store, now: i64) -> Vec<kiungo::store::OutboxItem> {
+    store.claim_fhir(10, now, 60_000).await.expect("claim")
+}
+
+fn ids(items: &[kiungo::store::OutboxItem]) -> Vec<&str> {
+    items.iter().map(|i| i.event_id.as_str()).collect()
+}
+
+/// Replacements committed out of order (replicas, redeliveries): with Y
+/// replacing X, an edit Y' of Y that no longer names X is committed and
+/// delivered before Y; X's bundle may have reached the server after Y''s
+/// and overwritten what they share. When Y withdraws X, the live version
+/// (Y') is sent again, after any bundle of X still in flight; with a
+/// chain X <- Y <- Z committed as Z, X, Y, the live Z goes again.
+async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    let now = clock.now_ms();
+
+    // 1. Both delivered when Y arrives.
+    ingest_at(&store, &set, &version("a1", "facility", None), Some(1)).await;
+    let x = claimed(&store, now).await;
+    assert_eq!(ids(&x), vec!["a1"]);
+    deliver(&store, &x[0], now).await;
+    ingest_at(&store, &set, &version("a2", "outreach", None), Some(3)).await;
+    let y_live = claimed(&store, now).await;
+    assert_eq!(ids(&y_live), vec!["a2"]);
+    deliver(&store, &y_live[0], now).await;
+    // Y itself, older than Y': stale, but it withdraws X.
+    ingest_at(
+        &store,
+        &set,
+        &version("a2", "facility", Some("a1")),
+        Some(2),
+    )
+    .await;
+    let again = claimed(&store, now + 1).await;
+    assert_eq!(
+        again.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![y_live[0].id],
+        "the live version goes again"
+    );
+    deliver(&store, &again[0], now + 1).await;
+    assert!(claimed(&store, now + 2).await.is_empty(), "once");
+
+    // 2. Both in flight when Y arrives.
+    ingest_at(&store, &set, &version("b1", "facility", None), Some(1)).await;
+    let x = claimed(&store, now).await;
+    assert_eq!(ids(&x), vec!["b1"]);
+    ingest_at(&store, &set, &version("b2", "outreach", None), Some(3)).await;
+    let y_live = claimed(&store, now).await;
+    assert_eq!(ids(&y_live), vec!["b2"], "nothing links them yet");
+    ingest_at(
+        &store,
+        &set,
+        &version("b2", "facility", Some("b1")),
+        Some(2),
+    )
+    .await;
+    deliver(&store, &y_live[0], now + 1).await;
+    assert!(
+        claimed(&store, now + 2).await.is_empty(),
+        "due again, but X's bundle is still in flight"
+    );
+    deliver(&store, &x[0], now + 3).await;
+    let again = claimed(&store, now + 4).await;
+    assert_eq!(
+        again.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![y_live[0].id],
+        "after X's bundle, the live version goes again"
+    );
+    deliver(&store, &again[0], now + 5).await;
+
+    // 3. A chain X <- Y <- Z committed as Z, X, Y.
+    ingest_at(
+        &store,
+        &set,
+        &version("c3", "outreach", Some("c2")),
+        Some(3),
+    )
+    .await;
+    let z = claimed(&store, now).await;
+    assert_eq!(ids(&z), vec!["c3"]);
+    deliver(&store, &z[0], now).await;
+    ingest_at(&store, &set, &version("c1", "facility", None), Some(1)).await;
+    let x = claimed(&store, now).await;
+    assert_eq!(ids(&x), vec!["c1"], "X is not known to be replaced yet");
+    ingest_at(
+        &store,
+        &set,
+        &version("c2", "facility", Some("c1")),
+        Some(2),
+    )
+    .await;
+    assert!(
+        claimed(&store, now + 1).await.is_empty(),
+        "Z waits for X's bundle in flight"
+    );
+    deliver(&store, &x[0], now + 2).await;
+    let again = claimed(&store, now + 3).await;
+    assert_eq!(
+        again.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![z[0].id],
+        "the live end of the chain goes again"
+    );
+    deliver(&store, &again[0], now + 4).await;
+
+    // In order, nothing is sent twice: a fresh replacement's bundle is
+    // simply new.
+    ingest_at(&store, &set, &version("d1", "facility", None), Some(1)).await;
+    let x = claimed(&store, now).await;
+    deliver(&store, &x[0], now).await;
+    ingest_at(
+        &store,
+        &set,
+        &version("d2", "outreach", Some("d1")),
+        Some(2),
+    )
+    .await;
+    let y = claimed(&store, now + 1).await;
+    assert_eq!(ids(&y), vec!["d2"]);
+    deliver(&store, &y[0], now + 1).await;
+    assert!(claimed(&store, now + 2).await.is_empty());
+    let states = state_counts(&store).await;
+    assert_eq!(states.get("delivered"), Some(&8), "{states:?}");
+    assert_eq!(states.get("pending"), None, "{states:?}");
+}
+
 /// DHIS2 that stores pushed values and answers from a script.
 #[derive(Debug, Default, Clone)]
 struct ScriptedDhis2 {
@@ -618,5 +773,6 @@ kiungo::on_both_backends!(
     circuit_holds_then_probes,
     leases_and_version_order,
     replacement_waits_for_the_replaced_bundle,
+    out_of_order_replacements_send_the_live_version_last,
     dhis2_totals_follow_edits_and_conflicts_are_parked,
 );

@@ -14,7 +14,10 @@
 //!   outputs stored ([`Outcome::Replaced`]);
 //! - an event whose mapping declares `replaces: OLD` withdraws OLD the
 //!   same way and leaves a tombstone, so that OLD arriving later (out of
-//!   order) is recognised ([`Outcome::Superseded`]).
+//!   order) is recognised ([`Outcome::Superseded`]). Every version that
+//!   names OLD withdraws it, even one that changes nothing of its own
+//!   event; if OLD's bundle already went out, the live version's bundle
+//!   is sent again after it (see `0005_outbox_resend.sql`).
 //!
 //! Rejected events (not JSON, too large, no mapping, mapping error) become
 //! dead letters with their raw payload, headers and reason; the same
@@ -201,6 +204,10 @@ struct Plan {
     contributions: IndexMap<Key, Vec<Dhis2Contribution>>,
     bundles: IndexMap<Key, (String, String, usize, String, Option<String>)>,
     versions: Vec<(Key, String)>,
+    /// Stored events withdrawn by a replacement, with the live event that
+    /// now stands for them: if the withdrawn event's bundle reached the
+    /// server (or is on its way), the live one's is sent again after it.
+    resends: Vec<(Key, String)>,
 }
 
 impl Store {
@@ -475,6 +482,45 @@ impl Store {
             bundles,
         )).await?;
 
+        // Out-of-order replacements: the live version's bundle goes again
+        // (after the withdrawn event's bundles in flight, which the claim
+        // waits for) if the withdrawn event's bundle was delivered or is
+        // being delivered, since that one may have landed last. In order
+        // (the replacement's bundle is new in this batch, still pending)
+        // this changes nothing.
+        for ((source, withdrawn), live) in &plan.resends {
+            let resent = query(
+                self.backend,
+                "UPDATE fhir_outbox SET \
+                 state = CASE WHEN state = 'delivered' THEN 'pending' ELSE state END, \
+                 next_attempt_at = CASE WHEN state = 'delivered' THEN $1 ELSE next_attempt_at END, \
+                 resend = CASE WHEN state = 'delivering' THEN 1 ELSE resend END, updated_at = $1 \
+                 WHERE source = $2 AND event_id = $3 AND state IN ('delivered', 'delivering') \
+                 AND version_hash = (SELECT e.version_hash FROM events e WHERE e.source = $2 \
+                     AND e.event_id = $3 AND e.state = 'live') \
+                 AND EXISTS (SELECT 1 FROM fhir_outbox x WHERE x.source = $2 AND x.event_id = $4 \
+                     AND x.state IN ('delivered', 'delivering'))"
+                    .to_owned(),
+                vec![
+                    now.into(),
+                    source.as_str().into(),
+                    live.as_str().into(),
+                    withdrawn.as_str().into(),
+                ],
+            )
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if resent > 0 {
+                tracing::info!(
+                    source = %source,
+                    event_id = %live,
+                    replaced = %withdrawn,
+                    "replacement committed out of order: the live version's FHIR bundle is sent again"
+                );
+            }
+        }
+
         for (i, rejection) in parked {
             let ing = &batch[i];
             let fingerprint = hex(&Sha256::new()
@@ -630,23 +676,49 @@ impl Plan {
             return;
         };
         let old_key: Key = (ing.source.clone(), old.clone());
-        match self.rows.get(&old_key).map(|c| c.state) {
-            Some(State::Superseded) => {}
-            Some(State::Live) => {
+        let successor = self.live_successor(&ing.source, &m.event_id);
+        match self.rows.get(&old_key).map(|c| (c.state, c.in_db)) {
+            Some((State::Superseded, _)) => {}
+            Some((State::Live, in_db)) => {
                 self.withdraw(&old_key);
                 if let Some(c) = self.rows.get_mut(&old_key) {
                     c.state = State::Superseded;
-                    c.superseded_by = Some(m.event_id.clone());
+                    c.superseded_by = Some(successor.clone());
                     c.changed = true;
+                }
+                if in_db {
+                    self.resends.push((old_key, successor));
                 }
             }
             None => {
                 self.rows.insert(
                     old_key,
-                    Current::unstored(State::Superseded, Some(m.event_id.clone()), now),
+                    Current::unstored(State::Superseded, Some(successor), now),
                 );
             }
         }
+    }
+
+    /// The event that stands for `event_id`: itself while it is live, else
+    /// the end of its `superseded_by` chain as far as this batch knows it.
+    /// A withdrawn event points at it, so that the live event's bundles
+    /// wait for the withdrawn one's in flight (with X <- Y <- Z committed
+    /// as Z, then X, then Y, X points at Z, not at Y which has no bundle).
+    fn live_successor(&self, source: &str, event_id: &str) -> String {
+        let mut id = event_id.to_owned();
+        // A chain longer than this is not a real replacement history.
+        for _ in 0..16 {
+            let next = self
+                .rows
+                .get(&(source.to_owned(), id.clone()))
+                .filter(|c| c.state == State::Superseded)
+                .and_then(|c| c.superseded_by.clone());
+            match next {
+                Some(next) if next != event_id => id = next,
+                _ => break,
+            }
+        }
+        id
     }
 
     /// Withdraws a key's outputs: those stored by earlier batches (deleted

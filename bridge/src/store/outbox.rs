@@ -62,6 +62,12 @@ pub enum Delivery {
     },
 }
 
+/// A delivered bundle's new state: delivered, or pending again (due now)
+/// when an out-of-order replacement asked for it to be sent once more
+/// while it was in flight (see `0005_outbox_resend.sql`). `$1` is now.
+const RESEND_OR_DELIVERED: &str = "state = CASE WHEN resend = 1 THEN 'pending' ELSE 'delivered' END, \
+     next_attempt_at = CASE WHEN resend = 1 THEN $1 ELSE next_attempt_at END, resend = 0";
+
 /// How often a process sweeps expired FHIR leases (ms).
 const LEASE_SWEEP_MS: i64 = 1_000;
 
@@ -101,7 +107,7 @@ impl Store {
         // withdrawn meanwhile (`replaces`) is not sent again: it would
         // overwrite what its replacement delivered.
         let expired = format!(
-            "UPDATE fhir_outbox SET lease_until = NULL, updated_at = $1, \
+            "UPDATE fhir_outbox SET lease_until = NULL, updated_at = $1, resend = 0, \
              state = CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.source = fhir_outbox.source \
                  AND e.event_id = fhir_outbox.event_id AND e.state = 'superseded') \
                THEN 'superseded' ELSE 'pending' END \
@@ -185,7 +191,7 @@ impl Store {
             .partition(|(_, r)| matches!(r, Delivery::Delivered { .. }));
         for chunk in delivered.chunks((super::sql::MAX_PARAMS - 1) / 3) {
             let sql = format!(
-                "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
+                "UPDATE fhir_outbox SET {RESEND_OR_DELIVERED}, attempts = attempts + 1, delivered_at = $1, \
                  updated_at = $1, lease_until = NULL, last_error = NULL, server_ids = v.column3, \
                  notified = 0 FROM (VALUES {}) AS v WHERE fhir_outbox.id = v.column1 \
                  AND fhir_outbox.state = 'delivering' AND fhir_outbox.lease_until = v.column2",
@@ -225,10 +231,11 @@ impl Store {
                 let ids = serde_json::to_string(server_ids).unwrap_or_else(|_| "[]".into());
                 query(
                     self.backend,
-                    "UPDATE fhir_outbox SET state = 'delivered', attempts = attempts + 1, delivered_at = $1, \
-                     updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3, notified = 0 \
-                     WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
-                        .to_owned(),
+                    format!(
+                        "UPDATE fhir_outbox SET {RESEND_OR_DELIVERED}, attempts = attempts + 1, delivered_at = $1, \
+                         updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3, notified = 0 \
+                         WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
+                    ),
                     vec![now.into(), now.into(), ids.into(), item.id.into(), item.lease_until.into()],
                 )
                 .execute(&mut **tx)
@@ -241,7 +248,7 @@ impl Store {
                 query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'pending', attempts = attempts + 1, next_attempt_at = $1, \
-                     updated_at = $2, lease_until = NULL, last_error = $3 \
+                     updated_at = $2, lease_until = NULL, last_error = $3, resend = 0 \
                      WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
                         .to_owned(),
                     vec![
@@ -259,7 +266,7 @@ impl Store {
                 let held = query(
                     self.backend,
                     "UPDATE fhir_outbox SET state = 'dead', attempts = attempts + 1, updated_at = $1, \
-                     lease_until = NULL, last_error = $2 WHERE id = $3 AND state = 'delivering' AND lease_until = $4"
+                     lease_until = NULL, last_error = $2, resend = 0 WHERE id = $3 AND state = 'delivering' AND lease_until = $4"
                         .to_owned(),
                     vec![now.into(), error.as_str().into(), item.id.into(), item.lease_until.into()],
                 )
