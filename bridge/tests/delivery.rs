@@ -468,9 +468,12 @@ fn ids(items: &[kiungo::store::OutboxItem]) -> Vec<&str> {
 /// (Y') is sent again, after any bundle of X still in flight; with a
 /// chain X <- Y <- Z committed as Z, X, Y, the live Z goes again.
 async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) {
-    let (_db, store, clock) = open(backend).await;
+    let (_db, store, _clock) = open(backend).await;
     let set = packs();
-    let now = clock.now_ms();
+    // Bundles are due from their commit (the wall clock); each part claims
+    // well after that, and well within the 60 s leases.
+    let due = || kiungo::store::now_ms() + 10_000;
+    let now = due();
 
     // 1. Both delivered when Y arrives.
     ingest_at(&store, &set, &version("a1", "facility", None), Some(1)).await;
@@ -499,6 +502,7 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
     assert!(claimed(&store, now + 2).await.is_empty(), "once");
 
     // 2. Both in flight when Y arrives.
+    let now = due();
     ingest_at(&store, &set, &version("b1", "facility", None), Some(1)).await;
     let x = claimed(&store, now).await;
     assert_eq!(ids(&x), vec!["b1"]);
@@ -527,6 +531,7 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
     deliver(&store, &again[0], now + 5).await;
 
     // 3. A chain X <- Y <- Z committed as Z, X, Y.
+    let now = due();
     ingest_at(
         &store,
         &set,
@@ -562,6 +567,7 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
 
     // In order, nothing is sent twice: a fresh replacement's bundle is
     // simply new.
+    let now = due();
     ingest_at(&store, &set, &version("d1", "facility", None), Some(1)).await;
     let x = claimed(&store, now).await;
     deliver(&store, &x[0], now).await;

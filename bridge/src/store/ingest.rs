@@ -609,8 +609,9 @@ impl Plan {
             // declares what it replaces, and withdrawal is for good: with
             // Y replacing X, an edit of Y (without `replaces`) that commits
             // before Y itself, or a chain X <- Y <- Z committed as Z then
-            // Y, must still leave X withdrawn.
-            self.supersede_replaced(ing, m, now);
+            // Y, must still leave X withdrawn. The live version's bundle
+            // may be out already: it may have to go again.
+            self.supersede_replaced(ing, m, now, true);
             return outcome;
         }
         let outcome = if self.rows.contains_key(&key) {
@@ -661,13 +662,16 @@ impl Plan {
                 ),
             );
         }
-        self.supersede_replaced(ing, m, now);
+        // The new version's bundle (if any) is pending and waits for the
+        // replaced event's in flight: nothing to send again.
+        self.supersede_replaced(ing, m, now, false);
         outcome
     }
 
     /// Withdraws the event that `m` declares it replaces, whatever `m`
-    /// does to its own event.
-    fn supersede_replaced(&mut self, ing: &Ingest, m: &Outputs, now: i64) {
+    /// does to its own event. `live_may_be_out`: the live version is an
+    /// earlier commit's, whose bundle may have been delivered already.
+    fn supersede_replaced(&mut self, ing: &Ingest, m: &Outputs, now: i64, live_may_be_out: bool) {
         let Some(old) = m
             .replaces
             .as_ref()
@@ -686,7 +690,7 @@ impl Plan {
                     c.superseded_by = Some(successor.clone());
                     c.changed = true;
                 }
-                if in_db {
+                if in_db && live_may_be_out {
                     self.resends.push((old_key, successor));
                 }
             }
