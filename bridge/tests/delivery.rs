@@ -395,18 +395,13 @@ async fn leases_and_version_order(backend: Backend) {
 async fn replacement_waits_for_the_replaced_bundle(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
-    let mut old = visit("r1", "facility");
-    old["fields"]["meta"]["instanceID"] = json!("uuid:r1");
-    ingest(&store, &set, &old).await;
+    ingest(&store, &set, &version("r1", "facility", None)).await;
     let now = clock.now_ms();
     let first = store.claim_fhir(10, now, 60_000).await.expect("claim");
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].event_id, "r1");
     // A replica died holding it; the replacement arrives.
-    let mut new = visit("r2", "outreach");
-    new["fields"]["meta"]["instanceID"] = json!("uuid:r2");
-    new["fields"]["meta"]["deprecatedID"] = json!("uuid:r1");
-    ingest(&store, &set, &new).await;
+    ingest(&store, &set, &version("r2", "outreach", Some("r1"))).await;
     assert!(
         store
             .claim_fhir(10, now + 1_000, 60_000)
@@ -420,7 +415,7 @@ async fn replacement_waits_for_the_replaced_bundle(backend: Backend) {
         .await
         .expect("claim");
     assert_eq!(
-        next.iter().map(|i| i.event_id.as_str()).collect::<Vec<_>>(),
+        ids(&next),
         vec!["r2"],
         "after the lease: the replacement, not the replaced bundle again"
     );
@@ -461,6 +456,18 @@ fn ids(items: &[kiungo::store::OutboxItem]) -> Vec<&str> {
     items.iter().map(|i| i.event_id.as_str()).collect()
 }
 
+/// Claims at `now`, asserts that exactly the outbox row `row` comes back
+/// (`why`), and delivers it.
+async fn sent_again(store: &Store, now: i64, row: &kiungo::store::OutboxItem, why: &str) {
+    let again = claimed(store, now).await;
+    assert_eq!(
+        again.iter().map(|i| i.id).collect::<Vec<_>>(),
+        vec![row.id],
+        "{why}"
+    );
+    deliver(store, &again[0], now).await;
+}
+
 /// Replacements committed out of order (replicas, redeliveries): with Y
 /// replacing X, an edit Y' of Y that no longer names X is committed and
 /// delivered before Y; X's bundle may have reached the server after Y''s
@@ -492,13 +499,7 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
         Some(2),
     )
     .await;
-    let again = claimed(&store, now + 1).await;
-    assert_eq!(
-        again.iter().map(|i| i.id).collect::<Vec<_>>(),
-        vec![y_live[0].id],
-        "the live version goes again"
-    );
-    deliver(&store, &again[0], now + 1).await;
+    sent_again(&store, now + 1, &y_live[0], "the live version goes again").await;
     assert!(claimed(&store, now + 2).await.is_empty(), "once");
 
     // 2. Both in flight when Y arrives.
@@ -522,13 +523,13 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
         "due again, but X's bundle is still in flight"
     );
     deliver(&store, &x[0], now + 3).await;
-    let again = claimed(&store, now + 4).await;
-    assert_eq!(
-        again.iter().map(|i| i.id).collect::<Vec<_>>(),
-        vec![y_live[0].id],
-        "after X's bundle, the live version goes again"
-    );
-    deliver(&store, &again[0], now + 5).await;
+    sent_again(
+        &store,
+        now + 4,
+        &y_live[0],
+        "after X's bundle, the live version goes again",
+    )
+    .await;
 
     // 3. A chain X <- Y <- Z committed as Z, X, Y.
     let now = due();
@@ -557,13 +558,13 @@ async fn out_of_order_replacements_send_the_live_version_last(backend: Backend) 
         "Z waits for X's bundle in flight"
     );
     deliver(&store, &x[0], now + 2).await;
-    let again = claimed(&store, now + 3).await;
-    assert_eq!(
-        again.iter().map(|i| i.id).collect::<Vec<_>>(),
-        vec![z[0].id],
-        "the live end of the chain goes again"
-    );
-    deliver(&store, &again[0], now + 4).await;
+    sent_again(
+        &store,
+        now + 3,
+        &z[0],
+        "the live end of the chain goes again",
+    )
+    .await;
 
     // In order, nothing is sent twice: a fresh replacement's bundle is
     // simply new.
