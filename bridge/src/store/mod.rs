@@ -22,6 +22,8 @@ mod feedback;
 mod ingest;
 mod operations;
 mod outbox;
+#[doc(hidden)]
+pub mod plan;
 mod read;
 mod retention;
 pub mod scratch;
@@ -161,7 +163,7 @@ impl Store {
                                  PRAGMA cache_size = -8000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 16000;",
                             )
                             .await?;
-                            conn.execute(sqlx::AssertSqlSafe(format!("PRAGMA synchronous = {sync};")))
+                            conn.execute(format!("PRAGMA synchronous = {sync};").as_str())
                                 .await?;
                             Ok(())
                         })

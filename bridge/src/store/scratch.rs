@@ -55,14 +55,11 @@ impl ScratchDb {
                 for db in old {
                     let stamp = db.split('_').nth(2).and_then(|t| t.parse::<i64>().ok());
                     if stamp.is_none_or(|t| now - t > 3600) {
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
-                        )))
-                        .execute(&mut conn)
-                        .await;
+                        let sql = format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)");
+                        let _ = sqlx::raw_sql(&sql).execute(&mut conn).await;
                     }
                 }
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
                     .execute(&mut conn)
                     .await?;
                 conn.close().await?;

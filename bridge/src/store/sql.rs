@@ -2,9 +2,9 @@
 //! (`$1`, which SQLite and PostgreSQL both accept) and multi-row inserts
 //! chunked under each database's parameter limit.
 
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::query::Query;
-use sqlx::{Any, AssertSqlSafe};
+use sqlx::{Any, Executor};
 
 use super::Backend;
 
@@ -86,30 +86,121 @@ pub(crate) fn anonymous_placeholders(sql: &str) -> Option<String> {
     Some(out)
 }
 
-/// Builds `sql` with `binds` bound in order. Statements are not kept in
-/// the connection's prepared-statement cache: multi-row statements differ
-/// in size from batch to batch, and caching each shape would hold many
-/// large prepared statements per connection for no reuse.
-pub(crate) fn query(
-    backend: Backend,
+/// A statement with its binds, owning its text: sqlx 0.8 borrows a
+/// query's SQL, and statements here are built at run time (multi-row
+/// inserts, backend-specific locking), so the text lives in the statement
+/// and is borrowed only while it runs.
+///
+/// Statements with up to 16 binds are kept in the connection's
+/// prepared-statement cache; multi-row statements differ in size from
+/// batch to batch, and caching each shape would hold many large prepared
+/// statements per connection for no reuse.
+#[derive(Debug)]
+pub(crate) struct Stmt {
     sql: String,
     binds: Vec<Bind>,
-) -> Query<'static, Any, AnyArguments> {
-    let persistent = binds.len() <= 16;
+}
+
+impl Stmt {
+    fn build(&self) -> Query<'_, Any, AnyArguments<'_>> {
+        let mut q = sqlx::query(&self.sql).persistent(self.binds.len() <= 16);
+        for b in &self.binds {
+            q = match b {
+                Bind::Text(v) => q.bind(v.clone()),
+                Bind::Int(v) => q.bind(*v),
+                Bind::Real(v) => q.bind(*v),
+                Bind::Blob(v) => q.bind(v.clone()),
+            };
+        }
+        q
+    }
+
+    fn record(&self) {
+        let _ = RECORDER.try_with(|r| {
+            if let Ok(mut r) = r.lock() {
+                r.push(Recorded {
+                    sql: self.sql.clone(),
+                    binds: self.binds.clone(),
+                });
+            }
+        });
+    }
+
+    /// Runs the statement; rows affected.
+    pub(crate) async fn execute<'c, E>(self, executor: E) -> Result<AnyQueryResult, sqlx::Error>
+    where
+        E: Executor<'c, Database = Any>,
+    {
+        self.record();
+        self.build().execute(executor).await
+    }
+
+    /// Runs the statement; every row.
+    pub(crate) async fn fetch_all<'c, E>(self, executor: E) -> Result<Vec<AnyRow>, sqlx::Error>
+    where
+        E: Executor<'c, Database = Any>,
+    {
+        self.record();
+        self.build().fetch_all(executor).await
+    }
+
+    /// Runs the statement; the first row, if any.
+    pub(crate) async fn fetch_optional<'c, E>(
+        self,
+        executor: E,
+    ) -> Result<Option<AnyRow>, sqlx::Error>
+    where
+        E: Executor<'c, Database = Any>,
+    {
+        self.record();
+        self.build().fetch_optional(executor).await
+    }
+
+    /// Runs the statement; exactly one row.
+    pub(crate) async fn fetch_one<'c, E>(self, executor: E) -> Result<AnyRow, sqlx::Error>
+    where
+        E: Executor<'c, Database = Any>,
+    {
+        self.record();
+        self.build().fetch_one(executor).await
+    }
+}
+
+tokio::task_local! {
+    static RECORDER: std::sync::Mutex<Vec<Recorded>>;
+}
+
+/// A statement as the store ran it, for plan tests (see
+/// [`super::plan`]).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Its text, as sent to the database.
+    pub sql: String,
+    pub(crate) binds: Vec<Bind>,
+}
+
+/// Runs `f`, recording every statement the store runs for it in this
+/// task (statements run elsewhere, such as by other tasks, are not).
+pub async fn record<F: std::future::Future>(f: F) -> (F::Output, Vec<Recorded>) {
+    RECORDER
+        .scope(std::sync::Mutex::new(Vec::new()), async {
+            let out = f.await;
+            let list = RECORDER
+                .with(|r| r.lock().map(|mut l| std::mem::take(&mut *l)).ok())
+                .unwrap_or_default();
+            (out, list)
+        })
+        .await
+}
+
+/// Builds `sql` with `binds` bound in order (on SQLite with anonymous
+/// placeholders where they allow it).
+pub(crate) fn query(backend: Backend, sql: String, binds: Vec<Bind>) -> Stmt {
     let sql = match backend {
         Backend::Sqlite => anonymous_placeholders(&sql).unwrap_or(sql),
         Backend::Postgres => sql,
     };
-    let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(persistent);
-    for b in binds {
-        q = match b {
-            Bind::Text(v) => q.bind(v),
-            Bind::Int(v) => q.bind(v),
-            Bind::Real(v) => q.bind(v),
-            Bind::Blob(v) => q.bind(v),
-        };
-    }
-    q
+    Stmt { sql, binds }
 }
 
 /// `($1, $2), ($3, $4)` for `rows` rows of `cols` placeholders, numbered
