@@ -68,6 +68,11 @@ pub fn format_number(v: f64) -> String {
 impl Store {
     /// Claims up to `limit` dirty totals that were first marked at least
     /// `delay_ms` ago and are due, and recomputes their values.
+    ///
+    /// The walk follows `dhis2_dirty_due` (next attempt, then first mark):
+    /// totals never tried come first, oldest mark first; totals waiting
+    /// for a retry lie beyond `now` and are never walked, so a DHIS2
+    /// outage that leaves every total waiting costs nothing per claim.
     pub async fn claim_totals(
         &self,
         limit: i64,
@@ -89,7 +94,7 @@ impl Store {
                    SELECT data_element, period, org_unit, coc, aoc FROM dhis2_dirty \
                    WHERE marked_at <= $3 AND next_attempt_at <= $4 \
                    AND (lease_until IS NULL OR lease_until < $5) \
-                   ORDER BY marked_at LIMIT $6 {lock})"
+                   ORDER BY next_attempt_at, marked_at LIMIT $6 {lock})"
             ),
             vec![
                 token.as_str().into(),
@@ -285,10 +290,13 @@ impl Store {
 
     /// The values DHIS2 last accepted, by total.
     pub async fn dhis2_pushed(&self) -> Result<BTreeMap<TotalKey, String>, StoreError> {
-        let rows =
-            sqlx::query("SELECT data_element, period, org_unit, coc, aoc, value FROM dhis2_pushed")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = query(
+            self.backend,
+            "SELECT data_element, period, org_unit, coc, aoc, value FROM dhis2_pushed".to_owned(),
+            vec![],
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| Ok((total_key(r)?, r.try_get(5)?)))
             .collect()
@@ -320,11 +328,8 @@ impl Store {
             .iter()
             .enumerate()
         {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT DISTINCT {col} FROM dhis2_contributions"
-            )))
-            .fetch_all(&self.pool)
-            .await?;
+            let sql = format!("SELECT DISTINCT {col} FROM dhis2_contributions");
+            let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
             out[i] = rows
                 .iter()
                 .map(|r| r.try_get(0))

@@ -412,9 +412,12 @@ impl Store {
     /// `kiungo_feedback_pending` gauge; DHIS2 contributions are left out:
     /// counting them means joining the totals).
     pub async fn pending_status_count(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query(
+        let row = query(
+            self.backend,
             "SELECT (SELECT COUNT(*) FROM fhir_outbox WHERE notified = 0 AND state = 'delivered') \
-             + (SELECT COUNT(*) FROM dead_letters WHERE notified = 0)",
+             + (SELECT COUNT(*) FROM dead_letters WHERE notified = 0)"
+                .to_owned(),
+            vec![],
         )
         .fetch_one(&self.pool)
         .await?;

@@ -166,9 +166,7 @@ impl Store {
 
     /// Every destination's health, by name.
     pub async fn destination_health(&self) -> Result<Vec<DestinationHealth>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, circuit, last_success_at, last_error, last_error_at FROM destinations ORDER BY name",
-        )
+        let rows = query(self.backend, "SELECT name, circuit, last_success_at, last_error, last_error_at FROM destinations ORDER BY name".to_owned(), vec![])
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -187,9 +185,12 @@ impl Store {
     /// The backlog of every destination.
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         let mut b = Backlog::default();
-        let rows = sqlx::query(
+        let rows = query(
+            self.backend,
             "SELECT state, CASE WHEN attempts > 0 THEN 1 ELSE 0 END, COUNT(*), MIN(created_at) \
-             FROM fhir_outbox WHERE state IN ('pending', 'delivering') GROUP BY 1, 2",
+             FROM fhir_outbox WHERE state IN ('pending', 'delivering') GROUP BY 1, 2"
+                .to_owned(),
+            vec![],
         )
         .fetch_all(&self.pool)
         .await?;
@@ -206,17 +207,18 @@ impl Store {
                 (a, o) => a.or(o),
             };
         }
-        let r = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0), MIN(marked_at) \
-             FROM dhis2_dirty",
-        )
+        let r = query(self.backend, "SELECT COUNT(*), COALESCE(SUM(CASE WHEN attempts > 0 THEN 1 ELSE 0 END), 0), MIN(marked_at) \
+             FROM dhis2_dirty".to_owned(), vec![])
         .fetch_one(&self.pool)
         .await?;
         b.dhis2_pending = r.try_get(0)?;
         b.dhis2_retrying = r.try_get(1)?;
         b.dhis2_oldest_at = r.try_get(2)?;
-        let rows = sqlx::query(
-            "SELECT stage, COUNT(*) FROM dead_letters WHERE state = 'open' GROUP BY stage",
+        let rows = query(
+            self.backend,
+            "SELECT stage, COUNT(*) FROM dead_letters WHERE state = 'open' GROUP BY stage"
+                .to_owned(),
+            vec![],
         )
         .fetch_all(&self.pool)
         .await?;
@@ -228,9 +230,7 @@ impl Store {
 
     /// Events and open dead letters per source and mapping.
     pub async fn flows(&self) -> Result<Vec<Flow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT source, mapping, COUNT(*), MAX(received_at) FROM events GROUP BY source, mapping",
-        )
+        let rows = query(self.backend, "SELECT source, mapping, COUNT(*), MAX(received_at) FROM events GROUP BY source, mapping".to_owned(), vec![])
         .fetch_all(&self.pool)
         .await?;
         let mut flows: BTreeMap<(String, Option<String>), Flow> = BTreeMap::new();
@@ -247,9 +247,12 @@ impl Store {
                 },
             );
         }
-        let rows = sqlx::query(
+        let rows = query(
+            self.backend,
             "SELECT source, mapping, COUNT(*) FROM dead_letters \
-             WHERE state = 'open' AND stage <> 'dhis2' GROUP BY source, mapping",
+             WHERE state = 'open' AND stage <> 'dhis2' GROUP BY source, mapping"
+                .to_owned(),
+            vec![],
         )
         .fetch_all(&self.pool)
         .await?;
@@ -272,9 +275,12 @@ impl Store {
 
     /// Open dead letters per stage and reason code.
     pub async fn dead_letters_by_reason(&self) -> Result<Vec<ReasonCount>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
+            self.backend,
             "SELECT stage, reason_code, COUNT(*) FROM dead_letters WHERE state = 'open' \
-             GROUP BY stage, reason_code ORDER BY 3 DESC, 1, 2",
+             GROUP BY stage, reason_code ORDER BY 3 DESC, 1, 2"
+                .to_owned(),
+            vec![],
         )
         .fetch_all(&self.pool)
         .await?;

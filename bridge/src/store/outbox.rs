@@ -92,6 +92,14 @@ impl Store {
     /// index walk over pending rows finds every due bundle and stops after
     /// `limit` of them. A bundle waits while an older version of its
     /// event, or a bundle of the event it replaces, is in flight.
+    ///
+    /// Each candidate costs index probes only: older versions through
+    /// `fhir_outbox_in_flight` by (source, event id), replaced events
+    /// through `events_superseded_by`, then their bundles by (source,
+    /// event id). The replaced-event check is a nested `EXISTS`, not a
+    /// join: SQLite, which plans without statistics, planned the join as
+    /// a walk of every in-flight bundle of the candidate's source, once
+    /// per candidate (2.3 s per claim with 50,000 pending).
     pub async fn claim_fhir(
         &self,
         limit: i64,
@@ -106,13 +114,21 @@ impl Store {
         // makes the late holder's result a no-op. A bundle whose event was
         // withdrawn meanwhile (`replaces`) is not sent again: it would
         // overwrite what its replacement delivered.
+        // PostgreSQL locks the expired rows in id order (replicas sweep at
+        // once); SQLite's writer is alone, and an `ORDER BY id` there makes
+        // it walk the table in rowid order instead of the few rows in
+        // `fhir_outbox_leased`.
+        let order = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "ORDER BY id",
+        };
         let expired = format!(
             "UPDATE fhir_outbox SET lease_until = NULL, updated_at = $1, resend = 0, \
              state = CASE WHEN EXISTS (SELECT 1 FROM events e WHERE e.source = fhir_outbox.source \
                  AND e.event_id = fhir_outbox.event_id AND e.state = 'superseded') \
                THEN 'superseded' ELSE 'pending' END \
              WHERE id IN (SELECT id FROM fhir_outbox WHERE state = 'delivering' AND lease_until < $2 \
-             ORDER BY id {lock})"
+             {order} {lock})"
         );
         let sql = format!(
             "UPDATE fhir_outbox SET state = 'delivering', lease_until = $1, updated_at = $2 \
@@ -121,9 +137,10 @@ impl Store {
                WHERE o.state = 'pending' AND o.next_attempt_at <= $3 \
                AND NOT EXISTS (SELECT 1 FROM fhir_outbox p WHERE p.source = o.source \
                    AND p.event_id = o.event_id AND p.id < o.id AND p.state IN ('pending', 'delivering')) \
-               AND NOT EXISTS (SELECT 1 FROM events x JOIN fhir_outbox p ON p.source = x.source \
-                   AND p.event_id = x.event_id AND p.state IN ('pending', 'delivering') \
-                   WHERE x.source = o.source AND x.superseded_by = o.event_id) \
+               AND NOT EXISTS (SELECT 1 FROM events x WHERE x.source = o.source \
+                   AND x.superseded_by = o.event_id AND EXISTS (SELECT 1 FROM fhir_outbox p \
+                   WHERE p.source = x.source AND p.event_id = x.event_id \
+                   AND p.state IN ('pending', 'delivering'))) \
                ORDER BY o.next_attempt_at, o.id LIMIT $4 {lock}) \
              RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
         );
@@ -378,10 +395,13 @@ impl Store {
 
     /// Counts of outbox rows by state.
     pub async fn outbox_states(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) FROM fhir_outbox GROUP BY state ORDER BY state")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = query(
+            self.backend,
+            "SELECT state, COUNT(*) FROM fhir_outbox GROUP BY state ORDER BY state".to_owned(),
+            vec![],
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
@@ -403,9 +423,7 @@ impl Store {
     /// `(source, event id, created, delivered)` of every delivered bundle
     /// (ms), for latency measurements.
     pub async fn delivery_times(&self) -> Result<Vec<(String, String, i64, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT source, event_id, created_at, delivered_at FROM fhir_outbox WHERE state = 'delivered'",
-        )
+        let rows = query(self.backend, "SELECT source, event_id, created_at, delivered_at FROM fhir_outbox WHERE state = 'delivered'".to_owned(), vec![])
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

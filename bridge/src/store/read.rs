@@ -161,7 +161,8 @@ fn dead_letter(row: &sqlx::any::AnyRow, with_payload: bool) -> Result<DeadLetter
 impl Store {
     /// Row counts.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
-        let row = sqlx::query(
+        let row = query(
+            self.backend,
             "SELECT \
              (SELECT COUNT(*) FROM events WHERE state = 'live'), \
              (SELECT COUNT(*) FROM events WHERE state = 'superseded'), \
@@ -170,7 +171,9 @@ impl Store {
              (SELECT COUNT(*) FROM fhir_outbox WHERE state = 'superseded'), \
              (SELECT COUNT(*) FROM dhis2_contributions), \
              (SELECT COUNT(*) FROM dhis2_dirty), \
-             (SELECT COUNT(*) FROM dead_letters WHERE state = 'open')",
+             (SELECT COUNT(*) FROM dead_letters WHERE state = 'open')"
+                .to_owned(),
+            vec![],
         )
         .fetch_one(&self.pool)
         .await?;
@@ -191,10 +194,8 @@ impl Store {
     /// pick, `last` takes the value of the latest event date (then event
     /// id). Totals of text values (`last` only) are left out.
     pub async fn dhis2_totals(&self) -> Result<BTreeMap<TotalKey, f64>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT data_element, period, org_unit, coc, aoc, aggregation, value_num, event_date, event_id \
-             FROM dhis2_contributions ORDER BY data_element, period, org_unit, coc, aoc, event_date, event_id",
-        )
+        let rows = query(self.backend, "SELECT data_element, period, org_unit, coc, aoc, aggregation, value_num, event_date, event_id \
+             FROM dhis2_contributions ORDER BY data_element, period, org_unit, coc, aoc, event_date, event_id".to_owned(), vec![])
         .fetch_all(&self.pool)
         .await?;
         let mut totals: BTreeMap<TotalKey, f64> = BTreeMap::new();
@@ -212,9 +213,12 @@ impl Store {
 
     /// Current event rows, ordered by source and id.
     pub async fn events(&self) -> Result<Vec<EventRow>, StoreError> {
-        let rows = sqlx::query(
+        let rows = query(
+            self.backend,
             "SELECT source, event_id, state, mapping, version_hash, versions, \
-             CASE WHEN payload IS NULL THEN 0 ELSE 1 END FROM events ORDER BY source, event_id",
+             CASE WHEN payload IS NULL THEN 0 ELSE 1 END FROM events ORDER BY source, event_id"
+                .to_owned(),
+            vec![],
         )
         .fetch_all(&self.pool)
         .await?;
@@ -300,9 +304,13 @@ impl Store {
     /// test that proves it.
     #[doc(hidden)]
     pub async fn audit_tamper_for_tests(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE audit_log SET actor = 'someone else'")
-            .execute(&self.pool)
-            .await?;
+        query(
+            self.backend,
+            "UPDATE audit_log SET actor = 'someone else'".to_owned(),
+            vec![],
+        )
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::sql::query;
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 /// What one purge removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -23,38 +23,72 @@ pub struct PurgeReport {
     pub bundles: u64,
 }
 
+/// Rows purged per transaction: the writer is held briefly, and each
+/// batch is found through the partial indexes `fhir_outbox_purgeable` and
+/// `events_purgeable` (oldest first), however large the store.
+const PURGE_BATCH: i64 = 1_000;
+
 impl Store {
-    /// Purges delivered payloads older than `retention`, as of `now_ms`.
+    /// Purges delivered payloads older than `retention`, as of `now_ms`,
+    /// in batches of [`PURGE_BATCH`] rows.
+    ///
+    /// Each batch picks its rows through a partial index and updates them
+    /// by physical id (SQLite's rowid, PostgreSQL's ctid, an array probed
+    /// one by one): as `IN (SELECT ...)` PostgreSQL planned the update as
+    /// a hash join over the whole table.
     pub async fn purge_delivered(
         &self,
         retention: Duration,
         now_ms: i64,
     ) -> Result<PurgeReport, StoreError> {
         let cutoff = now_ms - i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+        let (open, rowid, close) = match self.backend {
+            Backend::Sqlite => ("rowid IN (", "rowid", ")"),
+            Backend::Postgres => ("ctid = ANY(ARRAY(", "ctid", "))"),
+        };
+        let bundles = format!(
+            "UPDATE fhir_outbox SET bundle = NULL WHERE {open}SELECT {rowid} FROM fhir_outbox \
+             WHERE bundle IS NOT NULL AND state IN ('delivered', 'superseded') AND updated_at < $1 \
+             ORDER BY updated_at LIMIT $2{close}"
+        );
+        // An event whose bundle still waits keeps its payload (replay and
+        // re-mapping need it). The check is a scalar subquery, one index
+        // probe per candidate: as a plain `NOT EXISTS`, PostgreSQL hashed
+        // every bundle in flight to check one batch.
+        let payloads = format!(
+            "UPDATE events SET payload = NULL WHERE {open}SELECT e.{rowid} FROM events e \
+             WHERE payload IS NOT NULL AND updated_at < $1 \
+             AND NOT (SELECT EXISTS (SELECT 1 FROM fhir_outbox o WHERE o.source = e.source \
+               AND o.event_id = e.event_id AND o.state IN ('pending', 'delivering'))) \
+             ORDER BY updated_at LIMIT $2{close}"
+        );
+        let mut report = PurgeReport::default();
+        for (sql, count) in [
+            (bundles, &mut report.bundles),
+            (payloads, &mut report.payloads),
+        ] {
+            loop {
+                let n = self.purge_batch(&sql, cutoff).await?;
+                *count += n;
+                if n < PURGE_BATCH.unsigned_abs() {
+                    break;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    async fn purge_batch(&self, sql: &str, cutoff: i64) -> Result<u64, StoreError> {
         let mut tx = self.begin_write().await?;
-        let bundles = query(
+        let n = query(
             self.backend,
-            "UPDATE fhir_outbox SET bundle = NULL \
-             WHERE bundle IS NOT NULL AND state IN ('delivered', 'superseded') AND updated_at < $1"
-                .to_owned(),
-            vec![cutoff.into()],
-        )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let payloads = query(
-            self.backend,
-            "UPDATE events SET payload = NULL \
-             WHERE payload IS NOT NULL AND updated_at < $1 AND NOT EXISTS ( \
-               SELECT 1 FROM fhir_outbox o WHERE o.source = events.source \
-               AND o.event_id = events.event_id AND o.state IN ('pending', 'delivering'))"
-                .to_owned(),
-            vec![cutoff.into()],
+            sql.to_owned(),
+            vec![cutoff.into(), PURGE_BATCH.into()],
         )
         .execute(&mut *tx)
         .await?
         .rows_affected();
         tx.commit().await?;
-        Ok(PurgeReport { payloads, bundles })
+        Ok(n)
     }
 }
