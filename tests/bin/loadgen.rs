@@ -3,10 +3,22 @@
 //! side in one run on the same broker.
 //!
 //! For each of the two consumers it fills the queues with the same N
-//! events (the shipped packs, via the workload generator), then drains
-//! them: the bare consumer in-process (one channel per queue, prefetch P,
-//! ack per message), Kiungo as a child process (`target/release/kiungo
-//! run`) whose peak resident memory is read from `/proc`.
+//! events (the shipped packs, via the workload generator, published the
+//! same way), then drains them: the bare consumer in-process, Kiungo as a
+//! child process (`target/release/kiungo run`) whose peak resident memory
+//! is read from `/proc`.
+//!
+//! The bare consumer is a plain lapin consumer of the same four
+//! queues: one connection (as Kiungo), one channel per queue with Kiungo's
+//! prefetch, one task per queue so that the queues drain concurrently, and
+//! one `basic.ack` per delivery (not `multiple`) with nothing else done to
+//! the message. A queue's task takes its next delivery without waiting for
+//! the previous ack to reach the socket (Kiungo does not wait on its acks
+//! either); every ack is still awaited before the clock stops. Both clocks
+//! start when every consumer is registered (Kiungo: when `/readyz`
+//! answers, which it does from that point) and stop when the last message
+//! is done with (bare: its ack is written; Kiungo: its event is in the
+//! store, seen by a poll every 100 ms).
 //!
 //! ```text
 //! cargo build --release -p kiungo -p kiungo-tests
@@ -18,13 +30,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{Backend, Store};
 use kiungo_tests::harness::{Vhost, publish, queue_for, wait_ready};
 use kiungo_tests::workload::{Mix, generate_with, load_mappings, packs_dir};
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties};
+use lapin::{Channel, Connection, ConnectionProperties, Consumer};
 
 const SOURCES: [&str; 4] = ["cht", "commcare", "kobo", "inhouse"];
 
@@ -101,7 +114,7 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         n as f64 / t.elapsed().as_secs_f64()
     );
-    let bare = bare_consumer(&vhost.url(), prefix, args.prefetch, n).await?;
+    let bare = bare_consumer(&vhost.url(), prefix, args.prefetch, &workload).await?;
     println!("bare consumer (ack only): {bare:.0} msg/s");
 
     // Kiungo.
@@ -133,13 +146,25 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bare_consumer(url: &str, prefix: &str, prefetch: u16, n: usize) -> anyhow::Result<f64> {
+/// Drains the queues with one channel and one task per queue, acking each
+/// delivery on its own, and returns messages per second from the moment
+/// every consumer is registered until the last ack is written.
+async fn bare_consumer(
+    url: &str,
+    prefix: &str,
+    prefetch: u16,
+    workload: &kiungo_tests::workload::Workload,
+) -> anyhow::Result<f64> {
+    let n = workload.messages.len();
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
-    let mut streams = Vec::new();
+    let mut queues = Vec::new();
     for s in SOURCES {
-        let ch = conn.create_channel().await?;
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let c = ch
+        let want = workload.messages.iter().filter(|m| m.source == s).count();
+        let channel = conn.create_channel().await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
+        let consumer = channel
             .basic_consume(
                 queue_for(prefix, s).into(),
                 "bare".into(),
@@ -147,23 +172,57 @@ async fn bare_consumer(url: &str, prefix: &str, prefetch: u16, n: usize) -> anyh
                 FieldTable::default(),
             )
             .await?;
-        streams.push(c);
+        queues.push((channel, consumer, want));
     }
-    let mut all = futures_util::stream::select_all(streams);
-    let mut start = None;
-    let mut count = 0;
-    while count < n {
-        let d = tokio::time::timeout(Duration::from_secs(30), all.next())
-            .await
-            .context("bare consumer stalled")?
-            .context("stream ended")??;
-        start.get_or_insert_with(Instant::now);
-        d.ack(BasicAckOptions::default()).await?;
-        count += 1;
+    let wanted: usize = queues.iter().map(|(_, _, want)| want).sum();
+    if wanted != n {
+        bail!(
+            "{} of {n} messages are for queues Kiungo does not consume",
+            n - wanted
+        );
     }
-    let secs = start.map_or(1.0, |s| s.elapsed().as_secs_f64());
+    // t0: every consumer is registered, the point from which Kiungo's
+    // `/readyz` answers.
+    let t0 = Instant::now();
+    let tasks = queues
+        .into_iter()
+        .map(|(channel, consumer, want)| tokio::spawn(drain(channel, consumer, want)));
+    let acked: usize = tokio::time::timeout(
+        Duration::from_secs(600),
+        futures_util::future::try_join_all(tasks),
+    )
+    .await
+    .context("bare consumer did not finish in 600 s")??
+    .into_iter()
+    .sum::<anyhow::Result<usize>>()?;
+    let secs = t0.elapsed().as_secs_f64();
     conn.close(200, "done".into()).await?;
-    Ok(n as f64 / secs)
+    Ok(acked as f64 / secs)
+}
+
+/// Acks `want` deliveries of one queue, each with its own `basic.ack`, and
+/// returns how many were acked. The next delivery is taken while earlier
+/// acks are still being written; the acks are polled first, so each ack's
+/// frame goes out on the loop's next turn after its delivery came in.
+async fn drain(channel: Channel, mut consumer: Consumer, want: usize) -> anyhow::Result<usize> {
+    let mut acks = FuturesUnordered::new();
+    let (mut received, mut acked) = (0, 0);
+    while acked < want {
+        tokio::select! {
+            biased;
+            Some(ack) = acks.next() => {
+                ack?;
+                acked += 1;
+            }
+            delivery = consumer.next(), if received < want => {
+                let delivery = delivery.context("consumer stream ended")??;
+                acks.push(channel.basic_ack(delivery.delivery_tag, BasicAckOptions::default()));
+                received += 1;
+            }
+            else => bail!("nothing left to receive or ack after {acked} of {want}"),
+        }
+    }
+    Ok(acked)
 }
 
 fn kiungo_release_binary() -> anyhow::Result<PathBuf> {
