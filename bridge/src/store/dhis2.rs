@@ -107,7 +107,23 @@ impl Store {
         )
         .execute(&mut *tx)
         .await?;
-        let rows = query(
+        tx.commit().await?;
+
+        // The recompute reads every contribution of the claimed totals:
+        // outside the write transaction (SQLite's single writer, and the
+        // FHIR worker, would wait for it), in one statement so that each
+        // total's `changes` and its contributions come from one snapshot,
+        // folded row by row rather than held in memory. A commit after
+        // that snapshot moves `changes`, so the total stays dirty.
+        struct Acc {
+            changes: i64,
+            attempts: i64,
+            marked_at: i64,
+            num: Option<f64>,
+            text: Option<String>,
+        }
+        let mut acc: BTreeMap<TotalKey, Acc> = BTreeMap::new();
+        query(
             self.backend,
             "SELECT d.data_element, d.period, d.org_unit, d.coc, d.aoc, d.changes, d.attempts, d.marked_at, \
              c.aggregation, c.value, c.value_num \
@@ -118,19 +134,7 @@ impl Store {
                 .to_owned(),
             vec![token.as_str().into()],
         )
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-
-        struct Acc {
-            changes: i64,
-            attempts: i64,
-            marked_at: i64,
-            num: Option<f64>,
-            text: Option<String>,
-        }
-        let mut acc: BTreeMap<TotalKey, Acc> = BTreeMap::new();
-        for row in rows {
+        .for_each(&self.pool, |row| {
             let a = acc.entry(total_key(&row)?).or_insert(Acc {
                 changes: row.try_get(5).unwrap_or(0),
                 attempts: row.try_get(6).unwrap_or(0),
@@ -139,7 +143,7 @@ impl Store {
                 text: None,
             });
             let Some(aggregation) = row.try_get::<Option<String>, _>(8)? else {
-                continue; // no contribution left: the total is withdrawn
+                return Ok(()); // no contribution left: the total is withdrawn
             };
             let text: Option<String> = row.try_get(9)?;
             let num: Option<f64> = row.try_get(10)?;
@@ -151,7 +155,9 @@ impl Store {
                 (aggregation, Some(v)) => a.num = Some(fold_total(a.num, aggregation, v)),
                 (_, None) => {}
             }
-        }
+            Ok(())
+        })
+        .await?;
         Ok(acc
             .into_iter()
             .map(|(key, a)| DirtyTotal {
@@ -320,16 +326,27 @@ impl Store {
 }
 
 impl Store {
-    /// Every data element, org unit, COC and AOC the stored contributions
-    /// reference, as written (for the DHIS2 preflight).
+    /// Every data element, org unit, COC and AOC of the totals Kiungo has
+    /// pushed or will push, as written (for the DHIS2 preflight).
+    ///
+    /// Read from the totals (`dhis2_dirty`, `dhis2_pushed`: one row per
+    /// total), not from the contributions (one row per event and rule):
+    /// at start-up, after an outage, the latter meant four full scans of
+    /// a table of millions of rows. A total DHIS2 refused and that no
+    /// event changed since is in neither; its dead letter names it.
     pub async fn referenced_metadata(&self) -> Result<[Vec<String>; 4], StoreError> {
         let mut out: [Vec<String>; 4] = Default::default();
         for (i, col) in ["data_element", "org_unit", "coc", "aoc"]
             .iter()
             .enumerate()
         {
-            let sql = format!("SELECT DISTINCT {col} FROM dhis2_contributions");
-            let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+            let rows = query(
+                self.backend,
+                format!("SELECT {col} FROM dhis2_dirty UNION SELECT {col} FROM dhis2_pushed"),
+                vec![],
+            )
+            .fetch_all(&self.pool)
+            .await?;
             out[i] = rows
                 .iter()
                 .map(|r| r.try_get(0))

@@ -6,7 +6,7 @@ use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Executor};
 
-use super::Backend;
+use super::{Backend, StoreError};
 
 /// SQLite allows 32,766 parameters per statement and PostgreSQL 65,535.
 pub(crate) const MAX_PARAMS: usize = 30_000;
@@ -142,6 +142,22 @@ impl Stmt {
     {
         self.record();
         self.build().fetch_all(executor).await
+    }
+
+    /// Runs the statement and hands each row to `f` as it arrives,
+    /// without holding the result in memory; stops at `f`'s first error.
+    pub(crate) async fn for_each<'c, E, F>(self, executor: E, mut f: F) -> Result<(), StoreError>
+    where
+        E: Executor<'c, Database = Any>,
+        F: FnMut(AnyRow) -> Result<(), StoreError>,
+    {
+        use futures_util::TryStreamExt;
+        self.record();
+        let mut rows = self.build().fetch(executor);
+        while let Some(row) = rows.try_next().await? {
+            f(row)?;
+        }
+        Ok(())
     }
 
     /// Runs the statement; the first row, if any.
