@@ -630,6 +630,7 @@ fn dhis2_worker(
         clock: Arc::new(clock.clone()),
         batch: 100,
         delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(2),
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
     }
@@ -774,6 +775,49 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     assert_eq!(before.len(), 2);
 }
 
+/// A total still changing is held back until it settles (`push_delay`
+/// without a change), or until `max_push_delay` after its first change.
+/// The store stamps changes with the wall clock, so the claims' `now` is
+/// placed between wall-clock readings taken around each commit: the
+/// outcome holds however slow the machine is.
+async fn dhis2_totals_wait_until_settled(backend: Backend) {
+    let (_db, store, _clock) = open(backend).await;
+    let set = packs();
+    const HOUR: i64 = 3_600_000;
+    let claim = |now: i64, settle: i64, max_wait: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .claim_totals(100, now, settle, max_wait, 0)
+                .await
+                .expect("claim")
+                .len()
+        }
+    };
+    let t_before = kiungo::store::now_ms();
+    ingest(&store, &set, &visit("s1", "facility")).await;
+    let t_first = kiungo::store::now_ms();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let t_second = kiungo::store::now_ms();
+    ingest(&store, &set, &visit("s2", "facility")).await;
+    let t_after = kiungo::store::now_ms();
+    assert!(t_first >= t_before && t_second >= t_first + 20);
+
+    // Changed within the settling time, first changed within the longest
+    // wait: held back.
+    assert_eq!(claim(t_second + 10, HOUR, HOUR).await, 0);
+    assert_eq!(
+        claim(t_after + 1_000, 1_001 + (t_after - t_before), HOUR).await,
+        0
+    );
+    // Still changing, but first changed longer ago than the longest wait
+    // (t_first <= t_second - 20): pushed.
+    assert_eq!(claim(t_second + 5, HOUR, 15).await, 1);
+    // Settled: unchanged for the settling time since the second change
+    // (at most t_after): pushed (the previous claim's lease ran out).
+    assert_eq!(claim(t_after + 1_000, 1_000, HOUR).await, 1);
+}
+
 kiungo::on_both_backends!(
     fhir_retries_then_delivers,
     fhir_permanent_and_exhausted_are_parked,
@@ -782,4 +826,5 @@ kiungo::on_both_backends!(
     replacement_waits_for_the_replaced_bundle,
     out_of_order_replacements_send_the_live_version_last,
     dhis2_totals_follow_edits_and_conflicts_are_parked,
+    dhis2_totals_wait_until_settled,
 );

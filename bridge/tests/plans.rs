@@ -278,7 +278,7 @@ async fn hot_statements_stay_proportional(backend: Backend) {
     check(&store, "FHIR requeue", &st, &[], &mut problems).await;
 
     // DHIS2: claim and recompute, finish each kind of result.
-    let (totals, st) = record(store.claim_totals(50, now, 0, 60_000)).await;
+    let (totals, st) = record(store.claim_totals(50, now, 0, 0, 60_000)).await;
     let totals = totals.expect("claim totals");
     assert_eq!(totals.len(), 50, "the backlog has dirty totals");
     check(&store, "DHIS2 claim", &st, &[], &mut problems).await;

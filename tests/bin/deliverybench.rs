@@ -37,12 +37,14 @@ fn percentile(sorted: &[i64], p: f64) -> i64 {
 async fn main() -> anyhow::Result<()> {
     kiungo::tls::install_crypto_provider();
     let (mut events, mut rate, mut backend) = (10_000usize, 500usize, Backend::Sqlite);
+    let mut max_push_delay = "1m".to_owned();
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
             "--events" => events = value()?.parse()?,
             "--rate" => rate = value()?.parse()?,
+            "--max-push-delay" => max_push_delay = value()?,
             "--store" => {
                 backend = match value()?.as_str() {
                     "sqlite" => Backend::Sqlite,
@@ -51,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres"
+                "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres \
+                 --max-push-delay D (DHIS2; 1s pushes each total once a second while it changes)"
             ),
         }
     }
@@ -93,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
         "mappings: {mappings}\npseudonym_key_file: key\nstore:\n  url: {store}\n\
          rabbitmq:\n  url: {amqp}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\n\
          destinations:\n  fhir:\n    server: {{base_url: '{fhir}'}}\n    concurrency: 64\n\
-         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: 1s\n",
+         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: 1s\n    max_push_delay: {max_push_delay}\n",
         mappings = packs_dir().display(),
         store = db.config.url,
         amqp = vhost.url(),
@@ -179,6 +182,18 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0)
+    );
+    let t = sandbox.dhis2_traffic();
+    let num = |k: &str| t[k].as_f64().unwrap_or(0.0);
+    println!(
+        "DHIS2 (push_delay 1s, max_push_delay {max_push_delay}): {} requests, {} values for {} keys = {:.1} sends per key (max {}), {} bytes = {:.0} bytes per accepted value",
+        t["requests"],
+        t["values"],
+        t["keys"],
+        num("sends_per_key_mean"),
+        t["sends_per_key_max"],
+        t["bytes"],
+        num("bytes") / num("accepted").max(1.0),
     );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

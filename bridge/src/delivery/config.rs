@@ -55,10 +55,17 @@ pub struct Dhis2DestinationConfig {
     /// Circuit breaker.
     #[serde(default)]
     pub circuit: CircuitConfig,
-    /// A changed total is pushed this long after its first change, so
-    /// that a burst of events goes out as one value.
+    /// A changed total is pushed once it has not changed for this long,
+    /// so that a burst of events goes out as one value.
     #[serde(default = "default_push_delay", with = "humantime_serde")]
     pub push_delay: Duration,
+    /// While changes keep coming (a backlog draining), a total is pushed
+    /// at the latest this long after its first change: each total goes
+    /// out about once per `max_push_delay`, not once per `push_delay`.
+    /// Equal to `push_delay`, it means "`push_delay` after the first
+    /// change" whatever comes after.
+    #[serde(default = "default_max_push_delay", with = "humantime_serde")]
+    pub max_push_delay: Duration,
     /// Claim lease.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
@@ -104,6 +111,9 @@ const fn default_lease() -> Duration {
 }
 const fn default_push_delay() -> Duration {
     Duration::from_secs(5)
+}
+const fn default_max_push_delay() -> Duration {
+    Duration::from_secs(60)
 }
 const fn default_resync() -> Duration {
     Duration::from_secs(24 * 3600)

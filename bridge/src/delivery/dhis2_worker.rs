@@ -1,4 +1,4 @@
-//! The DHIS2 worker: claim dirty totals (after the push delay), recompute
+//! The DHIS2 worker: claim dirty totals (once settled), recompute
 //! them from the stored contributions, push them in one `dataValueSets`
 //! request, record per value what DHIS2 said.
 
@@ -50,9 +50,13 @@ pub struct Dhis2Worker<D> {
     pub clock: Arc<dyn Clock>,
     /// Values per request.
     pub batch: i64,
-    /// How long after its first change a total is pushed (changes within
-    /// the delay go out together).
+    /// How long a total must stay unchanged before it is pushed (a burst
+    /// of events goes out as one value).
     pub delay: Duration,
+    /// How long after its first change a total is pushed at the latest,
+    /// while changes keep coming (during a backlog each total then goes
+    /// out once per `max_delay`, not once per change).
+    pub max_delay: Duration,
     /// Claim lease.
     pub lease: Duration,
     /// Wait between passes when nothing is due.
@@ -68,6 +72,7 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
                 self.batch,
                 now,
                 super::ms(self.delay),
+                super::ms(self.max_delay),
                 super::ms(self.lease),
             )
         })

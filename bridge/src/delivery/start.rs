@@ -75,6 +75,7 @@ pub fn start(
             clock: Arc::new(SystemClock),
             batch: i64::try_from(d.server.batch_size).unwrap_or(1000),
             delay: d.push_delay,
+            max_delay: d.max_push_delay,
             lease: d.lease,
             idle,
         });

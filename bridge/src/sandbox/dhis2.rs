@@ -600,10 +600,22 @@ struct Counts {
     deleted: u64,
 }
 
+/// What clients sent to `dataValueSets`, for benchmarks: requests,
+/// bytes, values, and how often each value key was sent.
+#[derive(Debug, Default)]
+struct Traffic {
+    requests: u64,
+    bytes: u64,
+    values: u64,
+    accepted: u64,
+    per_key: std::collections::HashMap<String, u64>,
+}
+
 /// The simulator's state.
 pub struct Dhis2State {
     metadata: Metadata,
     values: Mutex<BTreeMap<ValueKey, Stored>>,
+    traffic: Mutex<Traffic>,
     pub(crate) faults: FaultControl,
 }
 
@@ -634,8 +646,54 @@ impl Dhis2State {
         Self {
             metadata,
             values: Mutex::new(BTreeMap::new()),
+            traffic: Mutex::new(Traffic::default()),
             faults,
         }
+    }
+
+    /// What clients sent to `dataValueSets` (what `GET /sandbox/traffic`
+    /// answers): requests, body bytes, values sent and accepted (imported,
+    /// updated or deleted), distinct value keys, and sends per key.
+    pub fn traffic_json(&self) -> Value {
+        let t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+        let keys = t.per_key.len() as u64;
+        json!({
+            "requests": t.requests,
+            "bytes": t.bytes,
+            "values": t.values,
+            "accepted": t.accepted,
+            "keys": keys,
+            "sends_per_key_mean": if keys == 0 { 0.0 } else { t.values as f64 / keys as f64 },
+            "sends_per_key_max": t.per_key.values().copied().max().unwrap_or(0),
+        })
+    }
+
+    /// Counts one `dataValueSets` request and its import summary.
+    fn count(&self, body: &[u8], summary: &Value) {
+        let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let mut t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+        t.requests += 1;
+        t.bytes += body.len() as u64;
+        for v in doc["dataValues"].as_array().into_iter().flatten() {
+            t.values += 1;
+            let key = [
+                "dataElement",
+                "period",
+                "orgUnit",
+                "categoryOptionCombo",
+                "attributeOptionCombo",
+            ]
+            .iter()
+            .map(|f| v[*f].as_str().unwrap_or(""))
+            .collect::<Vec<_>>()
+            .join("/");
+            *t.per_key.entry(key).or_default() += 1;
+        }
+        let c = &summary["importCount"];
+        t.accepted += ["imported", "updated", "deleted"]
+            .iter()
+            .map(|k| c[*k].as_u64().unwrap_or(0))
+            .sum::<u64>();
     }
 
     /// Every stored value, as `/sandbox/values` shows it.
@@ -1169,6 +1227,7 @@ async fn post_data_value_sets(
     }
     let query = super::query_pairs(req.query_string());
     let (summary, status) = state.import(&body, &query);
+    state.count(&body, &summary);
     if version(&req).is_some_and(|v| v < 38) {
         return HttpResponse::Ok().json(summary);
     }
@@ -1397,6 +1456,10 @@ async fn sandbox_values(state: web::Data<Dhis2State>) -> HttpResponse {
     HttpResponse::Ok().json(state.values_json())
 }
 
+async fn sandbox_traffic(state: web::Data<Dhis2State>) -> HttpResponse {
+    HttpResponse::Ok().json(state.traffic_json())
+}
+
 async fn sandbox_reset(state: web::Data<Dhis2State>) -> HttpResponse {
     state
         .values
@@ -1444,6 +1507,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(&format!("{prefix}/system/info"), web::get().to(system_info));
     }
     cfg.route("/sandbox/values", web::get().to(sandbox_values))
+        .route("/sandbox/traffic", web::get().to(sandbox_traffic))
         .route("/sandbox/reset", web::post().to(sandbox_reset))
         .route("/sandbox/faults", web::get().to(get_faults))
         .route("/sandbox/faults", web::post().to(set_faults));

@@ -301,6 +301,12 @@ impl Sandbox {
         &self.fhir.faults
     }
 
+    /// What Kiungo sent to the DHIS2 simulator's `dataValueSets`
+    /// (requests, bytes, values, sends per key).
+    pub fn dhis2_traffic(&self) -> serde_json::Value {
+        self.dhis2.traffic_json()
+    }
+
     /// Every stored DHIS2 data value (what `GET /sandbox/values` answers).
     pub fn dhis2_values(&self) -> serde_json::Value {
         self.dhis2.values_json()

@@ -66,18 +66,24 @@ pub fn format_number(v: f64) -> String {
 }
 
 impl Store {
-    /// Claims up to `limit` dirty totals that were first marked at least
-    /// `delay_ms` ago and are due, and recomputes their values.
+    /// Claims up to `limit` due dirty totals and recomputes their values.
+    /// A total is due once it has not changed for `settle_ms`, or
+    /// `max_wait_ms` after its first change while changes keep coming
+    /// (equal, they mean "`settle_ms` after the first change"), and its
+    /// retry time has come.
     ///
     /// The walk follows `dhis2_dirty_due` (next attempt, then first mark):
     /// totals never tried come first, oldest mark first; totals waiting
     /// for a retry lie beyond `now` and are never walked, so a DHIS2
     /// outage that leaves every total waiting costs nothing per claim.
+    /// Totals still settling are walked and skipped: those first changed
+    /// within the last `max_wait_ms`, the totals in use, not the events.
     pub async fn claim_totals(
         &self,
         limit: i64,
         now: i64,
-        delay_ms: i64,
+        settle_ms: i64,
+        max_wait_ms: i64,
         lease_ms: i64,
     ) -> Result<Vec<DirtyTotal>, StoreError> {
         let token = uuid::Uuid::new_v4().to_string();
@@ -92,15 +98,16 @@ impl Store {
                 "UPDATE dhis2_dirty SET claim = $1, lease_until = $2 \
                  WHERE (data_element, period, org_unit, coc, aoc) IN ( \
                    SELECT data_element, period, org_unit, coc, aoc FROM dhis2_dirty \
-                   WHERE marked_at <= $3 AND next_attempt_at <= $4 \
-                   AND (lease_until IS NULL OR lease_until < $5) \
-                   ORDER BY next_attempt_at, marked_at LIMIT $6 {lock})"
+                   WHERE next_attempt_at <= $3 AND (changed_at <= $4 OR marked_at <= $5) \
+                   AND (lease_until IS NULL OR lease_until < $6) \
+                   ORDER BY next_attempt_at, marked_at LIMIT $7 {lock})"
             ),
             vec![
                 token.as_str().into(),
                 (now + lease_ms).into(),
-                (now - delay_ms).into(),
                 now.into(),
+                (now - settle_ms).into(),
+                (now - max_wait_ms).into(),
                 now.into(),
                 limit.into(),
             ],
@@ -313,7 +320,8 @@ impl Store {
         let (de, pe, ou, coc, aoc) = key;
         query(
             self.backend,
-            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at, changed_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) \
              ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1, \
              next_attempt_at = 0, attempts = 0"
                 .to_owned(),
@@ -365,8 +373,8 @@ impl Store {
         // part of the SELECT's join and fails to parse.
         let n = query(
             self.backend,
-            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at) \
-             SELECT DISTINCT data_element, period, org_unit, coc, aoc, $1 FROM dhis2_contributions WHERE 1 = 1 \
+            "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at, changed_at) \
+             SELECT DISTINCT data_element, period, org_unit, coc, aoc, $1, $1 FROM dhis2_contributions WHERE 1 = 1 \
              ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1"
                 .to_owned(),
             vec![now.into()],

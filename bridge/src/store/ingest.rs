@@ -437,18 +437,20 @@ impl Store {
                     coc.into(),
                     aoc.into(),
                     now.into(),
+                    now.into(),
                 ]
             })
             .collect();
         self.execute_all(
             &mut tx,
             multi_row(
-                "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at)",
-                // Keep the first mark (the push delay runs from it); count
-                // the change, so that a push in flight does not clear it.
+                "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at, changed_at)",
+                // Keep the first mark (the longest wait runs from it), move
+                // the latest (the settling runs from it); count the change,
+                // so that a push in flight does not clear it.
                 "ON CONFLICT (data_element, period, org_unit, coc, aoc) \
-                 DO UPDATE SET changes = dhis2_dirty.changes + 1",
-                6,
+                 DO UPDATE SET changes = dhis2_dirty.changes + 1, changed_at = excluded.changed_at",
+                7,
                 dirty,
             ),
         )
