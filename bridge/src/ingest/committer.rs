@@ -4,9 +4,12 @@
 //!
 //! A transient store failure (database down, busy, a race lost to another
 //! replica) retries the same batch with backoff, holding its messages
-//! unacknowledged. A permanent failure splits the batch so that one bad
-//! event cannot block the others; an event that fails alone is parked as
-//! `store_rejected`.
+//! unacknowledged. A permanent failure (or the same conflict again and
+//! again) splits the batch so that one bad event cannot block the others:
+//! an event the database refuses alone is parked as `store_refused`; if
+//! even that dead letter is refused, as a minimal one (placeholders for
+//! its ids, its raw payload as bytes). No message is acknowledged before
+//! its event or dead letter is committed.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -224,58 +227,179 @@ impl Committer {
         join_all(acks).await;
     }
 
-    /// Commits, retrying transient failures forever (the messages stay
-    /// unacknowledged meanwhile) and splitting on permanent ones.
+    /// Commits, retrying transient failures (the messages stay
+    /// unacknowledged meanwhile) and splitting on permanent ones, so that
+    /// an event the database refuses is parked alone (see [`Self::settle`])
+    /// and the rest of its batch commits.
     async fn commit_all(&self, ingests: Vec<Ingest>) -> Vec<Outcome> {
-        let mut delay = Duration::from_millis(50);
-        loop {
-            match self.store.commit(&ingests).await {
-                Ok(outcomes) => return outcomes,
-                Err(e) if e.is_transient() => {
-                    self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    warn!(error = %e, events = ingests.len(), retry_in_ms = delay.as_millis() as u64, "store commit failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
+        match self.attempt(&ingests).await {
+            Ok(outcomes) => outcomes,
+            Err(e) if ingests.len() > 1 => {
+                warn!(error = %e, events = ingests.len(), "store refused a batch; committing its events one by one");
+                let mut out = Vec::with_capacity(ingests.len());
+                for one in ingests {
+                    out.push(self.settle(one, None).await);
                 }
-                Err(e) if ingests.len() > 1 => {
-                    warn!(error = %e, events = ingests.len(), "store rejected a batch; committing its events one by one");
-                    let mut out = Vec::with_capacity(ingests.len());
-                    for one in ingests {
-                        out.extend(Box::pin(self.commit_all(vec![one])).await);
-                    }
-                    return out;
+                out
+            }
+            Err(e) => {
+                let one = ingests.into_iter().next();
+                match one {
+                    Some(one) => vec![self.settle(one, Some(e)).await],
+                    None => Vec::new(),
                 }
-                Err(e) => return self.park_rejected(ingests, &e).await,
             }
         }
     }
 
-    async fn park_rejected(&self, mut ingests: Vec<Ingest>, e: &StoreError) -> Vec<Outcome> {
-        error!(error = %e, "store rejected an event; parking it");
-        for ing in &mut ingests {
-            let (mapping, event_id) = match &ing.result {
-                Ok(m) => (Some(m.mapping.clone()), Some(m.event_id.clone())),
-                Err(r) => (r.mapping.clone(), r.event_id.clone()),
-            };
-            ing.result = Err(Rejection {
-                code: "store_rejected".into(),
-                reason: format!("the store could not record this event: {e}"),
-                mapping,
-                event_id,
-            });
-        }
-        let mut delay = Duration::from_millis(50);
+    /// Commits one batch, retrying transient failures with backoff: a
+    /// database that is down or busy is waited for, for as long as it
+    /// takes; a conflict ([`StoreError::is_conflict`]) is retried
+    /// [`MAX_CONFLICTS`] times, then counts as permanent. Returns the
+    /// permanent failure.
+    async fn attempt(&self, ingests: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
+        let mut backoff = Backoff::new(Duration::from_secs(10));
+        let mut conflicts = 0;
         loop {
-            match self.store.commit(&ingests).await {
-                Ok(outcomes) => return outcomes,
-                Err(e) => {
+            match self.store.commit(ingests).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(e) if e.is_transient() && !(e.is_conflict() && conflicts >= MAX_CONFLICTS) => {
+                    conflicts += u32::from(e.is_conflict());
                     self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                    error!(error = %e, "cannot park an event the store rejected; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
+                    warn!(error = %e, events = ingests.len(), retry_in_ms = backoff.delay.as_millis() as u64, "store commit failed; retrying");
+                    backoff.wait().await;
                 }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Commits one event whatever the database refuses, trying in turn:
+    /// the event itself (unless `refused` says how that went); a
+    /// `store_refused` dead letter with its ids and headers; a minimal
+    /// one (placeholders for the ids, the raw payload kept as bytes), so
+    /// that no event can hold up the ones behind it. Only when even that
+    /// is refused (the database takes no writes at all: permissions,
+    /// schema) does it wait and start over, the message unacknowledged.
+    async fn settle(&self, ingest: Ingest, mut refused: Option<StoreError>) -> Outcome {
+        let mut backoff = Backoff::new(Duration::from_secs(30));
+        loop {
+            let e = match refused.take() {
+                Some(e) => e,
+                None => match self.attempt(std::slice::from_ref(&ingest)).await {
+                    Ok(outcomes) => return first(outcomes),
+                    Err(e) => e,
+                },
+            };
+            error!(error = %e, "store refused an event; parking it");
+            let e = match self.attempt(&[refused_letter(&ingest, &e)]).await {
+                Ok(outcomes) => return first(outcomes),
+                Err(e) => e,
+            };
+            error!(error = %e, "store refused the dead letter too; parking a minimal one");
+            let e = match self.attempt(&[minimal_letter(&ingest, &e)]).await {
+                Ok(outcomes) => return first(outcomes),
+                Err(e) => e,
+            };
+            self.counters.retries.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, retry_in_ms = backoff.delay.as_millis() as u64,
+                "store refuses even a minimal dead letter; retrying");
+            backoff.wait().await;
+        }
+    }
+}
+
+/// Conflicts retried before they count as permanent: a lost race clears
+/// at the first retry, which sees the winner's rows.
+const MAX_CONFLICTS: u32 = 5;
+
+/// Reason code of an event the database refused.
+const STORE_REFUSED: &str = "store_refused";
+
+/// A source kept in a minimal dead letter only up to this length.
+const MINIMAL_SOURCE_MAX: usize = 64;
+
+/// Exponential backoff from 50 ms up to a cap.
+struct Backoff {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const fn new(max: Duration) -> Self {
+        Self {
+            delay: Duration::from_millis(50),
+            max,
+        }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(self.max);
+    }
+}
+
+/// The one outcome of a one-event commit.
+fn first(outcomes: Vec<Outcome>) -> Outcome {
+    outcomes.into_iter().next().unwrap_or(Outcome::Duplicate)
+}
+
+/// The event as a `store_refused` dead letter, with everything it came
+/// with (the store escapes what it must).
+fn refused_letter(ing: &Ingest, e: &StoreError) -> Ingest {
+    let (mapping, event_id) = match &ing.result {
+        Ok(m) => (Some(m.mapping.clone()), Some(m.event_id.clone())),
+        Err(r) => (r.mapping.clone(), r.event_id.clone()),
+    };
+    Ingest {
+        result: Err(Rejection {
+            code: STORE_REFUSED.into(),
+            reason: format!("the store could not record this event: {e}"),
+            mapping,
+            event_id,
+        }),
+        ..ing.clone()
+    }
+}
+
+/// The least a dead letter can be: the raw payload (bytes, which any
+/// database holds), the source when it is short, and fixed text naming
+/// the database's error code. Nothing else the message carried is kept.
+fn minimal_letter(ing: &Ingest, e: &StoreError) -> Ingest {
+    let code: String = e
+        .database_code()
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    let code = if code.is_empty() {
+        String::new()
+    } else {
+        format!(" (database error {code})")
+    };
+    let source = if ing.source.len() <= MINIMAL_SOURCE_MAX {
+        ing.source.clone()
+    } else {
+        "(too long)".to_owned()
+    };
+    Ingest {
+        source,
+        queue: None,
+        message_id: None,
+        version_ts: None,
+        received_at: ing.received_at,
+        payload: ing.payload.clone(),
+        headers: None,
+        result: Err(Rejection {
+            code: STORE_REFUSED.into(),
+            reason: format!(
+                "the store refused this event and its dead letter{code}; its ids were replaced \
+                 and only its raw payload is kept"
+            ),
+            mapping: None,
+            event_id: None,
+        }),
     }
 }
 

@@ -7,8 +7,10 @@
 //! - `202 {"event_id", "status"}` with status `stored`, `replaced`,
 //!   `duplicate`, `stale` or `superseded`;
 //! - `400` (not JSON), `413` (too large) or `422` (no mapping, mapping
-//!   error) with `{"error": {"code", "message"}, "dead_letter_id"}`: the
-//!   event is parked, so an operator can replay it after a fix;
+//!   error, `invalid_text`: a NUL in an id, `store_refused`: the database
+//!   refused the event) with `{"error": {"code", "message"},
+//!   "dead_letter_id"}`: the event is parked, so an operator can replay
+//!   it after a fix;
 //! - `503` with `Retry-After` when the store has not committed within the
 //!   timeout (re-sending is safe: the store recognises the event).
 
@@ -149,9 +151,19 @@ async fn ingest(
                 "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
                 _ => StatusCode::UNPROCESSABLE_ENTITY,
             };
+            // A mapped event the store parked has no rejection here: say
+            // why by its code (the dead letter has the full reason).
             let message = rejection
                 .map(|r| r.reason)
-                .unwrap_or_else(|| reason.clone());
+                .unwrap_or_else(|| match reason.as_str() {
+                    "invalid_text" => {
+                        "an id or output of this event contains a NUL character (U+0000), \
+                        which the store cannot hold; the event is parked"
+                            .to_owned()
+                    }
+                    "store_refused" => "the store refused this event; it is parked".to_owned(),
+                    _ => reason.clone(),
+                });
             error(status, &reason, &message, Some(dead_letter_id))
         }
         (outcome, _) => {

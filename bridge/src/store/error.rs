@@ -1,5 +1,7 @@
 //! Store errors, classified as transient (retry the same work later) or
-//! permanent (the work itself cannot be stored).
+//! permanent (the work itself cannot be stored). Conflicts, the transient
+//! errors of a lost race, are told apart: the same conflict again and
+//! again is the work's own doing, and a caller stops retrying it.
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,28 @@ impl StoreError {
         match self {
             Self::Database(e) => is_transient(e),
             Self::Migrate(_) | Self::UnsupportedUrl(_) => false,
+        }
+    }
+
+    /// Whether the failure is a lost race with a concurrent writer (unique
+    /// violation, serialization failure, deadlock): transient, and cleared
+    /// by a retry that sees the winner's rows. The same conflict again and
+    /// again comes from the work itself (say, two rows of one event with
+    /// one key), so callers retry it a few times only, then treat it as
+    /// permanent.
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self.database_code().as_deref(),
+            Some("40001" | "40P01" | "23505")
+        ) && self.is_transient()
+    }
+
+    /// The database's error code (PostgreSQL SQLSTATE, SQLite extended
+    /// result code), when the database answered with an error.
+    pub fn database_code(&self) -> Option<String> {
+        match self {
+            Self::Database(sqlx::Error::Database(db)) => db.code().map(|c| c.into_owned()),
+            _ => None,
         }
     }
 }

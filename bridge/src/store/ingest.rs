@@ -23,6 +23,10 @@
 //! dead letters with their raw payload, headers and reason; the same
 //! message parked twice (a redelivery after a crash) is counted, not
 //! duplicated.
+//!
+//! Before any statement each event is screened (`ingest/screen.rs`): text
+//! PostgreSQL cannot hold (U+0000) never reaches the database, so that one
+//! message cannot fail its batch and both backends store the same.
 
 use std::collections::{HashMap, HashSet};
 
@@ -31,6 +35,8 @@ use kiungo_mappings::{Dhis2Contribution, MappedEvent};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
+
+mod screen;
 
 use super::read::{TotalKey, total_key};
 use super::sql::{by_keys, multi_row, query};
@@ -104,7 +110,10 @@ impl From<MappedEvent> for Outputs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejection {
     /// Stable reason code: `not_json`, `too_large`, `no_mapping`,
-    /// `mapping_error`, ... (a [`kiungo_mappings::MapError::reason`]).
+    /// `mapping_error`, ... (a [`kiungo_mappings::MapError::reason`]);
+    /// `invalid_text` from the store's screen (ids or outputs holding
+    /// U+0000) and `store_refused` from the committer (the database
+    /// refused the event).
     pub code: String,
     /// The full message, naming mapping, field, line and event.
     pub reason: String,
@@ -213,13 +222,19 @@ struct Plan {
 impl Store {
     /// Commits a batch in one transaction and returns one outcome per
     /// event, in order. On error nothing of the batch is stored.
+    ///
+    /// Each event is screened first (see `ingest/screen.rs`): one whose ids or
+    /// outputs hold text the database cannot store (U+0000) is parked as
+    /// `invalid_text` rather than failing the batch, and NUL in the text
+    /// of dead letters is escaped, so that both backends store the same.
     pub async fn commit(&self, batch: &[Ingest]) -> Result<Vec<Outcome>, StoreError> {
+        let batch: Vec<std::borrow::Cow<'_, Ingest>> = batch.iter().map(screen::screen).collect();
         let now = super::now_ms();
         let mut tx = self.begin_write().await?;
 
         // 1. Load the current rows of every key the batch touches.
         let mut keys: IndexMap<Key, ()> = IndexMap::new();
-        for ing in batch {
+        for ing in &batch {
             if let Ok(m) = &ing.result {
                 keys.insert((ing.source.clone(), m.event_id.clone()), ());
                 if let Some(old) = m.replaces.as_ref().filter(|o| !o.is_empty()) {
