@@ -26,7 +26,8 @@
 //!    same window for the `kiungo` process and for the whole machine
 //!    (`/proc/stat`: PostgreSQL, the simulators and anything else).
 //!
-//! DHIS2 totals are held back during the drain (`push_delay: 1h`): the
+//! DHIS2 totals are held back during the drain (`push_delay` and
+//! `max_push_delay` 1h): the
 //! copies add every contribution to the same few hundred totals (4,000 per
 //! total at 1M), whose one recompute reads all of them, work of the whole
 //! backlog that would land inside the timed window of the large sizes
@@ -139,7 +140,7 @@ fn grow_sql(backend: Backend, copies: usize, now: i64) -> String {
         "UPDATE fhir_outbox SET state = 'pending', attempts = 0, next_attempt_at = 0, \
          lease_until = NULL, last_error = NULL; \
          UPDATE dhis2_dirty SET attempts = 0, next_attempt_at = 0, last_error = NULL, lease_until = NULL, \
-         claim = NULL, marked_at = {now}; \
+         claim = NULL, marked_at = {now}, changed_at = {now}; \
          DELETE FROM destinations;"
     );
     if copies == 0 {
@@ -193,7 +194,7 @@ fn config(
         "mappings: {mappings}\npseudonym_key_file: key\nstore:\n  url: {store}\n\
          rabbitmq:\n  url: {amqp}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\n\
          destinations:\n  fhir:\n    server: {{base_url: '{fhir}'}}\n    concurrency: 64\n\
-         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: {delay}\n",
+         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: {delay}\n    max_push_delay: {delay}\n",
         mappings = packs_dir().display(),
         pw = dir.join("pw").display(),
     );
