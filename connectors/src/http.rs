@@ -1,7 +1,23 @@
 //! What the HTTP sinks share: building a client, reading base URLs,
-//! the configuration error, and short excerpts of error bodies.
+//! the configuration error, gzip request bodies, and short excerpts of
+//! error bodies.
+//!
+//! **On the wire**: one client per destination, built once, so that its
+//! connections are kept alive and reused (an idle one is closed after the
+//! destination's `pool_idle_timeout`); over TLS, HTTP/2 is offered by ALPN
+//! and used when the server takes it; answers are asked for gzipped
+//! (`Accept-Encoding: gzip`) and decoded transparently; request bodies of
+//! 1 KiB or more are gzipped (`Content-Encoding: gzip`) unless the
+//! destination turns it off, and a server that refuses them gets plain
+//! bodies from then on ([`RequestCompression`]).
 
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use tracing::warn;
 
 use reqwest::{StatusCode, Url};
 
@@ -60,12 +76,31 @@ pub(crate) fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Builds the client a sink sends with: no redirects (a redirected POST
-/// would silently become a GET), whole-request and connect timeouts.
-pub(crate) fn build_client(
-    timeout: Duration,
-    connect_timeout: Duration,
-) -> Result<reqwest::Client, ConfigError> {
+/// How a sink's client talks to its server, from its config.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientSettings {
+    /// Longest wait for one whole request.
+    pub timeout: Duration,
+    /// Longest wait to open a connection.
+    pub connect_timeout: Duration,
+    /// Ask for gzipped answers and decode them.
+    pub compress_responses: bool,
+    /// How long an idle connection is kept for the next request.
+    pub pool_idle_timeout: Duration,
+}
+
+/// Builds the client a sink sends with (once per destination: clones
+/// share its connection pool): no redirects (a redirected POST would
+/// silently become a GET), whole-request and connect timeouts, idle
+/// connections kept `pool_idle_timeout`, HTTP/2 offered by ALPN over TLS
+/// (`h2`, then `http/1.1`), gzipped answers accepted unless turned off.
+pub(crate) fn build_client(settings: ClientSettings) -> Result<reqwest::Client, ConfigError> {
+    let ClientSettings {
+        timeout,
+        connect_timeout,
+        compress_responses,
+        pool_idle_timeout,
+    } = settings;
     if timeout.is_zero() {
         return Err(ConfigError::Invalid {
             field: "timeout",
@@ -78,8 +113,108 @@ pub(crate) fn build_client(
         .connect_timeout(connect_timeout.min(timeout))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("kiungo/", env!("CARGO_PKG_VERSION")))
+        .gzip(compress_responses)
+        // Zero: a connection is never reused.
+        .pool_idle_timeout(pool_idle_timeout)
         .build()
         .map_err(ConfigError::Client)
+}
+
+/// Bodies shorter than this are sent as they are: gzip's 18-byte frame
+/// and the compressor's start-up eat most of what it would save.
+pub const MIN_COMPRESSED_BODY: usize = 1024;
+
+/// Gzips `body` (default level, pure-Rust deflate).
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(body.len() / 4 + 64),
+        Compression::default(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Decodes a gzip body, refusing one that inflates past `limit` bytes
+/// (what the simulators and tests use to read what the sinks sent).
+pub fn gunzip(body: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+    let read = flate2::read::MultiGzDecoder::new(body)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    if read > limit {
+        return Err(std::io::Error::other(format!(
+            "the body inflates past {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// Whether one destination's request bodies are gzipped. On by config;
+/// switched off for the rest of the process, logged once, when the server
+/// refuses a gzipped body that it then takes plain
+/// ([`refuses_gzip`](Self::refuses_gzip)).
+#[derive(Debug)]
+pub(crate) struct RequestCompression {
+    enabled: AtomicBool,
+    destination: &'static str,
+}
+
+impl RequestCompression {
+    /// `destination` (`fhir`, `dhis2`) names it in the log.
+    pub(crate) fn new(enabled: bool, destination: &'static str) -> Self {
+        Self {
+            enabled: AtomicBool::new(enabled),
+            destination,
+        }
+    }
+
+    /// The gzipped body to send instead of `body`, if compression is on,
+    /// the body is at least [`MIN_COMPRESSED_BODY`] long and gzip makes
+    /// it smaller.
+    pub(crate) fn encode(&self, body: &[u8]) -> Option<Vec<u8>> {
+        if !self.enabled.load(Ordering::Relaxed) || body.len() < MIN_COMPRESSED_BODY {
+            return None;
+        }
+        Some(gzip(body)).filter(|gz| gz.len() < body.len())
+    }
+
+    /// Whether an answer to a gzipped body may be the server refusing the
+    /// encoding rather than the content: `415 Unsupported Media Type`, or
+    /// a `400` that speaks of encoding or compression, or of the gzip
+    /// magic byte a JSON parser choked on (Jackson: `Illegal character
+    /// ((CTRL-CHAR, code 31))`, what HAPI answers with decompression off).
+    pub(crate) fn refuses_gzip(status: u16, body: &str) -> bool {
+        match status {
+            415 => true,
+            400 => {
+                let body = body.to_ascii_lowercase();
+                ["encoding", "gzip", "compress", "code 31"]
+                    .iter()
+                    .any(|w| body.contains(w))
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends plain bodies from now on; logs the first time only.
+    pub(crate) fn disable(&self, status: u16, body: &str) {
+        if self.enabled.swap(false, Ordering::Relaxed) {
+            warn!(
+                destination = self.destination,
+                status,
+                answer = %excerpt(body),
+                "the server refuses gzipped request bodies; sending them uncompressed from now on"
+            );
+        }
+    }
+
+    /// Whether bodies are still gzipped.
+    #[cfg(test)]
+    pub(crate) fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
 }
 
 /// Parses a base URL: absolute http(s), no query or fragment, without
@@ -142,6 +277,22 @@ pub(crate) fn media_type(headers: &reqwest::header::HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// A wiremock matcher: the request says `Content-Encoding: gzip` and its
+/// body inflates to the expected bytes.
+#[cfg(test)]
+pub(crate) struct GzippedBody(pub Vec<u8>);
+
+#[cfg(test)]
+impl wiremock::Match for GzippedBody {
+    fn matches(&self, request: &wiremock::Request) -> bool {
+        request
+            .headers
+            .get(reqwest::header::CONTENT_ENCODING)
+            .is_some_and(|v| v == "gzip")
+            && gunzip(&request.body, 1 << 24).is_ok_and(|b| b == self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +316,38 @@ mod tests {
             let e = parse_base_url("base_url", bad).expect_err(bad);
             assert!(e.to_string().starts_with("base_url: "), "{e}");
         }
+    }
+
+    #[test]
+    fn small_bodies_go_plain_and_large_ones_round_trip() {
+        let c = RequestCompression::new(true, "fhir");
+        assert!(c.encode(&[b'a'; MIN_COMPRESSED_BODY - 1]).is_none());
+        let body = br#"{"resourceType":"Bundle","type":"transaction"}"#.repeat(40);
+        let gz = c.encode(&body).expect("compressed");
+        assert!(gz.len() < body.len() / 4, "{} of {}", gz.len(), body.len());
+        assert_eq!(gunzip(&gz, body.len()).expect("decodes"), body);
+        assert!(gunzip(&gz, body.len() - 1).is_err(), "limit");
+        c.disable(415, "no");
+        assert!(!c.is_enabled());
+        assert!(c.encode(&body).is_none());
+    }
+
+    #[test]
+    fn refusals_of_the_encoding() {
+        assert!(RequestCompression::refuses_gzip(415, ""));
+        assert!(RequestCompression::refuses_gzip(
+            400,
+            "Failed to parse request body as JSON resource. Error was: Illegal character ((CTRL-CHAR, code 31))"
+        ));
+        assert!(RequestCompression::refuses_gzip(
+            400,
+            "Unsupported Content-Encoding"
+        ));
+        assert!(!RequestCompression::refuses_gzip(
+            400,
+            "Patient.birthDate: invalid date"
+        ));
+        assert!(!RequestCompression::refuses_gzip(422, "gzip"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod dhis2;
 pub mod fhir;
 mod http;
+pub use http::{MIN_COMPRESSED_BODY, gunzip, gzip};
 pub mod rabbitmq;
 pub mod retry;
 

@@ -12,6 +12,11 @@
 //! to RabbitMQ (confirmed) to the moment the store recorded its FHIR
 //! bundle as delivered (the simulator's 2xx). DHIS2 totals go out after
 //! the push delay (1 s here), so their latency is that delay plus a push.
+//!
+//! `--compress off` sends request bodies plain (on: gzipped from 1 KiB,
+//! the default); `--pool-idle-timeout 0s` never reuses a connection. The
+//! last lines report bytes on the wire and inflated, and the TCP
+//! connections each simulator saw.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -38,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
     kiungo::tls::install_crypto_provider();
     let (mut events, mut rate, mut backend) = (10_000usize, 500usize, Backend::Sqlite);
     let mut max_push_delay = "1m".to_owned();
+    let (mut compress, mut pool_idle_timeout) = (true, "15s".to_owned());
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -45,6 +51,14 @@ async fn main() -> anyhow::Result<()> {
             "--events" => events = value()?.parse()?,
             "--rate" => rate = value()?.parse()?,
             "--max-push-delay" => max_push_delay = value()?,
+            "--compress" => {
+                compress = match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => bail!("--compress {other}: expected on or off"),
+                }
+            }
+            "--pool-idle-timeout" => pool_idle_timeout = value()?,
             "--store" => {
                 backend = match value()?.as_str() {
                     "sqlite" => Backend::Sqlite,
@@ -54,7 +68,8 @@ async fn main() -> anyhow::Result<()> {
             }
             other => bail!(
                 "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres \
-                 --max-push-delay D (DHIS2; 1s pushes each total once a second while it changes)"
+                 --max-push-delay D (DHIS2; 1s pushes each total once a second while it changes) \
+                 --compress on|off --pool-idle-timeout D (0s: no connection reuse)"
             ),
         }
     }
@@ -95,8 +110,9 @@ async fn main() -> anyhow::Result<()> {
     let yaml = format!(
         "mappings: {mappings}\npseudonym_key_file: key\nstore:\n  url: {store}\n\
          rabbitmq:\n  url: {amqp}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\n\
-         destinations:\n  fhir:\n    server: {{base_url: '{fhir}'}}\n    concurrency: 64\n\
-         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n    push_delay: 1s\n    max_push_delay: {max_push_delay}\n",
+         destinations:\n  fhir:\n    server: {{base_url: '{fhir}', compress_requests: {compress}, pool_idle_timeout: {pool_idle_timeout}}}\n    concurrency: 64\n\
+         \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n      \
+         compress_requests: {compress}\n      pool_idle_timeout: {pool_idle_timeout}\n    push_delay: 1s\n    max_push_delay: {max_push_delay}\n",
         mappings = packs_dir().display(),
         store = db.config.url,
         amqp = vhost.url(),
@@ -194,6 +210,28 @@ async fn main() -> anyhow::Result<()> {
         t["sends_per_key_max"],
         t["bytes"],
         num("bytes") / num("accepted").max(1.0),
+    );
+    println!(
+        "DHIS2 wire: {} of {} requests gzipped, {} bytes on the wire for {} bytes of JSON ({:.0}%), {} TCP connections",
+        t["gzipped"],
+        t["requests"],
+        t["bytes"],
+        t["body_bytes"],
+        100.0 * num("bytes") / num("body_bytes").max(1.0),
+        t["connections"],
+    );
+    let f = sandbox.fhir_traffic();
+    let fnum = |k: &str| f[k].as_f64().unwrap_or(0.0);
+    println!(
+        "FHIR wire: {} of {} transactions gzipped, {} bytes on the wire for {} bytes of JSON ({:.0}%; {:.0} vs {:.0} bytes per bundle), {} TCP connections",
+        f["gzipped"],
+        f["transactions"],
+        f["wire_bytes"],
+        f["body_bytes"],
+        100.0 * fnum("wire_bytes") / fnum("body_bytes").max(1.0),
+        fnum("wire_bytes") / fnum("transactions").max(1.0),
+        fnum("body_bytes") / fnum("transactions").max(1.0),
+        f["connections"],
     );
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -10,6 +10,12 @@
 //! the whole import: status ERROR, nothing stored. A faulted or
 //! unauthorised request changes nothing.
 //!
+//! Compression, as DHIS2 2.38+ (`StreamUtils.wrapAndCheckCompressionFormat`
+//! in the import): a `dataValueSets` body that starts with the gzip magic
+//! bytes is inflated, whatever its `Content-Encoding`; one that does not
+//! inflate fails the import (409 ERROR, "The import process failed").
+//! `/sandbox/traffic` counts the bytes on the wire and inflated.
+//!
 //! The metadata is the document at `bridge/sandbox/dhis2-metadata.json`
 //! (a subset of the Sierra Leone demo database) unless the config names
 //! another file of the same shape. Attribute option combos: the default
@@ -605,7 +611,14 @@ struct Counts {
 #[derive(Debug, Default)]
 struct Traffic {
     requests: u64,
+    /// Body bytes as received (gzipped or not).
     bytes: u64,
+    /// The same bodies inflated.
+    body_bytes: u64,
+    /// Of the requests, how many came gzipped.
+    gzipped: u64,
+    /// Client (address, port) pairs seen: one per TCP connection.
+    peers: std::collections::HashSet<std::net::SocketAddr>,
     values: u64,
     accepted: u64,
     per_key: std::collections::HashMap<String, u64>,
@@ -652,14 +665,19 @@ impl Dhis2State {
     }
 
     /// What clients sent to `dataValueSets` (what `GET /sandbox/traffic`
-    /// answers): requests, body bytes, values sent and accepted (imported,
-    /// updated or deleted), distinct value keys, and sends per key.
+    /// answers): requests, body bytes on the wire (`bytes`) and inflated
+    /// (`body_bytes`), gzipped requests, values sent and accepted
+    /// (imported, updated or deleted), distinct value keys, sends per key,
+    /// and TCP connections opened to the API (distinct client ports).
     pub fn traffic_json(&self) -> Value {
         let t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
         let keys = t.per_key.len() as u64;
         json!({
             "requests": t.requests,
             "bytes": t.bytes,
+            "body_bytes": t.body_bytes,
+            "gzipped": t.gzipped,
+            "connections": t.peers.len(),
             "values": t.values,
             "accepted": t.accepted,
             "keys": keys,
@@ -668,12 +686,23 @@ impl Dhis2State {
         })
     }
 
-    /// Counts one `dataValueSets` request and its import summary.
-    fn count(&self, body: &[u8], summary: &Value) {
+    /// Notes the connection a request came on.
+    fn saw_peer(&self, req: &HttpRequest) {
+        if let Some(peer) = req.peer_addr() {
+            let mut t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+            t.peers.insert(peer);
+        }
+    }
+
+    /// Counts one `dataValueSets` request (`wire` bytes received, `body`
+    /// inflated) and its import summary.
+    fn count(&self, wire: usize, gzipped: bool, body: &[u8], summary: &Value) {
         let doc: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
         let mut t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
         t.requests += 1;
-        t.bytes += body.len() as u64;
+        t.bytes += wire as u64;
+        t.body_bytes += body.len() as u64;
+        t.gzipped += u64::from(gzipped);
         for v in doc["dataValues"].as_array().into_iter().flatten() {
             t.values += 1;
             let key = [
@@ -1194,6 +1223,7 @@ fn authorize(req: &HttpRequest) -> Option<HttpResponse> {
 
 /// Faults first (nothing changes on a fault), then authentication.
 async fn gate(state: &Dhis2State, req: &HttpRequest) -> Option<HttpResponse> {
+    state.saw_peer(req);
     if let Some(fault) = state.faults.apply().await {
         return Some(fault_response(fault));
     }
@@ -1226,8 +1256,35 @@ async fn post_data_value_sets(
         );
     }
     let query = super::query_pairs(req.query_string());
-    let (summary, status) = state.import(&body, &query);
-    state.count(&body, &summary);
+    // As DHIS2 (`StreamUtils.wrapAndCheckCompressionFormat`): a body that
+    // starts with the gzip magic bytes is inflated, whatever its headers.
+    let wire = body.len();
+    let gzipped = body.starts_with(&[0x1f, 0x8b]);
+    let (summary, status, body) = if gzipped {
+        match kiungo_connectors::gunzip(&body, super::MAX_BODY_BYTES) {
+            Ok(inflated) => {
+                let (summary, status) = state.import(&inflated, &query);
+                (summary, status, web::Bytes::from(inflated))
+            }
+            Err(e) => (
+                summary(
+                    &ImportOptions::from_query(&query),
+                    ImportStatus::Error,
+                    &format!("The import process failed: {e}"),
+                    Counts::default(),
+                    &Conflicts::default(),
+                    &[],
+                    "false",
+                ),
+                ImportStatus::Error,
+                web::Bytes::new(),
+            ),
+        }
+    } else {
+        let (summary, status) = state.import(&body, &query);
+        (summary, status, body)
+    };
+    state.count(wire, gzipped, &body, &summary);
     if version(&req).is_some_and(|v| v < 38) {
         return HttpResponse::Ok().json(summary);
     }
@@ -1592,5 +1649,66 @@ mod unit {
         assert!(md.data_element("fbfJHSPpUQD").is_some());
         assert!(md.ou_index.contains_key("DiszpKrYNg8"));
         assert!(md.aocs.contains(DEFAULT_COC));
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use serde_json::{Value, json};
+
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    #[tokio::test]
+    async fn gzipped_imports_are_inflated_by_their_magic_bytes() {
+        crate::tls::install_crypto_provider();
+        let sb = Sandbox::start(SandboxConfig::for_test()).await.unwrap();
+        let set = |value: &str| {
+            json!({"dataValues": [{"dataElement": "fbfJHSPpUQD", "period": "202401",
+                "orgUnit": "DiszpKrYNg8", "categoryOptionCombo": "pq2XI5kz2BY", "value": value}]})
+            .to_string()
+            .into_bytes()
+        };
+        let http = reqwest::Client::new();
+        let post = |body: Vec<u8>, encoding: Option<&'static str>| {
+            let mut r = http
+                .post(format!("{}/api/dataValueSets", sb.dhis2_url()))
+                .basic_auth("admin", Some("district"))
+                .header("Content-Type", "application/json")
+                .body(body);
+            if let Some(e) = encoding {
+                r = r.header("Content-Encoding", e);
+            }
+            r.send()
+        };
+        let first = kiungo_connectors::gzip(&set("3"));
+        let second = kiungo_connectors::gzip(&set("4"));
+        // With the header, and without it (DHIS2 sniffs the body).
+        assert_eq!(
+            post(first.clone(), Some("gzip")).await.unwrap().status(),
+            200
+        );
+        assert_eq!(post(second.clone(), None).await.unwrap().status(), 200);
+        let values = sb.dhis2_values();
+        assert!(values.to_string().contains("\"4\""), "{values}");
+        // Truncated gzip: the import fails, nothing changes.
+        let response = post(second[..second.len() / 2].to_vec(), Some("gzip"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 409);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["response"]["status"], "ERROR", "{body}");
+
+        let t = sb.dhis2_traffic();
+        assert_eq!(t["requests"], 3);
+        assert_eq!(t["gzipped"], 3);
+        assert_eq!(
+            t["bytes"],
+            (first.len() + second.len() + second.len() / 2) as u64
+        );
+        assert_eq!(t["body_bytes"], (set("3").len() + set("4").len()) as u64);
+        assert_eq!(t["connections"], 1, "{t}");
+        sb.stop().await;
     }
 }

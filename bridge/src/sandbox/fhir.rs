@@ -26,8 +26,17 @@
 //! `GET /sandbox/overlaps` and [`Sandbox::fhir_overlaps`](super::Sandbox::fhir_overlaps)
 //! answer the counts. Conditional creates (`POST` with `ifNoneExist`,
 //! a patient shared by many events) are not identities.
+//!
+//! Compression, as HAPI: a transaction body with `Content-Encoding: gzip`
+//! (exactly, HAPI's `RestfulServer.uncompressIncomingContents`, on by
+//! default) is inflated before it is read; one that does not inflate is a
+//! 400 (`HAPI-0308`). Answers are not compressed. `GET /sandbox/traffic`
+//! and [`Sandbox::fhir_traffic`](super::Sandbox::fhir_traffic) count the
+//! transactions, the bytes that came over the wire and what they inflated
+//! to, and the TCP connections clients opened (distinct peer ports).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use actix_web::http::StatusCode;
@@ -354,10 +363,26 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
+/// What came over the wire, for benchmarks.
+#[derive(Debug, Default)]
+struct Traffic {
+    /// Transaction requests.
+    transactions: u64,
+    /// Of which gzipped.
+    gzipped: u64,
+    /// Transaction body bytes as received.
+    wire_bytes: u64,
+    /// The same bodies inflated.
+    body_bytes: u64,
+    /// Client (address, port) pairs seen: one per TCP connection.
+    peers: HashSet<SocketAddr>,
+}
+
 /// The simulator's state.
 pub struct FhirState {
     resources: Mutex<Resources>,
     in_flight: Mutex<InFlight>,
+    traffic: Mutex<Traffic>,
     bearer_token: Option<String>,
     pub(crate) faults: FaultControl,
 }
@@ -420,9 +445,41 @@ impl FhirState {
         Self {
             resources: Mutex::new(Resources::default()),
             in_flight: Mutex::new(InFlight::default()),
+            traffic: Mutex::new(Traffic::default()),
             bearer_token,
             faults,
         }
+    }
+
+    /// What clients sent (what `GET /sandbox/traffic` answers):
+    /// transactions, how many were gzipped, body bytes on the wire and
+    /// inflated, and TCP connections opened (distinct client ports).
+    pub fn traffic_json(&self) -> Value {
+        let t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+        json!({
+            "transactions": t.transactions,
+            "gzipped": t.gzipped,
+            "wire_bytes": t.wire_bytes,
+            "body_bytes": t.body_bytes,
+            "connections": t.peers.len(),
+        })
+    }
+
+    /// Notes the connection a request came on.
+    fn saw_peer(&self, req: &HttpRequest) {
+        if let Some(peer) = req.peer_addr() {
+            let mut t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+            t.peers.insert(peer);
+        }
+    }
+
+    /// Counts one transaction body: `wire` bytes received, `body` inflated.
+    fn count(&self, wire: usize, body: usize, gzipped: bool) {
+        let mut t = self.traffic.lock().unwrap_or_else(PoisonError::into_inner);
+        t.transactions += 1;
+        t.gzipped += u64::from(gzipped);
+        t.wire_bytes += wire as u64;
+        t.body_bytes += body as u64;
     }
 
     /// Counts per type and every resource, as `/sandbox/resources` shows.
@@ -926,6 +983,7 @@ fn fault_builder(fault: Fault) -> actix_web::HttpResponseBuilder {
 
 /// Faults first (nothing changes on a fault), then the bearer token.
 async fn gate(state: &FhirState, req: &HttpRequest) -> Option<HttpResponse> {
+    state.saw_peer(req);
     if let Some(fault) = state.faults.apply().await {
         return Some(fault_response(fault));
     }
@@ -963,6 +1021,32 @@ async fn post_transaction(
     req: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
+    let gzipped = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() == b"gzip");
+    let body = if gzipped {
+        match kiungo_connectors::gunzip(&body, super::MAX_BODY_BYTES) {
+            Ok(inflated) => {
+                state.count(body.len(), inflated.len(), true);
+                web::Bytes::from(inflated)
+            }
+            Err(e) => {
+                state.count(body.len(), 0, true);
+                state.saw_peer(&req);
+                return fhir_json(
+                    StatusCode::BAD_REQUEST,
+                    &operation_outcome(
+                        "processing",
+                        &format!("HAPI-0308: Could not load request resource: {e}"),
+                    ),
+                );
+            }
+        }
+    } else {
+        state.count(body.len(), body.len(), false);
+        body
+    };
     // Parsed before the gate, so that the request is in flight for the
     // overlap detector for as long as it is being answered.
     let parsed: Result<Value, serde_json::Error> = serde_json::from_slice(&body);
@@ -1107,6 +1191,10 @@ async fn sandbox_overlaps(state: web::Data<FhirState>) -> HttpResponse {
     HttpResponse::Ok().json(state.overlaps_json())
 }
 
+async fn sandbox_traffic(state: web::Data<FhirState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.traffic_json())
+}
+
 async fn get_faults(state: web::Data<FhirState>) -> HttpResponse {
     HttpResponse::Ok().json(state.faults.get())
 }
@@ -1121,6 +1209,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/sandbox/resources", web::get().to(sandbox_resources))
         .route("/sandbox/reset", web::post().to(sandbox_reset))
         .route("/sandbox/overlaps", web::get().to(sandbox_overlaps))
+        .route("/sandbox/traffic", web::get().to(sandbox_traffic))
         .route("/sandbox/faults", web::get().to(get_faults))
         .route("/sandbox/faults", web::post().to(set_faults))
         .route("/", web::post().to(post_transaction))
@@ -1142,5 +1231,60 @@ impl super::Sandbox {
     /// flight; `max_in_flight` shows how many ran at once.
     pub fn fhir_overlaps(&self) -> Value {
         self.fhir.overlaps_json()
+    }
+}
+
+#[cfg(test)]
+mod compression_tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+    use serde_json::{Value, json};
+
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    fn bundle() -> Value {
+        let entries: Vec<Value> = (0..20)
+            .map(|i| {
+                json!({"resource": {"resourceType": "Patient", "id": format!("p{i}"),
+                    "name": [{"family": "Kamara", "given": ["Aminata"]}], "gender": "female"},
+                    "request": {"method": "PUT", "url": format!("Patient/p{i}")}})
+            })
+            .collect();
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    }
+
+    #[tokio::test]
+    async fn gzipped_transactions_are_inflated_and_counted_on_the_wire() {
+        crate::tls::install_crypto_provider();
+        let sb = Sandbox::start(SandboxConfig::for_test()).await.unwrap();
+        let plain = bundle().to_string().into_bytes();
+        let gz = kiungo_connectors::gzip(&plain);
+        let http = reqwest::Client::new();
+        let post = |body: Vec<u8>, encoding: Option<&'static str>| {
+            let mut r = http
+                .post(sb.fhir_url())
+                .header("Content-Type", "application/fhir+json")
+                .body(body);
+            if let Some(e) = encoding {
+                r = r.header("Content-Encoding", e);
+            }
+            r.send()
+        };
+        assert_eq!(post(gz.clone(), Some("gzip")).await.unwrap().status(), 200);
+        assert_eq!(sb.fhir_resources()["counts"]["Patient"], 20);
+        // Not gzip after all: HAPI-0308, nothing stored.
+        let response = post(plain.clone(), Some("gzip")).await.unwrap();
+        assert_eq!(response.status(), 400);
+        assert!(response.text().await.unwrap().contains("HAPI-0308"));
+        // Gzip without the header is not JSON.
+        assert_eq!(post(gz.clone(), None).await.unwrap().status(), 400);
+
+        let t = sb.fhir_traffic();
+        assert_eq!(t["transactions"], 3);
+        assert_eq!(t["gzipped"], 2);
+        assert_eq!(t["wire_bytes"], (2 * gz.len() + plain.len()) as u64, "{t}");
+        assert_eq!(t["body_bytes"], (plain.len() + gz.len()) as u64, "{t}");
+        assert_eq!(t["connections"], 1, "one kept-alive connection: {t}");
+        sb.stop().await;
     }
 }

@@ -307,6 +307,12 @@ impl Sandbox {
         self.dhis2.traffic_json()
     }
 
+    /// What Kiungo sent to the FHIR simulator: transactions, gzipped ones,
+    /// bytes on the wire and inflated, TCP connections opened.
+    pub fn fhir_traffic(&self) -> serde_json::Value {
+        self.fhir.traffic_json()
+    }
+
     /// Every stored DHIS2 data value (what `GET /sandbox/values` answers).
     pub fn dhis2_values(&self) -> serde_json::Value {
         self.dhis2.values_json()

@@ -1,13 +1,15 @@
 //! The HTTP client of the DHIS2 sink.
 
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::config::Dhis2Config;
 use super::import_summary::{Dhis2Error, ImportOutcome, parse_import_response};
 use crate::auth::{AuthConfig, Authenticator, SendError};
-use crate::http::{ConfigError, build_client, join, parse_base_url};
+use crate::http::{
+    ClientSettings, ConfigError, RequestCompression, build_client, join, parse_base_url,
+};
 use crate::retry::retry_after_header;
 
 /// One aggregate data value, as `dataValueSets` takes it. Ids are UIDs
@@ -44,6 +46,7 @@ pub struct Dhis2Client {
     /// `{base}/api` or `{base}/api/{version}`.
     pub(super) api: String,
     batch_size: usize,
+    pub(super) compression: RequestCompression,
 }
 
 impl Dhis2Client {
@@ -67,7 +70,12 @@ impl Dhis2Client {
                 reason: "must be at least 1".to_owned(),
             });
         }
-        let http = build_client(config.timeout, config.connect_timeout)?;
+        let http = build_client(ClientSettings {
+            timeout: config.timeout,
+            connect_timeout: config.connect_timeout,
+            compress_responses: config.compress_responses,
+            pool_idle_timeout: config.pool_idle_timeout,
+        })?;
         let auth = Authenticator::new(&config.auth, http.clone())?;
         let api = match config.api_version {
             Some(v) => join(&base_url, &format!("/api/{v}")),
@@ -78,6 +86,7 @@ impl Dhis2Client {
             auth,
             api,
             batch_size: config.batch_size,
+            compression: RequestCompression::new(config.compress_requests, "dhis2"),
         })
     }
 
@@ -88,9 +97,11 @@ impl Dhis2Client {
         self.batch_size
     }
 
-    /// POSTs `values` to `/api/dataValueSets` (`importStrategy=CREATE_AND_UPDATE`)
-    /// and reads the import summary, whichever shape and HTTP status (200
-    /// or 409) it came with. An empty slice sends nothing.
+    /// POSTs `values` to `/api/dataValueSets` (`importStrategy=CREATE_AND_UPDATE`),
+    /// gzipped when it pays and the server takes it, and reads the import
+    /// summary, whichever shape and HTTP status (200 or 409) it came with.
+    /// An empty slice sends nothing. A gzipped body the server refuses
+    /// for its encoding is sent again plain at once (and from then on).
     pub async fn post_data_values(
         &self,
         values: &[DataValue],
@@ -117,6 +128,41 @@ impl Dhis2Client {
                 None
             }
         });
+        let tp = traceparent.as_ref();
+        let (status, retry_after, text) = match self.compression.encode(&body) {
+            None => self.post(&body, false, tp).await?,
+            Some(gz) => {
+                let answer = self.post(&gz, true, tp).await?;
+                if RequestCompression::refuses_gzip(answer.0, &answer.2) {
+                    // A refused request imported nothing: sent again plain.
+                    let again = self.post(&body, false, tp).await?;
+                    // The same refusal of the plain body: about the
+                    // content, not the encoding.
+                    if again.0 != answer.0 {
+                        self.compression.disable(answer.0, &answer.2);
+                    }
+                    again
+                } else {
+                    answer
+                }
+            }
+        };
+        debug!(
+            status,
+            values = values.len(),
+            "dhis2 dataValueSets answered"
+        );
+        parse_import_response(status, &text, retry_after)
+    }
+
+    /// One POST of `body` (gzipped or not) to `dataValueSets`: status,
+    /// `Retry-After` and the body read whole.
+    async fn post(
+        &self,
+        body: &[u8],
+        gzipped: bool,
+        traceparent: Option<&HeaderValue>,
+    ) -> Result<(u16, Option<std::time::Duration>, String), Dhis2Error> {
         let url = format!("{}/dataValueSets", self.api);
         let build = || {
             let mut request = self
@@ -125,8 +171,11 @@ impl Dhis2Client {
                 .query(&[("importStrategy", "CREATE_AND_UPDATE")])
                 .header(CONTENT_TYPE, "application/json")
                 .header(ACCEPT, "application/json")
-                .body(body.clone());
-            if let Some(tp) = &traceparent {
+                .body(body.to_vec());
+            if gzipped {
+                request = request.header(CONTENT_ENCODING, "gzip");
+            }
+            if let Some(tp) = traceparent {
                 request = request.header("traceparent", tp.clone());
             }
             request
@@ -135,12 +184,7 @@ impl Dhis2Client {
         let status = response.status().as_u16();
         let retry_after = retry_after_header(response.headers());
         let text = response.text().await.map_err(Dhis2Error::Transport)?;
-        debug!(
-            status,
-            values = values.len(),
-            "dhis2 dataValueSets answered"
-        );
-        parse_import_response(status, &text, retry_after)
+        Ok((status, retry_after, text))
     }
 }
 

@@ -31,10 +31,32 @@ pub struct Dhis2Config {
     /// splits larger pushes.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Gzip request bodies of 1 KiB or more (`Content-Encoding: gzip`).
+    /// On by default: DHIS2 (2.38+) inflates a `dataValueSets` body
+    /// that starts with the gzip magic bytes, whatever its headers. A
+    /// server that refuses them (415, or a 400 about the encoding) gets
+    /// plain bodies from then on, logged once.
+    #[serde(default = "default_true")]
+    pub compress_requests: bool,
+    /// Ask for gzipped answers (`Accept-Encoding: gzip`) and decode them.
+    #[serde(default = "default_true")]
+    pub compress_responses: bool,
+    /// How long an idle connection is kept open for the next request;
+    /// keep it below the server's (or its proxy's) keep-alive timeout
+    /// (Tomcat 20s, Jetty 30s, nginx 75s). `0s` never reuses a
+    /// connection.
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
 }
 
 const fn default_timeout() -> Duration {
     Duration::from_secs(60)
+}
+const fn default_true() -> bool {
+    true
+}
+const fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(15)
 }
 const fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -53,6 +75,9 @@ impl Dhis2Config {
             timeout: default_timeout(),
             connect_timeout: default_connect_timeout(),
             batch_size: default_batch_size(),
+            compress_requests: true,
+            compress_responses: true,
+            pool_idle_timeout: default_pool_idle_timeout(),
         }
     }
 }

@@ -564,3 +564,71 @@ async fn preflight_errors_classify() {
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()
 }
+
+/// `n` values for distinct org units: a body well past 1 KiB.
+fn many_values(n: usize) -> Vec<DataValue> {
+    (0..n)
+        .map(|i| value("fbfJHSPpUQD", "202401", &format!("OrgUnit{i:04}"), "7"))
+        .collect()
+}
+
+#[tokio::test]
+async fn large_pushes_go_gzipped_and_small_ones_plain() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/dataValueSets"))
+        .respond_with(json(200, SUCCESS))
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let many = many_values(50);
+    c.post_data_values(&many, None).await.expect("imported");
+    c.post_data_values(&values(), None).await.expect("imported");
+
+    let requests = server.received_requests().await.expect("recorded");
+    let plain = serde_json::to_vec(&serde_json::json!({ "dataValues": many })).expect("json");
+    let big = &requests[0];
+    assert_eq!(
+        big.headers.get("content-encoding").map(|v| v.as_bytes()),
+        Some(&b"gzip"[..])
+    );
+    assert_eq!(crate::gunzip(&big.body, 1 << 20).expect("gzip"), plain);
+    assert!(
+        big.body.len() * 5 < plain.len(),
+        "{} bytes on the wire for {}",
+        big.body.len(),
+        plain.len()
+    );
+    assert!(requests[1].headers.get("content-encoding").is_none());
+    let small: serde_json::Value = serde_json::from_slice(&requests[1].body).expect("plain json");
+    assert_eq!(small["dataValues"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn a_415_for_gzip_falls_back_to_plain_without_parking() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("content-encoding", "gzip"))
+        .respond_with(json(
+            415,
+            r#"{"httpStatus":"Unsupported Media Type","httpStatusCode":415,"status":"ERROR","message":"Content encoding 'gzip' not supported"}"#,
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(json(200, SUCCESS))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    let outcome = c
+        .post_data_values(&many_values(50), None)
+        .await
+        .expect("imported by the plain resend");
+    assert_eq!(outcome.status, ImportStatus::Success);
+    assert!(!c.compression.is_enabled());
+    c.post_data_values(&many_values(50), None)
+        .await
+        .expect("plain from then on");
+}

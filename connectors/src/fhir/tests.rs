@@ -7,6 +7,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use super::*;
 use crate::auth::{AuthConfig, AuthError, secret_file};
+use crate::http::{GzippedBody, MIN_COMPRESSED_BODY, gunzip};
 use crate::retry::Retryable;
 
 const BUNDLE: &str = include_str!("../../tests/fixtures/bundle-transaction.json");
@@ -43,12 +44,13 @@ async fn transaction_posts_the_bundle_and_parses_the_response() {
         .and(header("accept", "application/fhir+json"))
         .and(header("prefer", "return=minimal"))
         .and(header("traceparent", TRACEPARENT))
-        .and(body_string(BUNDLE))
+        .and(GzippedBody(BUNDLE.as_bytes().to_vec()))
         .respond_with(fhir_json(200, RESPONSE))
         .expect(1)
         .mount(&server)
         .await;
 
+    assert!(BUNDLE.len() >= MIN_COMPRESSED_BODY);
     let response = client(&server, AuthConfig::None)
         .transaction(BUNDLE, Some(TRACEPARENT))
         .await
@@ -552,4 +554,138 @@ async fn config_parses_with_defaults_and_refuses_typos() {
             .starts_with("fhir.base_url: `hapi:8080/fhir`"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn bundles_go_gzipped_and_smaller() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("content-encoding", "gzip"))
+        .respond_with(fhir_json(200, RESPONSE))
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    client(&server, AuthConfig::None)
+        .transaction(BUNDLE, None)
+        .await
+        .expect("delivered");
+
+    let requests = server.received_requests().await.expect("recorded");
+    let wire = &requests[0].body;
+    assert_eq!(gunzip(wire, 1 << 20).expect("gzip"), BUNDLE.as_bytes());
+    assert!(
+        wire.len() * 3 < BUNDLE.len(),
+        "{} bytes on the wire for {}",
+        wire.len(),
+        BUNDLE.len()
+    );
+    assert_eq!(
+        requests[0]
+            .headers
+            .get("content-length")
+            .map(|v| v.as_bytes()),
+        Some(wire.len().to_string().as_bytes()),
+        "the length on the wire is the compressed one"
+    );
+}
+
+#[tokio::test]
+async fn small_bundles_and_turned_off_compression_go_plain() {
+    let small = r#"{"resourceType":"Bundle","type":"transaction","entry":[]}"#;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(fhir_json(200, RESPONSE))
+        .mount(&server)
+        .await;
+    client(&server, AuthConfig::None)
+        .transaction(small, None)
+        .await
+        .expect("delivered");
+    let mut config = FhirConfig::new(format!("{}/fhir", server.uri()), AuthConfig::None);
+    config.compress_requests = false;
+    FhirClient::new(config)
+        .expect("client")
+        .transaction(BUNDLE, None)
+        .await
+        .expect("delivered");
+
+    let requests = server.received_requests().await.expect("recorded");
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].body, small.as_bytes());
+    assert_eq!(requests[1].body, BUNDLE.as_bytes());
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.headers.get("content-encoding").is_none())
+    );
+}
+
+#[tokio::test]
+async fn a_415_for_gzip_falls_back_to_plain_for_good() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("content-encoding", "gzip"))
+        .respond_with(fhir_json(
+            415,
+            r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-supported","diagnostics":"Content-Encoding gzip is not supported"}]}"#,
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(body_string(BUNDLE))
+        .respond_with(fhir_json(200, RESPONSE))
+        .expect(2)
+        .mount(&server)
+        .await;
+
+    let c = client(&server, AuthConfig::None);
+    // Delivered by the plain resend, not parked or retried later.
+    c.transaction(BUNDLE, None).await.expect("delivered");
+    assert!(!c.compression.is_enabled());
+    // The next bundle goes plain at once.
+    c.transaction(BUNDLE, None).await.expect("delivered");
+}
+
+#[tokio::test]
+async fn a_400_about_the_content_keeps_compression_on() {
+    let server = MockServer::start().await;
+    let outcome = r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"invalid","diagnostics":"Patient.gender: invalid code; expected encoding of administrative-gender"}]}"#;
+    Mock::given(method("POST"))
+        .respond_with(fhir_json(400, outcome))
+        .expect(2)
+        .mount(&server)
+        .await;
+
+    let c = client(&server, AuthConfig::None);
+    let err = c.transaction(BUNDLE, None).await.expect_err("rejected");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("administrative-gender"), "{err}");
+    // Plain got the same refusal: the content, not the encoding.
+    assert!(c.compression.is_enabled());
+}
+
+#[tokio::test]
+async fn gzipped_answers_are_asked_for_and_decoded() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("accept-encoding", "gzip"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-encoding", "gzip")
+                .set_body_raw(
+                    crate::http::gzip(RESPONSE.as_bytes()),
+                    "application/fhir+json",
+                ),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+
+    let response = client(&server, AuthConfig::None)
+        .transaction(BUNDLE, None)
+        .await
+        .expect("delivered");
+    assert_eq!(response.entries.len(), 10);
 }
