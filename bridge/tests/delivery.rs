@@ -123,6 +123,7 @@ fn fhir_worker(
         circuit: Circuit::new(100, Duration::from_secs(30)),
         clock: Arc::new(clock.clone()),
         batch: 10,
+        per_transaction: 1,
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
         wake: None,
@@ -816,6 +817,111 @@ async fn dhis2_totals_wait_until_settled(backend: Backend) {
     // Settled: unchanged for the settling time since the second change
     // (at most t_after): pushed (the previous claim's lease ran out).
     assert_eq!(claim(t_after + 1_000, 1_000, HOUR).await, 1);
+
+    // A change while a push is in flight keeps the total dirty, and the
+    // longest wait starts again from that push: a total that keeps
+    // changing goes out once per longest wait, not at every pass.
+    let now = kiungo::store::now_ms() + 2_000;
+    let claimed = store
+        .claim_totals(100, now, 0, 0, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    ingest(&store, &set, &visit("s3", "facility")).await;
+    let pushed: Vec<_> = claimed
+        .into_iter()
+        .map(|t| (t, kiungo::store::TotalResult::Pushed))
+        .collect();
+    store.finish_totals(&pushed, now).await.expect("finish");
+    assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 1);
+    assert_eq!(claim(now + 5, HOUR, 15).await, 0, "the wait starts again");
+    assert_eq!(claim(now + 20, HOUR, 15).await, 1);
+}
+
+/// Several events per transaction: fewer requests, an entry the events
+/// share sent once, every event recorded; a transaction the server refuses
+/// is sent again event by event, so only the bad event is parked; a
+/// transient failure retries every event of it.
+async fn several_events_share_a_transaction(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    for i in 0..5 {
+        ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+    }
+    let dest = ScriptedFhir::default();
+    let w = FhirWorker {
+        per_transaction: 4,
+        ..fhir_worker(&store, dest.clone(), &clock, RETRY)
+    };
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.delivered), (5, 5));
+    let calls = dest.calls.lock().expect("lock").clone();
+    assert_eq!(calls.len(), 2, "five events in transactions of up to four");
+    let entries = |b: &str| -> Vec<Value> {
+        let v: Value = serde_json::from_str(b).expect("json");
+        v["entry"].as_array().cloned().unwrap_or_default()
+    };
+    let single = entries(&calls[1]);
+    let four = entries(&calls[0]);
+    // The visits share their Patient (one conditional create): it is sent
+    // once in the transaction of four, every other entry once per event.
+    let patients = |e: &[Value]| {
+        e.iter()
+            .filter(|x| x["resource"]["resourceType"] == "Patient")
+            .count()
+    };
+    assert_eq!(patients(&single), 1);
+    assert_eq!(patients(&four), 1);
+    assert_eq!(four.len(), 1 + 4 * (single.len() - 1));
+    assert_eq!(state_counts(&store).await.get("delivered"), Some(&5));
+
+    // A refused transaction: sent again one event at a time.
+    for i in 5..8 {
+        ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+    }
+    let refused = || {
+        Err(SinkFailure {
+            retryable: false,
+            retry_after: None,
+            message: "HTTP 400: Observation.valueQuantity: invalid".into(),
+        })
+    };
+    let dest = ScriptedFhir::default()
+        .then(refused())
+        .then(Ok(vec!["Patient/1".into()]))
+        .then(refused())
+        .then(Ok(vec!["Patient/1".into()]));
+    let w = FhirWorker {
+        per_transaction: 4,
+        ..fhir_worker(&store, dest.clone(), &clock, RETRY)
+    };
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.delivered, r.parked), (3, 2, 1));
+    assert_eq!(dest.calls(), 4, "one transaction of three, then each alone");
+    let dl = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("dlq");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].reason_code, "fhir_rejected");
+
+    // A transient failure: every event of the transaction waits for its
+    // retry; one request, one failure for the circuit.
+    for i in 8..10 {
+        ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+    }
+    let dest = ScriptedFhir::default().then(Err(transient(None)));
+    let w = FhirWorker {
+        per_transaction: 4,
+        ..fhir_worker(&store, dest.clone(), &clock, RETRY)
+    };
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.retried), (2, 2));
+    assert_eq!(dest.calls(), 1);
+    clock.advance(Duration::from_secs(10));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.claimed, r.delivered), (2, 2));
+    assert_eq!(dest.calls(), 2, "retried together");
 }
 
 kiungo::on_both_backends!(
@@ -827,4 +933,5 @@ kiungo::on_both_backends!(
     out_of_order_replacements_send_the_live_version_last,
     dhis2_totals_follow_edits_and_conflicts_are_parked,
     dhis2_totals_wait_until_settled,
+    several_events_share_a_transaction,
 );

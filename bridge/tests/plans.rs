@@ -181,6 +181,37 @@ fn problem(line: &str) -> Option<&'static str> {
     None
 }
 
+/// PostgreSQL: an index scan of a large table with no `Index Cond` walks
+/// the whole index (for its order), filtering as it goes.
+fn unbounded_index_walks(plan: &[String], queues: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, line) in plan.iter().enumerate() {
+        let Some(rest) = line
+            .split("Index Scan using ")
+            .nth(1)
+            .or_else(|| line.split("Index Only Scan using ").nth(1))
+        else {
+            continue;
+        };
+        let table = rest
+            .split(" on ")
+            .nth(1)
+            .and_then(|t| t.split_whitespace().next())
+            .unwrap_or("");
+        if !LARGE.contains(&table) || queues.iter().any(|q| line.contains(q)) {
+            continue;
+        }
+        let bounded = plan[i + 1..]
+            .iter()
+            .take_while(|l| !l.contains("->"))
+            .any(|l| l.contains("Index Cond"));
+        if !bounded {
+            out.push(format!("index walk without a condition: {}", line.trim()));
+        }
+    }
+    out
+}
+
 /// Explains every recorded statement and lists each problem with its
 /// plan. A plan line naming one of `queues` is accepted: a walk of a
 /// partial index that holds only the rows this operation exists to work
@@ -196,11 +227,12 @@ async fn check(
     assert!(!statements.is_empty(), "{what}: no statement recorded");
     for s in statements {
         let plan = store.explain(s).await.expect("explain");
-        let bad: Vec<String> = plan
+        let mut bad: Vec<String> = plan
             .iter()
             .filter(|l| !queues.iter().any(|q| l.contains(q)))
             .filter_map(|l| problem(l).map(|p| format!("{p}: {}", l.trim())))
             .collect();
+        bad.extend(unbounded_index_walks(&plan, queues));
         if !bad.is_empty() {
             problems.push(format!(
                 "{what}: {}\n  statement: {}\n  plan:\n    {}",

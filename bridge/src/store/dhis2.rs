@@ -284,13 +284,20 @@ impl Store {
             }
             // A change arrived while the push was in flight: release the
             // claim so that the new total goes out (no-op if cleared).
-            let mut b = key_binds();
+            // Changed while the push was in flight: still dirty, and the
+            // changes after this push start a new wait (`marked_at`), so
+            // that a total that keeps changing goes out once per
+            // `max_push_delay`, not at every pass once the first wait ran
+            // out.
+            let mut b = vec![now.into()];
+            b.extend(key_binds());
             b.push(t.changes.into());
             b.push(t.claim.as_str().into());
             query(
                 self.backend,
-                "UPDATE dhis2_dirty SET claim = NULL, lease_until = NULL WHERE data_element = $1 \
-                 AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND changes <> $6 AND claim = $7"
+                "UPDATE dhis2_dirty SET claim = NULL, lease_until = NULL, marked_at = $1 \
+                 WHERE data_element = $2 AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 \
+                 AND changes <> $7 AND claim = $8"
                     .to_owned(),
                 b,
             )

@@ -64,17 +64,29 @@ fn is_transient(e: &sqlx::Error) -> bool {
             let code = db.code();
             let code = code.as_deref().unwrap_or("");
             if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                // SQLite BUSY (5) and LOCKED (6), with their extended codes.
-                return code.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+                // SQLite BUSY (5), LOCKED (6), I/O error (10), disk full
+                // (13), cannot open (14), lock protocol (15), with their
+                // extended codes: the machine's trouble, not the data's.
+                return code
+                    .parse::<u32>()
+                    .is_ok_and(|c| matches!(c & 0xff, 5 | 6 | 10 | 13 | 14 | 15));
             }
             // PostgreSQL: serialization failure, deadlock, unique violation
             // (two writers inserted the same new event), connection
             // exceptions (08xxx), operator intervention such as an admin
-            // shutdown (57P0x), insufficient resources (53xxx).
-            matches!(code, "40001" | "40P01" | "23505")
-                || code.starts_with("08")
+            // shutdown (57P0x) or a statement timeout or cancel (57014,
+            // e.g. behind a migration's lock), lock timeout (55P03),
+            // read-only transaction (25006, a failover in progress),
+            // insufficient resources (53xxx), system errors (58xxx). None
+            // of these says anything about the data: parking it would
+            // lose good events.
+            matches!(
+                code,
+                "40001" | "40P01" | "23505" | "57014" | "55P03" | "25006"
+            ) || code.starts_with("08")
                 || code.starts_with("57P")
                 || code.starts_with("53")
+                || code.starts_with("58")
         }
         _ => false,
     }
