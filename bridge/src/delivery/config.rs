@@ -37,6 +37,17 @@ pub struct FhirDestinationConfig {
     /// in flight to the server at once).
     #[serde(default = "default_fhir_batch")]
     pub concurrency: i64,
+    /// Events sent in one transaction (1, the default: each event's
+    /// bundle alone). More makes fewer, larger requests for a slow or
+    /// metered link: an entry several events share (a Patient matched by
+    /// identifier) is sent once, entries that touch the same resource
+    /// differently never share a transaction, and a transaction the
+    /// server refuses is sent again event by event, so that only the
+    /// refused event is parked. The server sees one request per
+    /// transaction; an event's `traceparent` travels only with the first
+    /// event of its transaction.
+    #[serde(default = "default_events_per_transaction")]
+    pub events_per_transaction: usize,
     /// How long a claimed bundle is held before another worker (or
     /// replica) may take it over; longer than the request timeout.
     #[serde(default = "default_lease", with = "humantime_serde")]
@@ -105,6 +116,9 @@ impl Default for CircuitConfig {
 
 const fn default_fhir_batch() -> i64 {
     32
+}
+const fn default_events_per_transaction() -> usize {
+    1
 }
 const fn default_lease() -> Duration {
     Duration::from_secs(120)

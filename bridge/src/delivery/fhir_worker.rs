@@ -1,5 +1,6 @@
-//! The FHIR outbox worker: claim due bundles, send each as a transaction,
-//! record the result.
+//! The FHIR outbox worker: claim due bundles, send each as a transaction
+//! (or several events' bundles as one, `events_per_transaction`), record
+//! the result.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,8 +39,12 @@ pub struct FhirWorker<D> {
     pub circuit: Circuit,
     /// Clock.
     pub clock: Arc<dyn Clock>,
-    /// Bundles claimed (and sent concurrently) per pass.
+    /// Transactions sent concurrently per pass.
     pub batch: i64,
+    /// Events per transaction (1: each event's bundle alone). With more,
+    /// a pass claims `batch × per_transaction` bundles and sends them as
+    /// at most `batch` transactions (see `fhir_batch`).
+    pub per_transaction: usize,
     /// How long a claim holds before another worker may take it over.
     pub lease: Duration,
     /// Wait between passes when nothing is due.
@@ -56,7 +61,12 @@ impl<D: FhirDestination> FhirWorker<D> {
         let lease = super::ms(self.lease);
         let claimed = super::claim_through(&self.circuit, now, |probe| {
             // A probe risks one bundle on a server that may still be down.
-            let limit = if probe { 1 } else { self.batch };
+            let per = i64::try_from(self.per_transaction.max(1)).unwrap_or(1);
+            let limit = if probe {
+                1
+            } else {
+                self.batch.saturating_mul(per)
+            };
             self.store.claim_fhir(limit, now, lease)
         })
         .await?;
@@ -81,7 +91,7 @@ impl<D: FhirDestination> FhirWorker<D> {
         if items.is_empty() {
             return Ok(report);
         }
-        let results = join_all(items.iter().map(|item| self.deliver(item))).await;
+        let results = self.deliver_all(&items).await;
         let m = crate::metrics::metrics();
         let now = self.clock.now_ms();
         let mut health = super::PassHealth::default();
@@ -113,6 +123,106 @@ impl<D: FhirDestination> FhirWorker<D> {
         Ok(report)
     }
 
+    /// Delivers every claimed bundle, one result per item in order: each
+    /// alone, or grouped into transactions of several events.
+    async fn deliver_all(&self, items: &[OutboxItem]) -> Vec<Delivery> {
+        if self.per_transaction <= 1 || items.len() == 1 {
+            return join_all(items.iter().map(|item| self.deliver(item))).await;
+        }
+        let parsed: Vec<Option<super::fhir_batch::Parsed>> = items
+            .iter()
+            .map(|i| super::fhir_batch::parse(&i.bundle))
+            .collect();
+        let groups = super::fhir_batch::group(&parsed, self.per_transaction);
+        let sent = join_all(groups.iter().map(|members| {
+            let group: Vec<(&OutboxItem, Option<&super::fhir_batch::Parsed>)> = members
+                .iter()
+                .map(|&i| (&items[i], parsed[i].as_ref()))
+                .collect();
+            self.deliver_group(group)
+        }))
+        .await;
+        let mut results: Vec<Option<Delivery>> = vec![None; items.len()];
+        for (members, deliveries) in groups.iter().zip(sent) {
+            for (&i, d) in members.iter().zip(deliveries) {
+                results[i] = Some(d);
+            }
+        }
+        results
+            .into_iter()
+            .map(|d| {
+                d.unwrap_or_else(|| Delivery::Retry {
+                    next_attempt_at: self.clock.now_ms(),
+                    error: "not sent in this pass".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// Sends a group's bundles as one transaction. A transient failure
+    /// retries each event on its own schedule; a refusal (the server
+    /// rejects the whole transaction for one bad entry) sends each event
+    /// alone, so that only the refused one is parked.
+    async fn deliver_group(
+        &self,
+        group: Vec<(&OutboxItem, Option<&super::fhir_batch::Parsed>)>,
+    ) -> Vec<Delivery> {
+        let parsed: Option<Vec<&super::fhir_batch::Parsed>> =
+            group.iter().map(|(_, p)| *p).collect();
+        let (Some(parsed), true) = (parsed, group.len() > 1) else {
+            return join_all(group.iter().map(|(item, _)| self.deliver(item))).await;
+        };
+        let combined = super::fhir_batch::combine(&parsed);
+        let first = group[0].0;
+        let traceparent = first.traceparent.as_deref().map(crate::trace::child);
+        let span = tracing::debug_span!(
+            "deliver",
+            destination = "fhir",
+            outbox = first.id,
+            events = group.len(),
+            trace_id = crate::trace::trace_id(traceparent.as_deref().unwrap_or("")),
+        );
+        let started = std::time::Instant::now();
+        let sent = self
+            .destination
+            .transaction(&combined.bundle, traceparent.as_deref())
+            .instrument(span)
+            .await;
+        crate::metrics::metrics().observe_request("fhir", started.elapsed().as_secs_f64());
+        match sent {
+            Ok(server_ids) => {
+                self.circuit.success();
+                combined
+                    .positions
+                    .iter()
+                    .map(|at| Delivery::Delivered {
+                        server_ids: at
+                            .iter()
+                            .filter_map(|p| server_ids.get(*p).cloned())
+                            .collect(),
+                    })
+                    .collect()
+            }
+            Err(f) if f.retryable => {
+                // One failed request: the circuit counts it once.
+                self.circuit.failure(self.clock.now_ms());
+                group
+                    .iter()
+                    .map(|(item, _)| self.retry_step(item, f.clone()))
+                    .collect()
+            }
+            Err(f) => {
+                self.circuit.success();
+                debug!(
+                    events = group.len(),
+                    error = %f.message,
+                    "fhir server refused a transaction of several events; sending each alone"
+                );
+                join_all(group.iter().map(|(item, _)| self.deliver(item))).await
+            }
+        }
+    }
+
     async fn deliver(&self, item: &OutboxItem) -> Delivery {
         let traceparent = item.traceparent.as_deref().map(crate::trace::child);
         let span = tracing::debug_span!(
@@ -136,37 +246,48 @@ impl<D: FhirDestination> FhirWorker<D> {
                 self.circuit.success();
                 Delivery::Delivered { server_ids }
             }
-            Err(f) if f.retryable => {
-                let now = self.clock.now_ms();
-                self.circuit.failure(now);
-                let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
-                match self
-                    .retry
-                    .next(attempt, item.created_at, now, f.retry_after, jitter_unit())
-                {
-                    NextStep::RetryAt(at) => {
-                        debug!(outbox = item.id, attempt, error = %f.message, "fhir delivery failed; will retry");
-                        Delivery::Retry {
-                            next_attempt_at: at,
-                            error: f.message,
-                        }
-                    }
-                    NextStep::GiveUp => {
-                        warn!(outbox = item.id, attempt, error = %f.message, "fhir delivery out of retries; parked");
-                        Delivery::Dead {
-                            reason_code: "fhir_retries_exhausted".into(),
-                            error: format!("gave up after {attempt} attempts: {}", f.message),
-                        }
-                    }
+            Err(f) => self.failed(item, f),
+        }
+    }
+
+    /// What a failed send means for one bundle: retry on its schedule,
+    /// give up, or park it (the server answered: the bundle is the
+    /// problem).
+    fn failed(&self, item: &OutboxItem, f: SinkFailure) -> Delivery {
+        if f.retryable {
+            self.circuit.failure(self.clock.now_ms());
+            return self.retry_step(item, f);
+        }
+        // The server answered: it is up, the bundle is the problem.
+        self.circuit.success();
+        warn!(outbox = item.id, error = %f.message, "fhir server rejected a bundle; parked");
+        Delivery::Dead {
+            reason_code: "fhir_rejected".into(),
+            error: f.message,
+        }
+    }
+
+    /// The retry schedule's answer for one bundle after a transient
+    /// failure (the circuit already counted it).
+    fn retry_step(&self, item: &OutboxItem, f: SinkFailure) -> Delivery {
+        let now = self.clock.now_ms();
+        let attempt = u32::try_from(item.attempts + 1).unwrap_or(u32::MAX);
+        match self
+            .retry
+            .next(attempt, item.created_at, now, f.retry_after, jitter_unit())
+        {
+            NextStep::RetryAt(at) => {
+                debug!(outbox = item.id, attempt, error = %f.message, "fhir delivery failed; will retry");
+                Delivery::Retry {
+                    next_attempt_at: at,
+                    error: f.message,
                 }
             }
-            Err(f) => {
-                // The server answered: it is up, the bundle is the problem.
-                self.circuit.success();
-                warn!(outbox = item.id, error = %f.message, "fhir server rejected a bundle; parked");
+            NextStep::GiveUp => {
+                warn!(outbox = item.id, attempt, error = %f.message, "fhir delivery out of retries; parked");
                 Delivery::Dead {
-                    reason_code: "fhir_rejected".into(),
-                    error: f.message,
+                    reason_code: "fhir_retries_exhausted".into(),
+                    error: format!("gave up after {attempt} attempts: {}", f.message),
                 }
             }
         }

@@ -14,6 +14,7 @@
 pub mod circuit;
 pub mod config;
 mod dhis2_worker;
+mod fhir_batch;
 mod fhir_worker;
 pub mod retry;
 pub mod sinks;

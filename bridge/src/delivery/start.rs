@@ -52,6 +52,7 @@ pub fn start(
             circuit: Circuit::new(f.circuit.failures, f.circuit.cool_down),
             clock: Arc::new(SystemClock),
             batch: f.concurrency,
+            per_transaction: f.events_per_transaction.max(1),
             lease: f.lease,
             idle,
             wake: Some(wake),
