@@ -44,6 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut events, mut rate, mut backend) = (10_000usize, 500usize, Backend::Sqlite);
     let mut max_push_delay = "1m".to_owned();
     let (mut compress, mut pool_idle_timeout) = (true, "15s".to_owned());
+    let (mut fhir_latency_ms, mut per_transaction, mut concurrency) = (0u64, 1usize, 64usize);
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -51,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
             "--events" => events = value()?.parse()?,
             "--rate" => rate = value()?.parse()?,
             "--max-push-delay" => max_push_delay = value()?,
+            "--fhir-latency-ms" => fhir_latency_ms = value()?.parse()?,
+            "--events-per-transaction" => per_transaction = value()?.parse()?,
+            "--concurrency" => concurrency = value()?.parse()?,
             "--compress" => {
                 compress = match value()?.as_str() {
                     "on" => true,
@@ -69,7 +73,8 @@ async fn main() -> anyhow::Result<()> {
             other => bail!(
                 "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres \
                  --max-push-delay D (DHIS2; 1s pushes each total once a second while it changes) \
-                 --compress on|off --pool-idle-timeout D (0s: no connection reuse)"
+                 --compress on|off --pool-idle-timeout D (0s: no connection reuse) \
+                 --fhir-latency-ms MS --concurrency N (FHIR requests in flight) --events-per-transaction N"
             ),
         }
     }
@@ -87,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut sandbox_config = SandboxConfig::for_test();
     sandbox_config.workers = 2;
+    sandbox_config.fhir.faults.latency = Duration::from_millis(fhir_latency_ms);
     let sandbox = Sandbox::start(sandbox_config).await?;
     let vhost = Vhost::new()?;
     let prefix = "deliverybench";
@@ -110,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let yaml = format!(
         "mappings: {mappings}\npseudonym_key_file: key\nstore:\n  url: {store}\n\
          rabbitmq:\n  url: {amqp}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\n\
-         destinations:\n  fhir:\n    server: {{base_url: '{fhir}', compress_requests: {compress}, pool_idle_timeout: {pool_idle_timeout}}}\n    concurrency: 64\n\
+         destinations:\n  fhir:\n    server: {{base_url: '{fhir}', compress_requests: {compress}, pool_idle_timeout: {pool_idle_timeout}}}\n    concurrency: {concurrency}\n    events_per_transaction: {per_transaction}\n\
          \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      auth: {{type: basic, username: admin, password: {{file: {pw}}}}}\n      \
          compress_requests: {compress}\n      pool_idle_timeout: {pool_idle_timeout}\n    push_delay: 1s\n    max_push_delay: {max_push_delay}\n",
         mappings = packs_dir().display(),
@@ -198,6 +204,12 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.9),
         percentile(&latencies, 0.99),
         latencies.last().copied().unwrap_or(0)
+    );
+    let fhir_requests = sandbox.fhir_overlaps()["requests"].as_u64().unwrap_or(0);
+    println!(
+        "FHIR ({per_transaction} events per transaction, concurrency {concurrency}, latency {fhir_latency_ms} ms): {fhir_requests} requests = {:.0} requests/s, {:.2} bundles per request",
+        fhir_requests as f64 * 1000.0 / (last - first).max(1) as f64,
+        latencies.len() as f64 / fhir_requests.max(1) as f64,
     );
     let t = sandbox.dhis2_traffic();
     let num = |k: &str| t[k].as_f64().unwrap_or(0.0);
