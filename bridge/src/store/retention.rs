@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use serde::Serialize;
+use sqlx::Row;
 
 use super::sql::query;
 use super::{Backend, Store, StoreError};
@@ -49,7 +50,7 @@ impl Store {
         let bundles = format!(
             "UPDATE fhir_outbox SET bundle = NULL WHERE {open}SELECT {rowid} FROM fhir_outbox \
              WHERE bundle IS NOT NULL AND state IN ('delivered', 'superseded') AND updated_at < $1 \
-             ORDER BY updated_at LIMIT $2{close}"
+             AND updated_at >= $2 ORDER BY updated_at LIMIT $3{close} RETURNING updated_at"
         );
         // An event whose bundle still waits keeps its payload (replay and
         // re-mapping need it). The check is a scalar subquery, one index
@@ -57,38 +58,53 @@ impl Store {
         // every bundle in flight to check one batch.
         let payloads = format!(
             "UPDATE events SET payload = NULL WHERE {open}SELECT e.{rowid} FROM events e \
-             WHERE payload IS NOT NULL AND updated_at < $1 \
+             WHERE payload IS NOT NULL AND updated_at < $1 AND updated_at >= $2 \
              AND NOT (SELECT EXISTS (SELECT 1 FROM fhir_outbox o WHERE o.source = e.source \
                AND o.event_id = e.event_id AND o.state IN ('pending', 'delivering'))) \
-             ORDER BY updated_at LIMIT $2{close}"
+             ORDER BY updated_at LIMIT $3{close} RETURNING updated_at"
         );
         let mut report = PurgeReport::default();
         for (sql, count) in [
             (bundles, &mut report.bundles),
             (payloads, &mut report.payloads),
         ] {
+            // Each batch starts where the last one ended (`updated_at`),
+            // so that rows a batch walks and keeps (an old event whose
+            // bundle still waits, after an outage longer than the
+            // retention) are not walked again by every later batch.
+            let mut from = i64::MIN;
             loop {
-                let n = self.purge_batch(&sql, cutoff).await?;
+                let (n, last) = self.purge_batch(&sql, cutoff, from).await?;
                 *count += n;
                 if n < PURGE_BATCH.unsigned_abs() {
                     break;
                 }
+                from = last.max(from);
             }
         }
         Ok(report)
     }
 
-    async fn purge_batch(&self, sql: &str, cutoff: i64) -> Result<u64, StoreError> {
+    /// One batch: rows purged, and the newest `updated_at` among them.
+    async fn purge_batch(
+        &self,
+        sql: &str,
+        cutoff: i64,
+        from: i64,
+    ) -> Result<(u64, i64), StoreError> {
         let mut tx = self.begin_write().await?;
-        let n = query(
+        let rows = query(
             self.backend,
             sql.to_owned(),
-            vec![cutoff.into(), PURGE_BATCH.into()],
+            vec![cutoff.into(), from.into(), PURGE_BATCH.into()],
         )
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(n)
+        let mut last = from;
+        for r in &rows {
+            last = last.max(r.try_get::<i64, _>(0)?);
+        }
+        Ok((rows.len() as u64, last))
     }
 }
