@@ -12,68 +12,33 @@
 //! - over HTTP, a NUL `_id` or a `%00` in the source is answered with its
 //!   dead letter, and the next event is stored (not a 503).
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
+
+mod support;
 
 use kiungo::app::Application;
 use kiungo::config::Config;
 use kiungo::ingest::{BatchConfig, Committer, Done, Work};
 use kiungo::store::scratch::ScratchDb;
-use kiungo::store::{Backend, DeadLetter, Ingest, Outcome, Outputs, Rejection, Store};
-use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+use kiungo::store::{Backend, DeadLetter, Ingest, Outcome, Rejection, Store};
+use kiungo_mappings::MappingSet;
 use serde_json::{Value, json};
 use sqlx::Connection;
+use support::{cht_ingest, packs, packs_dir};
 
-fn packs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs")
-}
-
-fn packs() -> MappingSet {
-    MappingSet::load_dir(
-        &packs_dir(),
-        LoadOptions {
-            pseudonym_key: Some(PseudonymKey::for_tests()),
-            ..LoadOptions::default()
-        },
-    )
-    .expect("packs load")
-}
-
+/// A CHT visit (at the fixture's own location, `facility`) as event
+/// `id`, replacing `replaces`.
 fn cht_visit(id: &str, replaces: &str) -> Value {
-    let path = packs_dir().join("cht-anc/fixtures/anc-visit-1-facility.json");
-    let mut v: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-    v["_id"] = json!(id);
-    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}"));
-    v["fields"]["meta"]["deprecatedID"] = json!(replaces);
-    v
+    support::cht_visit(id, "facility", replaces)
 }
 
-/// An event from the `cht` queue, mapped by the shipped packs.
+/// An event from the `cht.events` queue as message `m-1`, mapped by the
+/// shipped packs.
 fn ingest(set: &MappingSet, payload: &Value) -> Ingest {
-    let result = set
-        .map(&Event {
-            source: "cht".into(),
-            message_id: None,
-            payload: Arc::new(payload.clone()),
-        })
-        .map(Outputs::from)
-        .map_err(|e| Rejection {
-            code: e.reason().into(),
-            reason: e.to_string(),
-            mapping: None,
-            event_id: None,
-        });
     Ingest {
-        source: "cht".into(),
         queue: Some("cht.events".into()),
         message_id: Some("m-1".into()),
-        version_ts: None,
-        received_at: kiungo::store::now_ms(),
-        payload: serde_json::to_vec(payload).expect("bytes"),
-        headers: Some(json!({"x-app": "cht"})),
-        result,
+        ..cht_ingest(set, payload, None)
     }
 }
 

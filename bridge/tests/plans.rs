@@ -12,18 +12,18 @@
 //! statistics; PostgreSQL after `ANALYZE`, as autovacuum leaves a large
 //! table.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
+
+mod support;
 
 use kiungo::store::plan::{Recorded, record};
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{
-    Backend, Delivery, DestinationUpdate, Ingest, Outputs, Rejection, StatusOrigin, Store,
-    TotalResult,
+    Backend, Delivery, DestinationUpdate, Ingest, Rejection, StatusOrigin, Store, TotalResult,
 };
-use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
-use serde_json::{Value, json};
+use kiungo_mappings::MappingSet;
+use serde_json::Value;
+use support::{cht_ingest, cht_visit, packs};
 
 /// Events in the backlog.
 const BACKLOG: i64 = 40_000;
@@ -40,55 +40,10 @@ const LARGE: &[&str] = &[
     "audit_log",
 ];
 
-fn packs() -> MappingSet {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
-    MappingSet::load_dir(
-        &dir,
-        LoadOptions {
-            pseudonym_key: Some(PseudonymKey::for_tests()),
-            ..LoadOptions::default()
-        },
-    )
-    .expect("packs load")
-}
-
-fn cht_visit(id: &str, location: &str, replaces: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mappings/packs/cht-anc/fixtures/anc-visit-1-facility.json");
-    let mut v: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-    v["_id"] = json!(id);
-    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}"));
-    v["fields"]["meta"]["deprecatedID"] = json!(replaces);
-    v["fields"]["anc_visits"]["visit_location"] = json!(location);
-    v
-}
-
+/// A CHT visit as the committer receives it; the transport fields do
+/// not change any plan.
 fn ingest(set: &MappingSet, payload: &Value) -> Ingest {
-    let bytes = serde_json::to_vec(payload).expect("bytes");
-    let result = set
-        .map(&Event {
-            source: "cht".into(),
-            message_id: None,
-            payload: Arc::new(payload.clone()),
-        })
-        .map(Outputs::from)
-        .map_err(|e| Rejection {
-            code: e.reason().into(),
-            reason: e.to_string(),
-            mapping: None,
-            event_id: None,
-        });
-    Ingest {
-        source: "cht".into(),
-        queue: Some("q".into()),
-        message_id: Some("m".into()),
-        version_ts: None,
-        received_at: kiungo::store::now_ms(),
-        payload: bytes,
-        headers: None,
-        result,
-    }
+    cht_ingest(set, payload, None)
 }
 
 /// The backlog: `BACKLOG` events over four sources (`bk-<i>`), each with

@@ -2,64 +2,12 @@
 //! stale re-delivery, `replaces` in and out of order, dead letters,
 //! retention and the append-only audit log.
 
-use std::path::Path;
-use std::sync::Arc;
+mod support;
 
 use kiungo::store::scratch::ScratchDb;
-use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outcome, Outputs, Rejection, Store};
-use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
-use serde_json::{Value, json};
-
-fn packs() -> MappingSet {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
-    MappingSet::load_dir(
-        &dir,
-        LoadOptions {
-            pseudonym_key: Some(PseudonymKey::for_tests()),
-            ..LoadOptions::default()
-        },
-    )
-    .expect("packs load")
-}
-
-fn cht_visit(id: &str, location: &str, replaces: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../mappings/packs/cht-anc/fixtures/anc-visit-1-facility.json");
-    let mut v: Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
-    v["_id"] = json!(id);
-    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}"));
-    v["fields"]["meta"]["deprecatedID"] = json!(replaces);
-    v["fields"]["anc_visits"]["visit_location"] = json!(location);
-    v
-}
-
-fn ingest(set: &MappingSet, payload: &Value, ts: Option<i64>) -> Ingest {
-    let bytes = serde_json::to_vec(payload).expect("bytes");
-    let result = set
-        .map(&Event {
-            source: "cht".into(),
-            message_id: None,
-            payload: Arc::new(payload.clone()),
-        })
-        .map(Outputs::from)
-        .map_err(|e| Rejection {
-            code: e.reason().into(),
-            reason: e.to_string(),
-            mapping: None,
-            event_id: None,
-        });
-    Ingest {
-        source: "cht".into(),
-        queue: Some("q".into()),
-        message_id: Some("m".into()),
-        version_ts: ts,
-        received_at: kiungo::store::now_ms(),
-        payload: bytes,
-        headers: Some(json!({"x-app": "cht"})),
-        result,
-    }
-}
+use kiungo::store::{Backend, DeadLetterFilter, Ingest, Outcome, Rejection, Store};
+use serde_json::json;
+use support::{cht_ingest as ingest, cht_visit, packs};
 
 fn poison(bytes: &[u8]) -> Ingest {
     Ingest {

@@ -1,0 +1,70 @@
+//! Helpers the store-level tests share: the shipped packs, a CHT visit
+//! built from the pack's fixture, and that visit mapped into an `Ingest`
+//! as the committer receives it. Each test crate uses a part of them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiungo::store::{Ingest, Outputs, Rejection};
+use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+use serde_json::{Value, json};
+
+/// The shipped mapping packs' folder.
+pub fn packs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs")
+}
+
+/// The shipped packs, with the test pseudonym key.
+pub fn packs() -> MappingSet {
+    MappingSet::load_dir(
+        &packs_dir(),
+        LoadOptions {
+            pseudonym_key: Some(PseudonymKey::for_tests()),
+            ..LoadOptions::default()
+        },
+    )
+    .expect("packs load")
+}
+
+/// The CHT pack's first-visit fixture as event `id`, at `location`,
+/// replacing `replaces` (empty: nothing).
+pub fn cht_visit(id: &str, location: &str, replaces: &str) -> Value {
+    let path = packs_dir().join("cht-anc/fixtures/anc-visit-1-facility.json");
+    let mut v: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("fixture")).expect("json");
+    v["_id"] = json!(id);
+    v["fields"]["meta"]["instanceID"] = json!(format!("uuid:{id}"));
+    v["fields"]["meta"]["deprecatedID"] = json!(replaces);
+    v["fields"]["anc_visits"]["visit_location"] = json!(location);
+    v
+}
+
+/// `payload` from the `cht` source, mapped by `set` (a mapping error
+/// becomes the rejection the committer parks), with a publisher timestamp
+/// `version_ts`, from queue `q` as message `m` with one header.
+pub fn cht_ingest(set: &MappingSet, payload: &Value, version_ts: Option<i64>) -> Ingest {
+    let result = set
+        .map(&Event {
+            source: "cht".into(),
+            message_id: None,
+            payload: Arc::new(payload.clone()),
+        })
+        .map(Outputs::from)
+        .map_err(|e| Rejection {
+            code: e.reason().into(),
+            reason: e.to_string(),
+            mapping: None,
+            event_id: None,
+        });
+    Ingest {
+        source: "cht".into(),
+        queue: Some("q".into()),
+        message_id: Some("m".into()),
+        version_ts,
+        received_at: kiungo::store::now_ms(),
+        payload: serde_json::to_vec(payload).expect("bytes"),
+        headers: Some(json!({"x-app": "cht"})),
+        result,
+    }
+}
