@@ -106,10 +106,12 @@ impl Stmt {
         let mut q = sqlx::query(&self.sql).persistent(self.binds.len() <= 16);
         for b in &self.binds {
             q = match b {
-                Bind::Text(v) => q.bind(v.clone()),
+                // Text and bytes are borrowed from the statement: payloads
+                // and bundles are not copied once more per statement.
+                Bind::Text(v) => q.bind(v.as_deref()),
                 Bind::Int(v) => q.bind(*v),
                 Bind::Real(v) => q.bind(*v),
-                Bind::Blob(v) => q.bind(v.clone()),
+                Bind::Blob(v) => q.bind(v.as_deref()),
             };
         }
         q
