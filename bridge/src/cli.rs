@@ -281,7 +281,8 @@ fn map(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            // The mapping author's own event: the values help them.
+            eprintln!("error: {}", e.with_values());
             ExitCode::from(1)
         }
     }

@@ -112,8 +112,11 @@ pub enum MapError {
         line: u64,
         /// The event id, or the message id before the event id is known.
         event: String,
-        /// What went wrong.
+        /// What went wrong, without the event's values.
         message: String,
+        /// The event's values the message leaves out (a lookup key that
+        /// was not found): for operators only, never in the message.
+        values: Vec<String>,
     },
     /// A produced FHIR resource does not validate.
     #[error("mapping `{mapping}` resource `{resource}`, event {event}: {message}")]
@@ -124,12 +127,31 @@ pub enum MapError {
         resource: String,
         /// The event id.
         event: String,
-        /// The validator's message.
+        /// The validator's message: it names elements, never values.
         message: String,
     },
 }
 
 impl MapError {
+    /// The event's values this error's message leaves out, for operators
+    /// (`kiungo dlq show`, the admin API's payload route) and for mapping
+    /// authors' local tools; never for logs, reasons or status messages.
+    pub fn values(&self) -> &[String] {
+        match self {
+            Self::Field { values, .. } => values,
+            _ => &[],
+        }
+    }
+
+    /// The message followed by the values it leaves out, for a mapping
+    /// author's terminal (`kiungo map`, `kiungo mappings test`).
+    pub fn with_values(&self) -> String {
+        match self.values() {
+            [] => self.to_string(),
+            values => format!("{self} (values: {})", values.join("; ")),
+        }
+    }
+
     /// Mapping errors are never worth retrying as they are: the event needs
     /// a fixed mapping or a fixed payload.
     pub const fn is_retryable(&self) -> bool {
@@ -148,3 +170,42 @@ impl MapError {
         }
     }
 }
+
+/// Why an expression failed: a message made without the event's values,
+/// and the values kept apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Failure {
+    /// What went wrong, without values.
+    pub(crate) message: String,
+    /// The values involved, for operators only.
+    pub(crate) values: Vec<String>,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            values: Vec::new(),
+        }
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        message.to_owned().into()
+    }
+}
+
+/// The source of an error raised by Kiungo's own expression functions:
+/// it says the error's text was made without values, and carries the
+/// values involved apart from it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventValues(pub(crate) Vec<String>);
+
+impl fmt::Display for EventValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("event values withheld")
+    }
+}
+
+impl std::error::Error for EventValues {}

@@ -11,6 +11,8 @@ use std::sync::{Arc, LazyLock};
 
 use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
+use crate::error::{EventValues, Failure};
+
 /// Instructions one evaluation may execute. A mapping expression needs tens;
 /// this bound stops a runaway `range(10**9)` without limiting real mappings.
 pub(crate) const FUEL: u64 = 50_000;
@@ -56,7 +58,7 @@ impl Expr {
         }
         let compiled = ENV
             .compile_expression_owned(source.to_owned())
-            .map_err(describe)?;
+            .map_err(|e| full_text(&e))?;
         Ok(Self {
             compiled,
             field,
@@ -88,23 +90,64 @@ impl Expr {
     }
 
     /// Evaluates against a scope.
-    pub(crate) fn eval(&self, scope: &Value) -> Result<Value, String> {
+    pub(crate) fn eval(&self, scope: &Value) -> Result<Value, Failure> {
         self.compiled.eval(scope.clone()).map_err(describe)
     }
 }
 
-/// A readable one-line message from a minijinja error, without values.
-fn describe(err: minijinja::Error) -> String {
+/// A minijinja error's whole text, for load errors: the expression is the
+/// mapping author's, not an event's.
+fn full_text(err: &minijinja::Error) -> String {
     let mut msg = match err.detail() {
-        Some(detail) => format!("{}: {detail}", kind_text(&err)),
-        None => kind_text(&err),
+        Some(detail) => format!("{}: {detail}", kind_text(err)),
+        None => kind_text(err),
     };
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
         msg.push_str(&format!(": {inner}"));
         source = inner.source();
     }
     msg
+}
+
+/// A readable one-line message from a minijinja error, made without the
+/// event's values, and the values apart. Kiungo's own functions say what
+/// they involve ([`EventValues`]); the text of minijinja's own errors is
+/// cut by [`crate::redact::external`], the whole text kept for operators.
+fn describe(err: minijinja::Error) -> Failure {
+    let mut values = Vec::new();
+    let mut ours = false;
+    let mut others = String::new();
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        match inner.downcast_ref::<EventValues>() {
+            Some(v) => {
+                ours = true;
+                values.extend(v.0.iter().cloned());
+            }
+            None => others.push_str(&format!(": {inner}")),
+        }
+        source = inner.source();
+    }
+    let mut message = match err.detail() {
+        Some(detail) if ours => format!("{}: {detail}", kind_text(&err)),
+        Some(detail) => {
+            let cut = crate::redact::external(detail);
+            if cut != detail {
+                values.push(detail.to_owned());
+            }
+            format!("{}: {cut}", kind_text(&err))
+        }
+        None => kind_text(&err),
+    };
+    if !others.is_empty() {
+        let cut = crate::redact::external(&others);
+        if cut != others {
+            values.push(others.trim_start_matches(": ").to_owned());
+        }
+        message.push_str(&cut);
+    }
+    Failure { message, values }
 }
 
 fn kind_text(err: &minijinja::Error) -> String {
@@ -194,7 +237,7 @@ mod tests {
         let e =
             Expr::compile("range(100000) | map('string') | join", "f".into(), 1).expect("compiles");
         let err = e.eval(&Value::from(())).expect_err("out of fuel");
-        assert!(err.contains("fuel"), "{err}");
+        assert!(err.message.contains("fuel"), "{err:?}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use minijinja::{Environment, Error, ErrorKind, State, Value};
 use sha2::Sha256;
 
 use crate::context::{RUNTIME, Runtime};
+use crate::error::EventValues;
 use crate::period::PeriodType;
 use crate::table::Table;
 
@@ -59,8 +60,16 @@ pub(crate) fn register(env: &mut Environment<'static>) {
     env.add_function("coalesce", coalesce);
 }
 
+/// An error whose text Kiungo made without the event's values (the
+/// [`EventValues`] source says so).
 fn invalid(msg: impl Into<String>) -> Error {
-    Error::new(ErrorKind::InvalidOperation, msg.into())
+    invalid_with(msg, Vec::new())
+}
+
+/// An error made without the event's values, carrying the values involved
+/// apart, for operators.
+fn invalid_with(msg: impl Into<String>, values: Vec<String>) -> Error {
+    Error::new(ErrorKind::InvalidOperation, msg.into()).with_source(EventValues(values))
 }
 
 /// A parsed instant or date, with the offset it was written in.
@@ -332,11 +341,14 @@ fn lookup(table: &Value, key: &Value, default: Option<Value>) -> Result<Value, E
     match (table.get(&key), default) {
         (Some(v), _) => Ok(v),
         (None, Some(d)) => Ok(d),
-        (None, None) => Err(invalid(format!(
-            "lookup: key `{key}` is not in table `{}` ({} rows)",
-            table.name,
-            table.len()
-        ))),
+        (None, None) => Err(invalid_with(
+            format!(
+                "lookup: the key is not in table `{}` ({} rows)",
+                table.name,
+                table.len()
+            ),
+            vec![format!("lookup key `{key}`")],
+        )),
     }
 }
 
@@ -367,7 +379,7 @@ mod tests {
         );
         let scope = Value::from_dyn_object(Scope::new(vars));
         let e = Expr::compile(src, "f".into(), 1)?;
-        let v = e.eval(&scope)?;
+        let v = e.eval(&scope).map_err(|f| f.message)?;
         Ok(crate::json::from_value(&v)?.unwrap_or(serde_json::Value::Null))
     }
 

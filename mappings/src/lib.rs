@@ -17,7 +17,8 @@
 //!   the mapping, the field and the event id; it never panics, whatever the
 //!   input, and expression evaluation is bounded by a fuel limit.
 //! - **Quiet about people.** Error messages name fields and ids, never the
-//!   values of personal fields.
+//!   values of an event: those travel apart ([`MapError::values`]), for
+//!   operators only; text made by others is cut by [`redact::external`].
 
 mod context;
 mod error;
@@ -27,6 +28,7 @@ mod json;
 mod mapping;
 mod output;
 pub mod period;
+pub mod redact;
 mod spec;
 mod table;
 mod template;

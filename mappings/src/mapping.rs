@@ -8,7 +8,7 @@ use minijinja::Value;
 use serde_saphyr::Spanned;
 
 use crate::context::{RUNTIME, Runtime, Scope};
-use crate::error::{LoadError, LoadErrors, MapError};
+use crate::error::{Failure, LoadError, LoadErrors, MapError};
 use crate::expr::{Expr, PseudonymKey};
 use crate::functions::KIUNGO_NS;
 use crate::output::{
@@ -671,18 +671,26 @@ impl Mapping {
         self.eval_when(self.match_.as_ref(), scope, label)
     }
 
-    fn field_error(&self, e: &Expr, event: &str, message: String) -> MapError {
-        self.error_at(&e.field, e.line, event, message)
+    fn field_error(&self, e: &Expr, event: &str, failure: impl Into<Failure>) -> MapError {
+        self.error_at(&e.field, e.line, event, failure)
     }
 
     /// A field error at a location of this mapping.
-    fn error_at(&self, field: &str, line: u64, event: &str, message: String) -> MapError {
+    fn error_at(
+        &self,
+        field: &str,
+        line: u64,
+        event: &str,
+        failure: impl Into<Failure>,
+    ) -> MapError {
+        let Failure { message, values } = failure.into();
         MapError::Field {
             mapping: self.id.clone(),
             field: field.to_owned(),
             line,
             event: event.to_owned(),
             message,
+            values,
         }
     }
 
@@ -699,7 +707,7 @@ impl Mapping {
             Some(j) => match crate::json::scalar_string(&j) {
                 Some(s) if s.trim().is_empty() => Ok(None),
                 Some(s) => Ok(Some(s)),
-                None => Err(self.field_error(e, label, "expected text or a number".into())),
+                None => Err(self.field_error(e, label, "expected text or a number")),
             },
         }
     }
@@ -768,9 +776,9 @@ impl Mapping {
                 continue;
             }
             let seed = match &rule.id {
-                Some(e) => self.eval_string(e, scope, label)?.ok_or_else(|| {
-                    self.field_error(e, label, "resource id seed is empty".into())
-                })?,
+                Some(e) => self
+                    .eval_string(e, scope, label)?
+                    .ok_or_else(|| self.field_error(e, label, "resource id seed is empty"))?,
                 None => format!("{}/{}/{}", event.source, event_id, rule.name),
             };
             let uuid = uuid::Uuid::new_v5(&KIUNGO_NS, seed.as_bytes()).to_string();
@@ -785,8 +793,13 @@ impl Mapping {
 
         let mut fhir = Vec::with_capacity(included.len());
         for (rule, uuid) in included {
-            let rendered = template::render(&rule.template, scope)
-                .map_err(|e| self.error_at(&e.field, e.line, label, e.message))?;
+            let rendered = template::render(&rule.template, scope).map_err(|e| {
+                let failure = Failure {
+                    message: e.message,
+                    values: e.values,
+                };
+                self.error_at(&e.field, e.line, label, failure)
+            })?;
             let Some(serde_json::Value::Object(body)) = rendered else {
                 return Err(MapError::InvalidFhir {
                     mapping: self.id.clone(),
@@ -807,6 +820,7 @@ impl Mapping {
             }
             let resource = serde_json::Value::Object(resource);
             if validate_fhir {
+                // The validator's messages name elements, never values.
                 kiungo_fhir_validate::validate(&resource).map_err(|e| MapError::InvalidFhir {
                     mapping: self.id.clone(),
                     resource: rule.name.clone(),
@@ -815,9 +829,10 @@ impl Mapping {
                 })?;
             }
             let query = match &rule.if_none_exist {
-                Some(e) => Some(self.eval_string(e, scope, label)?.ok_or_else(|| {
-                    self.field_error(e, label, "conditional query is empty".into())
-                })?),
+                Some(e) => Some(
+                    self.eval_string(e, scope, label)?
+                        .ok_or_else(|| self.field_error(e, label, "conditional query is empty"))?,
+                ),
                 None => None,
             };
             let request = match rule.method {
@@ -850,13 +865,26 @@ impl Mapping {
                 continue;
             }
             let id = |f: &IdField| -> Result<String, MapError> {
-                let err = |message: String| self.error_at(&f.field, f.line, label, message);
-                let v = template::render(&f.tpl, scope).map_err(|e| err(e.message))?;
+                let err = |failure: Failure| self.error_at(&f.field, f.line, label, failure);
+                let v = template::render(&f.tpl, scope).map_err(|e| {
+                    err(Failure {
+                        message: e.message,
+                        values: e.values,
+                    })
+                })?;
                 let text = v
                     .as_ref()
                     .and_then(crate::json::scalar_string)
                     .ok_or_else(|| err("no id produced".into()))?;
-                dhis2_id(&text, f.allow_default).map_err(err)
+                // The id can come from the event: its text stays apart.
+                dhis2_id(&text, f.allow_default).map_err(|_| {
+                    err(Failure {
+                        message: "the produced id is not a DHIS2 UID (11 letters and digits, \
+                                  starting with a letter), `code:CODE` or `default`"
+                            .into(),
+                        values: vec![format!("id `{text}`")],
+                    })
+                })
             };
             let data_element = id(&rule.data_element)?;
             let category_option_combo = id(&rule.category_option_combo)?;
@@ -871,8 +899,13 @@ impl Mapping {
             let value = match &rule.value {
                 None => serde_json::Value::from(1),
                 Some((tpl, field, line)) => {
-                    let err = |message: String| self.error_at(field, *line, label, message);
-                    let v = template::render(tpl, scope).map_err(|e| err(e.message))?;
+                    let err = |failure: Failure| self.error_at(field, *line, label, failure);
+                    let v = template::render(tpl, scope).map_err(|e| {
+                        err(Failure {
+                            message: e.message,
+                            values: e.values,
+                        })
+                    })?;
                     match (rule.aggregation, v) {
                         (_, None) => {
                             return Err(err(
@@ -895,7 +928,8 @@ impl Mapping {
                             return Err(err(format!(
                                 "`{agg:?}` needs a number; convert text with `| number`"
                             )
-                            .to_lowercase()));
+                            .to_lowercase()
+                            .into()));
                         }
                     }
                 }

@@ -30,6 +30,8 @@ pub(crate) struct RenderError {
     pub(crate) field: String,
     pub(crate) line: u64,
     pub(crate) message: String,
+    /// The event's values the message leaves out.
+    pub(crate) values: Vec<String>,
 }
 
 /// A load problem: field, line, column (0 when unknown) and message.
@@ -115,14 +117,15 @@ pub(crate) fn render(tpl: &Tpl, scope: &Value) -> Result<Option<serde_json::Valu
     match tpl {
         Tpl::Lit(v) => Ok(v.clone()),
         Tpl::Expr(expr) => {
-            let fail = |message: String| RenderError {
+            let fail = |f: crate::error::Failure| RenderError {
                 field: expr.field.clone(),
                 line: expr.line,
-                message,
+                message: f.message,
+                values: f.values,
             };
             let value = expr.eval(scope).map_err(fail)?;
             Ok(crate::json::from_value(&value)
-                .map_err(fail)?
+                .map_err(|m| fail(m.into()))?
                 .and_then(prune))
         }
         Tpl::Array(items) => {

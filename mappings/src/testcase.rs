@@ -215,12 +215,13 @@ impl MappingSet {
                         }
                         (Expected::File(_), _) => {}
                         (Expected::Output(_), Err(e)) => {
-                            failures.push(fail(format!("mapping failed: {e}")))
+                            failures.push(fail(format!("mapping failed: {}", e.with_values())))
                         }
                         (Expected::Error(want), Err(e)) => {
-                            if !e.to_string().contains(want.as_str()) {
+                            let got = e.with_values();
+                            if !got.contains(want.as_str()) {
                                 failures.push(fail(format!(
-                                    "expected an error containing `{want}`, got: {e}"
+                                    "expected an error containing `{want}`, got: {got}"
                                 )));
                             }
                         }

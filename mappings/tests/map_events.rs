@@ -193,6 +193,73 @@ fn errors_never_carry_personal_values() {
     }
 }
 
+const LOOKUP: &str = r#"id: lookup-demo
+version: 1
+description: lookups
+source: clinic
+event_id: event.id
+tables:
+  facilities:
+    key: code
+    value: uid
+    rows:
+      - {code: kenema, uid: DiszpKrYNg8}
+dhis2:
+  - name: visits
+    data_element: =event.de
+    org_unit: =lookup(facilities, event.facility)
+    period: { type: Monthly, date: event.date }
+    aggregation: count
+tests:
+  - name: miss
+    event: { id: e1, facility: bo, date: "2024-03-15", de: fbfJHSPpUQD }
+    expect_error: "lookup: the key is not in table `facilities`"
+"#;
+
+/// A lookup miss and an id taken from the event name the field and the
+/// table, never the value; the value travels apart, for operators.
+#[test]
+fn values_travel_apart_from_the_message() {
+    let (_d, set) = demo_set(&[("lookup.yaml", LOOKUP)]);
+    let marker = "Zawadi Kiungomarker +254700999111";
+    let clinic = |payload: Value| Event {
+        source: "clinic".into(),
+        message_id: Some("msg-8".into()),
+        payload: std::sync::Arc::new(payload),
+    };
+    let miss = set
+        .map(&clinic(
+            json!({"id": "e2", "facility": marker, "date": "2024-03-15", "de": "fbfJHSPpUQD"}),
+        ))
+        .expect_err("lookup miss");
+    assert_eq!(
+        miss.to_string(),
+        "mapping `lookup-demo` field `dhis2[0].org_unit` (line 15), event e2: \
+         invalid operation: lookup: the key is not in table `facilities` (1 rows)"
+    );
+    assert_eq!(miss.values(), [format!("lookup key `{marker}`")]);
+    assert!(
+        miss.with_values().contains(marker),
+        "{}",
+        miss.with_values()
+    );
+
+    let bad_id = set
+        .map(&clinic(
+            json!({"id": "e3", "facility": "kenema", "date": "2024-03-15", "de": marker}),
+        ))
+        .expect_err("not a uid");
+    assert!(!bad_id.to_string().contains("Kiungomarker"), "{bad_id}");
+    assert!(bad_id.to_string().contains("not a DHIS2 UID"), "{bad_id}");
+    assert_eq!(bad_id.values(), [format!("id `{marker}`")]);
+
+    let (_d, demo) = demo_set(&[]);
+    let mut p = good();
+    p["sex"] = json!(marker);
+    let fhir = demo.map(&event(p)).expect_err("invalid gender");
+    assert!(!fhir.to_string().contains("Kiungomarker"), "{fhir}");
+}
+
 fn packs_dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/packs/cht-anc"))
 }
