@@ -48,6 +48,10 @@ pub enum StartError {
     },
 }
 
+/// The HTTP server's worker threads (`http.max_connections` is split
+/// between them).
+pub const HTTP_WORKERS: usize = 2;
+
 /// A running service.
 pub struct Application {
     http_addr: SocketAddr,
@@ -127,14 +131,20 @@ impl Application {
             }
         };
 
-        let ingest_state = web::Data::new(IngestState {
-            mappings: mappings.clone(),
-            committer: committer.clone(),
-            limits: Limits {
-                max_bytes: config.http.max_body_bytes,
-            },
-            commit_timeout: config.http.commit_timeout,
-        });
+        for warning in crate::ingest::auth::start_warnings(
+            config.http.ingest.auth,
+            &tokens,
+            &config.http.listen,
+        ) {
+            warn!("{warning}");
+        }
+        let ingest_state = web::Data::new(IngestState::new(
+            &config.http,
+            mappings.clone(),
+            committer.clone(),
+            tokens.clone(),
+            Arc::new(crate::delivery::retry::SystemClock),
+        ));
         let admin_state = web::Data::new(crate::admin::AdminState {
             store: store.clone(),
             mappings: mappings.clone(),
@@ -177,7 +187,10 @@ impl Application {
                 .route("/healthz", web::get().to(healthz))
                 .route("/readyz", web::get().to(readyz))
         })
-        .workers(2)
+        .workers(HTTP_WORKERS)
+        .max_connections((config.http.max_connections / HTTP_WORKERS).max(1))
+        .client_request_timeout(config.http.client_request_timeout)
+        .client_disconnect_timeout(config.http.client_disconnect_timeout)
         .disable_signals()
         .shutdown_timeout(10)
         .bind(&config.http.listen)

@@ -80,6 +80,27 @@ pub struct HttpConfig {
     /// tables takes time on PostgreSQL. `0s` reads every time.
     #[serde(default = "default_admin_cache", with = "humantime_serde")]
     pub admin_cache: Duration,
+    /// Most connections open at once over the whole server (split evenly
+    /// between its worker threads); further clients wait in the listen
+    /// backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client has to send a request's line and headers before
+    /// it is answered 408 and disconnected (the body has
+    /// `ingest.body_timeout`).
+    #[serde(default = "default_client_request_timeout", with = "humantime_serde")]
+    pub client_request_timeout: Duration,
+    /// How long a connection being closed (after an answer to a body not
+    /// read) may take before it is dropped.
+    #[serde(
+        default = "default_client_disconnect_timeout",
+        with = "humantime_serde"
+    )]
+    pub client_disconnect_timeout: Duration,
+    /// `POST /v1/events/{source}`: who may write (`auth`), rate limits,
+    /// body deadline.
+    #[serde(default)]
+    pub ingest: crate::ingest::HttpIngestConfig,
 }
 
 impl Default for HttpConfig {
@@ -89,6 +110,10 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body(),
             commit_timeout: default_commit_timeout(),
             admin_cache: default_admin_cache(),
+            max_connections: default_max_connections(),
+            client_request_timeout: default_client_request_timeout(),
+            client_disconnect_timeout: default_client_disconnect_timeout(),
+            ingest: crate::ingest::HttpIngestConfig::default(),
         }
     }
 }
@@ -123,6 +148,15 @@ const fn default_commit_timeout() -> Duration {
 }
 const fn default_admin_cache() -> Duration {
     Duration::from_secs(5)
+}
+const fn default_max_connections() -> usize {
+    1024
+}
+const fn default_client_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+const fn default_client_disconnect_timeout() -> Duration {
+    Duration::from_secs(1)
 }
 
 /// A config that cannot be used.
@@ -290,6 +324,13 @@ impl Config {
         }
         if self.ingest.max_events == 0 {
             problems.push("ingest.max_events: must be at least 1".into());
+        }
+        problems.extend(self.http.ingest.problems(self.http.max_body_bytes));
+        if self.http.max_connections < crate::app::HTTP_WORKERS {
+            problems.push(format!(
+                "http.max_connections: must be at least {} (one per worker thread)",
+                crate::app::HTTP_WORKERS
+            ));
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!(

@@ -57,6 +57,28 @@ pub enum DlqAction {
     },
 }
 
+/// `text` with control characters (terminal escape sequences, carriage
+/// returns, newlines) and bidirectional overrides escaped (`\u{1b}`), so
+/// that what a message carried cannot drive or forge the terminal.
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Runs a `dlq` command.
 pub fn run(config: Option<&Path>, actor: Option<String>, action: DlqAction) -> ExitCode {
     let config = match Config::load_or_default(config) {
@@ -131,17 +153,19 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
                 "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} reason",
                 "id", "stage", "source", "mapping", "code", "state"
             );
+            // Sources, mappings and reasons can hold what a message
+            // carried: printed escaped, never as terminal controls.
             for d in &list {
                 let _ = writeln!(
                     out,
                     "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} {}",
                     d.id,
-                    d.stage,
-                    d.source,
-                    d.mapping.as_deref().unwrap_or("-"),
-                    d.reason_code,
-                    d.state,
-                    d.reason
+                    terminal_safe(&d.stage),
+                    terminal_safe(&d.source),
+                    terminal_safe(d.mapping.as_deref().unwrap_or("-")),
+                    terminal_safe(&d.reason_code),
+                    terminal_safe(&d.state),
+                    terminal_safe(&d.reason)
                 );
             }
             let _ = writeln!(out, "{} dead letter(s)", list.len());
@@ -149,6 +173,17 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
         }
         DlqAction::Show { id } => match store.dead_letter(id).await.map_err(|e| e.to_string())? {
             Some(d) => {
+                // Client data on a terminal: audited like the admin API's
+                // payload route, before it is shown.
+                store
+                    .audit(
+                        actor,
+                        "dead_letter.read_payload",
+                        &format!("dead_letter:{id}"),
+                        Some("kiungo dlq show"),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut v = serde_json::to_value(&d).map_err(|e| e.to_string())?;
                 v["payload"] = match &d.payload {
                     Some(p) => match serde_json::from_slice::<serde_json::Value>(p) {
@@ -218,5 +253,19 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
             let _ = writeln!(out, "{n} of {} discarded", ids.len());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::terminal_safe;
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(terminal_safe("plain reason"), "plain reason");
+        assert_eq!(
+            terminal_safe("a\x1b[31mb\r\nc\u{202e}d"),
+            "a\\u{1b}[31mb\\r\\nc\\u{202e}d"
+        );
     }
 }

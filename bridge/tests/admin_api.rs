@@ -106,12 +106,15 @@ struct Kiungo {
 #[derive(Debug, Clone, Copy)]
 struct Setup<'a> {
     tokens: bool,
+    /// `http.ingest.auth: none`: ingest without a token.
+    open_ingest: bool,
     /// FHIR base URL.
     fhir: Option<&'a str>,
 }
 
 const PLAIN: Setup<'static> = Setup {
     tokens: true,
+    open_ingest: false,
     fhir: None,
 };
 
@@ -136,9 +139,10 @@ async fn start(backend: Backend, setup: Setup<'_>) -> Kiungo {
     let dir = tempfile::tempdir().expect("dir");
     let mut yaml = format!(
         "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n  max_body_bytes: 65536\n  admin_cache: 0s\n\
-         ingest:\n  max_wait: 2ms\n",
+         \x20 ingest: {{auth: {}}}\ningest:\n  max_wait: 2ms\n",
         packs().display(),
-        db.config.url
+        db.config.url,
+        if setup.open_ingest { "none" } else { "token" }
     );
     if setup.tokens {
         yaml.push_str(&tokens_yaml());
@@ -198,16 +202,18 @@ impl Kiungo {
         self.send(req, token).await
     }
 
-    /// `POST /v1/events/{source}` (no token: ingest needs none).
+    /// `POST /v1/events/{source}` as JSON with the `cht-app` token (all
+    /// sources).
     async fn ingest(&self, source: &str, body: Vec<u8>, message_id: Option<&str>) -> Resp {
         let mut req = self
             .http
             .post(format!("{}/v1/events/{source}", self.base))
+            .header("Content-Type", "application/json")
             .body(body);
         if let Some(m) = message_id {
             req = req.header("X-Message-Id", m);
         }
-        self.send(req, None).await
+        self.send(req, Some(APP)).await
     }
 
     /// A viewer GET that must answer 200; its JSON.
@@ -432,20 +438,21 @@ async fn auth_matrix() {
 }
 
 /// Without tokens every `/v1/` admin route is 401, whatever is sent;
-/// ingest, probes, metrics, the OpenAPI document and the dashboard page
-/// answer.
+/// probes, metrics, the OpenAPI document and the dashboard page answer,
+/// and ingest only with `http.ingest.auth: none`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_tokens_only_public_routes_answer() {
     let k = start(
         Backend::Sqlite,
         Setup {
             tokens: false,
+            open_ingest: true,
             fhir: None,
         },
     )
     .await;
     let r = k.ingest("cht", b"{not json".to_vec(), None).await;
-    assert_eq!(r.status, 400, "ingest needs no token: {}", r.text);
+    assert_eq!(r.status, 400, "open ingest needs no token: {}", r.text);
     let dl = r.json()["dead_letter_id"].as_i64().expect("id");
     assert_eq!(k.ingest("cht", visit(), None).await.status, 202);
     let gets = [
@@ -1109,12 +1116,14 @@ async fn mapping_error_before_the_event_id_names_no_event() {
     config.mappings = packs_dir.path().to_owned();
     config.store = db.config.clone();
     config.http.listen = "127.0.0.1:0".into();
+    config.http.ingest.auth = kiungo::ingest::IngestAuth::None;
     let app = Application::build(config).await.expect("start");
 
     let mut v: Value = serde_json::from_slice(&visit()).expect("json");
     v["reported_date"] = json!("yesterday");
     let resp = reqwest::Client::new()
         .post(format!("http://{}/v1/events/cht", app.http_addr()))
+        .header("Content-Type", "application/json")
         .body(serde_json::to_vec(&v).expect("bytes"))
         .send()
         .await
@@ -1214,6 +1223,7 @@ async fn destination_health_and_delivery(backend: Backend) {
         backend,
         Setup {
             tokens: true,
+            open_ingest: false,
             fhir: Some(&fhir_url),
         },
     )
@@ -1426,16 +1436,18 @@ async fn metrics_exposition() {
         Backend::Sqlite,
         Setup {
             tokens: true,
+            open_ingest: false,
             fhir: Some(&fhir_url),
         },
     )
     .await;
     assert_eq!(k.ingest("cht", visit(), None).await.status, 202);
     assert_eq!(k.ingest("cht", b"nope".to_vec(), None).await.status, 400);
-    // Sources nobody declared: a label value only as `other`.
+    // Sources nobody declared: refused before the body (404), never a
+    // label value.
     for weird in ["weird-source-7f3e", "evil%22%7Dsource%0Ainjected"] {
         let r = k.ingest(weird, br#"{"a": 1}"#.to_vec(), None).await;
-        assert_eq!(r.status, 422, "{weird}: {}", r.text);
+        assert_eq!(r.status, 404, "{weird}: {}", r.text);
     }
     eventually("delivered", Duration::from_secs(15), || async {
         let s = fhir_status(&k).await;
@@ -1537,38 +1549,20 @@ async fn metrics_exposition() {
         m("kiungo_circuit_state", &[("destination", "fhir")]),
         Some(0.0)
     );
-    assert_eq!(m("kiungo_dead_letters_open", &[]), Some(3.0));
+    assert_eq!(m("kiungo_dead_letters_open", &[]), Some(1.0));
 
     // The undeclared sources.
     assert!(
         !text.contains("weird") && !text.contains("evil") && !text.contains("injected"),
         "an undeclared source name reached a label:\n{text}"
     );
-    assert_eq!(
-        m(
-            "kiungo_events_total",
-            &[("source", "other"), ("outcome", "parked")]
-        ),
-        Some(2.0),
-        "{text}"
-    );
+    // Refused before they are read, they are not counted at all.
     assert_eq!(
         m(
             "kiungo_messages_consumed_total",
             &[("source", "other"), ("transport", "http")]
         ),
-        Some(2.0)
-    );
-    assert_eq!(
-        m(
-            "kiungo_dead_letters_total",
-            &[
-                ("stage", "ingest"),
-                ("source", "other"),
-                ("reason", "no_mapping")
-            ]
-        ),
-        Some(2.0),
+        None,
         "{text}"
     );
     // Every label value is a declared source, `other`, or empty.
@@ -1593,8 +1587,9 @@ async fn undeclared_mapping_names_are_not_label_values() {
             k.http
                 .post(format!("{}/v1/events/cht", k.base))
                 .header("X-Kiungo-Mapping", "client-chosen-mapping-5e2a")
+                .header("Content-Type", "application/json")
                 .body(visit()),
-            None,
+            Some(APP),
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.text);
@@ -1670,7 +1665,7 @@ fn registered_routes() -> BTreeSet<(String, String)> {
 
 /// Every `/v1/` route with the role it needs (`None`: public).
 const ROLES: [(&str, &str, Option<&str>); 17] = [
-    ("POST", "/v1/events/{source}", None),
+    ("POST", "/v1/events/{source}", Some("app")),
     ("GET", "/v1/openapi.json", None),
     ("GET", "/v1/events/{id}", Some("app")),
     ("GET", "/v1/whoami", Some("app")),

@@ -5,8 +5,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use kiungo::ingest::{Limits, Origin, prepare};
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{Backend, DeadLetterFilter, Ingest, Rejection, Store};
+
+mod support;
 
 fn kiungo(config: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kiungo"))
@@ -37,6 +40,7 @@ fn parked(payload: Vec<u8>, code: &str) -> Ingest {
             reason: format!("parked for the test: {code}"),
             mapping: None,
             event_id: None,
+            detail: None,
         }),
     }
 }
@@ -129,7 +133,125 @@ async fn list_show_replay_discard() {
         vec![
             ("ops-amina", "dead_letter.discard"),
             ("ops-amina", "dead_letter.replay"),
-            ("ops-amina", "dead_letter.replay")
+            ("ops-amina", "dead_letter.replay"),
+            // `show` printed a payload: audited like the admin API's
+            // payload route.
+            ("ops-amina", "dead_letter.read_payload"),
         ]
     );
+}
+
+const MARKER: &str = "Zawadi Kiungomarker +254700999111";
+
+/// A lookup miss on a marker value: the reason (read by viewers, apps and
+/// logs) names field and table, never the value; the value is kept beside
+/// the payload for operators, and dropped with it on discard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_miss_reason_never_quotes_the_value() {
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("store");
+    let set = support::packs();
+    let visit = support::cht_visit("privacy-lookup", MARKER, "");
+    let origin = Origin {
+        source: "cht".into(),
+        queue: None,
+        message_id: Some("m-lookup".into()),
+        timestamp_ms: None,
+        headers: None,
+        route: Ok(None),
+    };
+    let ing = prepare(
+        &set,
+        origin,
+        serde_json::to_vec(&visit).expect("bytes"),
+        Limits {
+            max_bytes: 1 << 20,
+        },
+    );
+    store.commit(&[ing]).await.expect("commit");
+    let list = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let d = &list[0];
+    assert_eq!(d.reason_code, "mapping_error");
+    assert!(d.reason.contains("the key is not in table `"), "{}", d.reason);
+    assert!(!d.reason.contains("Kiungomarker") && !d.reason.contains("700999111"), "{}", d.reason);
+    assert!(d.detail.is_none(), "lists carry no detail");
+    let full = store.dead_letter(d.id).await.expect("get").expect("found");
+    assert!(
+        full.detail.as_deref().is_some_and(|v| v.contains(MARKER)),
+        "operators see the value: {:?}",
+        full.detail
+    );
+    store
+        .discard_dead_letters(&[d.id], "ops", kiungo::store::now_ms())
+        .await
+        .expect("discard");
+    let gone = store.dead_letter(d.id).await.expect("get").expect("found");
+    assert!(gone.detail.is_none() && gone.payload.is_none());
+}
+
+/// The same message parked again after a discard reopens its dead letter
+/// with the payload (the discard dropped it): an operator can replay it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_letter_reopens_with_its_payload() {
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("store");
+    store
+        .commit(&[parked(b"{oops".to_vec(), "not_json")])
+        .await
+        .expect("commit");
+    let id = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list")[0]
+        .id;
+    store
+        .discard_dead_letters(&[id], "ops", kiungo::store::now_ms())
+        .await
+        .expect("discard");
+    store
+        .commit(&[parked(b"{oops".to_vec(), "not_json")])
+        .await
+        .expect("again");
+    let d = store.dead_letter(id).await.expect("get").expect("found");
+    assert_eq!((d.state.as_str(), d.seen_count), ("open", 2));
+    assert_eq!(d.payload.as_deref(), Some(&b"{oops"[..]), "reopened with its payload");
+    assert!(d.headers.is_some(), "and its headers");
+}
+
+/// `dlq list` prints what messages carried (sources, reasons): terminal
+/// control sequences in them are shown escaped, never sent to the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_escapes_control_characters() {
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("store");
+    let mut hostile = parked(b"{oops".to_vec(), "not_json");
+    hostile.source = "ch\x1b]0;pwned\x07t".into();
+    if let Err(r) = hostile.result.as_mut() {
+        r.reason = "body is not JSON \x1b[2J\x1b[31mred\r\nforged line".into();
+        r.mapping = Some("m\x1b[0m".into());
+    }
+    store.commit(&[hostile]).await.expect("commit");
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("kiungo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mappings: {}\nstore:\n  url: {}\n",
+            support::packs_dir().display(),
+            db.config.url
+        ),
+    )
+    .expect("config");
+    let (code, out, err) = kiungo(&config, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.chars().any(|c| c.is_control() && c != '\n'),
+        "control characters reach the terminal: {out:?}"
+    );
+    assert_eq!(out.lines().count(), 3, "no forged line: {out}");
+    assert!(out.contains("\\u{1b}[31mred"), "shown escaped: {out}");
 }

@@ -57,6 +57,8 @@ async fn post(
 ) -> (u16, Value) {
     let mut req = reqwest::Client::new()
         .post(format!("http://{}/v1/events/{source}", app.http_addr()))
+        .bearer_auth(OPERATOR)
+        .header("Content-Type", "application/json")
         .body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);

@@ -225,6 +225,7 @@ async fn hot_statements_stay_proportional(backend: Backend) {
                 reason: "body is not JSON".into(),
                 mapping: None,
                 event_id: None,
+                detail: None,
             }),
             ..ingest(&set, &cht_visit("x", "facility", ""))
         },

@@ -23,6 +23,7 @@ fn poison(bytes: &[u8]) -> Ingest {
             reason: "body is not JSON: expected value at line 1 column 1".into(),
             mapping: None,
             event_id: None,
+            detail: None,
         }),
     }
 }

@@ -11,6 +11,8 @@ use kiungo::config::Config;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+/// The app token that posts the events.
+const APP_TOKEN: &str = "trace-test-cht-app-token-3e9a1c7b5d2f4a6e8c0b";
 const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,9 +44,11 @@ async fn traceparent_reaches_the_fhir_server_as_a_child() {
         &file,
         format!(
             "mappings: {}\npseudonym_key_file: key\nstore: {{url: 'sqlite:{}'}}\nhttp: {{listen: '127.0.0.1:0'}}\n\
+             admin: {{tokens: [{{name: cht-app, role: app, sha256: {}}}]}}\n\
              destinations:\n  fhir:\n    server: {{base_url: '{}'}}\n",
             packs.display(),
             dir.path().join("k.db").display(),
+            kiungo::admin::token_hash_hex(APP_TOKEN),
             fhir.uri()
         ),
     )
@@ -56,6 +60,8 @@ async fn traceparent_reaches_the_fhir_server_as_a_child() {
     let post = |fixture: &str, traceparent: Option<&str>| {
         let mut req = client
             .post(format!("http://{}/v1/events/cht", app.http_addr()))
+            .bearer_auth(APP_TOKEN)
+            .header("Content-Type", "application/json")
             .body(std::fs::read(packs.join(fixture)).expect("fixture"));
         if let Some(tp) = traceparent {
             req = req.header("traceparent", tp);

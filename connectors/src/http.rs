@@ -204,7 +204,8 @@ impl RequestCompression {
             warn!(
                 destination = self.destination,
                 status,
-                answer = %excerpt(body),
+                // The answer's text can quote the request: its size only.
+                answer_bytes = body.len(),
                 "the server refuses gzipped request bodies; sending them uncompressed from now on"
             );
         }

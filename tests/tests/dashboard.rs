@@ -185,6 +185,7 @@ async fn dashboard_replays_a_dead_letter_in_a_real_browser() {
             "/v1/events/cht",
             &[
                 ("Content-Type", "application/json"),
+                ("Authorization", &format!("Bearer {OPERATOR_TOKEN}")),
                 ("X-Message-Id", "dashboard-test-1"),
             ],
             b"this is not JSON {",

@@ -29,6 +29,8 @@ const NIN: &str = "NINMARKER-0077";
 /// number without its prefix).
 const NEEDLES: [&str; 4] = ["Kiungomarker", "700999111", "NINMARKER", "Zawadi"];
 const VIEWER: &str = "privacy-viewer-token-0123456789abcdef";
+/// The Kobo app's token, for HTTP ingest.
+const KOBO_APP: &str = "privacy-kobo-app-token-0123456789abcdef";
 
 /// Replaces names, phone numbers and national ids in a payload by markers.
 fn mark(v: &mut Value) {
@@ -186,6 +188,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
          rabbitmq:\n  url: {amqp}\n  queues:\n{queues}\
          http:\n  listen: 127.0.0.1:{port}\n\
          admin:\n  tokens:\n    - {{name: privacy-viewer, role: viewer, sha256: {hash}}}\n\
+         \x20   - {{name: privacy-kobo-app, role: app, sha256: {app_hash}, sources: [kobo]}}\n\
          feedback: {{exchange: {exchange}, interval: 100ms}}\n\
          destinations:\n\
          \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 10s}}\n\
@@ -199,6 +202,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         store = iso.db.config.url,
         amqp = iso.vhost.url(),
         hash = token_hash_hex(VIEWER),
+        app_hash = token_hash_hex(KOBO_APP),
         fhir = sandbox.fhir_url(),
         dhis2 = sandbox.dhis2_url(),
     );
@@ -272,6 +276,8 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
     ] {
         let r = http
             .post(format!("{base}/v1/events/kobo"))
+            .bearer_auth(KOBO_APP)
+            .header("Content-Type", "application/json")
             .header(
                 "traceparent",
                 "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",

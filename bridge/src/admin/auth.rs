@@ -8,7 +8,9 @@
 //! passwords, not 256-bit random strings).
 //!
 //! Roles, each including the one before:
-//! - `app`: the status of an event (`GET /v1/events/{id}`), for apps;
+//! - `app`: the status of an event (`GET /v1/events/{id}`), and writing
+//!   events (`POST /v1/events/{source}`, see `crate::ingest::auth`), for
+//!   apps;
 //! - `viewer`: counts, reasons, health, flows, dead letters without
 //!   payloads;
 //! - `operator`: payloads, replay and discard; every such action is
@@ -48,8 +50,9 @@ pub struct TokenConfig {
     /// Or the token itself, from the environment or a file.
     #[serde(default)]
     pub token: Option<SecretRef>,
-    /// For `app` tokens: the sources whose events it may see (an app
-    /// vendor's token sees its own app's events only). All when absent.
+    /// For `app` tokens: the sources whose events it may see and write
+    /// (an app vendor's token sees and writes its own app's events only).
+    /// All when absent.
     #[serde(default)]
     pub sources: Option<Vec<String>>,
 }
@@ -58,7 +61,7 @@ pub struct TokenConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Event status only.
+    /// Event status, and writing events of its sources.
     App,
     /// Read everything but payloads.
     Viewer,
@@ -215,6 +218,11 @@ impl Tokens {
     /// Whether any token is configured.
     pub fn is_empty(&self) -> bool {
         self.by_hash.is_empty()
+    }
+
+    /// Every configured token's holder.
+    pub fn principals(&self) -> impl Iterator<Item = &Principal> {
+        self.by_hash.values()
     }
 
     /// Who holds `token`, if anyone.

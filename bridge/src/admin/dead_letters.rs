@@ -71,6 +71,7 @@ async fn show(_who: Viewer, state: web::Data<AdminState>, id: web::Path<i64>) ->
         Ok(Some(mut d)) => {
             d.payload = None;
             d.headers = None;
+            d.detail = None;
             HttpResponse::Ok().json(d)
         }
         Ok(None) => not_found(format!("no dead letter {id}")),
@@ -117,7 +118,7 @@ async fn payload(
         .and_then(|h| serde_json::from_str::<serde_json::Value>(h).ok());
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
-        .json(json!({"id": d.id, "encoding": encoding, "payload": body, "headers": headers}))
+        .json(json!({"id": d.id, "encoding": encoding, "payload": body, "headers": headers, "detail": d.detail}))
 }
 
 async fn replay_ids(state: &AdminState, ids: &[i64], actor: &str) -> HttpResponse {

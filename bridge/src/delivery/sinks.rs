@@ -28,35 +28,12 @@ fn destination_level(status: u16) -> bool {
 }
 
 /// Server messages can quote what was sent (HAPI quotes the conditional
-/// match URL, with the client's identifier): quoted text and query strings
-/// are cut before a message is logged or stored.
+/// match URL with the client's identifier, others a patient's name in
+/// single quotes): they are cut by the one redaction policy
+/// ([`kiungo_mappings::redact::external`]) before they are logged, stored
+/// or published.
 pub fn redact(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut in_quote = false;
-    let mut in_query = false;
-    for c in message.chars() {
-        match c {
-            '"' | '`' => {
-                out.push(c);
-                if !in_quote {
-                    out.push('…');
-                }
-                in_quote = !in_quote;
-                in_query = false;
-            }
-            _ if in_quote => {}
-            '?' => {
-                out.push_str("?…");
-                in_query = true;
-            }
-            c if in_query && !c.is_whitespace() => {}
-            c => {
-                in_query = false;
-                out.push(c);
-            }
-        }
-    }
-    out
+    kiungo_mappings::redact::external(message)
 }
 
 fn failure(e: &(impl Retryable + std::fmt::Display), destination: bool) -> SinkFailure {
@@ -249,13 +226,13 @@ impl Dhis2Destination for Dhis2Sink {
                     || {
                         (
                             "dhis2_error".to_owned(),
-                            outcome.description.clone().unwrap_or_default(),
+                            redact(outcome.description.as_deref().unwrap_or_default()),
                         )
                     },
                     |c| {
                         (
                             c.error_code.clone().unwrap_or_else(|| "dhis2_error".into()),
-                            c.value.clone(),
+                            redact(&c.value),
                         )
                     },
                 );
@@ -285,7 +262,7 @@ impl Dhis2Destination for Dhis2Sink {
                             || {
                                 (
                                     "dhis2_rejected".to_owned(),
-                                    single.description.clone().unwrap_or_default(),
+                                    redact(single.description.as_deref().unwrap_or_default()),
                                 )
                             },
                             |c| {
@@ -293,7 +270,7 @@ impl Dhis2Destination for Dhis2Sink {
                                     c.error_code
                                         .clone()
                                         .unwrap_or_else(|| "dhis2_conflict".into()),
-                                    c.value.clone(),
+                                    redact(&c.value),
                                 )
                             },
                         );
@@ -311,7 +288,7 @@ impl Dhis2Destination for Dhis2Sink {
                             .error_code
                             .clone()
                             .unwrap_or_else(|| "dhis2_conflict".into()),
-                        conflict.value.clone(),
+                        redact(&conflict.value),
                     ),
                 );
             }
@@ -381,6 +358,8 @@ mod tests {
             "GET /Patient?… failed"
         );
         assert_eq!(redact("plain message"), "plain message");
+        let r = redact("HTTP 422: Patient 'Aminata Test-Kamara' is a duplicate of «Zawadi»");
+        assert!(!r.contains("Aminata") && !r.contains("Zawadi"), "{r}");
     }
 
     #[test]

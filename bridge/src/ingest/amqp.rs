@@ -47,6 +47,7 @@ pub async fn run_mapper(
                 ),
                 mapping: None,
                 event_id: None,
+                detail: None,
             });
         }
         if committer

@@ -357,6 +357,7 @@ fn refused_letter(ing: &Ingest, e: &StoreError) -> Ingest {
             reason: format!("the store could not record this event: {e}"),
             mapping,
             event_id,
+            detail: None,
         }),
         ..ing.clone()
     }
@@ -399,6 +400,7 @@ fn minimal_letter(ing: &Ingest, e: &StoreError) -> Ingest {
             ),
             mapping: None,
             event_id: None,
+            detail: None,
         }),
     }
 }

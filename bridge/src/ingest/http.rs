@@ -3,6 +3,18 @@
 //! (the app's id for the submission) and `X-Kiungo-Mapping` (names the
 //! mapping, bypassing `match`).
 //!
+//! Refused before the body is read, and nothing stored:
+//! - `401` without a known bearer token (unless `http.ingest.auth: none`),
+//!   `403` when the token may not write to the source (see [`super::auth`]);
+//! - `404` for a source no mapping reads;
+//! - `429` with `Retry-After` over the caller's rate of requests or bytes
+//!   (`http.ingest.rate_limit`);
+//! - `415` for a `Content-Type` that is not JSON, or none (see
+//!   [`super::content_type`]);
+//! - `413` for a declared `Content-Length` over `http.max_body_bytes`;
+//! - `408` when the body does not arrive within `http.ingest.body_timeout`
+//!   (the connection is closed and its buffer freed).
+//!
 //! Answers only after the commit:
 //! - `202 {"event_id", "status"}` with status `stored`, `replaced`,
 //!   `duplicate`, `stale` or `superseded`;
@@ -14,18 +26,26 @@
 //! - `503` with `Retry-After` when the store has not committed within the
 //!   timeout (re-sending is safe: the store recognises the event).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use kiungo_mappings::MappingSet;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use super::auth;
 use super::committer::{CommitterHandle, Done, Work};
+use super::content_type;
+use super::http_config::IngestAuth;
 use super::prepare::{Limits, Origin, prepare};
+use super::rate_limit::RateLimiter;
+use super::refusal::Refusal;
+use crate::admin::Tokens;
+use crate::delivery::retry::Clock;
 use crate::store::Outcome;
 
 /// What the ingest route needs.
@@ -39,6 +59,113 @@ pub struct IngestState {
     pub limits: Limits,
     /// How long to wait for the commit before answering 503.
     pub commit_timeout: Duration,
+    /// Whether a token is needed.
+    pub auth: IngestAuth,
+    /// The tokens (`admin.tokens`).
+    pub tokens: Tokens,
+    /// The sources some mapping reads; others are answered 404.
+    pub sources: Arc<BTreeSet<String>>,
+    /// Every caller's rate limits.
+    pub limiter: Arc<RateLimiter>,
+    /// How long a body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+impl IngestState {
+    /// The state for `config`'s `http:` section, on `clock` (the rate
+    /// limits' time).
+    pub fn new(
+        config: &crate::config::HttpConfig,
+        mappings: Arc<MappingSet>,
+        committer: CommitterHandle,
+        tokens: Tokens,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let sources = mappings
+            .mappings()
+            .iter()
+            .map(|m| m.source.clone())
+            .collect();
+        Self {
+            mappings,
+            committer,
+            limits: Limits {
+                max_bytes: config.max_body_bytes,
+            },
+            commit_timeout: config.commit_timeout,
+            auth: config.ingest.auth,
+            tokens,
+            sources: Arc::new(sources),
+            limiter: Arc::new(RateLimiter::new(config.ingest.rate_limit, clock)),
+            body_timeout: config.ingest.body_timeout,
+        }
+    }
+
+    /// Everything that can be refused before the body is read, in this
+    /// order: who calls (401), the source (404), the caller's right to it
+    /// (403), the caller's rate (429), the type (415), the declared size
+    /// (413). Gives the caller's rate-limit key and the bytes taken from
+    /// its bucket (the declared length, or the most allowed).
+    fn admit(&self, req: &HttpRequest, source: &str) -> Result<(String, u64), Refusal> {
+        let caller = auth::caller(self.auth, &self.tokens, req)?;
+        if !self.sources.contains(source) {
+            return Err(Refusal::UnknownSource {
+                known: self
+                    .sources
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        caller.may_write(source)?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let key = caller.limit_key();
+        let taken = declared.unwrap_or(self.limits.max_bytes as u64);
+        self.limiter
+            .admit(&key, taken)
+            .map_err(|(what, retry_after)| Refusal::RateLimited {
+                what: what.as_str(),
+                retry_after,
+            })?;
+        content_type::check(
+            req.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+        )
+        .map_err(Refusal::UnsupportedMediaType)?;
+        if declared.is_some_and(|n| n > self.limits.max_bytes as u64) {
+            return Err(Refusal::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        Ok((key, taken))
+    }
+
+    /// Reads the body within `body_timeout` and `max_bytes`.
+    async fn read_body(&self, payload: &mut web::Payload) -> Result<Vec<u8>, Refusal> {
+        let max = self.limits.max_bytes;
+        let read = async {
+            let mut body = web::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let chunk = chunk.map_err(|e| Refusal::BadBody(e.to_string()))?;
+                if body.len() + chunk.len() > max {
+                    return Err(Refusal::TooLarge { limit: max });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body.to_vec())
+        };
+        tokio::time::timeout(self.body_timeout, read)
+            .await
+            .unwrap_or(Err(Refusal::BodyTimeout {
+                limit: self.body_timeout,
+            }))
+    }
 }
 
 /// Registers the ingest route.
@@ -73,41 +200,32 @@ async fn ingest(
     source: web::Path<String>,
     mut payload: web::Payload,
     state: web::Data<IngestState>,
-) -> HttpResponse {
+) -> Result<HttpResponse, Refusal> {
     let source = source.into_inner();
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        match chunk {
-            Ok(chunk) => {
-                if body.len() + chunk.len() > state.limits.max_bytes {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_large",
-                        &format!("body is over the limit of {} bytes", state.limits.max_bytes),
-                        None,
-                    );
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    &format!("reading the body: {e}"),
-                    None,
-                );
-            }
-        }
-    }
+    let (caller, taken) = state.admit(&req, &source)?;
+    let body = state.read_body(&mut payload).await?;
+    state
+        .limiter
+        .settle_bytes(&caller, taken, body.len() as u64);
+    Ok(commit(&req, source, body, &state).await)
+}
+
+/// Maps the body, commits it (or its dead letter) and answers.
+async fn commit(
+    req: &HttpRequest,
+    source: String,
+    body: Vec<u8>,
+    state: &IngestState,
+) -> HttpResponse {
     let origin = Origin {
         source,
         queue: None,
-        message_id: header(&req, "x-message-id"),
+        message_id: header(req, "x-message-id"),
         timestamp_ms: None,
-        headers: header(&req, "traceparent").map(|tp| serde_json::json!({ "traceparent": tp })),
-        route: Ok(header(&req, "x-kiungo-mapping")),
+        headers: header(req, "traceparent").map(|tp| serde_json::json!({ "traceparent": tp })),
+        route: Ok(header(req, "x-kiungo-mapping")),
     };
-    let ingest = prepare(&state.mappings, origin, body.to_vec(), state.limits);
+    let ingest = prepare(&state.mappings, origin, body, state.limits);
     let (event_id, rejection) = match &ingest.result {
         Ok(m) => (Some(m.event_id.clone()), None),
         Err(r) => (None, Some(r.clone())),

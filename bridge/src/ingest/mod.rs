@@ -15,10 +15,17 @@
 //! at the prefetch limit, so memory stays bounded.
 
 mod amqp;
+pub mod auth;
 mod committer;
+pub mod content_type;
 pub mod http;
+mod http_config;
 mod prepare;
+pub mod rate_limit;
+pub mod refusal;
 
 pub use amqp::run_mapper;
 pub use committer::{BatchConfig, Committer, CommitterHandle, Counters, Done, Work};
+pub use http_config::{HttpIngestConfig, IngestAuth};
 pub use prepare::{Limits, Origin, prepare};
+pub use rate_limit::RateLimitConfig;

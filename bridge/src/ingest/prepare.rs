@@ -84,6 +84,7 @@ fn reject(code: &str, reason: String) -> Rejection {
         reason,
         mapping: None,
         event_id: None,
+        detail: None,
     }
 }
 
@@ -135,6 +136,9 @@ fn classify(
         reason: e.to_string(),
         mapping: mapping_of(&e),
         event_id: event_of(&e, origin.message_id.as_ref()),
+        // The reason is made without the event's values; the values go
+        // beside the payload, for operators.
+        detail: (!e.values().is_empty()).then(|| e.values().join("\n")),
     })
 }
 

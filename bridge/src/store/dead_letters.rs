@@ -19,7 +19,7 @@ impl Store {
         for id in ids {
             n += query(
                 self.backend,
-                "UPDATE dead_letters SET state = 'discarded', resolved_at = $1, payload = NULL, headers = NULL \
+                "UPDATE dead_letters SET state = 'discarded', resolved_at = $1, payload = NULL, headers = NULL, detail = NULL \
                  WHERE id = $2 AND state = 'open'"
                     .to_owned(),
                 vec![now.into(), (*id).into()],

@@ -115,8 +115,12 @@ pub struct Rejection {
     /// U+0000) and `store_refused` from the committer (the database
     /// refused the event).
     pub code: String,
-    /// The full message, naming mapping, field, line and event.
+    /// The full message, naming mapping, field, line and event, made
+    /// without the event's values: viewers, apps and logs read it.
     pub reason: String,
+    /// The event's values the reason leaves out (a lookup key that was
+    /// not found), stored beside the payload for operators only.
+    pub detail: Option<String>,
     /// The mapping involved, when known.
     pub mapping: Option<String>,
     /// The event id, when known.
@@ -548,12 +552,17 @@ impl Store {
                 .finalize());
             let row = query(
                 self.backend,
+                // The same message again reopens its letter with its payload
+                // (a discard or retention dropped it).
                 "INSERT INTO dead_letters (fingerprint, stage, source, queue, message_id, event_id, mapping, \
-                 reason_code, reason, payload, headers, received_at, last_seen_at) \
-                 VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 reason_code, reason, payload, headers, received_at, last_seen_at, detail) \
+                 VALUES ($1, 'ingest', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                  last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
-                 reason = excluded.reason, state = 'open', notified = 0 RETURNING id"
+                 reason = excluded.reason, detail = excluded.detail, \
+                 payload = COALESCE(dead_letters.payload, excluded.payload), \
+                 headers = COALESCE(dead_letters.headers, excluded.headers), \
+                 state = 'open', notified = 0 RETURNING id"
                     .to_owned(),
                 vec![
                     fingerprint.into(),
@@ -568,6 +577,7 @@ impl Store {
                     ing.headers.as_ref().map(|h| h.to_string()).into(),
                     now.into(),
                     now.into(),
+                    rejection.detail.clone().into(),
                 ],
             )
             .fetch_one(&mut *tx)

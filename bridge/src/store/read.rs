@@ -114,6 +114,10 @@ pub struct DeadLetter {
     /// AMQP headers as JSON text (only from [`Store::dead_letter`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub headers: Option<String>,
+    /// The event's values the reason leaves out (only from
+    /// [`Store::dead_letter`]): client data, for operators only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Which dead letters to list.
@@ -155,6 +159,7 @@ fn dead_letter(row: &sqlx::any::AnyRow, with_payload: bool) -> Result<DeadLetter
         received_at: row.try_get(12)?,
         payload: if with_payload { row.try_get(13)? } else { None },
         headers: if with_payload { row.try_get(14)? } else { None },
+        detail: if with_payload { row.try_get(15)? } else { None },
     })
 }
 
@@ -271,11 +276,14 @@ impl Store {
             .collect::<Result<_, _>>()?)
     }
 
-    /// One dead letter with its payload and headers.
+    /// One dead letter with its payload, headers and detail: client data,
+    /// for operators (callers serving others clear them).
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
         let row = query(
             self.backend,
-            format!("SELECT {DEAD_LETTER_COLS}, payload, headers FROM dead_letters WHERE id = $1"),
+            format!(
+                "SELECT {DEAD_LETTER_COLS}, payload, headers, detail FROM dead_letters WHERE id = $1"
+            ),
             vec![id.into()],
         )
         .fetch_optional(&self.pool)

@@ -56,6 +56,7 @@ pub fn cht_ingest(set: &MappingSet, payload: &Value, version_ts: Option<i64>) ->
             reason: e.to_string(),
             mapping: None,
             event_id: None,
+            detail: None,
         });
     Ingest {
         source: "cht".into(),

@@ -58,6 +58,7 @@ pub(super) fn screen(ing: &Ingest) -> Cow<'_, Ingest> {
             || has_nul(&r.reason)
             || r.mapping.as_deref().is_some_and(has_nul)
             || r.event_id.as_deref().is_some_and(has_nul)
+            || r.detail.as_deref().is_some_and(has_nul)
     });
     let refused = refused_fields(ing);
     let escapes = has_nul(&ing.source)
@@ -75,12 +76,14 @@ pub(super) fn screen(ing: &Ingest) -> Cow<'_, Ingest> {
             reason: invalid_text_reason(&refused),
             mapping: Some(escape_owned(&m.mapping)),
             event_id: Some(escape_owned(&m.event_id)),
+            detail: None,
         }),
         Err(r) => Err(Rejection {
             code: escape_owned(&r.code),
             reason: escape_owned(&r.reason),
             mapping: r.mapping.as_deref().map(escape_owned),
             event_id: r.event_id.as_deref().map(escape_owned),
+            detail: r.detail.as_deref().map(escape_owned),
         }),
     };
     let mut headers = ing.headers.clone();
