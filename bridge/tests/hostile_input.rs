@@ -59,6 +59,7 @@ fn not_json(bytes: &[u8]) -> Ingest {
             reason: "body is not JSON: expected value at line 1 column 1".into(),
             mapping: None,
             event_id: None,
+            detail: None,
         }),
     }
 }
@@ -215,6 +216,7 @@ async fn nul_in_headers_and_reasons_is_escaped(backend: Backend) {
         reason: "mapping `m\0`, field `value`: `a\0b` is not a number".into(),
         mapping: Some("m\0".into()),
         event_id: Some("e\0".into()),
+        detail: None,
     });
     let out = store.commit(&[event, rejected]).await.expect("commit");
     assert_eq!(out[0], Outcome::Stored);
