@@ -345,9 +345,10 @@ async fn retention_loop(store: Store, retention: Duration, mut shutdown: watch::
             .purge_delivered(retention, crate::store::now_ms())
             .await
         {
-            Ok(r) if r.payloads + r.bundles > 0 => info!(
+            Ok(r) if r.payloads + r.bundles + r.dead_letters > 0 => info!(
                 payloads = r.payloads,
                 bundles = r.bundles,
+                dead_letters = r.dead_letters,
                 "purged delivered payloads"
             ),
             Ok(_) => {}

@@ -164,9 +164,7 @@ async fn a_lookup_miss_reason_never_quotes_the_value() {
         &set,
         origin,
         serde_json::to_vec(&visit).expect("bytes"),
-        Limits {
-            max_bytes: 1 << 20,
-        },
+        Limits { max_bytes: 1 << 20 },
     );
     store.commit(&[ing]).await.expect("commit");
     let list = store
@@ -176,8 +174,16 @@ async fn a_lookup_miss_reason_never_quotes_the_value() {
     assert_eq!(list.len(), 1, "{list:?}");
     let d = &list[0];
     assert_eq!(d.reason_code, "mapping_error");
-    assert!(d.reason.contains("the key is not in table `"), "{}", d.reason);
-    assert!(!d.reason.contains("Kiungomarker") && !d.reason.contains("700999111"), "{}", d.reason);
+    assert!(
+        d.reason.contains("the key is not in table `"),
+        "{}",
+        d.reason
+    );
+    assert!(
+        !d.reason.contains("Kiungomarker") && !d.reason.contains("700999111"),
+        "{}",
+        d.reason
+    );
     assert!(d.detail.is_none(), "lists carry no detail");
     let full = store.dead_letter(d.id).await.expect("get").expect("found");
     assert!(
@@ -218,7 +224,11 @@ async fn a_discarded_letter_reopens_with_its_payload() {
         .expect("again");
     let d = store.dead_letter(id).await.expect("get").expect("found");
     assert_eq!((d.state.as_str(), d.seen_count), ("open", 2));
-    assert_eq!(d.payload.as_deref(), Some(&b"{oops"[..]), "reopened with its payload");
+    assert_eq!(
+        d.payload.as_deref(),
+        Some(&b"{oops"[..]),
+        "reopened with its payload"
+    );
     assert!(d.headers.is_some(), "and its headers");
 }
 
@@ -254,4 +264,49 @@ async fn dlq_list_escapes_control_characters() {
     );
     assert_eq!(out.lines().count(), 3, "no forged line: {out}");
     assert!(out.contains("\\u{1b}[31mred"), "shown escaped: {out}");
+}
+
+/// Retention purges the client data of resolved dead letters on the
+/// schedule of delivered events; open ones keep theirs for a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_purges_resolved_dead_letters() {
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("store");
+    store
+        .commit(&[
+            parked(b"{resolved".to_vec(), "not_json"),
+            parked(b"{open".to_vec(), "no_route"),
+        ])
+        .await
+        .expect("commit");
+    let list = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list");
+    let id_of = |code: &str| list.iter().find(|d| d.reason_code == code).map(|d| d.id);
+    let (resolved, open) = (
+        id_of("not_json").expect("one"),
+        id_of("no_route").expect("two"),
+    );
+    let t = kiungo::store::now_ms();
+    store
+        .mark_replayed(resolved, true, "ops", "replayed", t)
+        .await
+        .expect("replayed");
+    let day = std::time::Duration::from_secs(86_400);
+    let early = store.purge_delivered(day, t + 1_000).await.expect("purge");
+    assert_eq!(early.dead_letters, 0, "not before the retention period");
+    let report = store
+        .purge_delivered(day, t + 86_400_000 + 1)
+        .await
+        .expect("purge");
+    assert_eq!(report.dead_letters, 1);
+    let gone = store
+        .dead_letter(resolved)
+        .await
+        .expect("get")
+        .expect("found");
+    assert!(gone.payload.is_none() && gone.headers.is_none(), "{gone:?}");
+    let kept = store.dead_letter(open).await.expect("get").expect("found");
+    assert_eq!(kept.payload.as_deref(), Some(&b"{open"[..]));
 }

@@ -90,10 +90,11 @@ fn backlog_sql(backend: Backend) -> String {
          INSERT INTO dhis2_pushed (data_element, period, org_unit, coc, aoc, value, pushed_at) \
            SELECT DISTINCT data_element, period, org_unit, coc, aoc, '1', 0 FROM dhis2_contributions; \
          {n} INSERT INTO dead_letters (fingerprint, stage, source, message_id, event_id, reason_code, reason, \
-           state, received_at, last_seen_at, notified) \
+           state, received_at, last_seen_at, notified, payload, resolved_at) \
          SELECT 'ingest:' || i, 'ingest', 'cht', 'msg-' || i, 'bk-' || i, 'not_json', 'body is not JSON', \
-           CASE WHEN i % 3 = 0 THEN 'open' ELSE 'discarded' END, i, i, \
-           CASE WHEN i % 4 = 0 THEN 0 ELSE 1 END FROM n WHERE i % 8 = 0; \
+           CASE WHEN i % 3 = 0 THEN 'open' WHEN i % 3 = 1 THEN 'replayed' ELSE 'discarded' END, i, i, \
+           CASE WHEN i % 4 = 0 THEN 0 ELSE 1 END, {blob}, CASE WHEN i % 3 <> 0 THEN i END \
+         FROM n WHERE i % 8 = 0; \
          {analyze}"
     )
 }
@@ -366,14 +367,17 @@ async fn hot_statements_stay_proportional(backend: Backend) {
     // In several batches, past the payloads kept for bundles that still
     // wait, and nothing purgeable left behind.
     assert!(
-        purged.payloads > 1_000 && purged.bundles > 1_000,
+        purged.payloads > 1_000 && purged.bundles > 1_000 && purged.dead_letters > 1_000,
         "{purged:?}"
     );
     let again = store
         .purge_delivered(Duration::from_secs(3600), now)
         .await
         .expect("purge again");
-    assert_eq!((again.payloads, again.bundles), (0, 0));
+    assert_eq!(
+        (again.payloads, again.bundles, again.dead_letters),
+        (0, 0, 0)
+    );
 
     assert!(
         problems.is_empty(),

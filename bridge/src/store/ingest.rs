@@ -562,7 +562,7 @@ impl Store {
                  reason = excluded.reason, detail = excluded.detail, \
                  payload = COALESCE(dead_letters.payload, excluded.payload), \
                  headers = COALESCE(dead_letters.headers, excluded.headers), \
-                 state = 'open', notified = 0 RETURNING id"
+                 state = 'open', resolved_at = NULL, notified = 0 RETURNING id"
                     .to_owned(),
                 vec![
                     fingerprint.into(),

@@ -3,9 +3,12 @@
 //! Raw payloads and FHIR bundles carry client data. A bundle is purged
 //! once it is delivered (or superseded) and the retention period has
 //! passed; an event's raw payload once no bundle of it waits for delivery
-//! and the same period has passed since its last version arrived. What
-//! stays is what deduplication and DHIS2 totals need: ids, version
-//! hashes and aggregate contributions.
+//! and the same period has passed since its last version arrived. A dead
+//! letter keeps its payload, headers and detail while it is open (an
+//! operator may replay it); once replayed or discarded, they go after the
+//! same period. What stays is what deduplication, DHIS2 totals and the
+//! dead-letter list need: ids, version hashes, aggregate contributions,
+//! reasons.
 
 use std::time::Duration;
 
@@ -22,11 +25,14 @@ pub struct PurgeReport {
     pub payloads: u64,
     /// FHIR bundles removed.
     pub bundles: u64,
+    /// Payloads of replayed or discarded dead letters removed.
+    pub dead_letters: u64,
 }
 
 /// Rows purged per transaction: the writer is held briefly, and each
-/// batch is found through the partial indexes `fhir_outbox_purgeable` and
-/// `events_purgeable` (oldest first), however large the store.
+/// batch is found through the partial indexes `fhir_outbox_purgeable`,
+/// `events_purgeable` and `dead_letters_purgeable` (oldest first), however
+/// large the store.
 const PURGE_BATCH: i64 = 1_000;
 
 impl Store {
@@ -63,10 +69,21 @@ impl Store {
                AND o.event_id = e.event_id AND o.state IN ('pending', 'delivering'))) \
              ORDER BY updated_at LIMIT $3{close} RETURNING updated_at"
         );
+        // A dead letter replayed or discarded keeps nothing an operator
+        // still needs: its client data goes `retention` after it was
+        // resolved, like a delivered event's.
+        let letters = format!(
+            "UPDATE dead_letters SET payload = NULL, headers = NULL, detail = NULL \
+             WHERE {open}SELECT {rowid} FROM dead_letters \
+             WHERE payload IS NOT NULL AND resolved_at IS NOT NULL AND state <> 'open' \
+             AND resolved_at < $1 AND resolved_at >= $2 ORDER BY resolved_at LIMIT $3{close} \
+             RETURNING resolved_at"
+        );
         let mut report = PurgeReport::default();
         for (sql, count) in [
             (bundles, &mut report.bundles),
             (payloads, &mut report.payloads),
+            (letters, &mut report.dead_letters),
         ] {
             // Each batch starts where the last one ended (`updated_at`),
             // so that rows a batch walks and keeps (an old event whose
@@ -85,7 +102,8 @@ impl Store {
         Ok(report)
     }
 
-    /// One batch: rows purged, and the newest `updated_at` among them.
+    /// One batch: rows purged, and the newest `updated_at` (or
+    /// `resolved_at`) among them.
     async fn purge_batch(
         &self,
         sql: &str,
