@@ -91,4 +91,34 @@ mod tests {
             serde_saphyr::from_str::<HttpIngestConfig>("{auht: none}").expect_err("unknown field");
         assert!(err.to_string().contains("auht"), "{err}");
     }
+
+    /// The whole file: every bad value is reported with its field.
+    #[test]
+    fn config_file_problems_name_their_fields() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        std::fs::write(
+            &file,
+            "http:\n  max_connections: 1\n  max_body_bytes: 100\n  ingest:\n    auth: none\n    \
+             rate_limit: {requests_per_second: 0, request_burst: 0, bytes_per_second: -1, byte_burst: 10}\n",
+        )
+        .expect("write");
+        let err = crate::config::Config::load(&file)
+            .expect_err("bad values")
+            .to_string();
+        for field in [
+            "http.max_connections",
+            "http.ingest.rate_limit.requests_per_second",
+            "http.ingest.rate_limit.request_burst",
+            "http.ingest.rate_limit.bytes_per_second",
+            "http.ingest.rate_limit.byte_burst",
+        ] {
+            assert!(err.contains(field), "{field} in {err}");
+        }
+        std::fs::write(&file, "http:\n  ingest:\n    auth: nobody\n").expect("write");
+        let err = crate::config::Config::load(&file)
+            .expect_err("bad auth")
+            .to_string();
+        assert!(err.contains("nobody"), "{err}");
+    }
 }
