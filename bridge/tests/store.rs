@@ -341,7 +341,62 @@ async fn leases_have_one_holder(backend: Backend) {
     );
 }
 
+/// A publisher clock set to 2100 does not lock the event: its timestamp is
+/// clamped to the receive time plus a tolerance, and the next genuine
+/// edit replaces it instead of being "stale".
+async fn a_future_timestamp_does_not_lock_the_event(backend: Backend) {
+    use kiungo::ingest::{Limits, Origin, prepare};
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let through = |payload: serde_json::Value, ts: i64| {
+        let origin = Origin {
+            source: "cht".into(),
+            queue: Some("q".into()),
+            message_id: None,
+            timestamp_ms: Some(ts),
+            headers: None,
+            route: Ok(None),
+        };
+        prepare(
+            &set,
+            origin,
+            serde_json::to_vec(&payload).expect("bytes"),
+            Limits { max_bytes: 1 << 20 },
+        )
+    };
+    let year_2100 = 4_102_444_800_000;
+    let first = through(cht_visit("clock", "facility", ""), year_2100);
+    assert!(
+        first.version_ts.is_some_and(|t| t < year_2100),
+        "clamped: {:?}",
+        first.version_ts
+    );
+    assert_eq!(
+        first
+            .headers
+            .as_ref()
+            .and_then(|h| h["x-kiungo-timestamp-clamped"].as_i64()),
+        Some(year_2100),
+        "the original is recorded"
+    );
+    assert_eq!(
+        store.commit(&[first]).await.expect("commit"),
+        vec![Outcome::Stored]
+    );
+    // A genuine edit published ten minutes on (stamped as such, so that
+    // the test need not wait): before the fix, 2100 made it stale.
+    let edit = through(
+        cht_visit("clock", "outreach", ""),
+        kiungo::store::now_ms() + 10 * 60 * 1000,
+    );
+    assert_eq!(
+        store.commit(&[edit]).await.expect("commit"),
+        vec![Outcome::Replaced]
+    );
+}
+
 kiungo::on_both_backends!(
+    a_future_timestamp_does_not_lock_the_event,
     leases_have_one_holder,
     versions_and_edits,
     replaces_in_and_out_of_order,

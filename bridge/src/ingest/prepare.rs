@@ -35,6 +35,27 @@ pub struct Origin {
     pub route: Result<Option<String>, String>,
 }
 
+/// How far past its receive time a publisher's timestamp is believed: a
+/// clock a few minutes fast is common, a timestamp in 2100 is not. Later
+/// ones are clamped to the receive time plus this, so that one bad clock
+/// cannot make every later genuine edit of the event "stale".
+pub const FUTURE_TOLERANCE_MS: i64 = 5 * 60 * 1000;
+
+/// The header recording a clamped publisher timestamp (the original, in
+/// ms), kept with the message's headers.
+pub const CLAMPED_HEADER: &str = "x-kiungo-timestamp-clamped";
+
+/// The publisher timestamp to order versions by: `ts`, or the receive time
+/// plus [`FUTURE_TOLERANCE_MS`] when it is later than that. The second
+/// value is the original when it was clamped.
+pub fn clamp_version_ts(ts: Option<i64>, received_at: i64) -> (Option<i64>, Option<i64>) {
+    let limit = received_at.saturating_add(FUTURE_TOLERANCE_MS);
+    match ts {
+        Some(t) if t > limit => (Some(limit), Some(t)),
+        other => (other, None),
+    }
+}
+
 /// Maps one message. Pure apart from the clock: the result is committed by
 /// the caller.
 ///
@@ -50,11 +71,17 @@ pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limi
             .and_then(serde_json::Value::as_str),
     );
     let result = classify(set, &origin, &body, limits);
+    let received_at = crate::store::now_ms();
+    let (version_ts, clamped) = clamp_version_ts(origin.timestamp_ms, received_at);
     match origin.headers.as_mut() {
         Some(serde_json::Value::Object(h)) => {
             h.insert("traceparent".into(), traceparent.clone().into());
         }
         _ => origin.headers = Some(serde_json::json!({ "traceparent": traceparent })),
+    }
+    if let (Some(original), Some(serde_json::Value::Object(h))) = (clamped, origin.headers.as_mut())
+    {
+        h.insert(CLAMPED_HEADER.into(), original.into());
     }
     let span = tracing::debug_span!(
         "event",
@@ -62,16 +89,25 @@ pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limi
         event_id = result.as_ref().map_or("", |o| o.event_id.as_str()),
         trace_id = crate::trace::trace_id(&traceparent),
     );
-    span.in_scope(|| match &result {
-        Ok(o) => tracing::debug!(mapping = %o.mapping, "event mapped"),
-        Err(r) => tracing::debug!(reason = %r.code, "event rejected; it will be parked"),
+    span.in_scope(|| {
+        if let (Some(original), Some(used)) = (clamped, version_ts) {
+            tracing::warn!(
+                publisher_ts_ms = original,
+                clamped_to_ms = used,
+                "publisher timestamp is more than 5 minutes past the receive time; clamped"
+            );
+        }
+        match &result {
+            Ok(o) => tracing::debug!(mapping = %o.mapping, "event mapped"),
+            Err(r) => tracing::debug!(reason = %r.code, "event rejected; it will be parked"),
+        }
     });
     Ingest {
         source: origin.source,
         queue: origin.queue,
         message_id: origin.message_id,
-        version_ts: origin.timestamp_ms,
-        received_at: crate::store::now_ms(),
+        version_ts,
+        received_at,
         payload: body,
         headers: origin.headers,
         result,
@@ -167,5 +203,27 @@ fn mapping_of(e: &kiungo_mappings::MapError) -> Option<String> {
         | E::Field { mapping, .. }
         | E::InvalidFhir { mapping, .. } => Some(mapping.clone()),
         E::NoMapping { .. } | E::Ambiguous { .. } => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn future_publisher_timestamps_are_clamped() {
+        let now = 1_764_000_000_000;
+        assert_eq!(clamp_version_ts(None, now), (None, None));
+        assert_eq!(clamp_version_ts(Some(now - 5), now), (Some(now - 5), None));
+        assert_eq!(
+            clamp_version_ts(Some(now + FUTURE_TOLERANCE_MS), now),
+            (Some(now + FUTURE_TOLERANCE_MS), None),
+            "a clock a few minutes fast is believed"
+        );
+        let year_2100 = 4_102_444_800_000;
+        assert_eq!(
+            clamp_version_ts(Some(year_2100), now),
+            (Some(now + FUTURE_TOLERANCE_MS), Some(year_2100))
+        );
     }
 }
