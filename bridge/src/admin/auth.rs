@@ -136,6 +136,16 @@ impl AdminConfig {
                 },
                 (None, Some(secret)) => match secret.load("token") {
                     Err(e) => p.push(format!("{at}.{e}")),
+                    Ok(token) if token.expose().chars().count() < MIN_TOKEN_CHARS => {
+                        p.push(format!(
+                            "{at}.token: the token of `{}` ({}) has {} characters; admin tokens \
+                             need at least {MIN_TOKEN_CHARS} (128 bits as hex; `kiungo admin token` \
+                             makes one)",
+                            t.name,
+                            secret_source(secret),
+                            token.expose().chars().count()
+                        ));
+                    }
                     Ok(token) => {
                         if let Some(first) = hashes.insert(hash_token(token.expose()), i) {
                             p.push(format!(
@@ -186,6 +196,20 @@ impl AdminConfig {
             }
         }
         Ok(Tokens { by_hash })
+    }
+}
+
+/// The shortest admin token accepted from the environment or a file: 32
+/// characters, 128 bits when they are hex digits (`kiungo admin token`
+/// makes 71: `kiungo_` and 256 bits as hex). A short token is guessed.
+pub const MIN_TOKEN_CHARS: usize = 32;
+
+/// Where a token comes from, for error messages (never its value).
+fn secret_source(secret: &SecretRef) -> String {
+    match (&secret.env, &secret.file) {
+        (Some(var), _) => format!("environment variable `{var}`"),
+        (None, Some(file)) => format!("file `{}`", file.display()),
+        (None, None) => "nowhere".to_owned(),
     }
 }
 
@@ -403,5 +427,38 @@ mod tests {
         );
         assert!(tokens.principal("secret-b").is_none());
         assert!(Role::Operator > Role::Viewer && Role::Viewer > Role::App);
+    }
+
+    #[test]
+    fn short_tokens_from_files_are_refused_naming_token_and_source() {
+        let dir = tempfile::tempdir().expect("dir");
+        let short = dir.path().join("short");
+        let long = dir.path().join("long");
+        std::fs::write(&short, "a\n").expect("write");
+        std::fs::write(&long, "0123456789abcdef0123456789abcdef\n").expect("write");
+        let from = |name: &str, file: &std::path::Path| TokenConfig {
+            name: name.into(),
+            role: Role::Operator,
+            sha256: None,
+            token: Some(SecretRef {
+                env: None,
+                file: Some(file.to_path_buf()),
+            }),
+            sources: None,
+        };
+        let cfg = AdminConfig {
+            tokens: vec![from("ops", &short), from("viewer", &long)],
+        };
+        let p = cfg.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(
+            p[0].starts_with("admin.tokens[0].token: the token of `ops` (file `")
+                && p[0].contains("has 1 characters; admin tokens need at least 32"),
+            "{p:?}"
+        );
+        assert!(cfg.tokens().is_err(), "a short token stops the start");
+        let generated = crate::config_check::new_token("x", Role::Viewer);
+        let token = generated.lines().nth(1).map(str::trim).expect("token");
+        assert!(token.chars().count() >= MIN_TOKEN_CHARS, "{token}");
     }
 }
