@@ -226,7 +226,8 @@ impl Config {
         })?;
         let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
             file: file.into(),
-            message: e.to_string(),
+            // The message quotes the lines around the problem.
+            message: crate::config_check::mask_secrets(&e.to_string()),
         })?;
         if config.mappings.is_relative()
             && let Some(dir) = file.parent()
@@ -310,6 +311,22 @@ impl Config {
         let mut problems = Vec::new();
         if let Some(r) = &self.rabbitmq {
             problems.extend(r.problems());
+        }
+        // URLs that parse as text but cannot reach a broker (a wrong
+        // scheme is reported once, by the section's own check).
+        let amqp_urls = [
+            self.rabbitmq
+                .as_ref()
+                .map(|r| ("rabbitmq.url", r.url.as_str())),
+            self.feedback
+                .as_ref()
+                .and_then(|f| f.url.as_deref())
+                .map(|u| ("feedback.url", u)),
+        ];
+        for (field, url) in amqp_urls.into_iter().flatten() {
+            if !problems.iter().any(|p| p.starts_with(&format!("{field}:"))) {
+                problems.extend(crate::config_check::amqp_url_problems(field, url));
+            }
         }
         problems.extend(self.destinations.problems());
         problems.extend(self.admin.problems());

@@ -19,6 +19,8 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
     crate::tls::install_crypto_provider();
     let config = match Config::load_unchecked(file) {
         Ok(c) => c,
+        // A parse error's snippet has its secrets masked where it is made
+        // (`Config::load_unchecked`, with [`mask_secrets`]).
         Err(e @ (ConfigError::Read { .. } | ConfigError::Parse { .. })) => {
             return Err(vec![e.to_string()]);
         }
@@ -90,6 +92,120 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
     ))
 }
 
+/// `text` (a parser's message quoting the lines around a problem) with
+/// secrets masked: the password of a URL's userinfo
+/// (`amqp://kiungo:****@rabbit`) and the value of any key whose name holds
+/// `password`, `token` or `secret` (`password: ****`; a `{env: …}` or
+/// `{file: …}` reference is shown, it is not a secret).
+pub fn mask_secrets(text: &str) -> String {
+    text.lines()
+        .map(|line| mask_keys(&mask_userinfo(line)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+const MASK: &str = "****";
+
+/// `scheme://user:password@host` → `scheme://user:****@host`.
+fn mask_userinfo(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '\'' | '"' | ',' | '}'))
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(a) => {
+                let userinfo = &authority[..a];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..=colon]);
+                        out.push_str(MASK);
+                    }
+                    None => out.push_str(userinfo),
+                }
+                out.push_str(&authority[a..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `password: hunter2` → `password: ****`, also inside flow mappings.
+fn mask_keys(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut i = 0;
+    let bytes = line.as_bytes();
+    while i < line.len() {
+        let Some(colon) = line[i..].find(':').map(|c| c + i) else {
+            out.push_str(&line[i..]);
+            break;
+        };
+        let key_start = line[..colon]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |p| p + 1)
+            .max(i);
+        let key = line[key_start..colon].to_ascii_lowercase();
+        let secret = ["password", "passwd", "token", "secret"]
+            .iter()
+            .any(|k| key.contains(k));
+        out.push_str(&line[i..=colon]);
+        i = colon + 1;
+        // A YAML key is followed by a space (or the end of the line).
+        if !secret || bytes.get(i).is_some_and(|b| *b != b' ') {
+            continue;
+        }
+        let value_start = i + line[i..].len() - line[i..].trim_start().len();
+        if line[value_start..].starts_with('{') || value_start == line.len() {
+            continue;
+        }
+        let value_end = line[value_start..]
+            .find([',', '}'])
+            .map_or(line.len(), |e| e + value_start);
+        out.push_str(&line[i..value_start]);
+        out.push_str(MASK);
+        i = value_end;
+    }
+    out
+}
+
+/// Problems with an AMQP URL that cannot work: a scheme other than
+/// `amqp`/`amqps`, no host, or text the client library cannot parse.
+/// Each names `field`; the URL is shown without its password.
+pub fn amqp_url_problems(field: &str, url: &str) -> Vec<String> {
+    let shown = mask_userinfo(url);
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return vec![format!(
+            "{field}: `{shown}` is not a URL (expected amqp://… or amqps://…)"
+        )];
+    };
+    if !matches!(scheme, "amqp" | "amqps") {
+        return vec![format!("{field}: scheme `{scheme}` is not amqp or amqps")];
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return vec![format!("{field}: `{shown}` names no host")];
+    }
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![format!(
+            "{field}: `{shown}` cannot be parsed: {}",
+            mask_userinfo(&e)
+        )],
+    }
+}
+
 /// The command: exit 0 when the config is usable, 1 with every problem.
 pub fn run(file: &Path) -> ExitCode {
     match problems(file) {
@@ -155,6 +271,83 @@ mod tests {
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiungo.example.yaml");
         let summary = super::problems(&example).expect("the example config is valid");
         assert!(summary.contains("mappings"), "{summary}");
+    }
+
+    #[test]
+    fn secrets_in_yaml_snippets_are_masked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        std::fs::write(
+            &file,
+            "mappings: mappings\nrabbitmq:\n  url: amqp://kiungo:S3cretPassw0rd@rabbit:5672/%2f\n\
+             \x20 prefetch: [oops\n  queues: []\n\
+             destinations: {dhis2: {server: {auth: {type: basic, password: hunter2, token: {env: T}}}}}\n",
+        )
+        .expect("config");
+        let problems = problems(&file).expect_err("a YAML error");
+        let all = problems.join("\n");
+        assert!(all.contains("line 4"), "the place is kept: {all}");
+        assert!(!all.contains("S3cretPassw0rd"), "{all}");
+        assert!(all.contains("amqp://kiungo:****@rabbit:5672"), "{all}");
+        assert_eq!(
+            mask_secrets(
+                "x: {type: basic, password: hunter2, api_token: d2pat_abc}\n  client_secret: s"
+            ),
+            "x: {type: basic, password: ****, api_token: ****}\n  client_secret: ****"
+        );
+        assert_eq!(
+            mask_secrets("6 |   token: {env: KIUNGO_TOKEN}"),
+            "6 |   token: {env: KIUNGO_TOKEN}"
+        );
+        assert_eq!(
+            mask_secrets("unknown field `token`, expected one of url"),
+            "unknown field `token`, expected one of url"
+        );
+    }
+
+    #[test]
+    fn amqp_urls_that_cannot_work_are_problems_naming_the_field() {
+        for (url, why) in [
+            ("http://rabbit:5672/", "scheme `http`"),
+            ("amqp://", "names no host"),
+            ("amqp://kiungo:pw@:5672/%2f", "names no host"),
+            ("amqp://rabbit:notaport/%2f", "cannot be parsed"),
+            ("rabbit:5672", "is not a URL"),
+        ] {
+            let p = amqp_url_problems("rabbitmq.url", url);
+            assert!(
+                p.len() == 1 && p[0].starts_with("rabbitmq.url: ") && p[0].contains(why),
+                "{url}: {p:?}"
+            );
+            assert!(!p[0].contains(":pw@"), "{p:?}");
+        }
+        for url in [
+            "amqp://127.0.0.1:5672/%2f",
+            "amqps://u:p@rabbit.example/vhost",
+            "amqp://[::1]:5672",
+        ] {
+            assert_eq!(
+                amqp_url_problems("rabbitmq.url", url),
+                Vec::<String>::new(),
+                "{url}"
+            );
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
+        std::fs::write(
+            &file,
+            format!(
+                "mappings: {}\nrabbitmq:\n  url: 'amqp://:5672'\n  queues: [{{name: q, source: cht}}]\n",
+                example.display()
+            ),
+        )
+        .expect("config");
+        let all = problems(&file).expect_err("no host").join("\n");
+        assert!(
+            all.contains("rabbitmq.url: `amqp://:5672` names no host"),
+            "{all}"
+        );
     }
 
     #[test]
