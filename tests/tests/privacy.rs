@@ -8,6 +8,14 @@
 //! viewer routes, not in dead-letter reasons, not in event status, not in
 //! status messages. As a control, they do reach the FHIR server (where
 //! client data belongs), so the test sees them when they leak.
+//!
+//! Besides names and phone numbers, every field of every pack's fixtures
+//! is replaced by a marker in turn (one event per field: lookup misses,
+//! dates that are not dates, codes FHIR refuses, values DHIS2 refuses),
+//! and a FHIR server in front of the simulator refuses one patient with a
+//! message quoting the patient's name and phone number, as real servers
+//! do. Operators still read the values: the parked payloads and the
+//! lookup miss's detail hold them.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -31,6 +39,196 @@ const NEEDLES: [&str; 4] = ["Kiungomarker", "700999111", "NINMARKER", "Zawadi"];
 const VIEWER: &str = "privacy-viewer-token-0123456789abcdef";
 /// The Kobo app's token, for HTTP ingest.
 const KOBO_APP: &str = "privacy-kobo-app-token-0123456789abcdef";
+
+/// The value every fixture field takes in turn.
+const FIELD_MARKER: &str = "Zawadi Kiungomarker +254700999111";
+/// The patient name the FHIR server in front of the simulator refuses,
+/// quoting it.
+const QUOTED: &str = "Aminata Kiungomarker-Quote";
+
+/// Each pack's folder and the source its mappings read.
+const PACKS: [(&str, &str); 4] = [
+    ("cht-anc", "cht"),
+    ("commcare-immunization", "commcare"),
+    ("kobo-malaria-rdt", "kobo"),
+    ("inhouse-nutrition", "inhouse"),
+];
+
+/// JSON pointers of every leaf (scalar) of `v`.
+fn leaves(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map {
+                let k = k.replace('~', "~0").replace('/', "~1");
+                leaves(x, format!("{at}/{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, x) in items.iter().enumerate() {
+                leaves(x, format!("{at}/{i}"), out);
+            }
+        }
+        _ => out.push(at),
+    }
+}
+
+/// The event id a mapping gives `payload` (or names in its error): the
+/// fields holding it are ids, not personal data, and are kept.
+fn event_id_of(
+    mappings: &kiungo_mappings::MappingSet,
+    source: &str,
+    payload: &Value,
+) -> Option<String> {
+    use kiungo_mappings::MapError;
+    let event = kiungo_mappings::Event {
+        source: source.into(),
+        message_id: None,
+        payload: std::sync::Arc::new(payload.clone()),
+    };
+    match mappings.map(&event) {
+        Ok(m) => Some(m.event_id),
+        Err(MapError::Field { event, .. } | MapError::InvalidFhir { event, .. })
+            if event != "(no id)" =>
+        {
+            Some(event)
+        }
+        Err(_) => None,
+    }
+}
+
+/// One message per leaf of every pack fixture, that leaf replaced by
+/// [`FIELD_MARKER`]; the event id fields keep a unique id.
+fn every_field_marked(mappings: &kiungo_mappings::MappingSet) -> Vec<Message> {
+    let mut out = Vec::new();
+    for (pack, source) in PACKS {
+        let dir = packs_dir().join(pack).join("fixtures");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("fixtures")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "json")
+                    && !p.to_string_lossy().ends_with(".expected.json")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let original: Value =
+                serde_json::from_slice(&std::fs::read(&file).expect("fixture")).expect("json");
+            let id = event_id_of(mappings, source, &original);
+            let mut paths = Vec::new();
+            leaves(&original, String::new(), &mut paths);
+            for path in paths {
+                let n = out.len();
+                let mut v = original.clone();
+                let leaf = v.pointer_mut(&path).expect("leaf");
+                if let (Some(id), Some(text)) = (&id, leaf.as_str())
+                    && text.contains(id.as_str())
+                {
+                    continue;
+                }
+                *leaf = FIELD_MARKER.into();
+                // A unique event per field: every id field gets a suffix.
+                if let Some(id) = &id {
+                    let mut ids = Vec::new();
+                    leaves(&v, String::new(), &mut ids);
+                    for p in ids {
+                        if let Some(x) = v.pointer_mut(&p)
+                            && let Some(text) = x.as_str()
+                            && text.contains(id.as_str())
+                        {
+                            *x = text.replace(id.as_str(), &format!("{id}-pf{n}")).into();
+                        }
+                    }
+                }
+                out.push(Message {
+                    source: source.into(),
+                    message_id: format!("privacy-field-{n}"),
+                    body: v.to_string().into_bytes(),
+                    kind: Kind::Original,
+                    key: None,
+                    timestamp: 1_700_000_000 + n as u64,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A FHIR server in front of the simulator that refuses a transaction
+/// naming [`QUOTED`] with a message quoting the patient's name and phone
+/// number (as servers quote what they refuse), and passes everything else
+/// on. Returns its base URL.
+fn quoting_fhir_proxy(upstream: String) -> String {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    async fn handle(
+        req: HttpRequest,
+        body: web::Bytes,
+        upstream: web::Data<String>,
+    ) -> HttpResponse {
+        if body.windows(QUOTED.len()).any(|w| w == QUOTED.as_bytes()) {
+            return HttpResponse::UnprocessableEntity()
+                .content_type("application/fhir+json")
+                .body(
+                    serde_json::json!({
+                        "resourceType": "OperationOutcome",
+                        "issue": [{"severity": "error", "code": "business-rule",
+                            "diagnostics": format!("HAPI-0999: Patient '{QUOTED}' (phone {PHONE}) is a duplicate of «{NAME}»")}]
+                    })
+                    .to_string(),
+                );
+        }
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut forward = reqwest::Client::new()
+            .request(
+                reqwest::Method::from_bytes(req.method().as_str().as_bytes()).expect("method"),
+                format!("{}{path}", upstream.trim_end_matches('/')),
+            )
+            .body(body.to_vec());
+        for (name, value) in req.headers() {
+            if name != "host" && name != "content-length" {
+                forward = forward.header(name.as_str(), value.as_bytes());
+            }
+        }
+        match forward.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let media = r
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/fhir+json")
+                    .to_owned();
+                let retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let bytes = r.bytes().await.unwrap_or_default();
+                let mut out = HttpResponse::build(
+                    actix_web::http::StatusCode::from_u16(status).expect("status"),
+                );
+                out.content_type(media);
+                if let Some(ra) = retry_after {
+                    out.insert_header(("Retry-After", ra));
+                }
+                out.body(bytes)
+            }
+            Err(_) => HttpResponse::BadGateway().finish(),
+        }
+    }
+    let data = web::Data::new(upstream);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .default_service(web::to(handle))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", 0))
+    .expect("bind");
+    let addr = server.addrs()[0];
+    tokio::spawn(server.run());
+    format!("http://{addr}")
+}
 
 /// Replaces names, phone numbers and national ids in a payload by markers.
 fn mark(v: &mut Value) {
@@ -165,6 +363,30 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         });
     }
 
+    // Every field of every fixture marked in turn, and one patient the
+    // FHIR server refuses with a message quoting its name.
+    let per_field = every_field_marked(&mappings);
+    assert!(
+        per_field.len() > 200,
+        "only {} marked fields",
+        per_field.len()
+    );
+    messages.extend(per_field.iter().cloned());
+    let mut quoted: Value = serde_json::from_slice(&template.body).expect("json");
+    quoted["_id"] = "privacy-quoted".into();
+    let mut renamed = quoted.to_string();
+    renamed = renamed.replace(NAME, QUOTED);
+    assert!(renamed.contains(QUOTED), "the CHT template carries a name");
+    messages.push(Message {
+        source: "cht".into(),
+        message_id: "privacy-quoted".into(),
+        body: renamed.into_bytes(),
+        kind: Kind::Original,
+        key: None,
+        timestamp: template.timestamp + 20_000,
+    });
+    let fhir_url = quoting_fhir_proxy(sandbox.fhir_url());
+
     // Kiungo: real binary, debug JSON logs, feedback to an exchange.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -191,7 +413,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
          \x20   - {{name: privacy-kobo-app, role: app, sha256: {app_hash}, sources: [kobo]}}\n\
          feedback: {{exchange: {exchange}, interval: 100ms}}\n\
          destinations:\n\
-         \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 10s}}\n\
+         \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 10s, compress_requests: false}}\n\
          \x20   retry: {{base_delay: 50ms, max_delay: 1s, max_age: 10m}}\n\
          \x20   circuit: {{failures: 50, cool_down: 500ms}}\n\
          \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      timeout: 10s\n\
@@ -203,7 +425,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         amqp = iso.vhost.url(),
         hash = token_hash_hex(VIEWER),
         app_hash = token_hash_hex(KOBO_APP),
-        fhir = sandbox.fhir_url(),
+        fhir = fhir_url,
         dhis2 = sandbox.dhis2_url(),
     );
     std::fs::write(dir.join("pw"), "district\n").expect("password");
@@ -381,6 +603,78 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             d.id
         );
     }
+
+    // The per-field events, as a viewer and as the Kobo app (the app role
+    // reads its own source's events).
+    let events = store.events().await.expect("events");
+    let marked_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.event_id.contains("-pf"))
+        .collect();
+    assert!(
+        marked_events.len() > 50,
+        "only {} per-field events stored",
+        marked_events.len()
+    );
+    for e in &marked_events {
+        let mut callers = vec![VIEWER];
+        if e.source == "kobo" {
+            callers.push(KOBO_APP);
+        }
+        for token in callers {
+            let r = http
+                .get(format!("{base}/v1/events/{}", e.event_id))
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("get");
+            assert!(r.status().is_success(), "{}: {}", e.event_id, r.status());
+            let text = r.text().await.expect("text");
+            assert_eq!(
+                leaks(&text),
+                Vec::<&str>::new(),
+                "/v1/events/{}: {text}",
+                e.event_id
+            );
+        }
+    }
+    let r = http
+        .get(format!("{base}/v1/events/{http_event}"))
+        .bearer_auth(KOBO_APP)
+        .send()
+        .await
+        .expect("get");
+    let text = r.text().await.expect("text");
+    assert_eq!(leaks(&text), Vec::<&str>::new(), "app view: {text}");
+    // The exits this run had to go through: a lookup miss (its value kept
+    // for operators only) and the FHIR server's quoting refusal.
+    let mut missed = Vec::new();
+    for d in letters
+        .iter()
+        .filter(|d| d.reason.contains("the key is not in table"))
+    {
+        if let Some(detail) = store
+            .dead_letter(d.id)
+            .await
+            .expect("letter")
+            .and_then(|d| d.detail)
+        {
+            missed.push(detail);
+        }
+    }
+    assert!(
+        missed.iter().any(|m| m.contains(FIELD_MARKER)),
+        "a marked lookup key was parked, and operators read it: {missed:?}"
+    );
+    let refused = letters
+        .iter()
+        .find(|d| d.stage == "fhir" && d.reason.contains("422"))
+        .expect("the quoting FHIR refusal was parked");
+    assert!(
+        refused.reason.contains("is a duplicate of"),
+        "{}",
+        refused.reason
+    );
 
     // Status messages to apps.
     let mut statuses = 0;
