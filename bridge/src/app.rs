@@ -60,7 +60,7 @@ pub struct Application {
     source_state: watch::Receiver<SourceState>,
     shutdown: watch::Sender<bool>,
     server: actix_web::dev::ServerHandle,
-    source: Option<tokio::task::JoinHandle<Option<lapin::Connection>>>,
+    source: Option<tokio::task::JoinHandle<Vec<lapin::Connection>>>,
     mapper: Option<tokio::task::JoinHandle<()>>,
     committer_task: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
@@ -228,7 +228,15 @@ impl Application {
             )));
         }
         if let Some(r) = &config.rabbitmq {
-            let queues = r.queues.iter().map(|q| q.name.clone()).collect();
+            let queues = r
+                .queues
+                .iter()
+                .flat_map(|q| {
+                    let parking =
+                        (q.kind == rabbitmq::QueueKind::Quorum).then(|| q.overflow_queue());
+                    std::iter::once(q.name.clone()).chain(parking)
+                })
+                .collect();
             tokio::spawn(queue_lag_loop(r.url.clone(), queues, shutdown_rx.clone()));
         }
         let retention = tokio::spawn(retention_loop(
@@ -276,12 +284,25 @@ impl Application {
         signal.await;
         info!("shutting down: draining");
         let _ = self.shutdown.send(true);
-        let connection = match self.source {
-            Some(s) => s.await.ok().flatten(),
-            None => None,
+        // Each queue's session stops at the signal, even one stuck
+        // connecting; the bound is a last resort against a dead connection.
+        let connections = match self.source {
+            Some(s) => match tokio::time::timeout(Duration::from_secs(15), s).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(_)) => Vec::new(),
+                Err(_) => {
+                    warn!("rabbitmq source did not stop within 15 s; its connections are dropped");
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
         };
-        if let Some(m) = self.mapper {
-            let _ = m.await;
+        if let Some(m) = self.mapper
+            && tokio::time::timeout(Duration::from_secs(30), m)
+                .await
+                .is_err()
+        {
+            warn!("mapper did not finish within 30 s");
         }
         self.server.stop(true).await;
         drop(self.committer);
@@ -293,9 +314,15 @@ impl Application {
                 "committer did not finish within 30 s; unacknowledged messages will be redelivered"
             );
         }
-        if let Some(conn) = connection {
-            let _ = conn.close(200, "kiungo shutting down".into()).await;
-        }
+        // A connection whose I/O loop died may never answer a close.
+        let closes = connections.into_iter().map(|conn| async move {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                conn.close(200, "kiungo shutting down".into()),
+            )
+            .await;
+        });
+        futures_util::future::join_all(closes).await;
         self.retention.abort();
         for task in self.delivery {
             // Workers finish the request in flight and stop; a claim left
@@ -314,8 +341,19 @@ struct Health {
     amqp: bool,
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+/// Alive, unless a RabbitMQ queue is wedged: a message the client
+/// library cannot read keeps coming back and nothing behind it is
+/// consumed. A restart (Kubernetes' liveness probe) starts the count
+/// again; on a quorum queue the broker's delivery limit moves the message
+/// away first.
+async fn healthz(health: web::Data<Health>) -> HttpResponse {
+    let wedged = health.source.borrow().wedged();
+    if wedged.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "alive"}))
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "wedged", "wedged_queues": wedged}))
+    }
 }
 
 async fn readyz(health: web::Data<Health>) -> HttpResponse {

@@ -24,8 +24,46 @@ pub fn init_logging() {
     };
 }
 
+/// Stack size for threads spawned without an explicit one (256 MiB of
+/// address space; only the pages used are memory).
+///
+/// `lapin` parses AMQP header tables on its `lapin-io-loop` thread, which
+/// it spawns with the default stack size (2 MiB), recursing once per level
+/// of nesting; a table nested 1,000 deep (7 KB) overflowed it and aborted
+/// the process. A 128 KiB frame (RabbitMQ's default `frame_max`) holds at
+/// most about 18,700 levels; `tests/tests/amqp_poison.rs` sends 18,000
+/// to a debug build. `RUST_MIN_STACK` is read by the standard library
+/// once, before the first thread starts, so `kiungo run` sets it by
+/// re-executing itself when it is not set.
+pub const MIN_STACK: &str = "268435456";
+
+/// Re-executes this process with `RUST_MIN_STACK` set to [`MIN_STACK`]
+/// unless it is set already (an operator's own value wins). Returns only
+/// if it is set, or if re-executing failed (then with a warning).
+fn ensure_min_stack() {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        if std::env::var_os("RUST_MIN_STACK").is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        let error = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("RUST_MIN_STACK", MIN_STACK)
+            .exec();
+        eprintln!(
+            "warning: could not re-execute with RUST_MIN_STACK={MIN_STACK} ({error}); set it in the environment: \
+             without it a deeply nested AMQP header table can crash the process"
+        );
+    }
+}
+
 /// Runs the service until SIGINT or SIGTERM.
 pub fn run(config: Option<&Path>) -> ExitCode {
+    ensure_min_stack();
     init_logging();
     let config = match Config::load_or_default(config) {
         Ok(c) => c,

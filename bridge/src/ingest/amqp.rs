@@ -33,21 +33,36 @@ pub async fn run_mapper(
             route,
         };
         let body = std::mem::take(&mut msg.body);
+        let kept = body.len();
         let mut ingest = prepare(&set, origin, body, limits);
         if msg.overflow {
+            ingest.result = Err(parked_by_broker(&msg, kept));
+        } else if !msg.unreadable.is_empty() {
             ingest.result = Err(Rejection {
-                code: "delivery_limit".into(),
+                code: "amqp_unparseable".into(),
                 reason: format!(
-                    "message {}: delivered more than {} times from queue `{}` without being acknowledged \
-                     (the process died while handling it?); the broker moved it to `{}`",
+                    "message {}: its AMQP properties are refused ({})",
                     msg.message_id.as_deref().unwrap_or("(no message id)"),
-                    msg.queue.delivery_limit,
-                    msg.queue.name,
-                    msg.queue.overflow_queue()
+                    kiungo_connectors::rabbitmq::raw::describe_problems(&msg.unreadable)
                 ),
+                detail: None,
                 mapping: None,
                 event_id: None,
+            });
+        } else if msg.body_size > limits.max_bytes as u64 {
+            // The source kept only the body's first bytes: park those and
+            // the size, never the whole body.
+            ingest.result = Err(Rejection {
+                code: "too_large".into(),
+                reason: format!(
+                    "message {}: body is {} bytes, over the limit of {} bytes (the first {kept} bytes are kept)",
+                    msg.message_id.as_deref().unwrap_or("(no message id)"),
+                    msg.body_size,
+                    limits.max_bytes
+                ),
                 detail: None,
+                mapping: None,
+                event_id: None,
             });
         }
         if committer
@@ -59,6 +74,48 @@ pub async fn run_mapper(
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// Why the broker moved a message to the parking queue: its properties
+/// cannot be read by the client library (`amqp_unparseable`), or it was
+/// delivered `delivery_limit` times without an ack (`delivery_limit`).
+fn parked_by_broker(msg: &SourceMessage, kept: usize) -> Rejection {
+    let id = msg.message_id.as_deref().unwrap_or("(no message id)");
+    let size = if msg.body_size > kept as u64 {
+        format!("; body is {} bytes, the first {kept} kept", msg.body_size)
+    } else {
+        String::new()
+    };
+    if msg.unreadable.is_empty() {
+        Rejection {
+            code: "delivery_limit".into(),
+            reason: format!(
+                "message {id}: delivered more than {} times from queue `{}` without being acknowledged \
+                 (the process died while handling it?); the broker moved it to `{}`{size}",
+                msg.queue.delivery_limit,
+                msg.queue.name,
+                msg.queue.overflow_queue()
+            ),
+            detail: None,
+            mapping: None,
+            event_id: None,
+        }
+    } else {
+        Rejection {
+            code: "amqp_unparseable".into(),
+            reason: format!(
+                "message {id}: the AMQP client cannot read its properties ({}); it dropped the connection \
+                 on each of {} deliveries from queue `{}` until the broker moved the message to `{}`{size}",
+                kiungo_connectors::rabbitmq::raw::describe_problems(&msg.unreadable),
+                msg.queue.delivery_limit,
+                msg.queue.name,
+                msg.queue.overflow_queue()
+            ),
+            detail: None,
+            mapping: None,
+            event_id: None,
         }
     }
 }

@@ -38,13 +38,19 @@ pub struct QueueConfig {
     pub name: String,
     /// The source app whose events the queue carries (a mapping's `source`).
     pub source: String,
-    /// Classic or quorum queue. Must match how the queue already exists.
+    /// Quorum (the default) or classic queue. Must match how the queue
+    /// already exists (the broker refuses a declaration with other
+    /// arguments; see docs/deploy.md to move a classic queue). Only a
+    /// quorum queue is protected against messages the client library
+    /// cannot read.
     #[serde(default)]
     pub kind: QueueKind,
     /// Quorum queues only: deliveries of one message before the broker
-    /// moves it to `<name>.overflow`, which Kiungo consumes and parks as
-    /// `delivery_limit`. A second guard: Kiungo parks poison messages
-    /// itself, so this only trips when the process dies on one message.
+    /// moves it to the parking queue `<name>.overflow`, which Kiungo reads
+    /// with a tolerant client and parks as `amqp_unparseable` (properties
+    /// the client library cannot parse: it drops the connection on them)
+    /// or `delivery_limit` (the process died on it). Kiungo parks other
+    /// poison messages itself, so this only trips on those.
     #[serde(default = "default_delivery_limit")]
     pub delivery_limit: u32,
     /// How a message finds its mapping.
@@ -59,10 +65,12 @@ pub struct QueueConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum QueueKind {
-    /// Classic durable queue.
-    #[default]
+    /// Classic durable queue: no delivery limit, so a message the client
+    /// library cannot read blocks the queue (`/healthz` then fails).
     Classic,
-    /// Replicated quorum queue (RabbitMQ 3.8+), for clusters.
+    /// Replicated quorum queue (RabbitMQ 3.8+) with a delivery limit and
+    /// a parking queue: the default.
+    #[default]
     Quorum,
 }
 

@@ -10,12 +10,14 @@
 
 mod config;
 mod headers;
+mod park;
 mod probe;
 mod publisher;
+pub mod raw;
 mod source;
 
 pub use config::{Binding, QueueConfig, QueueKind, RabbitConfig, Route};
 pub use headers::field_table_to_json;
 pub use probe::QueueProbe;
 pub use publisher::{ConfirmedPublisher, Outgoing};
-pub use source::{SourceMessage, SourceState, run};
+pub use source::{OVERSIZED_PREFIX, QueueState, SourceMessage, SourceState, queue_arguments, run};
