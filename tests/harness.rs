@@ -12,7 +12,6 @@ use anyhow::{Context, bail};
 use futures_util::future::join_all;
 use kiungo::store::{DeadLetterFilter, Store};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sha2::{Digest, Sha256};
 
@@ -155,7 +154,12 @@ impl Publisher {
                             durable: true,
                             ..QueueDeclareOptions::default()
                         },
-                        FieldTable::default(),
+                        // As Kiungo declares a queue by default (quorum,
+                        // delivery limit, parking queue): the broker
+                        // refuses a declaration with other arguments.
+                        kiungo_connectors::rabbitmq::queue_arguments(&serde_json::from_value(
+                            serde_json::json!({"name": queue_for(&self.prefix, &s), "source": s}),
+                        )?),
                     )
                     .await?;
             }
