@@ -115,8 +115,9 @@ pub enum MapError {
         /// What went wrong, without the event's values.
         message: String,
         /// The event's values the message leaves out (a lookup key that
-        /// was not found): for operators only, never in the message.
-        values: Vec<String>,
+        /// was not found): for operators only, never in the message. Boxed,
+        /// to keep the error small on the happy path.
+        values: Box<[String]>,
     },
     /// A produced FHIR resource does not validate.
     #[error("mapping `{mapping}` resource `{resource}`, event {event}: {message}")]

@@ -690,7 +690,7 @@ impl Mapping {
             line,
             event: event.to_owned(),
             message,
-            values,
+            values: values.into_boxed_slice(),
         }
     }
 

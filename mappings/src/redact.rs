@@ -91,18 +91,14 @@ pub fn external(text: &str) -> String {
 /// spaces, dashes or dots between them (`+254 700-999.111`).
 fn number_end(chars: &[char], start: usize) -> usize {
     let mut end = start;
-    while end < chars.len() {
-        if chars[end].is_ascii_digit() {
-            end += 1;
-        } else if matches!(chars[end], ' ' | '-' | '.')
-            && chars.get(end + 1).is_some_and(char::is_ascii_digit)
-        {
-            end += 1;
-        } else {
-            break;
-        }
+    // A separator counts only between digits: the number never ends on one.
+    while end < chars.len()
+        && (chars[end].is_ascii_digit()
+            || matches!(chars[end], ' ' | '-' | '.')
+                && chars.get(end + 1).is_some_and(char::is_ascii_digit))
+    {
+        end += 1;
     }
-    // A separator is kept only between digits: never end on one.
     end
 }
 
