@@ -455,6 +455,13 @@ async fn an_existing_classic_queue_is_named_with_the_way_out() {
         "{error}"
     );
     // The other queue is consumed all the same.
-    assert!(state.queues[&format!("{prefix}.commcare")].connected);
+    let commcare = format!("{prefix}.commcare");
+    until("the other queue is consumed", || async {
+        app.source_state()
+            .queues
+            .get(&commcare)
+            .is_some_and(|q| q.connected)
+    })
+    .await;
     app.run_until(async {}).await;
 }
