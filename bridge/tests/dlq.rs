@@ -26,6 +26,23 @@ fn kiungo(config: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A config file for the `kiungo dlq` commands: the shipped packs and
+/// the scratch store.
+fn config_for(db: &ScratchDb) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("kiungo.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "mappings: {}\nstore:\n  url: {}\n",
+            support::packs_dir().display(),
+            db.config.url
+        ),
+    )
+    .expect("config");
+    (dir, config)
+}
+
 fn parked(payload: Vec<u8>, code: &str) -> Ingest {
     Ingest {
         source: "cht".into(),
@@ -60,17 +77,7 @@ async fn list_show_replay_discard() {
         ])
         .await
         .expect("commit");
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("kiungo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "mappings: {}\nstore:\n  url: {}\n",
-            packs.display(),
-            db.config.url
-        ),
-    )
-    .expect("config");
+    let (_dir, config) = config_for(&db);
 
     let (code, out, err) = kiungo(&config, &["list"]);
     assert_eq!(code, 0, "{err}");
@@ -245,17 +252,7 @@ async fn dlq_list_escapes_control_characters() {
         r.mapping = Some("m\x1b[0m".into());
     }
     store.commit(&[hostile]).await.expect("commit");
-    let dir = tempfile::tempdir().expect("dir");
-    let config = dir.path().join("kiungo.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "mappings: {}\nstore:\n  url: {}\n",
-            support::packs_dir().display(),
-            db.config.url
-        ),
-    )
-    .expect("config");
+    let (_dir, config) = config_for(&db);
     let (code, out, err) = kiungo(&config, &["list"]);
     assert_eq!(code, 0, "{err}");
     assert!(

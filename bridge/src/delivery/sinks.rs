@@ -344,22 +344,12 @@ pub fn last_preflight() -> Option<serde_json::Value> {
 mod tests {
     use super::*;
 
+    /// The policy itself is tested in `kiungo_mappings::redact`; here,
+    /// that server messages go through it.
     #[test]
-    fn quoted_text_and_queries_are_cut_from_server_messages() {
-        let m = "HTTP 412: multiple-matches: Failed to CREATE resource with match URL \"Patient?identifier=http://moh.sl/nin|1234567\" because this search matched 2 resources";
-        let r = redact(m);
-        assert!(!r.contains("1234567") && !r.contains("identifier="), "{r}");
-        assert!(
-            r.contains("HTTP 412") && r.contains("matched 2 resources"),
-            "{r}"
-        );
-        assert_eq!(
-            redact("GET /Patient?name=Amina failed"),
-            "GET /Patient?… failed"
-        );
-        assert_eq!(redact("plain message"), "plain message");
+    fn server_messages_go_through_the_redaction_policy() {
         let r = redact("HTTP 422: Patient 'Aminata Test-Kamara' is a duplicate of «Zawadi»");
-        assert!(!r.contains("Aminata") && !r.contains("Zawadi"), "{r}");
+        assert_eq!(r, "HTTP 422: Patient '…' is a duplicate of «…»");
     }
 
     #[test]
