@@ -260,6 +260,15 @@ fn leaks(text: &str) -> Vec<&'static str> {
     NEEDLES.into_iter().filter(|n| text.contains(n)).collect()
 }
 
+/// GETs `url` with `token`: it must answer, and without a marker.
+async fn clean_get(http: &reqwest::Client, url: &str, token: &str) -> String {
+    let r = http.get(url).bearer_auth(token).send().await.expect("get");
+    assert!(r.status().is_success(), "{url}: {}", r.status());
+    let text = r.text().await.expect("text");
+    assert_eq!(leaks(&text), Vec::<&str>::new(), "{url} leaks: {text}");
+    text
+}
+
 fn faults(error_rate: f64) -> Faults {
     Faults {
         error_rate,
@@ -557,16 +566,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         "/v1/events/privacy-poison-1".into(),
         format!("/v1/events/{http_event}"),
     ] {
-        let r = http
-            .get(format!("{base}{path}"))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .expect("get");
-        assert!(r.status().is_success(), "{path}: {}", r.status());
-        let text = r.text().await.expect("text");
-        assert_eq!(leaks(&text), Vec::<&str>::new(), "{path} leaks: {text}");
-        seen.push_str(&text);
+        seen.push_str(&clean_get(&http, &format!("{base}{path}"), VIEWER).await);
     }
     assert!(seen.contains("kiungo_deliveries_total"), "metrics served");
     assert!(seen.contains("mapping_error"), "the bad event was parked");
@@ -589,19 +589,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             "dead letter {}: {text}",
             d.id
         );
-        let r = http
-            .get(format!("{base}/v1/dead-letters/{}", d.id))
-            .bearer_auth(VIEWER)
-            .send()
-            .await
-            .expect("get");
-        let text = r.text().await.expect("text");
-        assert_eq!(
-            leaks(&text),
-            Vec::<&str>::new(),
-            "dead letter {}: {text}",
-            d.id
-        );
+        clean_get(&http, &format!("{base}/v1/dead-letters/{}", d.id), VIEWER).await;
     }
 
     // The per-field events, as a viewer and as the Kobo app (the app role
@@ -622,30 +610,10 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
             callers.push(KOBO_APP);
         }
         for token in callers {
-            let r = http
-                .get(format!("{base}/v1/events/{}", e.event_id))
-                .bearer_auth(token)
-                .send()
-                .await
-                .expect("get");
-            assert!(r.status().is_success(), "{}: {}", e.event_id, r.status());
-            let text = r.text().await.expect("text");
-            assert_eq!(
-                leaks(&text),
-                Vec::<&str>::new(),
-                "/v1/events/{}: {text}",
-                e.event_id
-            );
+            clean_get(&http, &format!("{base}/v1/events/{}", e.event_id), token).await;
         }
     }
-    let r = http
-        .get(format!("{base}/v1/events/{http_event}"))
-        .bearer_auth(KOBO_APP)
-        .send()
-        .await
-        .expect("get");
-    let text = r.text().await.expect("text");
-    assert_eq!(leaks(&text), Vec::<&str>::new(), "app view: {text}");
+    clean_get(&http, &format!("{base}/v1/events/{http_event}"), KOBO_APP).await;
     // The exits this run had to go through: a lookup miss (its value kept
     // for operators only) and the FHIR server's quoting refusal.
     let mut missed = Vec::new();
