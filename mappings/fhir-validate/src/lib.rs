@@ -55,7 +55,7 @@ pub fn validate(resource: &Value) -> Result<(), FhirError> {
         }
         None => return Err(FhirError::NotAResource("expected a JSON object".into())),
     };
-    let typed: Resource = match serde_path_to_error::deserialize(resource.clone()) {
+    let typed: Resource = match serde_path_to_error::deserialize(resource) {
         Ok(t) => t,
         Err(e) => {
             let mut message = describe(&e);
