@@ -638,6 +638,12 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         .iter()
         .find(|d| d.stage == "fhir" && d.reason.contains("422"))
         .expect("the quoting FHIR refusal was parked");
+    // Its bundle's last_error, in the event's status.
+    let status = clean_get(&http, &format!("{base}/v1/events/privacy-quoted"), VIEWER).await;
+    assert!(
+        status.contains("is a duplicate of"),
+        "last_error shown: {status}"
+    );
     assert!(
         refused.reason.contains("is a duplicate of"),
         "{}",
