@@ -19,6 +19,7 @@ mod fhir_worker;
 pub mod retry;
 pub mod sinks;
 mod start;
+pub mod withdrawal;
 
 use std::time::Duration;
 
