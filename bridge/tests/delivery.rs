@@ -124,7 +124,6 @@ fn fhir_worker(
         clock: Arc::new(clock.clone()),
         batch: 10,
         per_transaction: 1,
-        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
         wake: None,
@@ -852,7 +851,6 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let dest = ScriptedFhir::default();
     let w = FhirWorker {
         per_transaction: 4,
-        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");
@@ -895,7 +893,6 @@ async fn several_events_share_a_transaction(backend: Backend) {
         .then(Ok(vec!["Patient/1".into()]));
     let w = FhirWorker {
         per_transaction: 4,
-        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");
@@ -916,7 +913,6 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let dest = ScriptedFhir::default().then(Err(transient(None)));
     let w = FhirWorker {
         per_transaction: 4,
-        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");
@@ -926,6 +922,128 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let r = w.run_once().await.expect("pass");
     assert_eq!((r.claimed, r.delivered), (2, 2));
     assert_eq!(dest.calls(), 2, "retried together");
+}
+
+/// Issue 14, bug 2: a total DHIS2 refused and later accepts (the same
+/// value, sent again by the re-sync) resolves its open dead letter: the
+/// event is no longer `parked` for DHIS2, no open dead letter is counted,
+/// and the status messages say the same as the event status (one rule).
+async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("r1", "facility")).await;
+    let dest = ScriptedDhis2::default();
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(
+            0,
+            (
+                "E7640".to_owned(),
+                "Current date is past expiry days for period".to_owned(),
+            ),
+        )]),
+    }));
+    let w = dhis2_worker(&store, dest.clone(), &clock);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").parked, 1);
+    let dhis2_status = |status: Vec<kiungo::store::EventStatus>| {
+        status[0]
+            .destinations
+            .iter()
+            .find(|d| d.destination == "dhis2")
+            .map(|d| d.status.clone())
+    };
+    assert_eq!(
+        dhis2_status(store.event_status("r1", None).await.expect("status")).as_deref(),
+        Some("parked")
+    );
+    let open_letters = || async {
+        store
+            .dead_letters(&DeadLetterFilter {
+                state: Some("open".into()),
+                stage: Some("dhis2".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("dlq")
+            .len()
+    };
+    assert_eq!(open_letters().await, 1);
+    // Seen by operators on the event itself: the total's letter with
+    // DHIS2's code and message, and the message as DHIS2's last error.
+    let status = store.event_status("r1", None).await.expect("status");
+    let letter = status[0]
+        .dead_letters
+        .iter()
+        .find(|l| l.stage == "dhis2")
+        .expect("the DHIS2 letter on the event");
+    assert_eq!(
+        (letter.reason_code.as_str(), letter.state.as_str()),
+        ("E7640", "open")
+    );
+    let dhis2 = status[0]
+        .destinations
+        .iter()
+        .find(|d| d.destination == "dhis2")
+        .expect("dhis2");
+    assert!(
+        dhis2
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("E7640: Current date is past expiry days")),
+        "{dhis2:?}"
+    );
+    let messages = store.pending_statuses(1000).await.expect("statuses");
+    let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
+    store.mark_statuses(&origins).await.expect("mark");
+
+    // The period is opened again; the re-sync sends the same total, and
+    // DHIS2 takes it.
+    store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    clock.advance(Duration::from_secs(3));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked), (1, 0));
+    assert_eq!(
+        open_letters().await,
+        0,
+        "the accepted total's letter is resolved"
+    );
+    assert_eq!(
+        dhis2_status(store.event_status("r1", None).await.expect("status")).as_deref(),
+        Some("delivered")
+    );
+    let by_reason = store.dead_letters_by_reason().await.expect("reasons");
+    assert!(
+        by_reason.iter().all(|r| r.stage != "dhis2"),
+        "{by_reason:?}"
+    );
+    let messages = store.pending_statuses(1000).await.expect("statuses");
+    assert!(
+        messages.iter().any(|m| m.destination == "dhis2"
+            && m.status == "delivered"
+            && m.event_id.as_deref() == Some("r1")),
+        "{messages:#?}"
+    );
+    // Refused again later: the same letter opens again, and both rules
+    // say parked.
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
+    }));
+    store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").parked, 1);
+    assert_eq!(open_letters().await, 1);
+    assert_eq!(
+        dhis2_status(store.event_status("r1", None).await.expect("status")).as_deref(),
+        Some("parked")
+    );
 }
 
 kiungo::on_both_backends!(
@@ -938,4 +1056,5 @@ kiungo::on_both_backends!(
     dhis2_totals_follow_edits_and_conflicts_are_parked,
     dhis2_totals_wait_until_settled,
     several_events_share_a_transaction,
+    dhis2_later_acceptance_resolves_the_dead_letter,
 );

@@ -2,7 +2,7 @@
 //! them from the stored contributions, push them in one `dataValueSets`
 //! request, record per value what DHIS2 said.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use tracing::warn;
 
 use super::circuit::Circuit;
 use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
+use super::warn_limit::{failure_class, limiter};
 use super::{PassReport, SinkFailure};
 use crate::store::{DirtyTotal, Store, StoreError, TotalKey, TotalResult};
 
@@ -33,6 +34,32 @@ pub trait Dhis2Destination: Send + Sync + 'static {
         &self,
         values: &[(TotalKey, String)],
     ) -> impl Future<Output = Result<Dhis2Push, SinkFailure>> + Send;
+}
+
+/// One WARN line per failure class of a pass (retried: by HTTP status or
+/// transport; parked: by DHIS2's code), rate-limited per destination and
+/// reason. Messages are the redacted ones stored as reasons: no event
+/// values.
+fn warn_failures(results: &[(DirtyTotal, TotalResult)], now: i64) {
+    let mut classes: BTreeMap<(&'static str, String), (usize, &str)> = BTreeMap::new();
+    for (_, r) in results {
+        let (kind, reason, message) = match r {
+            TotalResult::Pushed => continue,
+            TotalResult::Retry { error, .. } => ("retried", failure_class(error), error.as_str()),
+            TotalResult::Rejected { code, message } => ("parked", code.clone(), message.as_str()),
+        };
+        classes.entry((kind, reason)).or_insert((0, message)).0 += 1;
+    }
+    for ((kind, reason), (values, message)) in classes {
+        let Some(suppressed) = limiter().allow("dhis2", &reason, now) else {
+            continue;
+        };
+        if kind == "retried" {
+            warn!(destination = "dhis2", %reason, values, suppressed, error = %message, "dhis2 push failed; values will be retried");
+        } else {
+            warn!(destination = "dhis2", %reason, values, suppressed, error = %message, "dhis2 refused values; parked");
+        }
+    }
 }
 
 /// The worker.
@@ -154,7 +181,6 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             }
             Err(f) => {
                 self.circuit.success();
-                warn!(values = totals.len(), error = %f.message, "dhis2 refused a push; values parked");
                 totals
                     .into_iter()
                     .map(|t| {
@@ -195,6 +221,7 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             m.delivery("dhis2", "", "", outcome);
         }
         self.store.finish_totals(&results, now).await?;
+        warn_failures(&results, now);
         super::report_health(&self.store, "dhis2", &self.circuit, health, now).await;
         Ok(report)
     }

@@ -16,10 +16,11 @@ pub mod config;
 mod dhis2_worker;
 mod fhir_batch;
 mod fhir_worker;
+pub mod preflight;
 pub mod retry;
 pub mod sinks;
 mod start;
-pub mod withdrawal;
+pub mod warn_limit;
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use kiungo_connectors::dhis2::{
-    DataValue, Dhis2Client, ImportStatus, PreflightReport, ReferenceKind, References,
+    DataValue, Dhis2Client, Dhis2Error, ImportStatus, PreflightReport, ReferenceKind, References,
 };
 use kiungo_connectors::fhir::FhirClient;
 use kiungo_connectors::retry::Retryable;
@@ -214,13 +214,52 @@ impl Dhis2Destination for Dhis2Sink {
                 }
             }
         }
-        for (chunk_no, chunk) in sent.chunks(self.client.batch_size().max(1)).enumerate() {
-            let offset = chunk_no * self.client.batch_size().max(1);
-            let outcome = self
+        let batch = self.client.batch_size().max(1);
+        // Groups of positions in `sent` still to post, the next last: the
+        // batches first, then whatever a conflict without positions or a
+        // 409 WebMessage leaves to find out.
+        let positions: Vec<usize> = (0..sent.len()).collect();
+        let mut groups: Vec<Vec<usize>> = positions
+            .chunks(batch)
+            .rev()
+            .map(<[usize]>::to_vec)
+            .collect();
+        while let Some(group) = groups.pop() {
+            let chunk: Vec<DataValue> = group.iter().map(|&j| sent[j].clone()).collect();
+            let mut park = |j: usize, code: &str, message: &str| {
+                push.rejected
+                    .insert(index_of_sent[j], (code.to_owned(), message.to_owned()));
+            };
+            let outcome = match self
                 .client
-                .post_data_values(chunk, Some(&crate::trace::continue_or_start(None)))
+                .post_data_values(&chunk, Some(&crate::trace::continue_or_start(None)))
                 .await
-                .map_err(|e| dhis2_failure(&e))?;
+            {
+                Ok(outcome) => outcome,
+                Err(e) if e.is_values_conflict() => {
+                    // Permanent for these values, whatever the rest:
+                    // find the offending ones and send the others.
+                    let (code, message) = web_message_reason(&e, &chunk);
+                    match split_by_object(&e, &group, &chunk) {
+                        _ if group.len() == 1 => park(group[0], &code, &message),
+                        Some((with, without)) => {
+                            for j in with {
+                                park(j, &code, &message);
+                            }
+                            if !without.is_empty() {
+                                groups.push(without);
+                            }
+                        }
+                        None => {
+                            let (a, b) = group.split_at(group.len() / 2);
+                            groups.push(b.to_vec());
+                            groups.push(a.to_vec());
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => return Err(dhis2_failure(&e)),
+            };
             if outcome.is_batch_rejected() {
                 let (code, message) = outcome.batch_conflict().map_or_else(
                     || {
@@ -232,73 +271,58 @@ impl Dhis2Destination for Dhis2Sink {
                     |c| {
                         (
                             c.error_code.clone().unwrap_or_else(|| "dhis2_error".into()),
-                            redact(&c.value),
+                            reason_text(&c.value, &chunk),
                         )
                     },
                 );
-                for j in 0..chunk.len() {
-                    push.rejected
-                        .insert(index_of_sent[offset + j], (code.clone(), message.clone()));
+                for &j in &group {
+                    park(j, &code, &message);
                 }
                 continue;
             }
             let attributed = !outcome.rejected(chunk.len()).is_empty()
                 || !outcome.unexplained_rejections(chunk.len()).is_empty();
-            if outcome.status == ImportStatus::Warning && !attributed && chunk.len() > 1 {
-                // Conflicts without positions (servers before 2.38): send
-                // the values one by one to learn which were refused. The
-                // clean ones are stored again unchanged (absolute values).
-                for (j, value) in chunk.iter().enumerate() {
-                    let single = self
-                        .client
-                        .post_data_values(
-                            std::slice::from_ref(value),
-                            Some(&crate::trace::continue_or_start(None)),
-                        )
-                        .await
-                        .map_err(|e| dhis2_failure(&e))?;
-                    if single.status != ImportStatus::Success {
-                        let (code, message) = single.conflicts.first().map_or_else(
-                            || {
-                                (
-                                    "dhis2_rejected".to_owned(),
-                                    redact(single.description.as_deref().unwrap_or_default()),
-                                )
-                            },
-                            |c| {
-                                (
-                                    c.error_code
-                                        .clone()
-                                        .unwrap_or_else(|| "dhis2_conflict".into()),
-                                    redact(&c.value),
-                                )
-                            },
-                        );
-                        push.rejected
-                            .insert(index_of_sent[offset + j], (code, message));
-                    }
+            if outcome.status == ImportStatus::Warning && !attributed {
+                if let [j] = group[..] {
+                    // One value refused without positions (servers before
+                    // 2.38, `/api/37`): the conflict is about it.
+                    let (code, message) = outcome.conflicts.first().map_or_else(
+                        || {
+                            (
+                                "dhis2_rejected".to_owned(),
+                                redact(outcome.description.as_deref().unwrap_or_default()),
+                            )
+                        },
+                        |c| {
+                            (
+                                c.error_code
+                                    .clone()
+                                    .unwrap_or_else(|| "dhis2_conflict".into()),
+                                reason_text(&c.value, &chunk),
+                            )
+                        },
+                    );
+                    park(j, &code, &message);
+                } else {
+                    // Conflicts without positions: send the values one by
+                    // one to learn which were refused. The clean ones are
+                    // stored again unchanged (absolute values).
+                    groups.extend(group.iter().rev().map(|&j| vec![j]));
                 }
                 continue;
             }
-            for (j, conflict) in outcome.rejected(chunk.len()) {
-                push.rejected.insert(
-                    index_of_sent[offset + j],
-                    (
-                        conflict
-                            .error_code
-                            .clone()
-                            .unwrap_or_else(|| "dhis2_conflict".into()),
-                        redact(&conflict.value),
-                    ),
+            for (k, conflict) in outcome.rejected(chunk.len()) {
+                park(
+                    group[k],
+                    conflict.error_code.as_deref().unwrap_or("dhis2_conflict"),
+                    &reason_text(&conflict.value, &chunk),
                 );
             }
-            for j in outcome.unexplained_rejections(chunk.len()) {
-                push.rejected.insert(
-                    index_of_sent[offset + j],
-                    (
-                        "dhis2_rejected".into(),
-                        "DHIS2 listed the value as rejected without a conflict".into(),
-                    ),
+            for k in outcome.unexplained_rejections(chunk.len()) {
+                park(
+                    group[k],
+                    "dhis2_rejected",
+                    "DHIS2 listed the value as rejected without a conflict",
                 );
             }
         }
@@ -306,12 +330,95 @@ impl Dhis2Destination for Dhis2Sink {
     }
 }
 
-/// Logs a preflight report: every reference that does not exist.
-pub fn log_preflight(report: &PreflightReport) {
+/// DHIS2's code and message of a 409 WebMessage.
+fn web_message_reason(e: &Dhis2Error, chunk: &[DataValue]) -> (String, String) {
+    match e {
+        Dhis2Error::Status {
+            message,
+            error_code,
+            ..
+        } => (
+            error_code
+                .clone()
+                .unwrap_or_else(|| "dhis2_conflict".into()),
+            reason_text(message, chunk),
+        ),
+        other => ("dhis2_conflict".into(), redact(&other.to_string())),
+    }
+}
+
+/// The objects a DHIS2 message quotes in backticks (`` `uid` ``).
+fn quoted_objects(message: &str) -> Vec<&str> {
+    message.split('`').skip(1).step_by(2).collect()
+}
+
+/// The identifiers of a value that DHIS2 can name as an object: data
+/// element, org unit, combos, period (never the value).
+fn references(v: &DataValue) -> [&str; 5] {
+    [
+        &v.data_element,
+        &v.org_unit,
+        &v.category_option_combo,
+        &v.attribute_option_combo,
+        &v.period,
+    ]
+}
+
+/// The group's positions split into the values carrying an object the
+/// 409 message names and the others; `None` when no value carries one.
+fn split_by_object(
+    e: &Dhis2Error,
+    group: &[usize],
+    chunk: &[DataValue],
+) -> Option<(Vec<usize>, Vec<usize>)> {
+    let Dhis2Error::Status { message, .. } = e else {
+        return None;
+    };
+    let objects = quoted_objects(message);
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for (&j, v) in group.iter().zip(chunk) {
+        if references(v).iter().any(|r| objects.contains(r)) {
+            with.push(j);
+        } else {
+            without.push(j);
+        }
+    }
+    (!with.is_empty()).then_some((with, without))
+}
+
+/// A DHIS2 message as a reason: cut by the redaction policy, except the
+/// identifiers Kiungo itself sent (`` `uid` `` of a data element, org
+/// unit, combo, or a period id), which are metadata, not personal data,
+/// and what an operator needs to fix the mapping or DHIS2.
+fn reason_text(message: &str, chunk: &[DataValue]) -> String {
+    const MARK: char = '\u{E000}';
+    if message.contains(MARK) {
+        return redact(message);
+    }
+    let sent: Vec<&str> = quoted_objects(message)
+        .into_iter()
+        .filter(|o| !o.is_empty() && chunk.iter().any(|v| references(v).contains(o)))
+        .collect();
+    let mut marked = message.to_owned();
+    for (i, o) in sent.iter().enumerate() {
+        marked = marked.replace(&format!("`{o}`"), &format!("{MARK}{i}{MARK}"));
+    }
+    let mut out = redact(&marked);
+    for (i, o) in sent.iter().enumerate() {
+        out = out.replace(&format!("{MARK}{i}{MARK}"), &format!("`{o}`"));
+    }
+    out
+}
+
+/// Logs a preflight report (every reference that does not exist) and
+/// keeps it for `/v1/preflight` with when it ran and after how many
+/// attempts.
+pub fn log_preflight(report: &PreflightReport, attempts: u32) {
     let missing: Vec<String> = report.missing.iter().map(ToString::to_string).collect();
     let resolved: usize = report.resolved.values().map(BTreeMap::len).sum();
     remember_preflight(serde_json::json!({
         "checked_at_ms": crate::store::now_ms(),
+        "attempts": attempts,
         "complete": report.missing.is_empty(),
         "resolved": resolved,
         "missing": missing,
@@ -350,6 +457,47 @@ mod tests {
     fn server_messages_go_through_the_redaction_policy() {
         let r = redact("HTTP 422: Patient 'Aminata Test-Kamara' is a duplicate of «Zawadi»");
         assert_eq!(r, "HTTP 422: Patient '…' is a duplicate of «…»");
+    }
+
+    fn value(coc: &str) -> DataValue {
+        DataValue {
+            data_element: "fbfJHSPpUQD".into(),
+            period: "202403".into(),
+            org_unit: "DiszpKrYNg8".into(),
+            category_option_combo: coc.into(),
+            attribute_option_combo: "HllvX50cXC0".into(),
+            value: "Aminata".into(),
+        }
+    }
+
+    /// Identifiers Kiungo sent stay in a reason; anything else DHIS2
+    /// quotes (a value, an object Kiungo did not send) is cut.
+    #[test]
+    fn dhis2_reasons_keep_only_the_identifiers_kiungo_sent() {
+        let chunk = [value("PT59n8BQbqM")];
+        assert_eq!(
+            reason_text(
+                "Category option combo not found or not accessible: `PT59n8BQbqM`",
+                &chunk
+            ),
+            "Category option combo not found or not accessible: `PT59n8BQbqM`"
+        );
+        assert_eq!(
+            reason_text(
+                "Value must match value type of data element `fbfJHSPpUQD`: `Aminata`",
+                &chunk
+            ),
+            "Value must match value type of data element `fbfJHSPpUQD`: `…`"
+        );
+        assert_eq!(
+            reason_text("Category option not found: `Aminata Kamara`", &chunk),
+            "Category option not found: `…`"
+        );
+        // A value equal to an identifier is not restored through it.
+        assert_eq!(
+            reason_text("Value `Aminata` refused", &chunk),
+            "Value `…` refused"
+        );
     }
 
     #[test]

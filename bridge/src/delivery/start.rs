@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use super::circuit::Circuit;
 use super::config::DestinationsConfig;
 use super::retry::SystemClock;
-use super::sinks::{Dhis2Sink, log_preflight};
+use super::sinks::Dhis2Sink;
 use super::{Dhis2Worker, FhirWorker};
 use crate::store::Store;
 
@@ -54,7 +54,6 @@ pub fn start(
             batch: f.concurrency,
             per_transaction: f.events_per_transaction.max(1),
             lease: f.lease,
-            withdraw: f.withdraw,
             idle,
             wake: Some(wake),
         };
@@ -82,7 +81,7 @@ pub fn start(
             idle,
         });
         if d.preflight {
-            let (store, w) = (store.clone(), worker.clone());
+            let (store, w, rx) = (store.clone(), worker.clone(), shutdown.clone());
             tokio::spawn(async move {
                 match store.referenced_metadata().await {
                     Ok([des, ous, cocs, aocs]) => {
@@ -92,16 +91,14 @@ pub fn start(
                             category_option_combos: cocs.into_iter().collect(),
                             attribute_option_combos: aocs.into_iter().collect(),
                         };
-                        match w.destination.check(&refs).await {
-                            Ok(report) => log_preflight(&report),
-                            Err(e) => {
-                                super::sinks::remember_preflight(serde_json::json!({
-                                    "checked_at_ms": crate::store::now_ms(),
-                                    "error": e.message,
-                                }));
-                                warn!(error = %e.message, "dhis2 preflight failed; references are checked at each push")
-                            }
-                        }
+                        let retry = w.retry;
+                        super::preflight::until_answered(
+                            || w.destination.check(&refs),
+                            retry,
+                            Arc::new(SystemClock),
+                            rx,
+                        )
+                        .await;
                     }
                     Err(e) => warn!(error = %e, "dhis2 preflight: cannot read the store"),
                 }

@@ -55,6 +55,21 @@ pub enum TotalResult {
     },
 }
 
+/// The one rule for "DHIS2 refused this contribution's total", used by
+/// the event status and the status messages alike: an open dead letter
+/// for the total (aliased `c`, a row of `dhis2_contributions`). A total
+/// DHIS2 accepts after a refusal resolves its letter
+/// ([`Store::finish_totals`]); a letter an operator discarded no longer
+/// counts.
+pub(super) const DHIS2_REFUSED: &str = "EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
+     AND dl.fingerprint = 'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit \
+     || ':' || c.coc || ':' || c.aoc)";
+
+/// The fingerprint of a total's dead letter (one letter per total).
+pub(super) fn dhis2_fingerprint((de, pe, ou, coc, aoc): &TotalKey) -> String {
+    format!("dhis2:{de}:{pe}:{ou}:{coc}:{aoc}")
+}
+
 /// Formats a number the way DHIS2 stores it: integers without a decimal
 /// point.
 pub fn format_number(v: f64) -> String {
@@ -231,6 +246,18 @@ impl Store {
                     .await?;
                     let (sql, b) = clear(t.changes);
                     query(self.backend, sql, b).execute(&mut *tx).await?;
+                    // Accepted after a refusal: the refusal is over. The
+                    // letter counts as replayed (delivered after all);
+                    // its detail goes with `payload_retention`.
+                    query(
+                        self.backend,
+                        "UPDATE dead_letters SET state = 'replayed', resolved_at = $1 \
+                         WHERE fingerprint = $2 AND state = 'open'"
+                            .to_owned(),
+                        vec![now.into(), dhis2_fingerprint(&t.key).into()],
+                    )
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 TotalResult::Rejected { code, message } => {
                     let detail = serde_json::json!({
@@ -245,10 +272,11 @@ impl Store {
                          last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
                          reason = excluded.reason, payload = excluded.payload, \
                          notified = CASE WHEN dead_letters.state = 'discarded' THEN dead_letters.notified ELSE 0 END, \
-                         state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END"
+                         state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END, \
+                         resolved_at = CASE WHEN dead_letters.state = 'discarded' THEN dead_letters.resolved_at END"
                             .to_owned(),
                         vec![
-                            format!("dhis2:{de}:{pe}:{ou}:{coc}:{aoc}").into(),
+                            dhis2_fingerprint(&t.key).into(),
                             code.as_str().into(),
                             message.as_str().into(),
                             Some(detail.to_string().into_bytes()).into(),

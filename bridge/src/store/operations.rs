@@ -103,10 +103,6 @@ pub struct EventStatus {
     pub destinations: Vec<DestinationStatus>,
     /// Dead letters naming this event, without payloads.
     pub dead_letters: Vec<EventDeadLetter>,
-    /// Resources withdrawn from the FHIR server that this event had
-    /// placed (an edit or a replacement no longer produces them), or that
-    /// its delivery withdrew, with when and how.
-    pub withdrawn: Vec<super::Withdrawn>,
 }
 
 /// One destination's part of an [`EventStatus`].
@@ -327,7 +323,6 @@ impl Store {
                 received_at: r.try_get(3)?,
                 destinations: self.fhir_status(&src, event_id).await?,
                 dead_letters: Vec::new(),
-                withdrawn: self.withdrawals_of(&src, event_id).await?,
                 source: src,
             };
             status
@@ -368,11 +363,56 @@ impl Store {
                     received_at: None,
                     destinations: Vec::new(),
                     dead_letters: vec![letter],
-                    withdrawn: Vec::new(),
                 }),
             }
         }
+        for status in &mut out {
+            self.add_dhis2_letters(status).await?;
+        }
         Ok(out)
+    }
+
+    /// The DHIS2 dead letters of the totals `status`'s event contributes
+    /// to (a DHIS2 letter is about a total, not an event), and, when DHIS2
+    /// is `parked` with no error of its own, the first open letter's code
+    /// and message as its `last_error`.
+    async fn add_dhis2_letters(&self, status: &mut EventStatus) -> Result<(), StoreError> {
+        if !status.destinations.iter().any(|d| d.destination == "dhis2") {
+            return Ok(());
+        }
+        let rows = query(
+            self.backend,
+            "SELECT DISTINCT dl.id, dl.stage, dl.reason_code, dl.reason, dl.state \
+             FROM dhis2_contributions c JOIN dead_letters dl ON dl.fingerprint = 'dhis2:' || c.data_element \
+               || ':' || c.period || ':' || c.org_unit || ':' || c.coc || ':' || c.aoc \
+             WHERE c.source = $1 AND c.event_id = $2 ORDER BY dl.id"
+                .to_owned(),
+            vec![status.source.as_str().into(), status.event_id.as_str().into()],
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            status.dead_letters.push(EventDeadLetter {
+                id: r.try_get(0)?,
+                stage: r.try_get(1)?,
+                reason_code: r.try_get(2)?,
+                reason: r.try_get(3)?,
+                state: r.try_get(4)?,
+            });
+        }
+        let first_open = status
+            .dead_letters
+            .iter()
+            .find(|l| l.stage == "dhis2" && l.state == "open")
+            .map(|l| format!("{}: {}", l.reason_code, l.reason));
+        if let Some(d) = status
+            .destinations
+            .iter_mut()
+            .find(|d| d.destination == "dhis2" && d.status == "parked" && d.last_error.is_none())
+        {
+            d.last_error = first_open;
+        }
+        Ok(())
     }
 
     async fn fhir_status(
@@ -415,23 +455,24 @@ impl Store {
         event_id: &str,
     ) -> Result<Vec<DestinationStatus>, StoreError> {
         // Each contribution's total: waiting (dirty), parked (an open
-        // dead letter for the total), or pushed.
+        // dead letter for the total: the rule the status messages use),
+        // or pushed.
         let row = query(
             self.backend,
+            format!(
             "SELECT COUNT(*), \
              COALESCE(SUM(CASE WHEN d.data_element IS NOT NULL THEN 1 ELSE 0 END), 0), \
              COALESCE(SUM(CASE WHEN d.data_element IS NULL AND p.data_element IS NULL THEN 1 ELSE 0 END), 0), \
              MAX(d.last_error), \
-             COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
-               AND dl.fingerprint = 'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit \
-               || ':' || c.coc || ':' || c.aoc) THEN 1 ELSE 0 END), 0) \
+             COALESCE(SUM(CASE WHEN {refused} THEN 1 ELSE 0 END), 0) \
              FROM dhis2_contributions c \
              LEFT JOIN dhis2_dirty d ON d.data_element = c.data_element AND d.period = c.period \
                AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc \
              LEFT JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
                AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
-             WHERE c.source = $1 AND c.event_id = $2"
-                .to_owned(),
+             WHERE c.source = $1 AND c.event_id = $2",
+                refused = super::dhis2::DHIS2_REFUSED
+            ),
             vec![source.into(), event_id.into()],
         )
         .fetch_one(&self.pool)

@@ -150,6 +150,9 @@ pub enum Dhis2Error {
         error_code: Option<String>,
         /// The server's `Retry-After`.
         retry_after: Option<Duration>,
+        /// The body was DHIS2's own WebMessage (JSON with `httpStatusCode`
+        /// or `errorCode`), not a page from something in front of it.
+        web_message: bool,
     },
     /// A 2xx without an import summary or the metadata asked for:
     /// permanent.
@@ -167,6 +170,24 @@ pub enum Dhis2Error {
     /// permanent.
     #[error("cannot encode the data values: {0}")]
     Encode(#[source] serde_json::Error),
+}
+
+impl Dhis2Error {
+    /// `true` for a 409 WebMessage from DHIS2 itself without an import
+    /// summary (E1111 "Category option not found or not accessible" and
+    /// the like): DHIS2 refused something in the values sent, which no
+    /// retry changes. Find the offending values and park them; the
+    /// destination is fine. A 409 page from a proxy is not one.
+    pub fn is_values_conflict(&self) -> bool {
+        matches!(
+            self,
+            Self::Status {
+                status: 409,
+                web_message: true,
+                ..
+            }
+        )
+    }
 }
 
 impl Retryable for Dhis2Error {
@@ -209,11 +230,15 @@ pub(crate) fn error_from_body(
             excerpt(body)
         }
     });
+    let web_message = json.as_ref().is_some_and(|j| {
+        j.get("httpStatusCode").is_some_and(Value::is_u64) || j.get("errorCode").is_some()
+    });
     Dhis2Error::Status {
         status,
         message,
         error_code: text("errorCode"),
         retry_after,
+        web_message,
     }
 }
 

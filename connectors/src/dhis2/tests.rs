@@ -248,6 +248,7 @@ async fn a_409_web_message_without_summary_is_permanent() {
     let server = MockServer::start().await;
     let err = post(&server, 409, E1111).await.expect_err("no summary");
     assert!(!err.is_retryable());
+    assert!(err.is_values_conflict(), "about the values, not the server");
     assert_eq!(
         err.to_string(),
         "dhis2 answered HTTP 409 Conflict: Category option not found or not accessible: `InvalidCategoryOption` (E1111)"
@@ -259,6 +260,15 @@ async fn a_409_web_message_without_summary_is_permanent() {
         panic!("not a status error")
     };
     assert_eq!((status, error_code.as_deref()), (409, Some("E1111")));
+}
+
+#[tokio::test]
+async fn a_409_page_from_a_proxy_is_not_a_values_conflict() {
+    let server = MockServer::start().await;
+    let err = post(&server, 409, "<html><body>409 Conflict</body></html>")
+        .await
+        .expect_err("no summary");
+    assert!(!err.is_values_conflict());
 }
 
 #[tokio::test]

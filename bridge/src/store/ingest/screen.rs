@@ -202,7 +202,6 @@ mod tests {
                 replaces: None,
                 bundle: None,
                 dhis2: Vec::new(),
-                puts: Vec::new(),
             }),
         }
     }
