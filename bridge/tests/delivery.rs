@@ -124,6 +124,7 @@ fn fhir_worker(
         clock: Arc::new(clock.clone()),
         batch: 10,
         per_transaction: 1,
+        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
         wake: None,
@@ -851,6 +852,7 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let dest = ScriptedFhir::default();
     let w = FhirWorker {
         per_transaction: 4,
+        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");
@@ -893,6 +895,7 @@ async fn several_events_share_a_transaction(backend: Backend) {
         .then(Ok(vec!["Patient/1".into()]));
     let w = FhirWorker {
         per_transaction: 4,
+        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");
@@ -913,6 +916,7 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let dest = ScriptedFhir::default().then(Err(transient(None)));
     let w = FhirWorker {
         per_transaction: 4,
+        withdraw: kiungo::delivery::withdrawal::WithdrawMode::Delete,
         ..fhir_worker(&store, dest.clone(), &clock, RETRY)
     };
     let r = w.run_once().await.expect("pass");

@@ -52,6 +52,12 @@ pub struct FhirDestinationConfig {
     /// replica) may take it over; longer than the request timeout.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
+    /// How a resource that an edit, a replacement or a re-mapping no
+    /// longer produces leaves the server: `delete` (the default) or
+    /// `entered-in-error` (an update of its status, for registries that
+    /// forbid deletes; types without such a status are deleted).
+    #[serde(default)]
+    pub withdraw: super::withdrawal::WithdrawMode,
 }
 
 /// `destinations.dhis2`.

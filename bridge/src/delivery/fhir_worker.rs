@@ -47,6 +47,8 @@ pub struct FhirWorker<D> {
     pub per_transaction: usize,
     /// How long a claim holds before another worker may take it over.
     pub lease: Duration,
+    /// How resources an edit no longer produces are withdrawn.
+    pub withdraw: super::withdrawal::WithdrawMode,
     /// Wait between passes when nothing is due.
     pub idle: Duration,
     /// Woken by the committer when new bundles are stored, so that a quiet
@@ -97,6 +99,19 @@ impl<D: FhirDestination> FhirWorker<D> {
         let mut health = super::PassHealth::default();
         for (item, result) in items.iter().zip(&results) {
             let outcome = match result {
+                Delivery::DeliveredWithdrawalRefused { error, .. } => {
+                    report.delivered += 1;
+                    health.success_at = Some(now);
+                    m.park("fhir", &item.source, "fhir_withdrawal_refused");
+                    warn!(
+                        outbox = item.id,
+                        source = %item.source,
+                        error = %error,
+                        "fhir server refused to withdraw what an earlier version placed; \
+                         the new version was delivered without it and the withdrawal parked"
+                    );
+                    "delivered"
+                }
                 Delivery::Delivered { .. } => {
                     report.delivered += 1;
                     health.success_at = Some(now);
@@ -117,7 +132,18 @@ impl<D: FhirDestination> FhirWorker<D> {
             };
             m.delivery("fhir", &item.source, &item.mapping, outcome);
         }
-        let recorded: Vec<(OutboxItem, Delivery)> = items.into_iter().zip(results).collect();
+        let mut recorded: Vec<(OutboxItem, Delivery)> = items.into_iter().zip(results).collect();
+        if self.withdraw == super::withdrawal::WithdrawMode::EnteredInError {
+            for (item, result) in &mut recorded {
+                if matches!(
+                    result,
+                    Delivery::Delivered { .. } | Delivery::DeliveredWithdrawalRefused { .. }
+                ) && !item.puts.is_empty()
+                {
+                    item.marked_bodies = super::withdrawal::marked_bodies(&item.bundle);
+                }
+            }
+        }
         self.store.record_fhir_many(&recorded, now).await?;
         super::report_health(&self.store, "fhir", &self.circuit, health, now).await;
         Ok(report)
@@ -129,9 +155,17 @@ impl<D: FhirDestination> FhirWorker<D> {
         if self.per_transaction <= 1 || items.len() == 1 {
             return join_all(items.iter().map(|item| self.deliver(item))).await;
         }
+        // A bundle that withdraws what earlier versions placed goes alone:
+        // its withdrawals are its own, refused or not.
         let parsed: Vec<Option<super::fhir_batch::Parsed>> = items
             .iter()
-            .map(|i| super::fhir_batch::parse(&i.bundle))
+            .map(|i| {
+                if i.withdrawals().next().is_some() {
+                    None
+                } else {
+                    super::fhir_batch::parse(&i.bundle)
+                }
+            })
             .collect();
         let groups = super::fhir_batch::group(&parsed, self.per_transaction);
         let sent = join_all(groups.iter().map(|members| {
@@ -233,20 +267,60 @@ impl<D: FhirDestination> FhirWorker<D> {
             event_id = %item.event_id,
             trace_id = crate::trace::trace_id(traceparent.as_deref().unwrap_or("")),
         );
+        let with = super::withdrawal::with_withdrawals(item);
+        let own_empty = super::withdrawal::is_empty(&item.bundle);
+        if with.is_none() && own_empty {
+            // An edit's bundle that only withdraws, with nothing placed to
+            // withdraw: nothing to send.
+            return Delivery::Delivered {
+                server_ids: Vec::new(),
+            };
+        }
         let started = std::time::Instant::now();
         let sent = self
             .destination
-            .transaction(&item.bundle, traceparent.as_deref())
+            .transaction(
+                with.as_deref().unwrap_or(&item.bundle),
+                traceparent.as_deref(),
+            )
             .instrument(span.clone())
             .await;
-        let _entered = span.enter();
         crate::metrics::metrics().observe_request("fhir", started.elapsed().as_secs_f64());
         match sent {
             Ok(server_ids) => {
+                let _entered = span.enter();
                 self.circuit.success();
                 Delivery::Delivered { server_ids }
             }
-            Err(f) => self.failed(item, f),
+            Err(refused) if with.is_some() && !refused.retryable => {
+                // The server answered: it is up. Refused with the
+                // withdrawals (a resource referenced elsewhere: 409, 412):
+                // the new version goes alone and the withdrawal is parked.
+                self.circuit.success();
+                if own_empty {
+                    return Delivery::DeliveredWithdrawalRefused {
+                        server_ids: Vec::new(),
+                        error: refused.message,
+                    };
+                }
+                let again = self
+                    .destination
+                    .transaction(&item.bundle, traceparent.as_deref())
+                    .instrument(span.clone())
+                    .await;
+                let _entered = span.enter();
+                match again {
+                    Ok(server_ids) => Delivery::DeliveredWithdrawalRefused {
+                        server_ids,
+                        error: refused.message,
+                    },
+                    Err(f) => self.failed(item, f),
+                }
+            }
+            Err(f) => {
+                let _entered = span.enter();
+                self.failed(item, f)
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub mod retry;
 pub mod sinks;
 mod start;
 pub mod warn_limit;
+pub mod withdrawal;
 
 use std::time::Duration;
 

@@ -54,6 +54,7 @@ pub fn start(
             batch: f.concurrency,
             per_transaction: f.events_per_transaction.max(1),
             lease: f.lease,
+            withdraw: f.withdraw,
             idle,
             wake: Some(wake),
         };

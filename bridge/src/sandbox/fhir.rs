@@ -57,6 +57,8 @@ struct Stored {
 #[derive(Debug, Default)]
 struct Resources {
     by_type: BTreeMap<String, BTreeMap<String, Stored>>,
+    /// `Type/id` of resources deleted and not written since.
+    deleted: BTreeSet<String>,
     /// (type, system, value) -> ids.
     identifiers: HashMap<(String, String, String), BTreeSet<String>>,
 }
@@ -499,7 +501,26 @@ impl FhirState {
             total += by_id.len();
             all.extend(by_id.values().map(|s| s.resource.clone()));
         }
-        json!({"total": total, "counts": counts, "resources": all})
+        // Withdrawn: deleted, or marked entered-in-error in place.
+        let entered_in_error: Vec<String> = all
+            .iter()
+            .filter(|r| {
+                r.get("status").and_then(Value::as_str) == Some("entered-in-error")
+                    || r.get("lifecycleStatus").and_then(Value::as_str) == Some("entered-in-error")
+                    || r.pointer("/verificationStatus/coding/0/code")
+                        .and_then(Value::as_str)
+                        == Some("entered-in-error")
+            })
+            .filter_map(|r| {
+                Some(format!(
+                    "{}/{}",
+                    r.get("resourceType")?.as_str()?,
+                    r.get("id")?.as_str()?
+                ))
+            })
+            .collect();
+        json!({"total": total, "counts": counts, "resources": all,
+               "deleted": store.deleted, "entered_in_error": entered_in_error})
     }
 
     /// Registers a transaction request as in flight, counting an overlap
@@ -684,6 +705,7 @@ impl FhirState {
             let response = match p.action {
                 Action::Delete => {
                     store.remove(&p.ty, &p.id);
+                    store.deleted.insert(format!("{}/{}", p.ty, p.id));
                     json!({"response": {"status": "204 No Content"}})
                 }
                 Action::Unchanged => {
@@ -694,6 +716,7 @@ impl FhirState {
                     entry_response(&store, base, representation, p, "200 OK", version, &last)
                 }
                 Action::Create | Action::Update => {
+                    store.deleted.remove(&format!("{}/{}", p.ty, p.id));
                     let version = store.get(&p.ty, &p.id).map_or(1, |s| s.version + 1);
                     let mut resource = p.resource.clone().unwrap_or_else(|| json!({}));
                     if let Some(o) = resource.as_object_mut() {

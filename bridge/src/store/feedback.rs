@@ -36,6 +36,16 @@ pub enum StatusOrigin {
         /// once DHIS2 accepts the total.
         dhis2_key: Option<[String; 5]>,
     },
+    /// Resources an event had placed on the FHIR server, withdrawn by
+    /// the delivery of the live event that replaced it.
+    Withdrawn {
+        /// Source app.
+        source: String,
+        /// The withdrawn event.
+        event_id: String,
+        /// The highest `fhir_withdrawals` id covered.
+        up_to: i64,
+    },
     /// DHIS2 contributions of one event now in accepted totals.
     Dhis2 {
         /// Source app.
@@ -63,7 +73,8 @@ pub struct StatusMessage {
     pub mapping: Option<String>,
     /// `ingest`, `fhir` or `dhis2`.
     pub destination: String,
-    /// `delivered` or `parked`.
+    /// `delivered`, `parked`, or `withdrawn` (FHIR: what the event had
+    /// placed was withdrawn; an edit or a replacement stands for it).
     pub status: String,
     /// Reason code, when parked.
     pub reason_code: Option<String>,
@@ -123,6 +134,48 @@ impl Store {
                 dead_letter_id: None,
                 at_ms: delivered_at,
                 origin: StatusOrigin::Fhir { id, delivered_at },
+                publish: true,
+            });
+        }
+        // Withdrawn events: one message per event, whatever number of
+        // resources went.
+        let rows = query(
+            self.backend,
+            "SELECT source, event_id, MAX(id), MAX(withdrawn_at), MAX(by_event_id), COUNT(*) \
+             FROM fhir_withdrawals WHERE id IN (SELECT id FROM fhir_withdrawals WHERE notified = 0 \
+             ORDER BY id LIMIT $1) GROUP BY source, event_id"
+                .to_owned(),
+            vec![limit.into()],
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in &rows {
+            let source: String = r.try_get(0)?;
+            let event_id: String = r.try_get(1)?;
+            let up_to: i64 = r.try_get(2)?;
+            let at: i64 = r.try_get(3)?;
+            let by: String = r.try_get(4)?;
+            let n: i64 = r.try_get(5)?;
+            out.push(StatusMessage {
+                status_id: bounded(format!("withdrawn:{source}:{event_id}:{up_to}")),
+                source: source.clone(),
+                event_id: Some(event_id.clone()),
+                message_id: None,
+                mapping: None,
+                destination: "fhir".into(),
+                status: "withdrawn".into(),
+                reason_code: Some("replaced".into()),
+                reason: Some(format!(
+                    "{n} resource(s) this event had placed were withdrawn from the FHIR server: \
+                     event {by} stands for it"
+                )),
+                dead_letter_id: None,
+                at_ms: at,
+                origin: StatusOrigin::Withdrawn {
+                    source,
+                    event_id,
+                    up_to,
+                },
                 publish: true,
             });
         }
@@ -314,6 +367,25 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for origin in published {
             match origin {
+                StatusOrigin::Withdrawn {
+                    source,
+                    event_id,
+                    up_to,
+                } => {
+                    query(
+                        self.backend,
+                        "UPDATE fhir_withdrawals SET notified = 1 WHERE source = $1 AND event_id = $2 \
+                         AND id <= $3 AND notified = 0"
+                            .to_owned(),
+                        vec![
+                            source.as_str().into(),
+                            event_id.as_str().into(),
+                            (*up_to).into(),
+                        ],
+                    )
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 StatusOrigin::Fhir { id, delivered_at } => {
                     query(
                         self.backend,

@@ -83,17 +83,40 @@ pub struct Outputs {
     pub bundle: Option<(String, usize)>,
     /// DHIS2 contributions.
     pub dhis2: Vec<Dhis2Contribution>,
+    /// `Type/id` of every bundle entry written with `PUT` at its own id:
+    /// what the bundle places on the server for this event (conditional
+    /// creates are shared and never withdrawn).
+    pub puts: Vec<String>,
 }
 
 impl From<MappedEvent> for Outputs {
     fn from(m: MappedEvent) -> Self {
+        let puts = m
+            .fhir
+            .iter()
+            .filter(|e| e.request.method == "PUT" && !e.request.url.contains('?'))
+            .map(|e| e.request.url.clone())
+            .collect();
+        // Written straight to text: building a `Value` first copied every
+        // entry once more per event.
         let bundle = (!m.fhir.is_empty()).then(|| {
-            let json = serde_json::json!({
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": m.fhir,
+            let text = serde_json::to_string(&TransactionBundle {
+                resource_type: "Bundle",
+                kind: "transaction",
+                entry: &m.fhir,
+            })
+            .unwrap_or_else(|_| {
+                // Entries are JSON values and strings, which always
+                // serialize; should that change, the slower way still
+                // keeps every entry.
+                serde_json::json!({
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": m.fhir,
+                })
+                .to_string()
             });
-            (json.to_string(), m.fhir.len())
+            (text, m.fhir.len())
         });
         Self {
             mapping: m.mapping,
@@ -102,8 +125,20 @@ impl From<MappedEvent> for Outputs {
             replaces: m.replaces,
             bundle,
             dhis2: m.dhis2,
+            puts,
         }
     }
+}
+
+/// The stored transaction bundle of one event, in the key order a reader
+/// expects (`resourceType`, `type`, `entry`).
+#[derive(Serialize)]
+struct TransactionBundle<'a> {
+    #[serde(rename = "resourceType")]
+    resource_type: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    entry: &'a [kiungo_mappings::FhirEntry],
 }
 
 /// Why an event could not be mapped: it is parked as a dead letter.
@@ -207,6 +242,24 @@ impl Current {
 
 type Key = (String, String);
 
+/// A bundle one batch stores in the outbox.
+struct PlannedBundle {
+    hash: String,
+    mapping: String,
+    entries: usize,
+    bundle: String,
+    traceparent: Option<String>,
+    /// `Type/id` placed with `PUT`, one per line.
+    puts: String,
+    /// An edit's, a replacement's: its claim computes what earlier
+    /// versions placed that it no longer produces.
+    withdraw_check: bool,
+}
+
+/// The bundle of an edit or replacement that produces no FHIR resources
+/// of its own: it exists to withdraw what earlier versions placed.
+const EMPTY_BUNDLE: &str = r#"{"resourceType":"Bundle","type":"transaction","entry":[]}"#;
+
 /// Everything one batch writes.
 #[derive(Default)]
 struct Plan {
@@ -215,12 +268,15 @@ struct Plan {
     /// withdrawn.
     withdraw: Vec<Key>,
     contributions: IndexMap<Key, Vec<Dhis2Contribution>>,
-    bundles: IndexMap<Key, (String, String, usize, String, Option<String>)>,
+    bundles: IndexMap<Key, PlannedBundle>,
     versions: Vec<(Key, String)>,
     /// Stored events withdrawn by a replacement, with the live event that
     /// now stands for them: if the withdrawn event's bundle reached the
     /// server (or is on its way), the live one's is sent again after it.
     resends: Vec<(Key, String)>,
+    /// Events withdrawn in this batch, with their live successor: stored
+    /// events that pointed at them point at the successor.
+    repoint: Vec<(Key, String)>,
 }
 
 impl Store {
@@ -478,30 +534,52 @@ impl Store {
         let bundles = plan
             .bundles
             .iter()
-            .map(
-                |((source, event_id), (hash, mapping, entries, bundle, traceparent))| {
-                    vec![
-                        source.as_str().into(),
-                        event_id.as_str().into(),
-                        hash.as_str().into(),
-                        mapping.as_str().into(),
-                        bundle.as_str().into(),
-                        (*entries as i64).into(),
-                        now.into(),
-                        now.into(),
-                        now.into(),
-                        traceparent.clone().into(),
-                    ]
-                },
-            )
+            .map(|((source, event_id), b)| {
+                vec![
+                    source.as_str().into(),
+                    event_id.as_str().into(),
+                    b.hash.as_str().into(),
+                    b.mapping.as_str().into(),
+                    b.bundle.as_str().into(),
+                    (b.entries as i64).into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                    b.traceparent.clone().into(),
+                    (!b.puts.is_empty()).then(|| b.puts.clone()).into(),
+                    i64::from(b.withdraw_check).into(),
+                ]
+            })
             .collect();
         self.execute_all(&mut tx, multi_row(
             "INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, \
-             next_attempt_at, created_at, updated_at, traceparent)",
+             next_attempt_at, created_at, updated_at, traceparent, puts, withdraw_check)",
             "ON CONFLICT (source, event_id, version_hash) DO NOTHING",
-            10,
+            12,
             bundles,
         )).await?;
+
+        // Withdrawn events point at the live event that stands for them,
+        // never at another withdrawn one: with X <- Y committed earlier
+        // and Y <- Z now, X points at Z, so that Z's bundle waits for X's
+        // in flight and withdraws what X placed (one index probe per
+        // replacement, `events_superseded_by`).
+        for ((source, withdrawn), live) in &plan.repoint {
+            query(
+                self.backend,
+                "UPDATE events SET superseded_by = $1, updated_at = $2 \
+                 WHERE source = $3 AND superseded_by = $4"
+                    .to_owned(),
+                vec![
+                    live.as_str().into(),
+                    now.into(),
+                    source.as_str().into(),
+                    withdrawn.as_str().into(),
+                ],
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
 
         // Out-of-order replacements: the live version's bundle goes again
         // (after the withdrawn event's bundles in flight, which the claim
@@ -515,7 +593,8 @@ impl Store {
                 "UPDATE fhir_outbox SET \
                  state = CASE WHEN state = 'delivered' THEN 'pending' ELSE state END, \
                  next_attempt_at = CASE WHEN state = 'delivered' THEN $1 ELSE next_attempt_at END, \
-                 resend = CASE WHEN state = 'delivering' THEN 1 ELSE resend END, updated_at = $1 \
+                 resend = CASE WHEN state = 'delivering' THEN 1 ELSE resend END, updated_at = $1, \
+                 withdraw_check = 1 \
                  WHERE source = $2 AND event_id = $3 AND state IN ('delivered', 'delivering') \
                  AND version_hash = (SELECT e.version_hash FROM events e WHERE e.source = $2 \
                      AND e.event_id = $3 AND e.state = 'live') \
@@ -673,20 +752,37 @@ impl Plan {
         if !m.dhis2.is_empty() {
             self.contributions.insert(key.clone(), m.dhis2.clone());
         }
-        if let Some((bundle, entries)) = &m.bundle {
+        // An edit or a replacement withdraws what earlier versions placed
+        // and it no longer produces; one without resources of its own gets
+        // an empty bundle for that (sent only if there is something to
+        // withdraw).
+        let replaces = m
+            .replaces
+            .as_ref()
+            .is_some_and(|o| !o.is_empty() && *o != m.event_id);
+        let withdraw_check = outcome == Outcome::Replaced || replaces;
+        let bundle = match &m.bundle {
+            Some((bundle, entries)) => Some((bundle.clone(), *entries)),
+            None if withdraw_check => Some((EMPTY_BUNDLE.to_owned(), 0)),
+            None => None,
+        };
+        if let Some((bundle, entries)) = bundle {
             self.bundles.insert(
                 key.clone(),
-                (
+                PlannedBundle {
                     hash,
-                    m.mapping.clone(),
-                    *entries,
-                    bundle.clone(),
-                    ing.headers
+                    mapping: m.mapping.clone(),
+                    entries,
+                    bundle,
+                    traceparent: ing
+                        .headers
                         .as_ref()
                         .and_then(|h| h.get("traceparent"))
                         .and_then(serde_json::Value::as_str)
                         .map(str::to_owned),
-                ),
+                    puts: m.puts.join("\n"),
+                    withdraw_check,
+                },
             );
         }
         // The new version's bundle (if any) is pending and waits for the
@@ -716,6 +812,21 @@ impl Plan {
                     c.state = State::Superseded;
                     c.superseded_by = Some(successor.clone());
                     c.changed = true;
+                }
+                // Whatever pointed at the withdrawn event now points at
+                // the live one: in this batch here, stored rows by the
+                // repoint statement.
+                for (k, c) in self.rows.iter_mut() {
+                    if k.0 == ing.source
+                        && c.state == State::Superseded
+                        && c.superseded_by.as_deref() == Some(old.as_str())
+                    {
+                        c.superseded_by = Some(successor.clone());
+                        c.changed = true;
+                    }
+                }
+                if in_db {
+                    self.repoint.push((old_key.clone(), successor.clone()));
                 }
                 if in_db && live_may_be_out {
                     self.resends.push((old_key, successor));

@@ -46,9 +46,9 @@ pub use operations::{
     Flow, ReasonCount,
 };
 pub use outbox::{Delivery, OutboxItem, Placed};
-pub use withdrawal::Withdrawn;
 pub use read::{DeadLetter, DeadLetterFilter, EventRow, Stats, TotalKey};
 pub use retention::PurgeReport;
+pub use withdrawal::Withdrawn;
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

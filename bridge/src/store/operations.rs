@@ -103,6 +103,10 @@ pub struct EventStatus {
     pub destinations: Vec<DestinationStatus>,
     /// Dead letters naming this event, without payloads.
     pub dead_letters: Vec<EventDeadLetter>,
+    /// Resources withdrawn from the FHIR server that this event had
+    /// placed (an edit or a replacement no longer produces them), or that
+    /// its delivery withdrew, with when and how.
+    pub withdrawn: Vec<super::Withdrawn>,
 }
 
 /// One destination's part of an [`EventStatus`].
@@ -323,6 +327,7 @@ impl Store {
                 received_at: r.try_get(3)?,
                 destinations: self.fhir_status(&src, event_id).await?,
                 dead_letters: Vec::new(),
+                withdrawn: self.withdrawals_of(&src, event_id).await?,
                 source: src,
             };
             status
@@ -363,6 +368,7 @@ impl Store {
                     received_at: None,
                     destinations: Vec::new(),
                     dead_letters: vec![letter],
+                    withdrawn: Vec::new(),
                 }),
             }
         }

@@ -36,6 +36,40 @@ pub struct OutboxItem {
     pub lease_until: i64,
     /// The event's W3C `traceparent`, forwarded (as a child) with it.
     pub traceparent: Option<String>,
+    /// `Type/id` of each resource the bundle writes with `PUT`: recorded
+    /// as placed by this event once delivered.
+    pub puts: Vec<String>,
+    /// Resources earlier versions of this event, or events it replaced,
+    /// placed on the server: those marked `withdraw` it no longer
+    /// produces, and they go in the same transaction (computed at claim).
+    pub placed_before: Vec<Placed>,
+    /// Where the destination withdraws by `entered-in-error` updates: each
+    /// placed resource (`Type/id`) marked so, kept with its placement
+    /// (set by the worker before it records a delivery).
+    pub marked_bodies: Vec<(String, String)>,
+}
+
+impl OutboxItem {
+    /// The resources this delivery withdraws.
+    pub fn withdrawals(&self) -> impl Iterator<Item = &Placed> {
+        self.placed_before.iter().filter(|p| p.withdraw)
+    }
+}
+
+/// A resource an event placed on the FHIR server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The event that placed it (this one, or one it replaced).
+    pub event_id: String,
+    /// `Type/id`.
+    pub resource: String,
+    /// The resource marked `entered-in-error`, where the destination
+    /// withdraws that way and the type has such a status.
+    pub body: Option<String>,
+    /// Whether this delivery withdraws it: the event no longer produces it
+    /// and no other event placed it. Otherwise the record is only moved
+    /// (produced again) or dropped (still placed by another event).
+    pub withdraw: bool,
 }
 
 /// What happened to one claimed bundle.
@@ -45,6 +79,16 @@ pub enum Delivery {
     Delivered {
         /// `Type/id` per entry, as the server answered.
         server_ids: Vec<String>,
+    },
+    /// The server accepted the bundle but refused, in a first attempt,
+    /// the withdrawal of resources earlier versions placed (409, 412: the
+    /// resource is referenced elsewhere): the bundle was delivered without
+    /// them and the withdrawal is parked with the server's message.
+    DeliveredWithdrawalRefused {
+        /// `Type/id` per entry, as the server answered.
+        server_ids: Vec<String>,
+        /// The server's answer to the transaction with the withdrawals.
+        error: String,
     },
     /// A transient failure: try again at `next_attempt_at`.
     Retry {
@@ -142,7 +186,8 @@ impl Store {
                    WHERE p.source = x.source AND p.event_id = x.event_id \
                    AND p.state IN ('pending', 'delivering'))) \
                ORDER BY o.next_attempt_at, o.id LIMIT $4 {lock}) \
-             RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent"
+             RETURNING id, source, event_id, mapping, bundle, attempts, created_at, lease_until, traceparent, \
+             puts, withdraw_check"
         );
         let mut tx = self.begin_write().await?;
         if self.lease_sweep_due(now) {
@@ -176,9 +221,24 @@ impl Store {
                     created_at: r.try_get(6)?,
                     lease_until: r.try_get::<Option<i64>, _>(7)?.unwrap_or(0),
                     traceparent: r.try_get(8)?,
+                    puts: r
+                        .try_get::<Option<String>, _>(9)?
+                        .map(|p| p.lines().map(str::to_owned).collect())
+                        .unwrap_or_default(),
+                    placed_before: Vec::new(),
+                    marked_bodies: Vec::new(),
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let checks: Vec<bool> = rows
+            .iter()
+            .map(|r| r.try_get::<i64, _>(10).map(|c| c != 0))
+            .collect::<Result<_, sqlx::Error>>()?;
+        for (item, check) in items.iter_mut().zip(checks) {
+            if check {
+                item.placed_before = self.placed_before(item).await?;
+            }
+        }
         items.sort_by_key(|i| i.id);
         Ok(items)
     }
@@ -229,10 +289,35 @@ impl Store {
             }
             query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
+        for (item, _) in &delivered {
+            self.record_placements(&mut tx, item, true, now).await?;
+        }
         for (item, result) in rest {
             self.record_one(&mut tx, item, result, now).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn mark_delivered(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        item: &OutboxItem,
+        server_ids: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let ids = serde_json::to_string(server_ids).unwrap_or_else(|_| "[]".into());
+        query(
+            self.backend,
+            format!(
+                "UPDATE fhir_outbox SET {RESEND_OR_DELIVERED}, attempts = attempts + 1, delivered_at = $1, \
+                 updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3, notified = 0 \
+                 WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
+            ),
+            vec![now.into(), now.into(), ids.into(), item.id.into(), item.lease_until.into()],
+        )
+        .execute(&mut **tx)
+        .await?;
         Ok(())
     }
 
@@ -245,15 +330,48 @@ impl Store {
     ) -> Result<(), StoreError> {
         match result {
             Delivery::Delivered { server_ids } => {
-                let ids = serde_json::to_string(server_ids).unwrap_or_else(|_| "[]".into());
+                self.mark_delivered(tx, item, server_ids, now).await?;
+                self.record_placements(tx, item, true, now).await?;
+            }
+            Delivery::DeliveredWithdrawalRefused { server_ids, error } => {
+                self.mark_delivered(tx, item, server_ids, now).await?;
+                self.record_placements(tx, item, false, now).await?;
+                let withdrawals: Vec<serde_json::Value> = item
+                    .withdrawals()
+                    .map(|p| {
+                        serde_json::json!({
+                            "event_id": p.event_id,
+                            "resource": p.resource,
+                            "method": super::withdrawal::withdraw_method(p),
+                        })
+                    })
+                    .collect();
+                let payload = serde_json::to_vec(&withdrawals).unwrap_or_default();
                 query(
                     self.backend,
-                    format!(
-                        "UPDATE fhir_outbox SET {RESEND_OR_DELIVERED}, attempts = attempts + 1, delivered_at = $1, \
-                         updated_at = $2, lease_until = NULL, last_error = NULL, server_ids = $3, notified = 0 \
-                         WHERE id = $4 AND state = 'delivering' AND lease_until = $5"
-                    ),
-                    vec![now.into(), now.into(), ids.into(), item.id.into(), item.lease_until.into()],
+                    "INSERT INTO dead_letters (fingerprint, stage, source, message_id, event_id, mapping, \
+                     reason_code, reason, payload, received_at, last_seen_at) \
+                     VALUES ($1, 'fhir', $2, $3, $4, $5, 'fhir_withdrawal_refused', $6, $7, $8, $9) \
+                     ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
+                     last_seen_at = excluded.last_seen_at, reason = excluded.reason, \
+                     payload = excluded.payload, state = 'open', notified = 0"
+                        .to_owned(),
+                    vec![
+                        format!("fhir-withdraw:{}", item.id).into(),
+                        item.source.as_str().into(),
+                        Some(format!("outbox:{}", item.id)).into(),
+                        Some(item.event_id.clone()).into(),
+                        Some(item.mapping.clone()).into(),
+                        format!(
+                            "the FHIR server refused to withdraw {} resource(s) earlier versions placed; \
+                             the new version was delivered without the withdrawal: {error}",
+                            withdrawals.len()
+                        )
+                        .into(),
+                        Some(payload).into(),
+                        now.into(),
+                        now.into(),
+                    ],
                 )
                 .execute(&mut **tx)
                 .await?;

@@ -202,6 +202,7 @@ mod tests {
                 replaces: None,
                 bundle: None,
                 dhis2: Vec::new(),
+                puts: Vec::new(),
             }),
         }
     }
