@@ -38,6 +38,8 @@ const LARGE: &[&str] = &[
     "dhis2_pushed",
     "dead_letters",
     "audit_log",
+    "fhir_placed",
+    "fhir_withdrawals",
 ];
 
 /// A CHT visit as the committer receives it; the transport fields do
@@ -71,7 +73,7 @@ fn backlog_sql(backend: Backend) -> String {
          INSERT INTO event_versions (source, event_id, version_hash, seen_at) \
            SELECT source, event_id, version_hash, received_at FROM events; \
          INSERT INTO fhir_outbox (source, event_id, version_hash, mapping, bundle, entries, state, \
-           next_attempt_at, created_at, updated_at, lease_until, notified, server_ids) \
+           next_attempt_at, created_at, updated_at, lease_until, notified, server_ids, puts, withdraw_check) \
          SELECT source, event_id, version_hash, 'm', \
            CASE WHEN received_at % 10 < 6 OR received_at % 10 = 8 OR received_at % 100 = 7 THEN '{{}}' END, 2, \
            CASE WHEN received_at % 50 = 0 THEN 'superseded' WHEN received_at % 10 < 6 THEN 'pending' \
@@ -79,7 +81,14 @@ fn backlog_sql(backend: Backend) -> String {
              ELSE 'dead' END, \
            received_at, received_at, received_at, \
            CASE WHEN received_at % 10 = 8 THEN 9000000000000 END, \
-           CASE WHEN received_at % 3 = 0 THEN 0 ELSE 1 END, '[]' FROM events; \
+           CASE WHEN received_at % 3 = 0 THEN 0 ELSE 1 END, '[]', 'Encounter/' || event_id, \
+           CASE WHEN received_at % 20 = 1 THEN 1 ELSE 0 END FROM events; \
+         INSERT INTO fhir_placed (source, event_id, resource, outbox_id, placed_at) \
+           SELECT source, event_id, 'Encounter/' || event_id, 0, received_at FROM events; \
+         INSERT INTO fhir_withdrawals (source, event_id, resource, method, by_event_id, outbox_id, \
+           withdrawn_at, notified) \
+           SELECT source, event_id, 'Observation/' || event_id, 'DELETE', event_id, 0, received_at, \
+             CASE WHEN received_at % 10 = 0 THEN 0 ELSE 1 END FROM events WHERE received_at % 5 = 0; \
          INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, org_unit, coc, aoc, \
            aggregation, value, value_num, event_date, created_at, notified) \
          SELECT source, event_id, 'r', 'de' || (received_at % 7), '2026' || (received_at % 9 + 10), \
@@ -305,6 +314,7 @@ async fn hot_statements_stay_proportional(backend: Backend) {
         &[
             "fhir_outbox_notify",
             "dead_letters_notify",
+            "fhir_withdrawals_notify",
             "dhis2_contributions_notify",
             // Known and open (issue 16): which DHIS2 contributions can be
             // told "delivered" is found by joining every unpublished

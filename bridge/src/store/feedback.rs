@@ -138,24 +138,31 @@ impl Store {
             });
         }
         // Withdrawn events: one message per event, whatever number of
-        // resources went.
+        // resources went (rows of one event are grouped here, in order).
         let rows = query(
             self.backend,
-            "SELECT source, event_id, MAX(id), MAX(withdrawn_at), MAX(by_event_id), COUNT(*) \
-             FROM fhir_withdrawals WHERE id IN (SELECT id FROM fhir_withdrawals WHERE notified = 0 \
-             ORDER BY id LIMIT $1) GROUP BY source, event_id"
+            "SELECT id, source, event_id, withdrawn_at, by_event_id FROM fhir_withdrawals \
+             WHERE notified = 0 ORDER BY id LIMIT $1"
                 .to_owned(),
             vec![limit.into()],
         )
         .fetch_all(&self.pool)
         .await?;
+        let mut withdrawn: indexmap::IndexMap<(String, String), (i64, i64, String, i64)> =
+            indexmap::IndexMap::new();
         for r in &rows {
-            let source: String = r.try_get(0)?;
-            let event_id: String = r.try_get(1)?;
-            let up_to: i64 = r.try_get(2)?;
-            let at: i64 = r.try_get(3)?;
-            let by: String = r.try_get(4)?;
-            let n: i64 = r.try_get(5)?;
+            let (id, source, event_id): (i64, String, String) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let (at, by): (i64, String) = (r.try_get(3)?, r.try_get(4)?);
+            let e = withdrawn
+                .entry((source, event_id))
+                .or_insert((id, at, by.clone(), 0));
+            e.0 = e.0.max(id);
+            e.1 = e.1.max(at);
+            e.2 = by;
+            e.3 += 1;
+        }
+        for ((source, event_id), (up_to, at, by, n)) in withdrawn {
             out.push(StatusMessage {
                 status_id: bounded(format!("withdrawn:{source}:{event_id}:{up_to}")),
                 source: source.clone(),

@@ -40,14 +40,17 @@ pub struct Withdrawn {
 impl Store {
     /// What the event of `item` and the events it replaced placed on the
     /// server, each marked with whether `item`'s delivery withdraws it.
+    /// The replaced events are a list probed by primary key, not a join:
+    /// SQLite, without statistics, planned the join as a walk of every
+    /// placement of the source.
     pub(crate) async fn placed_before(&self, item: &OutboxItem) -> Result<Vec<Placed>, StoreError> {
         let rows = query(
             self.backend,
             "SELECT event_id, resource, body FROM fhir_placed WHERE source = $1 AND event_id = $2 \
              UNION ALL \
-             SELECT p.event_id, p.resource, p.body FROM events e JOIN fhir_placed p \
-               ON p.source = e.source AND p.event_id = e.event_id \
-             WHERE e.source = $1 AND e.superseded_by = $2"
+             SELECT p.event_id, p.resource, p.body FROM fhir_placed p WHERE p.source = $1 \
+               AND p.event_id IN (SELECT e.event_id FROM events e WHERE e.source = $1 \
+                 AND e.superseded_by = $2)"
                 .to_owned(),
             vec![item.source.as_str().into(), item.event_id.as_str().into()],
         )
