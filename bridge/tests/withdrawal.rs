@@ -280,6 +280,20 @@ async fn cht_edit_with_a_new_id(backend: Backend) {
         rig.store.placed_by("cht", "visit-a").await.expect("placed"),
         Vec::<String>::new()
     );
+    // The app hears `withdrawn` for the original, once.
+    let statuses = rig.store.pending_statuses(100).await.expect("statuses");
+    let withdrawn: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.status == "withdrawn")
+        .collect();
+    assert_eq!(withdrawn.len(), 1, "{statuses:?}");
+    assert_eq!(withdrawn[0].event_id.as_deref(), Some("visit-a"));
+    rig.store
+        .mark_statuses(&[withdrawn[0].origin.clone()])
+        .await
+        .expect("mark");
+    let again = rig.store.pending_statuses(100).await.expect("statuses");
+    assert!(again.iter().all(|s| s.status != "withdrawn"), "{again:?}");
     rig.sandbox.stop().await;
 }
 

@@ -474,7 +474,8 @@ impl Store {
         let n = query(
             self.backend,
             "UPDATE fhir_outbox SET state = 'pending', attempts = 0, next_attempt_at = $1, updated_at = $2, \
-             created_at = $3, bundle = $4, entries = $5, mapping = $6 WHERE id = $7 AND state = 'dead' \
+             created_at = $3, bundle = $4, entries = $5, mapping = $6, puts = $8, withdraw_check = 1 \
+             WHERE id = $7 AND state = 'dead' \
              AND NOT EXISTS (SELECT 1 FROM fhir_outbox n WHERE n.source = fhir_outbox.source \
              AND n.event_id = fhir_outbox.event_id AND n.id > fhir_outbox.id AND n.state <> 'superseded')"
                 .to_owned(),
@@ -486,6 +487,9 @@ impl Store {
                 i64::try_from(entries).unwrap_or(i64::MAX).into(),
                 mapping.into(),
                 outbox_id.into(),
+                // A re-mapped bundle may no longer produce what earlier
+                // versions placed: its claim withdraws that.
+                Some(puts_of(bundle)).filter(|p| !p.is_empty()).into(),
             ],
         )
         .execute(&self.pool)
@@ -555,4 +559,27 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// `Type/id` of each entry of a bundle (JSON text) written with `PUT` at
+/// its own id, one per line.
+fn puts_of(bundle: &str) -> String {
+    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(bundle) else {
+        return String::new();
+    };
+    parsed
+        .get("entry")
+        .and_then(serde_json::Value::as_array)
+        .map(|entries| {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    let r = e.get("request")?;
+                    let url = r.get("url")?.as_str()?;
+                    (r.get("method")?.as_str()? == "PUT" && !url.contains('?')).then_some(url)
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
 }
