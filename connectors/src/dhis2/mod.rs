@@ -11,6 +11,8 @@
 
 mod client;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod import_summary;
 mod metadata;
 #[cfg(test)]

@@ -5,15 +5,12 @@ use reqwest::header::{ACCEPT, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use tracing::{debug, warn};
 
 use super::config::FhirConfig;
-use super::response::{
-    FhirError, TransactionResponse, describe_body, operation_outcome_issues,
-    parse_transaction_response, summarise,
-};
+use super::response::{FhirError, TransactionResponse, read_answer};
 use crate::auth::{Authenticator, SendError};
 use crate::http::{
     ClientSettings, ConfigError, RequestCompression, build_client, join, media_type, parse_base_url,
 };
-use crate::retry::{StatusClass, classify_status, retry_after_header};
+use crate::retry::retry_after_header;
 
 const FHIR_JSON: &str = "application/fhir+json";
 
@@ -102,22 +99,7 @@ impl FhirClient {
                 }
             }
         };
-        if classify_status(status) == StatusClass::Success {
-            return parse_transaction_response(status, &media, &text);
-        }
-        let issues = serde_json::from_str(&text)
-            .ok()
-            .and_then(|json| operation_outcome_issues(&json));
-        let detail = match &issues {
-            Some(issues) => summarise(issues),
-            None => describe_body(&media, &text),
-        };
-        Err(FhirError::Status {
-            status,
-            issues: issues.unwrap_or_default(),
-            detail,
-            retry_after,
-        })
+        read_answer(status, &media, &text, retry_after)
     }
 
     /// One POST of `body` (gzipped or not), answered and read whole.

@@ -9,6 +9,8 @@
 
 mod client;
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod response;
 #[cfg(test)]
 mod tests;

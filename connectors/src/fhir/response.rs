@@ -197,6 +197,33 @@ pub(crate) fn describe_body(media_type: &str, body: &str) -> String {
     }
 }
 
+/// Reads the server's answer to a transaction: a 2xx as a
+/// transaction-response bundle, anything else as an error with the
+/// OperationOutcome's issues (or a description of the body).
+pub(crate) fn read_answer(
+    status: u16,
+    media_type: &str,
+    body: &str,
+    retry_after: Option<Duration>,
+) -> Result<TransactionResponse, FhirError> {
+    if classify_status(status) == StatusClass::Success {
+        return parse_transaction_response(status, media_type, body);
+    }
+    let issues = serde_json::from_str(body)
+        .ok()
+        .and_then(|json| operation_outcome_issues(&json));
+    let detail = match &issues {
+        Some(issues) => summarise(issues),
+        None => describe_body(media_type, body),
+    };
+    Err(FhirError::Status {
+        status,
+        issues: issues.unwrap_or_default(),
+        detail,
+        retry_after,
+    })
+}
+
 /// Reads a 2xx body as a transaction-response bundle.
 pub(crate) fn parse_transaction_response(
     status: u16,

@@ -9,6 +9,8 @@
 //! the reconnect; the store recognises them.
 
 mod config;
+#[cfg(test)]
+mod fuzz;
 mod headers;
 mod park;
 mod probe;

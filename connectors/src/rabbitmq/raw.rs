@@ -110,6 +110,19 @@ const FRAME_END: u8 = 0xCE;
 const CHANNEL: u16 = 1;
 
 impl RawConnection {
+    /// A connection over `stream`, already open (for the fuzz targets:
+    /// the broker's side is the fuzzer's bytes).
+    #[cfg(test)]
+    pub(crate) fn over<S>(stream: S) -> Self
+    where
+        S: futures_util::io::AsyncRead + futures_util::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        Self {
+            stream: Box::new(stream),
+            frame_max: 131_072,
+        }
+    }
+
     /// Connects (plain or TLS, as the URL says), logs in with PLAIN, opens
     /// the vhost and channel 1. Heartbeats are off.
     pub async fn connect(url: &str, name: &str) -> Result<Self, RawError> {
@@ -348,7 +361,7 @@ fn check_close(id: (u16, u16), args: &[u8]) -> Result<(), RawError> {
 }
 
 /// Decodes a `basic` content header leniently into `msg`.
-fn decode_content_header(payload: &[u8], msg: &mut RawMessage) -> Result<(), RawError> {
+pub(crate) fn decode_content_header(payload: &[u8], msg: &mut RawMessage) -> Result<(), RawError> {
     let mut r = Reader::new(payload);
     let _class = r.u16()?;
     let _weight = r.u16()?;
@@ -448,17 +461,21 @@ fn decode_value(r: &mut Reader<'_>, depth: usize, problems: &mut Vec<String>) ->
         b't' => json!(r.u8().map_err(e)? != 0),
         b'b' => json!(r.u8().map_err(e)? as i8),
         b'B' => json!(r.u8().map_err(e)?),
-        b's' => json!(r.u16().map_err(e)? as i16),
+        // `U` is the spec's short int, `s` RabbitMQ's; `L` and `l` are both
+        // a signed 64-bit integer to RabbitMQ, and to lapin.
+        b's' | b'U' => json!(r.u16().map_err(e)? as i16),
         b'u' => json!(r.u16().map_err(e)?),
         b'I' => json!(r.u32().map_err(e)? as i32),
         b'i' => json!(r.u32().map_err(e)?),
-        b'l' => json!(r.u64().map_err(e)? as i64),
+        b'l' | b'L' => json!(r.u64().map_err(e)? as i64),
         b'T' => json!(r.u64().map_err(e)?),
         b'f' => json!(f32::from_bits(r.u32().map_err(e)?)),
         b'd' => json!(f64::from_bits(r.u64().map_err(e)?)),
         b'D' => {
             let scale = r.u8().map_err(e)?;
-            let v = r.u32().map_err(e)? as i32;
+            // An unsigned value (AMQP 0-9-1 `decimal-value`), as lapin
+            // and the header conversion read it.
+            let v = r.u32().map_err(e)?;
             json!(f64::from(v) / 10f64.powi(i32::from(scale)))
         }
         b'S' | b'x' => {
@@ -738,6 +755,33 @@ mod tests {
         assert!(
             v.as_str().is_some_and(|s| s.contains("not converted")),
             "{v}"
+        );
+    }
+
+    /// Found by the `amqp_properties` fuzz target: tables lapin reads with
+    /// `U` (short int, as the spec names it) or `L` (long-long) entries
+    /// were cut there, with a "malformed" problem; a decimal's value was
+    /// read as signed (lapin and the spec: unsigned).
+    #[test]
+    fn spec_type_tags_are_read_as_lapin_reads_them() {
+        let headers = FieldTableWriter::new()
+            .shortstr(b"u")
+            .raw(b"U")
+            .raw(&(-2i16).to_be_bytes())
+            .shortstr(b"l")
+            .raw(b"L")
+            .raw(&(-3i64).to_be_bytes())
+            .shortstr(b"d")
+            .raw(b"D\x02")
+            .raw(&u32::MAX.to_be_bytes())
+            .entry_int(b"after", 4);
+        let props = FieldTableWriter::new().longstr(headers.bytes());
+        let mut m = RawMessage::default();
+        decode_content_header(&header(0x2000, props.bytes(), 0), &mut m).expect("decodes");
+        assert!(m.problems.is_empty(), "{:?}", m.problems);
+        assert_eq!(
+            m.headers,
+            json!({"u": -2, "l": -3, "d": 42_949_672.95, "after": 4})
         );
     }
 
