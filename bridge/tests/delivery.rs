@@ -143,6 +143,16 @@ async fn open(backend: Backend) -> (ScratchDb, Store, ManualClock) {
     (db, store, ManualClock::at(kiungo::store::now_ms() + 1_000))
 }
 
+/// Bundles are due from their commit's wall-clock time: on a busy
+/// machine the commits after `open` can pass the hand clock, so a test
+/// moves it up to the wall clock before claiming what it just stored.
+fn catch_up(clock: &ManualClock) {
+    let behind = kiungo::store::now_ms() - clock.now_ms();
+    if behind >= 0 {
+        clock.advance(Duration::from_millis(behind.unsigned_abs() + 1));
+    }
+}
+
 async fn state_counts(store: &Store) -> HashMap<String, i64> {
     store
         .outbox_states()
@@ -156,6 +166,7 @@ async fn fhir_retries_then_delivers(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
     ingest(&store, &set, &visit("a", "facility")).await;
+    catch_up(&clock);
     let dest = ScriptedFhir::default()
         .then(Err(transient(None)))
         .then(Err(transient(Some(30))));
@@ -192,6 +203,7 @@ async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
     ingest(&store, &set, &visit("p", "facility")).await;
+    catch_up(&clock);
     let dest = ScriptedFhir::default().then(Err(SinkFailure {
         retryable: false,
         retry_after: None,
@@ -215,6 +227,7 @@ async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
     let replayed = kiungo::dlq::replay(&store, &set, limits, dl[0].id, "ops")
         .await
         .expect("replay");
+    catch_up(&clock);
     assert_eq!(
         replayed,
         kiungo::dlq::ReplayResult::Remapped {
@@ -232,6 +245,7 @@ async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
     let again = kiungo::dlq::replay(&store, &set, limits, dl[0].id, "ops")
         .await
         .expect("replay");
+    catch_up(&clock);
     assert_eq!(
         again,
         kiungo::dlq::ReplayResult::NotOpen,
@@ -240,6 +254,7 @@ async fn fhir_permanent_and_exhausted_are_parked(backend: Backend) {
 
     // Always 503: retried until the maximum age (60 s), then parked.
     ingest(&store, &set, &visit("q", "facility")).await;
+    catch_up(&clock);
     let always = ScriptedFhir::default();
     for _ in 0..50 {
         always
@@ -299,7 +314,9 @@ async fn circuit_holds_then_probes(backend: Backend) {
     let set = packs();
     for id in ["c1", "c2", "c3"] {
         ingest(&store, &set, &visit(id, "facility")).await;
+        catch_up(&clock);
     }
+    catch_up(&clock);
     let dest = ScriptedFhir::default()
         .then(Err(transient(None)))
         .then(Err(transient(None)))
@@ -325,12 +342,14 @@ async fn leases_and_version_order(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
     ingest(&store, &set, &visit("v", "facility")).await;
+    catch_up(&clock);
     let now = clock.now_ms();
     let first = store.claim_fhir(10, now, 60_000).await.expect("claim");
     assert_eq!(first.len(), 1);
     // A worker died holding it. An edit arrives: the new version waits
     // for the old one, and nobody takes the old one before its lease ends.
     ingest(&store, &set, &visit("v", "outreach")).await;
+    catch_up(&clock);
     assert!(
         store
             .claim_fhir(10, now + 1_000, 60_000)
@@ -398,12 +417,14 @@ async fn replacement_waits_for_the_replaced_bundle(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
     ingest(&store, &set, &version("r1", "facility", None)).await;
+    catch_up(&clock);
     let now = clock.now_ms();
     let first = store.claim_fhir(10, now, 60_000).await.expect("claim");
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].event_id, "r1");
     // A replica died holding it; the replacement arrives.
     ingest(&store, &set, &version("r2", "outreach", Some("r1"))).await;
+    catch_up(&clock);
     assert!(
         store
             .claim_fhir(10, now + 1_000, 60_000)
@@ -643,6 +664,7 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     let set = packs();
     for id in ["d1", "d2", "d3"] {
         ingest(&store, &set, &visit(id, "facility")).await;
+        catch_up(&clock);
     }
     let dest = ScriptedDhis2::default();
     let w = dhis2_worker(&store, dest.clone(), &clock);
@@ -659,6 +681,7 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
 
     // An edit moves d3 to outreach: facility becomes 2, outreach 1.
     ingest(&store, &set, &visit("d3", "outreach")).await;
+    catch_up(&clock);
     clock.advance(Duration::from_secs(3));
     assert_eq!(w.run_once().await.expect("pass").delivered, 2);
     let mut got: Vec<String> = dest
@@ -675,7 +698,9 @@ async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
     // A transient failure keeps them dirty on the schedule; a conflict on
     // one value parks that value with DHIS2's words and stores the other.
     ingest(&store, &set, &visit("d4", "outreach")).await;
+    catch_up(&clock);
     ingest(&store, &set, &visit("d5", "facility")).await;
+    catch_up(&clock);
     dest.script
         .lock()
         .expect("lock")
@@ -848,7 +873,9 @@ async fn several_events_share_a_transaction(backend: Backend) {
     let set = packs();
     for i in 0..5 {
         ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+        catch_up(&clock);
     }
+    catch_up(&clock);
     let dest = ScriptedFhir::default();
     let w = FhirWorker {
         per_transaction: 4,
@@ -880,7 +907,9 @@ async fn several_events_share_a_transaction(backend: Backend) {
     // A refused transaction: sent again one event at a time.
     for i in 5..8 {
         ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+        catch_up(&clock);
     }
+    catch_up(&clock);
     let refused = || {
         Err(SinkFailure {
             retryable: false,
@@ -912,7 +941,9 @@ async fn several_events_share_a_transaction(backend: Backend) {
     // retry; one request, one failure for the circuit.
     for i in 8..10 {
         ingest(&store, &set, &visit(&format!("g{i}"), "facility")).await;
+        catch_up(&clock);
     }
+    catch_up(&clock);
     let dest = ScriptedFhir::default().then(Err(transient(None)));
     let w = FhirWorker {
         per_transaction: 4,
@@ -936,6 +967,7 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
     let (_db, store, clock) = open(backend).await;
     let set = packs();
     ingest(&store, &set, &visit("r1", "facility")).await;
+    catch_up(&clock);
     let dest = ScriptedDhis2::default();
     dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
         batch_rejected: None,
