@@ -48,6 +48,24 @@
 //! `2015W1`; 1 January 2016 is in `2015W53`). Week numbers are not padded.
 //!
 //! Every function here is total: none panics, whatever the date or string.
+//!
+//! ## Non-Gregorian system calendars
+//!
+//! A DHIS2 server whose system calendar is `ethiopian` or `nepali` names
+//! its periods in that calendar: [`PeriodType::period_id_in`] converts the
+//! date with [`Calendar`] first. Daily ids are `yyyyMMdd` of the calendar's
+//! date; the month-based types (monthly up to the financial years) count
+//! the calendar's months exactly as above (`200901` is Meskerem 2009 on an
+//! Ethiopian server, `2009Q1` its first three months, `2009July` the year
+//! from its seventh month), as DHIS2's `createPeriod(date, calendar)` does
+//! with the calendar's `DateTimeUnit`. The week types are refused there
+//! ([`CalendarError::Unsupported`]): DHIS2 numbers non-ISO weeks with
+//! calendar-specific rules (`NepaliCalendar.week`, Joda's Ethiopic week
+//! year) that are not reproduced here yet.
+
+pub mod calendar;
+
+pub use calendar::{Calendar, CalendarDate, CalendarError, UnknownCalendar};
 
 use std::fmt;
 use std::str::FromStr;
@@ -315,6 +333,54 @@ impl PeriodType {
                 self.format_months(label_year, n)
             }
         }
+    }
+
+    /// The DHIS2 id of the period of this type that contains `date`
+    /// (Gregorian) on a server whose system calendar is `calendar`.
+    ///
+    /// ```
+    /// use chrono::NaiveDate;
+    /// use kiungo_mappings::PeriodType;
+    /// use kiungo_mappings::period::Calendar;
+    ///
+    /// // 11 September 2016 is 1 Meskerem 2009 in the Ethiopian calendar.
+    /// let d = NaiveDate::from_ymd_opt(2016, 9, 11).ok_or("bad date")?;
+    /// assert_eq!(PeriodType::Monthly.period_id_in(Calendar::Ethiopian, d), Ok("200901".into()));
+    /// assert_eq!(PeriodType::Monthly.period_id_in(Calendar::Iso8601, d), Ok("201609".into()));
+    /// # Ok::<(), &str>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`CalendarError`] when the date has no DHIS2 period in the calendar:
+    /// a Nepali date outside DHIS2's table, an Ethiopian date in Pagume, or
+    /// a week type on a non-ISO calendar.
+    pub fn period_id_in(
+        self,
+        calendar: Calendar,
+        date: NaiveDate,
+    ) -> Result<String, CalendarError> {
+        if calendar == Calendar::Iso8601 {
+            return Ok(self.period_id(date));
+        }
+        let shape = self.shape();
+        if matches!(shape, Shape::Week { .. } | Shape::BiWeek) {
+            return Err(CalendarError::Unsupported {
+                calendar,
+                period_type: self.name(),
+            });
+        }
+        let c = calendar.from_gregorian(date)?;
+        if c.month > 12 {
+            return Err(CalendarError::Pagume { date, year: c.year });
+        }
+        Ok(match shape {
+            Shape::Months { len, offset } => {
+                let relative = c.year * 12 + (c.month - 1) - offset;
+                self.format_months(relative.div_euclid(12), relative.rem_euclid(12) / len + 1)
+            }
+            _ => format!("{}{:02}{:02}", c.year, c.month, c.day),
+        })
     }
 
     /// Recognises a DHIS2 period id, giving its type and its first and last
