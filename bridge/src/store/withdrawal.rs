@@ -74,8 +74,8 @@ impl Store {
             .chain([item.event_id.clone()])
             .collect();
         let mut decided: HashSet<String> = HashSet::new();
-        for i in 0..placed.len() {
-            let resource = placed[i].resource.clone();
+        for p in &mut placed {
+            let resource = p.resource.clone();
             if produced.contains(resource.as_str()) || !decided.insert(resource.clone()) {
                 continue;
             }
@@ -94,7 +94,7 @@ impl Store {
             .into_iter()
             .any(|(s, e)| s != item.source || !family.contains(&e));
             if !shared {
-                placed[i].withdraw = true;
+                p.withdraw = true;
             }
         }
         Ok(placed)
