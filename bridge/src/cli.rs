@@ -183,6 +183,16 @@ fn load(dir: &std::path::Path) -> Result<MappingSet, ExitCode> {
 fn validate(dir: &std::path::Path) -> ExitCode {
     match load(dir) {
         Ok(set) => {
+            // Each test case must be able to run: its expected file there,
+            // its event mapped (or refused, when it expects an error).
+            let problems = set.check_tests();
+            if !problems.is_empty() {
+                for e in &problems {
+                    eprintln!("error: {e}");
+                }
+                eprintln!("{} problem(s) found", problems.len());
+                return ExitCode::from(1);
+            }
             let mut out = std::io::stdout().lock();
             for m in set.mappings() {
                 let _ = writeln!(out, "ok  {} v{}  ({})", m.id, m.version, m.file.display());

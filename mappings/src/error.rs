@@ -119,6 +119,22 @@ pub enum MapError {
         /// to keep the error small on the happy path.
         values: Box<[String]>,
     },
+    /// The mapping refuses the event on purpose: an `assert` that does not
+    /// hold or a `fail('reason')`, with the mapping author's reason.
+    #[error("mapping `{mapping}` field `{field}` (line {line}), event {event}: refused: {reason}")]
+    Refused {
+        /// The mapping id.
+        mapping: String,
+        /// Dotted path of the assertion or expression in the mapping file.
+        field: String,
+        /// Line of that field in the mapping file.
+        line: u64,
+        /// The event id, or the message id before the event id is known.
+        event: String,
+        /// The mapping author's reason: literal text, never the event's
+        /// values.
+        reason: String,
+    },
     /// A produced FHIR resource does not validate.
     #[error("mapping `{mapping}` resource `{resource}`, event {event}: {message}")]
     InvalidFhir {
@@ -167,6 +183,7 @@ impl MapError {
             Self::Ambiguous { .. } => "ambiguous_mapping",
             Self::NoEventId { .. } => "no_event_id",
             Self::Field { .. } => "mapping_error",
+            Self::Refused { .. } => "refused",
             Self::InvalidFhir { .. } => "invalid_fhir",
         }
     }
@@ -180,6 +197,9 @@ pub(crate) struct Failure {
     pub(crate) message: String,
     /// The values involved, for operators only.
     pub(crate) values: Vec<String>,
+    /// Whether the mapping refused the event on purpose (`fail()`): the
+    /// message is then the author's reason.
+    pub(crate) refused: bool,
 }
 
 impl From<String> for Failure {
@@ -187,6 +207,7 @@ impl From<String> for Failure {
         Self {
             message,
             values: Vec::new(),
+            refused: false,
         }
     }
 }
@@ -210,3 +231,16 @@ impl fmt::Display for EventValues {
 }
 
 impl std::error::Error for EventValues {}
+
+/// The source of the error `fail('reason')` raises: the event is refused
+/// on purpose, with the mapping author's reason.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal(pub(crate) String);
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refusal {}

@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
-use crate::error::{EventValues, Failure};
+use crate::error::{EventValues, Failure, Refusal};
 
 /// Instructions one evaluation may execute. A mapping expression needs tens;
 /// this bound stops a runaway `range(10**9)` without limiting real mappings.
@@ -56,6 +56,7 @@ impl Expr {
         if source.trim().is_empty() {
             return Err("empty expression".into());
         }
+        check_fail_calls(source)?;
         let compiled = ENV
             .compile_expression_owned(source.to_owned())
             .map_err(|e| full_text(&e))?;
@@ -115,6 +116,17 @@ fn full_text(err: &minijinja::Error) -> String {
 /// they involve ([`EventValues`]); the text of minijinja's own errors is
 /// cut by [`crate::redact::external`], the whole text kept for operators.
 fn describe(err: minijinja::Error) -> Failure {
+    let mut source = std::error::Error::source(&err);
+    while let Some(inner) = source {
+        if let Some(Refusal(reason)) = inner.downcast_ref::<Refusal>() {
+            return Failure {
+                message: reason.clone(),
+                values: Vec::new(),
+                refused: true,
+            };
+        }
+        source = inner.source();
+    }
     let mut values = Vec::new();
     let mut ours = false;
     let mut others = String::new();
@@ -147,7 +159,76 @@ fn describe(err: minijinja::Error) -> Failure {
         }
         message.push_str(&cut);
     }
-    Failure { message, values }
+    Failure {
+        message,
+        values,
+        refused: false,
+    }
+}
+
+/// Checks that every `fail` in an expression is called with one literal
+/// string: its reason is parked and shown with the event, so it must be the
+/// mapping author's text, never the event's values.
+fn check_fail_calls(source: &str) -> Result<(), String> {
+    const MSG: &str = "`fail` takes one literal reason, e.g. fail('no vaccine code'): \
+                       reasons are shown with parked events, so never build them from event values";
+    let bytes = source.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'\'' || b == b'"' {
+            i = skip_string(bytes, i);
+            continue;
+        }
+        if b.is_ascii_alphabetic() || b == b'_' {
+            let start = i;
+            while bytes
+                .get(i)
+                .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            {
+                i += 1;
+            }
+            let word = source.get(start..i).unwrap_or_default();
+            let after_dot = source
+                .get(..start)
+                .is_some_and(|s| s.trim_end().ends_with('.'));
+            if word == "fail" && !after_dot {
+                let rest = source.get(i..).unwrap_or_default().trim_start();
+                let Some(args) = rest.strip_prefix('(') else {
+                    return Err(MSG.into());
+                };
+                let args = args.trim_start();
+                let q = args.as_bytes().first().copied();
+                if !matches!(q, Some(b'\'' | b'"')) {
+                    return Err(MSG.into());
+                }
+                let end = skip_string(args.as_bytes(), 0);
+                let tail = args.get(end..).unwrap_or_default().trim_start();
+                if !tail.starts_with(')') {
+                    return Err(MSG.into());
+                }
+            }
+            continue;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The index just past the string literal opening at `start`.
+fn skip_string(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes.get(start).copied();
+    let mut i = start + 1;
+    while let Some(&c) = bytes.get(i) {
+        if c == b'\\' {
+            i += 2;
+            continue;
+        }
+        i += 1;
+        if Some(c) == quote {
+            break;
+        }
+    }
+    i
 }
 
 fn kind_text(err: &minijinja::Error) -> String {

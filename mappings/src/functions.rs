@@ -58,6 +58,45 @@ pub(crate) fn register(env: &mut Environment<'static>) {
     }
     env.add_function("lookup", lookup);
     env.add_function("coalesce", coalesce);
+    env.add_function("fail", fail);
+}
+
+/// `fail('reason')`: refuses the event with the mapping author's reason
+/// (checked to be a literal when the expression compiles).
+fn fail(reason: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, "refused")
+        .with_source(crate::error::Refusal(reason)))
+}
+
+/// Percent-encodes the characters never valid in a URL query (spaces,
+/// `+`, `#`, quotes, non-ASCII, controls) in a whole query, keeping its
+/// `&`, `=` and `%XX` escapes: `identifier=sys|NGE-CHW07+0412` searches
+/// for the `+`, not a space.
+pub(crate) fn encode_query(query: &str) -> String {
+    encode(query, |b| {
+        b.is_ascii_alphanumeric() || b"-._~!$&'()*,;=:@/?|%".contains(&b)
+    })
+}
+
+/// Percent-encodes one search parameter value: everything but letters,
+/// digits, `-._~` and the characters FHIR search syntax gives a meaning
+/// to in a value (`|` between system and code, `:` and `/` of URLs, `,`).
+pub(crate) fn encode_query_value(value: &str) -> String {
+    encode(value, |b| {
+        b.is_ascii_alphanumeric() || b"-._~|:/,".contains(&b)
+    })
+}
+
+fn encode(text: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for &b in text.as_bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// An error whose text Kiungo made without the event's values (the

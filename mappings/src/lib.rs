@@ -24,6 +24,7 @@ mod context;
 mod error;
 mod expr;
 mod functions;
+mod include;
 mod json;
 mod mapping;
 mod output;

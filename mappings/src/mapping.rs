@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use indexmap::IndexMap;
 use minijinja::Value;
 use serde_saphyr::Spanned;
 
@@ -15,7 +16,7 @@ use crate::output::{
     Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
 };
 use crate::period::PeriodType;
-use crate::spec::{Method, RawMapping, RawNode};
+use crate::spec::{Method, RawAssert, RawDhis2, RawFhir, RawMapping, RawNode, RawTable};
 use crate::table::Table;
 use crate::template::{self, Tpl};
 use crate::testcase::TestCase;
@@ -39,6 +40,10 @@ static REFS: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::fr
 const BASE_VARS: [&str; 3] = ["event", "source", "message_id"];
 /// Names defined once the event id and resource references are known.
 const OUTPUT_VARS: [&str; 2] = ["event_id", "refs"];
+/// Names a `for_each` rule defines: the item and its 0-based index.
+const ITEM_VARS: [&str; 2] = ["item", "index"];
+static ITEM: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("item"));
+static INDEX: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("index"));
 
 /// A loaded, checked mapping.
 #[derive(Debug)]
@@ -60,6 +65,7 @@ pub struct Mapping {
     replaces: Option<Expr>,
     lets: Vec<(Arc<str>, Expr)>,
     tables: Vec<(Arc<str>, Value)>,
+    asserts: Vec<Assertion>,
     fhir: Vec<FhirRule>,
     dhis2: Vec<Dhis2Rule>,
     pub(crate) tests: Vec<TestCase>,
@@ -68,13 +74,29 @@ pub struct Mapping {
 #[derive(Debug)]
 struct FhirRule {
     name: String,
+    /// `fhir[i]` (prefixed with the shared file for included rules).
+    field: String,
     resource_type: String,
     line: u64,
+    /// The shared file the rule comes from, if not the mapping file.
+    origin: Option<PathBuf>,
+    for_each: Option<Expr>,
     when: Option<Expr>,
     id: Option<Expr>,
     method: Method,
-    if_none_exist: Option<Expr>,
+    if_none_exist: Option<Query>,
     template: Tpl,
+}
+
+/// A conditional request's search query.
+#[derive(Debug)]
+enum Query {
+    /// One expression giving the whole query; characters never valid in a
+    /// query are encoded.
+    Whole(Expr),
+    /// Search parameters and the expressions of their values, each value
+    /// URL-encoded.
+    Params(Vec<(String, Expr)>),
 }
 
 #[derive(Debug)]
@@ -88,6 +110,10 @@ struct IdField {
 #[derive(Debug)]
 struct Dhis2Rule {
     name: String,
+    field: String,
+    line: u64,
+    for_each: Option<Expr>,
+    key: Option<Expr>,
     data_element: IdField,
     category_option_combo: IdField,
     attribute_option_combo: IdField,
@@ -99,19 +125,43 @@ struct Dhis2Rule {
     when: Option<Expr>,
 }
 
-/// Problems collected while compiling one file.
+/// A condition every event must meet.
+#[derive(Debug)]
+struct Assertion {
+    that: Expr,
+    message: String,
+}
+
+/// One item of a `for_each` rule (or the single pass of a plain rule).
+#[derive(Clone)]
+struct Item {
+    index: usize,
+    value: Value,
+}
+
+/// Problems collected while compiling one mapping and its shared files.
 struct Problems<'a> {
+    /// The file being compiled: the mapping's or a shared file's.
     file: &'a Path,
+    /// Prefix of the fields of a shared file's parts (`x.shared.yaml:`),
+    /// kept in runtime errors and cut from load errors, which name the
+    /// file anyway.
+    prefix: String,
     list: Vec<LoadError>,
 }
 
 impl Problems<'_> {
     fn at(&mut self, field: impl Into<String>, line: u64, column: u64, message: impl Into<String>) {
+        let field = field.into();
+        let field = match field.strip_prefix(self.prefix.as_str()) {
+            Some(rest) if !self.prefix.is_empty() => rest.to_owned(),
+            _ => field,
+        };
         self.list.push(LoadError {
             file: self.file.to_path_buf(),
             line: Some(line),
             column: Some(column),
-            field: field.into(),
+            field,
             message: message.into(),
         });
     }
@@ -176,13 +226,12 @@ impl Problems<'_> {
             }
         });
         for (field, line, column, message) in found {
-            self.list.push(LoadError {
-                file: self.file.to_path_buf(),
-                line: Some(line),
-                column: (column > 0).then_some(column),
-                field,
-                message,
-            });
+            self.at(field, line, column, message);
+            if column == 0
+                && let Some(e) = self.list.last_mut()
+            {
+                e.column = None;
+            }
         }
         tpl
     }
@@ -255,6 +304,338 @@ fn dhis2_id(text: &str, allow_default: bool) -> Result<String, String> {
     }
 }
 
+/// The parts of one file that a mapping compiles: a shared file's or the
+/// mapping's own.
+struct Part<'r> {
+    file: &'r Path,
+    prefix: String,
+    lets: &'r IndexMap<String, Spanned<String>>,
+    tables: &'r IndexMap<String, Spanned<RawTable>>,
+    assert: &'r [Spanned<RawAssert>],
+    fhir: &'r [Spanned<RawFhir>],
+    dhis2: &'r [Spanned<RawDhis2>],
+}
+
+impl<'a> Problems<'a> {
+    /// Problems from now on are in `part`'s file.
+    fn enter(&mut self, part: &Part<'a>) {
+        self.file = part.file;
+        self.prefix.clone_from(&part.prefix);
+    }
+
+    /// Problems from now on are in the mapping file.
+    fn leave(&mut self, file: &'a Path) {
+        self.file = file;
+        self.prefix.clear();
+    }
+}
+
+/// Compiles one FHIR rule; `None` when it cannot be used (its problems
+/// are in `p`).
+#[allow(clippy::too_many_arguments, reason = "the scopes of one rule")]
+fn compile_fhir(
+    p: &mut Problems<'_>,
+    rule: &Spanned<RawFhir>,
+    field: &str,
+    seen: &mut HashSet<String>,
+    pre_names: &HashSet<String>,
+    out_names: &HashSet<String>,
+    fhir_names: &HashSet<String>,
+    with_item: &dyn Fn(&HashSet<String>) -> HashSet<String>,
+) -> Option<FhirRule> {
+    let r = &rule.value;
+    if !is_identifier(&r.name.value) {
+        p.at_span(
+            format!("{field}.name"),
+            &r.name,
+            "resource names are identifiers (letters, digits, `_`)",
+        );
+    }
+    if !seen.insert(r.name.value.clone()) {
+        p.at_span(
+            format!("{field}.name"),
+            &r.name,
+            format!("duplicate resource name `{}`", r.name.value),
+        );
+    }
+    let resource_type = match &r.resource.value {
+        RawNode::Map(entries) => match entries.iter().find(|(k, _)| k == "resourceType") {
+            Some((
+                _,
+                Spanned {
+                    value: RawNode::Str(t),
+                    ..
+                },
+            )) if kiungo_fhir_validate::is_resource_type(t) => t.clone(),
+            Some((_, node)) => {
+                p.at_span(
+                    format!("{field}.resource.resourceType"),
+                    node,
+                    "`resourceType` must be a literal FHIR resource type",
+                );
+                String::new()
+            }
+            None => {
+                p.at_span(
+                    format!("{field}.resource"),
+                    &r.resource,
+                    "missing `resourceType`",
+                );
+                String::new()
+            }
+        },
+        _ => {
+            p.at_span(
+                format!("{field}.resource"),
+                &r.resource,
+                "a resource template must be a mapping",
+            );
+            String::new()
+        }
+    };
+    let method = r.method.as_ref().map_or(Method::Update, |m| m.value);
+    let needs_query = matches!(method, Method::Create | Method::ConditionalUpdate);
+    match (needs_query, &r.if_none_exist) {
+        (true, None) => p.at_span(
+            format!("{field}.method"),
+            rule,
+            "`create` and `conditional_update` need `if_none_exist`",
+        ),
+        (false, Some(q)) => p.at_span(
+            format!("{field}.if_none_exist"),
+            q,
+            "`if_none_exist` applies to `create` and `conditional_update` only",
+        ),
+        _ => {}
+    }
+    let for_each = r
+        .for_each
+        .as_ref()
+        .and_then(|w| p.expr(w, &format!("{field}.for_each"), pre_names, None));
+    let (pre_names, out_names) = if r.for_each.is_some() {
+        (with_item(pre_names), with_item(out_names))
+    } else {
+        (pre_names.clone(), out_names.clone())
+    };
+    let when = r
+        .when
+        .as_ref()
+        .and_then(|w| p.expr(w, &format!("{field}.when"), &pre_names, None));
+    let id =
+        r.id.as_ref()
+            .and_then(|w| p.expr(w, &format!("{field}.id"), &pre_names, None));
+    let if_none_exist = r.if_none_exist.as_ref().and_then(|q| {
+        let qfield = format!("{field}.if_none_exist");
+        match &q.value {
+            RawNode::Str(src) => {
+                let src = Spanned::new(src.clone(), q.referenced, q.defined);
+                p.expr(&src, &qfield, &out_names, Some(fhir_names))
+                    .map(Query::Whole)
+            }
+            RawNode::Map(entries) if !entries.is_empty() => {
+                let mut params = Vec::new();
+                for (name, node) in entries {
+                    let f = format!("{qfield}.{name}");
+                    let ok_name = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+                    if !ok_name {
+                        p.at_span(&f, node, format!("`{name}` is not a search parameter name"));
+                        continue;
+                    }
+                    let RawNode::Str(src) = &node.value else {
+                        p.at_span(&f, node, "expected an expression giving the value");
+                        continue;
+                    };
+                    let src = Spanned::new(src.clone(), node.referenced, node.defined);
+                    if let Some(e) = p.expr(&src, &f, &out_names, Some(fhir_names)) {
+                        params.push((name.clone(), e));
+                    }
+                }
+                Some(Query::Params(params))
+            }
+            _ => {
+                p.at_span(
+                    &qfield,
+                    q,
+                    "expected an expression or a mapping of search parameters to expressions",
+                );
+                None
+            }
+        }
+    });
+    let template = p.template(
+        &r.resource,
+        &format!("{field}.resource"),
+        &out_names,
+        Some(fhir_names),
+    );
+    Some(FhirRule {
+        name: r.name.value.clone(),
+        field: field.to_owned(),
+        resource_type,
+        line: rule.referenced.line(),
+        origin: None,
+        for_each,
+        when,
+        id,
+        method,
+        if_none_exist,
+        template,
+    })
+}
+
+/// Compiles one DHIS2 rule; `None` when it cannot be used.
+fn compile_dhis2(
+    p: &mut Problems<'_>,
+    rule: &Spanned<RawDhis2>,
+    field: &str,
+    seen: &mut HashSet<String>,
+    out_names: &HashSet<String>,
+    with_item: &dyn Fn(&HashSet<String>) -> HashSet<String>,
+) -> Option<Dhis2Rule> {
+    let r = &rule.value;
+    if !seen.insert(r.name.value.clone()) {
+        p.at_span(
+            format!("{field}.name"),
+            &r.name,
+            format!("duplicate contribution name `{}`", r.name.value),
+        );
+    }
+    let for_each = r
+        .for_each
+        .as_ref()
+        .and_then(|w| p.expr(w, &format!("{field}.for_each"), out_names, None));
+    let out_names = if r.for_each.is_some() {
+        with_item(out_names)
+    } else {
+        out_names.clone()
+    };
+    let key = match (&r.key, &r.for_each) {
+        (Some(k), None) => {
+            p.at_span(
+                format!("{field}.key"),
+                k,
+                "`key` names the items of a `for_each` rule",
+            );
+            None
+        }
+        (Some(k), Some(_)) => p.expr(k, &format!("{field}.key"), &out_names, None),
+        (None, _) => None,
+    };
+    let mut id_field = |node: Option<&Spanned<RawNode>>, key: &str, allow_default: bool| {
+        let f = format!("{field}.{key}");
+        let default_node;
+        let node = match node {
+            Some(n) => n,
+            None => {
+                default_node = Spanned::new(
+                    RawNode::Str("default".into()),
+                    rule.referenced,
+                    rule.defined,
+                );
+                &default_node
+            }
+        };
+        if let RawNode::Str(s) = &node.value {
+            if (!s.starts_with('=') || s.starts_with("=="))
+                && let Err(msg) = dhis2_id(s, allow_default)
+            {
+                p.at_span(&f, node, msg);
+            }
+        } else {
+            p.at_span(&f, node, "expected a DHIS2 id or an `=expression`");
+        }
+        let tpl = p.template(node, &f, &out_names, None);
+        let tpl = match tpl {
+            Tpl::Lit(Some(serde_json::Value::String(s))) => Tpl::Lit(Some(
+                serde_json::Value::String(dhis2_id(&s, allow_default).unwrap_or(s)),
+            )),
+            other => other,
+        };
+        IdField {
+            tpl,
+            field: f,
+            line: node.referenced.line(),
+            allow_default,
+        }
+    };
+    let data_element = id_field(Some(&r.data_element), "data_element", false);
+    let category_option_combo = id_field(
+        r.category_option_combo.as_ref(),
+        "category_option_combo",
+        true,
+    );
+    let attribute_option_combo = id_field(
+        r.attribute_option_combo.as_ref(),
+        "attribute_option_combo",
+        true,
+    );
+    let org_unit = id_field(Some(&r.org_unit), "org_unit", false);
+    let period_type = match crate::spec::period_type(&r.period.value.period_type) {
+        Ok(t) => t,
+        Err(msg) => {
+            p.at_span(
+                format!("{field}.period.type"),
+                &r.period.value.period_type,
+                msg,
+            );
+            PeriodType::Monthly
+        }
+    };
+    let period_date = p.expr(
+        &r.period.value.date,
+        &format!("{field}.period.date"),
+        &out_names,
+        None,
+    );
+    let aggregation = r.aggregation.value;
+    let value = match (&r.value, aggregation) {
+        (Some(v), Aggregation::Count) => {
+            p.at_span(
+                format!("{field}.value"),
+                v,
+                "`count` contributes 1 per event and takes no `value`",
+            );
+            None
+        }
+        (None, Aggregation::Count) => None,
+        (None, _) => {
+            p.at_span(
+                format!("{field}.aggregation"),
+                &r.aggregation,
+                "this aggregation needs a `value`",
+            );
+            None
+        }
+        (Some(v), _) => {
+            let f = format!("{field}.value");
+            Some((p.template(v, &f, &out_names, None), f, v.referenced.line()))
+        }
+    };
+    let when = r
+        .when
+        .as_ref()
+        .and_then(|w| p.expr(w, &format!("{field}.when"), &out_names, None));
+    Some(Dhis2Rule {
+        name: r.name.value.clone(),
+        field: field.to_owned(),
+        line: rule.referenced.line(),
+        for_each,
+        key,
+        data_element,
+        category_option_combo,
+        attribute_option_combo,
+        org_unit,
+        period_type,
+        period_date: period_date?,
+        value,
+        aggregation,
+        when,
+    })
+}
+
 impl Mapping {
     /// Loads and checks one mapping file. Test cases are loaded, not run.
     pub fn load(file: &Path) -> Result<Self, Vec<LoadError>> {
@@ -280,6 +661,7 @@ impl Mapping {
         })?;
         let mut p = Problems {
             file,
+            prefix: String::new(),
             list: Vec::new(),
         };
 
@@ -302,6 +684,31 @@ impl Mapping {
             p.at_span("source", &raw.source, "source must not be empty");
         }
 
+        // Shared files first, then the mapping's own parts, each compiled
+        // with its own file so that problems point into it.
+        let shared = crate::include::load_all(&raw.include, file, &mut p.list);
+        let mut parts: Vec<Part<'_>> = shared
+            .iter()
+            .map(|(path, rel, s)| Part {
+                file: path,
+                prefix: format!("{rel}:"),
+                lets: &s.lets,
+                tables: &s.tables,
+                assert: &s.assert,
+                fhir: &s.fhir,
+                dhis2: &s.dhis2,
+            })
+            .collect();
+        parts.push(Part {
+            file,
+            prefix: String::new(),
+            lets: &raw.lets,
+            tables: &raw.tables,
+            assert: &raw.assert,
+            fhir: &raw.fhir,
+            dhis2: &raw.dhis2,
+        });
+
         let base: HashSet<String> = BASE_VARS
             .iter()
             .map(|s| (*s).to_owned())
@@ -317,49 +724,60 @@ impl Mapping {
         let reserved: HashSet<&str> = BASE_VARS
             .iter()
             .chain(OUTPUT_VARS.iter())
+            .chain(ITEM_VARS.iter())
             .copied()
             .collect();
         let mut tables = Vec::new();
-        for (name, spec) in &raw.tables {
-            let field = format!("tables.{name}");
-            if !is_identifier(name) || reserved.contains(name.as_str()) {
-                p.at_span(
-                    &field,
-                    spec,
-                    format!("`{name}` cannot name a table (reserved or not an identifier)"),
-                );
-                continue;
-            }
-            match Table::load(name, &spec.value, file) {
-                Ok(t) => {
-                    scope_names.insert(name.clone());
-                    tables.push((Arc::<str>::from(name.as_str()), Value::from_object(t)));
+        for part in &parts {
+            p.enter(part);
+            for (name, spec) in part.tables {
+                let field = format!("{}tables.{name}", part.prefix);
+                if !is_identifier(name)
+                    || reserved.contains(name.as_str())
+                    || scope_names.contains(name)
+                {
+                    p.at_span(
+                        &field,
+                        spec,
+                        format!("`{name}` cannot name a table (reserved, already defined, or not an identifier)"),
+                    );
+                    continue;
                 }
-                Err((Some(other_file), line, msg)) => p.list.push(LoadError {
-                    file: other_file,
-                    line,
-                    column: None,
-                    field,
-                    message: msg,
-                }),
-                Err((None, _, msg)) => p.at_span(&field, spec, msg),
+                match Table::load(name, &spec.value, part.file) {
+                    Ok(t) => {
+                        scope_names.insert(name.clone());
+                        tables.push((Arc::<str>::from(name.as_str()), Value::from_object(t)));
+                    }
+                    Err((Some(other_file), line, msg)) => p.list.push(LoadError {
+                        file: other_file,
+                        line,
+                        column: None,
+                        field: format!("tables.{name}"),
+                        message: msg,
+                    }),
+                    Err((None, _, msg)) => p.at_span(&field, spec, msg),
+                }
             }
         }
         let mut lets = Vec::new();
-        for (name, src) in &raw.lets {
-            let field = format!("let.{name}");
-            if !is_identifier(name)
-                || reserved.contains(name.as_str())
-                || scope_names.contains(name)
-            {
-                p.at_span(&field, src, format!("`{name}` cannot be bound (reserved, a table, already bound, or not an identifier)"));
-                continue;
+        for part in &parts {
+            p.enter(part);
+            for (name, src) in part.lets {
+                let field = format!("{}let.{name}", part.prefix);
+                if !is_identifier(name)
+                    || reserved.contains(name.as_str())
+                    || scope_names.contains(name)
+                {
+                    p.at_span(&field, src, format!("`{name}` cannot be bound (reserved, a table, already bound, or not an identifier)"));
+                    continue;
+                }
+                if let Some(e) = p.expr(src, &field, &scope_names, None) {
+                    lets.push((Arc::<str>::from(name.as_str()), e));
+                }
+                scope_names.insert(name.clone());
             }
-            if let Some(e) = p.expr(src, &field, &scope_names, None) {
-                lets.push((Arc::<str>::from(name.as_str()), e));
-            }
-            scope_names.insert(name.clone());
         }
+        p.leave(file);
         let event_id = raw
             .event_id
             .as_ref()
@@ -374,249 +792,84 @@ impl Mapping {
             .as_ref()
             .and_then(|e| p.expr(e, "replaces", &scope_names, None));
 
+        let mut asserts = Vec::new();
+        let pre_names = {
+            let mut s = scope_names.clone();
+            s.insert("event_id".into());
+            s
+        };
+        for part in &parts {
+            p.enter(part);
+            for (i, a) in part.assert.iter().enumerate() {
+                let field = format!("{}assert[{i}]", part.prefix);
+                if a.value.message.value.trim().is_empty() {
+                    p.at_span(
+                        format!("{field}.message"),
+                        &a.value.message,
+                        "an assertion needs the reason an event is refused",
+                    );
+                }
+                if let Some(that) = p.expr(&a.value.that, &field, &pre_names, None) {
+                    asserts.push(Assertion {
+                        that,
+                        message: a.value.message.value.trim().to_owned(),
+                    });
+                }
+            }
+        }
+
         let mut out_names = scope_names.clone();
         out_names.extend(OUTPUT_VARS.iter().map(|s| (*s).to_owned()));
-        let fhir_names: HashSet<String> = raw
-            .fhir
+        let with_item = |names: &HashSet<String>| {
+            let mut s = names.clone();
+            s.extend(ITEM_VARS.iter().map(|v| (*v).to_owned()));
+            s
+        };
+        let fhir_names: HashSet<String> = parts
             .iter()
-            .map(|f| f.value.name.value.clone())
+            .flat_map(|part| part.fhir.iter().map(|f| f.value.name.value.clone()))
             .collect();
 
         let mut fhir = Vec::new();
         let mut seen = HashSet::new();
-        for (i, rule) in raw.fhir.iter().enumerate() {
-            let r = &rule.value;
-            let field = format!("fhir[{i}]");
-            if !is_identifier(&r.name.value) {
-                p.at_span(
-                    format!("{field}.name"),
-                    &r.name,
-                    "resource names are identifiers (letters, digits, `_`)",
-                );
-            }
-            if !seen.insert(r.name.value.clone()) {
-                p.at_span(
-                    format!("{field}.name"),
-                    &r.name,
-                    format!("duplicate resource name `{}`", r.name.value),
-                );
-            }
-            let resource_type = match &r.resource.value {
-                RawNode::Map(entries) => match entries.iter().find(|(k, _)| k == "resourceType") {
-                    Some((
-                        _,
-                        Spanned {
-                            value: RawNode::Str(t),
-                            ..
-                        },
-                    )) if kiungo_fhir_validate::is_resource_type(t) => t.clone(),
-                    Some((_, node)) => {
-                        p.at_span(
-                            format!("{field}.resource.resourceType"),
-                            node,
-                            "`resourceType` must be a literal FHIR resource type",
-                        );
-                        String::new()
-                    }
-                    None => {
-                        p.at_span(
-                            format!("{field}.resource"),
-                            &r.resource,
-                            "missing `resourceType`",
-                        );
-                        String::new()
-                    }
-                },
-                _ => {
-                    p.at_span(
-                        format!("{field}.resource"),
-                        &r.resource,
-                        "a resource template must be a mapping",
-                    );
-                    String::new()
-                }
-            };
-            let method = r.method.as_ref().map_or(Method::Update, |m| m.value);
-            let needs_query = matches!(method, Method::Create | Method::ConditionalUpdate);
-            match (needs_query, &r.if_none_exist) {
-                (true, None) => p.at_span(
-                    format!("{field}.method"),
+        for part in &parts {
+            p.enter(part);
+            for (i, rule) in part.fhir.iter().enumerate() {
+                let field = format!("{}fhir[{i}]", part.prefix);
+                if let Some(r) = compile_fhir(
+                    &mut p,
                     rule,
-                    "`create` and `conditional_update` need `if_none_exist`",
-                ),
-                (false, Some(q)) => p.at_span(
-                    format!("{field}.if_none_exist"),
-                    q,
-                    "`if_none_exist` applies to `create` and `conditional_update` only",
-                ),
-                _ => {}
-            }
-            let pre_names = {
-                let mut s = scope_names.clone();
-                s.insert("event_id".into());
-                s
-            };
-            let when = r
-                .when
-                .as_ref()
-                .and_then(|w| p.expr(w, &format!("{field}.when"), &pre_names, None));
-            let id =
-                r.id.as_ref()
-                    .and_then(|w| p.expr(w, &format!("{field}.id"), &pre_names, None));
-            let if_none_exist = r.if_none_exist.as_ref().and_then(|w| {
-                p.expr(
-                    w,
-                    &format!("{field}.if_none_exist"),
+                    &field,
+                    &mut seen,
+                    &pre_names,
                     &out_names,
-                    Some(&fhir_names),
-                )
-            });
-            let template = p.template(
-                &r.resource,
-                &format!("{field}.resource"),
-                &out_names,
-                Some(&fhir_names),
-            );
-            fhir.push(FhirRule {
-                name: r.name.value.clone(),
-                resource_type,
-                line: rule.referenced.line(),
-                when,
-                id,
-                method,
-                if_none_exist,
-                template,
-            });
+                    &fhir_names,
+                    &with_item,
+                ) {
+                    fhir.push(FhirRule {
+                        origin: (part.file != file).then(|| part.file.to_path_buf()),
+                        ..r
+                    });
+                }
+            }
         }
 
         let mut dhis2 = Vec::new();
         let mut seen = HashSet::new();
-        for (i, rule) in raw.dhis2.iter().enumerate() {
-            let r = &rule.value;
-            let field = format!("dhis2[{i}]");
-            if !seen.insert(r.name.value.clone()) {
-                p.at_span(
-                    format!("{field}.name"),
-                    &r.name,
-                    format!("duplicate contribution name `{}`", r.name.value),
-                );
-            }
-            let id_field = |node: Option<&Spanned<RawNode>>,
-                            key: &str,
-                            allow_default: bool,
-                            p: &mut Problems<'_>| {
-                let f = format!("{field}.{key}");
-                let default_node;
-                let node = match node {
-                    Some(n) => n,
-                    None => {
-                        default_node = Spanned::new(
-                            RawNode::Str("default".into()),
-                            rule.referenced,
-                            rule.defined,
-                        );
-                        &default_node
-                    }
-                };
-                if let RawNode::Str(s) = &node.value {
-                    if (!s.starts_with('=') || s.starts_with("=="))
-                        && let Err(msg) = dhis2_id(s, allow_default)
-                    {
-                        p.at_span(&f, node, msg);
-                    }
-                } else {
-                    p.at_span(&f, node, "expected a DHIS2 id or an `=expression`");
+        for part in &parts {
+            p.enter(part);
+            for (i, rule) in part.dhis2.iter().enumerate() {
+                let field = format!("{}dhis2[{i}]", part.prefix);
+                if let Some(r) =
+                    compile_dhis2(&mut p, rule, &field, &mut seen, &out_names, &with_item)
+                {
+                    dhis2.push(r);
                 }
-                let tpl = p.template(node, &f, &out_names, None);
-                let tpl = match tpl {
-                    Tpl::Lit(Some(serde_json::Value::String(s))) => Tpl::Lit(Some(
-                        serde_json::Value::String(dhis2_id(&s, allow_default).unwrap_or(s)),
-                    )),
-                    other => other,
-                };
-                IdField {
-                    tpl,
-                    field: f,
-                    line: node.referenced.line(),
-                    allow_default,
-                }
-            };
-            let data_element = id_field(Some(&r.data_element), "data_element", false, &mut p);
-            let category_option_combo = id_field(
-                r.category_option_combo.as_ref(),
-                "category_option_combo",
-                true,
-                &mut p,
-            );
-            let attribute_option_combo = id_field(
-                r.attribute_option_combo.as_ref(),
-                "attribute_option_combo",
-                true,
-                &mut p,
-            );
-            let org_unit = id_field(Some(&r.org_unit), "org_unit", false, &mut p);
-            let period_type = match crate::spec::period_type(&r.period.value.period_type) {
-                Ok(t) => t,
-                Err(msg) => {
-                    p.at_span(
-                        format!("{field}.period.type"),
-                        &r.period.value.period_type,
-                        msg,
-                    );
-                    PeriodType::Monthly
-                }
-            };
-            let period_date = p.expr(
-                &r.period.value.date,
-                &format!("{field}.period.date"),
-                &out_names,
-                None,
-            );
-            let aggregation = r.aggregation.value;
-            let value = match (&r.value, aggregation) {
-                (Some(v), Aggregation::Count) => {
-                    p.at_span(
-                        format!("{field}.value"),
-                        v,
-                        "`count` contributes 1 per event and takes no `value`",
-                    );
-                    None
-                }
-                (None, Aggregation::Count) => None,
-                (None, _) => {
-                    p.at_span(
-                        format!("{field}.aggregation"),
-                        &r.aggregation,
-                        "this aggregation needs a `value`",
-                    );
-                    None
-                }
-                (Some(v), _) => {
-                    let f = format!("{field}.value");
-                    Some((p.template(v, &f, &out_names, None), f, v.referenced.line()))
-                }
-            };
-            let when = r
-                .when
-                .as_ref()
-                .and_then(|w| p.expr(w, &format!("{field}.when"), &out_names, None));
-            if let Some(period_date) = period_date {
-                dhis2.push(Dhis2Rule {
-                    name: r.name.value.clone(),
-                    data_element,
-                    category_option_combo,
-                    attribute_option_combo,
-                    org_unit,
-                    period_type,
-                    period_date,
-                    value,
-                    aggregation,
-                    when,
-                });
             }
         }
+        p.leave(file);
 
-        if raw.fhir.is_empty() && raw.dhis2.is_empty() {
+        if fhir.is_empty() && dhis2.is_empty() && p.list.is_empty() {
             p.at(
                 String::new(),
                 1,
@@ -655,15 +908,23 @@ impl Mapping {
             replaces,
             lets,
             tables,
+            asserts,
             fhir,
             dhis2,
             tests,
         })
     }
 
-    /// Line of a FHIR rule in the mapping file, for load errors.
-    fn fhir_line(&self, name: &str) -> Option<u64> {
-        self.fhir.iter().find(|r| r.name == name).map(|r| r.line)
+    /// File and line of a FHIR rule (a shared file's for an included
+    /// rule), for load errors.
+    fn fhir_place(&self, name: &str) -> (PathBuf, Option<u64>) {
+        match self.fhir.iter().find(|r| r.name == name) {
+            Some(r) => (
+                r.origin.clone().unwrap_or_else(|| self.file.clone()),
+                Some(r.line),
+            ),
+            None => (self.file.clone(), None),
+        }
     }
 
     /// Whether the event is one this mapping applies to.
@@ -683,7 +944,20 @@ impl Mapping {
         event: &str,
         failure: impl Into<Failure>,
     ) -> MapError {
-        let Failure { message, values } = failure.into();
+        let Failure {
+            message,
+            values,
+            refused,
+        } = failure.into();
+        if refused {
+            return MapError::Refused {
+                mapping: self.id.clone(),
+                field: field.to_owned(),
+                line,
+                event: event.to_owned(),
+                reason: message,
+            };
+        }
         MapError::Field {
             mapping: self.id.clone(),
             field: field.to_owned(),
@@ -767,36 +1041,78 @@ impl Mapping {
             None => None,
         };
         scope_obj.set(&EVENT_ID, Value::from(event_id.as_str()));
+        for a in &self.asserts {
+            if !self.eval_when(Some(&a.that), scope, label)? {
+                return Err(MapError::Refused {
+                    mapping: self.id.clone(),
+                    field: a.that.field.clone(),
+                    line: a.that.line,
+                    event: event_id.clone(),
+                    reason: a.message.clone(),
+                });
+            }
+        }
 
         // Which resources exist, and their ids, before any template renders.
-        let mut included = Vec::new();
+        let mut included: Vec<(&FhirRule, Option<Item>, String)> = Vec::new();
         let mut refs = BTreeMap::new();
+        let mut ids: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         for rule in &self.fhir {
-            if !self.eval_when(rule.when.as_ref(), scope, label)? {
-                continue;
+            let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
+            let mut rule_refs = Vec::new();
+            for item in items {
+                if let Some(it) = &item {
+                    set_item(scope_obj, it);
+                }
+                if !self.eval_when(rule.when.as_ref(), scope, label)? {
+                    continue;
+                }
+                let seed = match (&rule.id, &item) {
+                    (Some(e), _) => self
+                        .eval_string(e, scope, label)?
+                        .ok_or_else(|| self.field_error(e, label, "resource id seed is empty"))?,
+                    (None, None) => format!("{}/{}/{}", event.source, event_id, rule.name),
+                    (None, Some(it)) => format!(
+                        "{}/{}/{}/{}",
+                        event.source,
+                        event_id,
+                        rule.name,
+                        self.item_json(rule.for_each.as_ref(), it, label)?
+                    ),
+                };
+                let uuid = uuid::Uuid::new_v5(&KIUNGO_NS, seed.as_bytes()).to_string();
+                let key = format!("{}/{uuid}", rule.resource_type);
+                let here = (included.len(), item.as_ref().map(|i| i.index));
+                if let Some(&(first, first_item)) = ids.get(&key) {
+                    let other = included.get(first).map(|(r, _, _)| *r);
+                    return Err(self.duplicate_entry(rule, here.1, other, first_item, label));
+                }
+                ids.insert(key, here);
+                let reference = match rule.method {
+                    Method::Update => format!("{}/{uuid}", rule.resource_type),
+                    Method::Create | Method::ConditionalUpdate => format!("urn:uuid:{uuid}"),
+                };
+                rule_refs.push(Value::from(reference));
+                included.push((rule, item, uuid));
             }
-            let seed = match &rule.id {
-                Some(e) => self
-                    .eval_string(e, scope, label)?
-                    .ok_or_else(|| self.field_error(e, label, "resource id seed is empty"))?,
-                None => format!("{}/{}/{}", event.source, event_id, rule.name),
-            };
-            let uuid = uuid::Uuid::new_v5(&KIUNGO_NS, seed.as_bytes()).to_string();
-            let reference = match rule.method {
-                Method::Update => format!("{}/{uuid}", rule.resource_type),
-                Method::Create | Method::ConditionalUpdate => format!("urn:uuid:{uuid}"),
-            };
-            refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(reference));
-            included.push((rule, uuid));
+            if rule.for_each.is_some() {
+                refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(rule_refs));
+            } else if let Some(r) = rule_refs.pop() {
+                refs.insert(Arc::<str>::from(rule.name.as_str()), r);
+            }
         }
         scope_obj.set(&REFS, Value::from_object(refs));
 
         let mut fhir = Vec::with_capacity(included.len());
-        for (rule, uuid) in included {
+        for (rule, item, uuid) in included {
+            if let Some(it) = &item {
+                set_item(scope_obj, it);
+            }
             let rendered = template::render(&rule.template, scope).map_err(|e| {
                 let failure = Failure {
                     message: e.message,
                     values: e.values,
+                    refused: e.refused,
                 };
                 self.error_at(&e.field, e.line, label, failure)
             })?;
@@ -829,10 +1145,7 @@ impl Mapping {
                 })?;
             }
             let query = match &rule.if_none_exist {
-                Some(e) => Some(
-                    self.eval_string(e, scope, label)?
-                        .ok_or_else(|| self.field_error(e, label, "conditional query is empty"))?,
-                ),
+                Some(q) => Some(self.query(q, scope, label)?),
                 None => None,
             };
             let request = match rule.method {
@@ -860,91 +1173,57 @@ impl Mapping {
         }
 
         let mut dhis2 = Vec::with_capacity(self.dhis2.len());
+        // Where each contribution came from, for the double-count check.
+        let mut origins: Vec<(&Dhis2Rule, Option<usize>)> = Vec::with_capacity(self.dhis2.len());
         for rule in &self.dhis2 {
-            if !self.eval_when(rule.when.as_ref(), scope, label)? {
-                continue;
-            }
-            let id = |f: &IdField| -> Result<String, MapError> {
-                let err = |failure: Failure| self.error_at(&f.field, f.line, label, failure);
-                let v = template::render(&f.tpl, scope).map_err(|e| {
-                    err(Failure {
-                        message: e.message,
-                        values: e.values,
-                    })
-                })?;
-                let text = v
-                    .as_ref()
-                    .and_then(crate::json::scalar_string)
-                    .ok_or_else(|| err("no id produced".into()))?;
-                // The id can come from the event: its text stays apart.
-                dhis2_id(&text, f.allow_default).map_err(|_| {
-                    err(Failure {
-                        message: "the produced id is not a DHIS2 UID (11 letters and digits, \
-                                  starting with a letter), `code:CODE` or `default`"
-                            .into(),
-                        values: vec![format!("id `{text}`")],
-                    })
-                })
-            };
-            let data_element = id(&rule.data_element)?;
-            let category_option_combo = id(&rule.category_option_combo)?;
-            let attribute_option_combo = id(&rule.attribute_option_combo)?;
-            let org_unit = id(&rule.org_unit)?;
-            let date_value = rule
-                .period_date
-                .eval(scope)
-                .map_err(|m| self.field_error(&rule.period_date, label, m))?;
-            let date = crate::functions::date_of(&date_value)
-                .map_err(|m| self.field_error(&rule.period_date, label, m))?;
-            let value = match &rule.value {
-                None => serde_json::Value::from(1),
-                Some((tpl, field, line)) => {
-                    let err = |failure: Failure| self.error_at(field, *line, label, failure);
-                    let v = template::render(tpl, scope).map_err(|e| {
-                        err(Failure {
-                            message: e.message,
-                            values: e.values,
-                        })
-                    })?;
-                    match (rule.aggregation, v) {
-                        (_, None) => {
-                            return Err(err(
-                                "no value produced (use `when` to skip a contribution)".into(),
-                            ));
-                        }
-                        (
-                            Aggregation::Last,
-                            Some(
-                                v @ (serde_json::Value::String(_)
-                                | serde_json::Value::Number(_)
-                                | serde_json::Value::Bool(_)),
-                            ),
-                        ) => v,
-                        (Aggregation::Last, Some(_)) => {
-                            return Err(err("value must be text, a number or a boolean".into()));
-                        }
-                        (_, Some(v @ serde_json::Value::Number(_))) => v,
-                        (agg, Some(_)) => {
-                            return Err(err(format!(
-                                "`{agg:?}` needs a number; convert text with `| number`"
-                            )
-                            .to_lowercase()
-                            .into()));
-                        }
-                    }
+            let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
+            for item in items {
+                if let Some(it) = &item {
+                    set_item(scope_obj, it);
                 }
-            };
-            dhis2.push(Dhis2Contribution {
-                rule: rule.name.clone(),
-                data_element,
-                period: rule.period_type.period_id(date),
-                org_unit,
-                category_option_combo,
-                attribute_option_combo,
-                value,
-                aggregation: rule.aggregation,
-                date: crate::functions::iso_date(date),
-            });
+                if !self.eval_when(rule.when.as_ref(), scope, label)? {
+                    continue;
+                }
+                let name = match (&item, &rule.key) {
+                    (None, _) => rule.name.clone(),
+                    (Some(_), Some(k)) => {
+                        let key = self
+                            .eval_string(k, scope, label)?
+                            .ok_or_else(|| self.field_error(k, label, "the item's key is empty"))?;
+                        format!("{}[{key}]", rule.name)
+                    }
+                    (Some(it), None) => {
+                        let json = self.item_json(rule.for_each.as_ref(), it, label)?;
+                        let hash = uuid::Uuid::new_v5(&KIUNGO_NS, json.as_bytes()).simple();
+                        let hash = hash.to_string();
+                        format!("{}[{}]", rule.name, hash.get(..12).unwrap_or(&hash))
+                    }
+                };
+                let c = self.contribution(rule, name, scope, label)?;
+                let here = item.as_ref().map(|i| i.index);
+                if let Some(i) = dhis2.iter().position(|d: &Dhis2Contribution| {
+                    d.rule == c.rule
+                        || (d.data_element == c.data_element
+                            && d.period == c.period
+                            && d.org_unit == c.org_unit
+                            && d.category_option_combo == c.category_option_combo
+                            && d.attribute_option_combo == c.attribute_option_combo
+                            && matches!(c.aggregation, Aggregation::Count | Aggregation::Last)
+                            && d.aggregation == c.aggregation)
+                }) {
+                    let (other, other_item) = origins.get(i).copied().unzip();
+                    return Err(self.double_count(
+                        rule,
+                        here,
+                        other,
+                        other_item.flatten(),
+                        dhis2.get(i).is_some_and(|d| d.rule == c.rule),
+                        label,
+                    ));
+                }
+                origins.push((rule, here));
+                dhis2.push(c);
+            }
         }
 
         Ok(MappedEvent {
@@ -956,6 +1235,236 @@ impl Mapping {
             dhis2,
         })
     }
+
+    /// The items a rule runs for: `[None]` without `for_each`, else each
+    /// item of the list.
+    fn items(
+        &self,
+        for_each: Option<&Expr>,
+        scope_obj: &Scope,
+        scope: &Value,
+        label: &str,
+    ) -> Result<Vec<Option<Item>>, MapError> {
+        let Some(e) = for_each else {
+            return Ok(vec![None]);
+        };
+        // `item` and `index` of an earlier rule must not leak into this
+        // rule's list expression.
+        scope_obj.set(&ITEM, Value::UNDEFINED);
+        scope_obj.set(&INDEX, Value::UNDEFINED);
+        let list = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
+        if list.is_none() || list.is_undefined() {
+            return Ok(Vec::new());
+        }
+        if list.as_str().is_some() || list.kind() == minijinja::value::ValueKind::Map {
+            return Err(self.field_error(e, label, "`for_each` needs a list"));
+        }
+        let iter = list
+            .try_iter()
+            .map_err(|_| self.field_error(e, label, "`for_each` needs a list"))?;
+        Ok(iter
+            .enumerate()
+            .map(|(index, value)| Some(Item { index, value }))
+            .collect())
+    }
+
+    /// The item as JSON text, the default seed of its id.
+    fn item_json(
+        &self,
+        for_each: Option<&Expr>,
+        item: &Item,
+        label: &str,
+    ) -> Result<String, MapError> {
+        let json = crate::json::from_value(&item.value).map_err(|m| match for_each {
+            Some(e) => self.field_error(e, label, m),
+            None => self.error_at("for_each", 0, label, m),
+        })?;
+        Ok(json.map(|j| j.to_string()).unwrap_or_default())
+    }
+
+    /// Two entries of one bundle with the same resource id.
+    fn duplicate_entry(
+        &self,
+        rule: &FhirRule,
+        item: Option<usize>,
+        other: Option<&FhirRule>,
+        other_item: Option<usize>,
+        label: &str,
+    ) -> MapError {
+        let which = |r: &FhirRule, i: Option<usize>| match i {
+            Some(i) => format!("`{}` (`{}`, line {}, item {i})", r.field, r.name, r.line),
+            None => format!("`{}` (`{}`, line {})", r.field, r.name, r.line),
+        };
+        let first = other.map_or_else(|| "another rule".to_owned(), |o| which(o, other_item));
+        self.error_at(
+            rule.id.as_ref().map_or(&rule.field, |e| &e.field),
+            rule.id.as_ref().map_or(rule.line, |e| e.line),
+            label,
+            format!(
+                "{} produces the same {} as {first}: a bundle holds each resource once \
+                 (derive `id` from what tells the two apart)",
+                which(rule, item),
+                rule.resource_type
+            ),
+        )
+    }
+
+    /// Two contributions of one event to the same DHIS2 total, or with the
+    /// same name.
+    fn double_count(
+        &self,
+        rule: &Dhis2Rule,
+        item: Option<usize>,
+        other: Option<&Dhis2Rule>,
+        other_item: Option<usize>,
+        same_name: bool,
+        label: &str,
+    ) -> MapError {
+        let which = |r: &Dhis2Rule, i: Option<usize>| match i {
+            Some(i) => format!("`{}` (`{}`, line {}, item {i})", r.field, r.name, r.line),
+            None => format!("`{}` (`{}`, line {})", r.field, r.name, r.line),
+        };
+        let first = other.map_or_else(|| "another rule".to_owned(), |o| which(o, other_item));
+        let message = if same_name {
+            format!(
+                "{} gives a contribution the same name as {first} (set `key` to what tells \
+                 the items apart)",
+                which(rule, item)
+            )
+        } else {
+            format!(
+                "{} and {first} count this event twice in one DHIS2 total (same data element, \
+                 period, org unit and combos)",
+                which(rule, item)
+            )
+        };
+        self.error_at(&rule.field, rule.line, label, message)
+    }
+
+    /// The conditional request's query, its values URL-encoded.
+    fn query(&self, q: &Query, scope: &Value, label: &str) -> Result<String, MapError> {
+        match q {
+            Query::Whole(e) => self
+                .eval_string(e, scope, label)?
+                .map(|s| crate::functions::encode_query(&s))
+                .ok_or_else(|| self.field_error(e, label, "conditional query is empty")),
+            Query::Params(params) => {
+                let mut out = String::new();
+                for (name, e) in params {
+                    let value = self
+                        .eval_string(e, scope, label)?
+                        .ok_or_else(|| self.field_error(e, label, "search value is empty"))?;
+                    if !out.is_empty() {
+                        out.push('&');
+                    }
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(&crate::functions::encode_query_value(&value));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// One DHIS2 contribution of a rule, for the current item.
+    fn contribution(
+        &self,
+        rule: &Dhis2Rule,
+        name: String,
+        scope: &Value,
+        label: &str,
+    ) -> Result<Dhis2Contribution, MapError> {
+        let id = |f: &IdField| -> Result<String, MapError> {
+            let err = |failure: Failure| self.error_at(&f.field, f.line, label, failure);
+            let v = template::render(&f.tpl, scope).map_err(|e| {
+                err(Failure {
+                    message: e.message,
+                    values: e.values,
+                    refused: e.refused,
+                })
+            })?;
+            let text = v
+                .as_ref()
+                .and_then(crate::json::scalar_string)
+                .ok_or_else(|| err("no id produced".into()))?;
+            // The id can come from the event: its text stays apart.
+            dhis2_id(&text, f.allow_default).map_err(|_| {
+                err(Failure {
+                    message: "the produced id is not a DHIS2 UID (11 letters and digits, \
+                              starting with a letter), `code:CODE` or `default`"
+                        .into(),
+                    values: vec![format!("id `{text}`")],
+                    refused: false,
+                })
+            })
+        };
+        let data_element = id(&rule.data_element)?;
+        let category_option_combo = id(&rule.category_option_combo)?;
+        let attribute_option_combo = id(&rule.attribute_option_combo)?;
+        let org_unit = id(&rule.org_unit)?;
+        let date_value = rule
+            .period_date
+            .eval(scope)
+            .map_err(|m| self.field_error(&rule.period_date, label, m))?;
+        let date = crate::functions::date_of(&date_value)
+            .map_err(|m| self.field_error(&rule.period_date, label, m))?;
+        let value = match &rule.value {
+            None => serde_json::Value::from(1),
+            Some((tpl, field, line)) => {
+                let err = |failure: Failure| self.error_at(field, *line, label, failure);
+                let v = template::render(tpl, scope).map_err(|e| {
+                    err(Failure {
+                        message: e.message,
+                        values: e.values,
+                        refused: e.refused,
+                    })
+                })?;
+                match (rule.aggregation, v) {
+                    (_, None) => {
+                        return Err(err(
+                            "no value produced (use `when` to skip a contribution)".into()
+                        ));
+                    }
+                    (
+                        Aggregation::Last,
+                        Some(
+                            v @ (serde_json::Value::String(_)
+                            | serde_json::Value::Number(_)
+                            | serde_json::Value::Bool(_)),
+                        ),
+                    ) => v,
+                    (Aggregation::Last, Some(_)) => {
+                        return Err(err("value must be text, a number or a boolean".into()));
+                    }
+                    (_, Some(v @ serde_json::Value::Number(_))) => v,
+                    (agg, Some(_)) => {
+                        return Err(err(format!(
+                            "`{agg:?}` needs a number; convert text with `| number`"
+                        )
+                        .to_lowercase()
+                        .into()));
+                    }
+                }
+            }
+        };
+        Ok(Dhis2Contribution {
+            rule: name,
+            data_element,
+            period: rule.period_type.period_id(date),
+            org_unit,
+            category_option_combo,
+            attribute_option_combo,
+            value,
+            aggregation: rule.aggregation,
+            date: crate::functions::iso_date(date),
+        })
+    }
+}
+
+/// Puts a `for_each` item and its index in scope.
+fn set_item(scope_obj: &Scope, item: &Item) {
+    scope_obj.set(&ITEM, item.value.clone());
+    scope_obj.set(&INDEX, Value::from(item.index));
 }
 
 /// Options for loading a mapping set.
@@ -1048,9 +1557,10 @@ impl MappingSet {
                     resource, message, ..
                 }) = set.map_with(m, &tc.event, &set.test_runtime, true)
                 {
+                    let (file, line) = m.fhir_place(&resource);
                     errors.push(LoadError {
-                        file: m.file.clone(),
-                        line: m.fhir_line(&resource),
+                        file,
+                        line,
                         column: None,
                         field: format!("fhir.{resource}"),
                         message: format!("produces invalid FHIR for test `{}`: {message}", tc.name),
@@ -1207,7 +1717,8 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
         } else if matches!(
             path.extension().and_then(|e| e.to_str()),
             Some("yaml" | "yml")
-        ) {
+        ) && !crate::include::is_shared(&path)
+        {
             out.push(path);
         }
     }

@@ -37,12 +37,20 @@ pub(crate) struct RawMapping {
     /// Expression giving the id of the event this one replaces (an edit).
     #[serde(default)]
     pub(crate) replaces: Option<Spanned<String>>,
+    /// Shared files of the pack (`*.shared.yaml`, relative to this file)
+    /// whose tables, `let` bindings and rules come before this file's own.
+    #[serde(default)]
+    pub(crate) include: Vec<Spanned<String>>,
     /// Bindings computed once per event, in order.
     #[serde(default, rename = "let")]
     pub(crate) lets: IndexMap<String, Spanned<String>>,
     /// Lookup tables.
     #[serde(default)]
     pub(crate) tables: IndexMap<String, Spanned<RawTable>>,
+    /// Conditions every event must meet, checked after the `let` bindings;
+    /// an event that fails one is refused with its message.
+    #[serde(default)]
+    pub(crate) assert: Vec<Spanned<RawAssert>>,
     /// FHIR resources to produce.
     #[serde(default)]
     pub(crate) fhir: Vec<Spanned<RawFhir>>,
@@ -52,6 +60,44 @@ pub(crate) struct RawMapping {
     /// Test cases: fixture events with their exact expected outputs.
     #[serde(default)]
     pub(crate) tests: Vec<Spanned<RawTest>>,
+}
+
+/// A pack-level shared file (`*.shared.yaml`): tables, `let` bindings,
+/// assertions and rules that several mappings of the pack include.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawShared {
+    /// What the shared parts are, for people.
+    #[serde(default)]
+    #[allow(dead_code, reason = "documentation for people, read by serde only")]
+    pub(crate) description: Option<String>,
+    /// Bindings computed once per event, in order, before the including
+    /// mapping's own.
+    #[serde(default, rename = "let")]
+    pub(crate) lets: IndexMap<String, Spanned<String>>,
+    /// Lookup tables; CSV paths are relative to the shared file.
+    #[serde(default)]
+    pub(crate) tables: IndexMap<String, Spanned<RawTable>>,
+    /// Conditions every event must meet.
+    #[serde(default)]
+    pub(crate) assert: Vec<Spanned<RawAssert>>,
+    /// FHIR resources to produce.
+    #[serde(default)]
+    pub(crate) fhir: Vec<Spanned<RawFhir>>,
+    /// DHIS2 aggregate contributions to produce.
+    #[serde(default)]
+    pub(crate) dhis2: Vec<Spanned<RawDhis2>>,
+}
+
+/// A condition an event must meet, with the reason it is refused otherwise.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAssert {
+    /// Expression that must hold.
+    pub(crate) that: Spanned<String>,
+    /// The reason the event is parked with when it does not: literal text
+    /// of the mapping author, never the event's values.
+    pub(crate) message: Spanned<String>,
 }
 
 /// A lookup table declaration.
@@ -92,21 +138,30 @@ pub(crate) struct RawFhir {
     /// Name of the resource within the mapping; other resources reference
     /// it as `refs.<name>`.
     pub(crate) name: Spanned<String>,
-    /// Condition; the resource is produced only when it holds.
+    /// Expression yielding a list: one resource per item, with `item` and
+    /// `index` in scope of `when`, `id`, `if_none_exist` and `resource`.
+    #[serde(default)]
+    pub(crate) for_each: Option<Spanned<String>>,
+    /// Condition; the resource is produced only when it holds (per item
+    /// with `for_each`).
     #[serde(default)]
     pub(crate) when: Option<Spanned<String>>,
     /// Expression for the seed of the resource's UUIDv5; defaults to
-    /// `source ~ '/' ~ event_id ~ '/' ~ name`.
+    /// `source ~ '/' ~ event_id ~ '/' ~ name`, followed with `for_each` by
+    /// `'/' ~` the item as JSON.
     #[serde(default)]
     pub(crate) id: Option<Spanned<String>>,
     /// Write method.
     #[serde(default)]
     pub(crate) method: Option<Spanned<Method>>,
-    /// Search query identifying the resource on the server, e.g.
-    /// `'identifier=' ~ system ~ '|' ~ value`; required for `create` and
-    /// `conditional_update`.
+    /// Search query identifying the resource on the server; required for
+    /// `create` and `conditional_update`. Either a mapping of search
+    /// parameters to expressions (`identifier: "system ~ '|' ~ value"`),
+    /// each value URL-encoded, or one expression giving the whole query,
+    /// in which characters never valid in a query (spaces, `+`, `#`,
+    /// non-ASCII) are encoded.
     #[serde(default)]
-    pub(crate) if_none_exist: Option<Spanned<String>>,
+    pub(crate) if_none_exist: Option<Spanned<RawNode>>,
     /// The resource template.
     pub(crate) resource: Spanned<RawNode>,
 }
@@ -145,7 +200,16 @@ pub(crate) struct RawDhis2 {
     pub(crate) value: Option<Spanned<RawNode>>,
     /// How contributions of several events combine into the DHIS2 value.
     pub(crate) aggregation: Spanned<Aggregation>,
-    /// Condition; the contribution is produced only when it holds.
+    /// Expression yielding a list: one contribution per item, with `item`
+    /// and `index` in scope of every other field.
+    #[serde(default)]
+    pub(crate) for_each: Option<Spanned<String>>,
+    /// With `for_each`: expression naming the item's contribution (stored
+    /// as `name[key]`); defaults to a hash of the item.
+    #[serde(default)]
+    pub(crate) key: Option<Spanned<String>>,
+    /// Condition; the contribution is produced only when it holds (per item
+    /// with `for_each`).
     #[serde(default)]
     pub(crate) when: Option<Spanned<String>>,
 }

@@ -32,6 +32,8 @@ pub(crate) struct RenderError {
     pub(crate) message: String,
     /// The event's values the message leaves out.
     pub(crate) values: Vec<String>,
+    /// Whether the mapping refused the event on purpose (`fail()`).
+    pub(crate) refused: bool,
 }
 
 /// A load problem: field, line, column (0 when unknown) and message.
@@ -122,6 +124,7 @@ pub(crate) fn render(tpl: &Tpl, scope: &Value) -> Result<Option<serde_json::Valu
                 line: expr.line,
                 message: f.message,
                 values: f.values,
+                refused: f.refused,
             };
             let value = expr.eval(scope).map_err(fail)?;
             Ok(crate::json::from_value(&value)

@@ -167,6 +167,48 @@ fn pretty(v: &serde_json::Value) -> String {
 }
 
 impl MappingSet {
+    /// Checks that every test case can run, for `kiungo mappings validate`:
+    /// its expected file is there and readable, and its event maps when an
+    /// output is expected (or is refused when an error is). Whether the
+    /// outputs are the expected ones is `kiungo mappings test`'s business.
+    pub fn check_tests(&self) -> Vec<crate::error::LoadError> {
+        let mut errors = Vec::new();
+        for m in self.mappings() {
+            for (i, tc) in m.tests.iter().enumerate() {
+                let mut problem = |field: &str, message: String| {
+                    errors.push(crate::error::LoadError {
+                        file: m.file.clone(),
+                        line: Some(tc.line),
+                        column: None,
+                        field: format!("tests[{i}]{field}"),
+                        message: format!("test `{}`: {message}", tc.name),
+                    });
+                };
+                if let Expected::File(path) = &tc.expect
+                    && let Err(e) = read_expected(path)
+                {
+                    problem(".expect_file", e);
+                }
+                match (&tc.expect, self.map_for_test(&tc.event)) {
+                    (Expected::Error(_), Ok(_)) => {
+                        problem(".expect_error", "the event maps, no error to expect".into());
+                    }
+                    (Expected::Output(_) | Expected::File(_), Err(e)) => {
+                        problem(".event", format!("the event does not map: {e}"));
+                    }
+                    (Expected::Output(_) | Expected::File(_), Ok(got)) if got.mapping != m.id => {
+                        problem(
+                            ".event",
+                            format!("the event is mapped by `{}`, not this mapping", got.mapping),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        errors
+    }
+
     /// Runs every mapping's test cases. A test event must be selected by
     /// its own mapping through the whole set (so `match` rules are tested
     /// too) and yield exactly the expected outputs.

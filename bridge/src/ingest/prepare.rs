@@ -186,7 +186,7 @@ fn event_of(e: &kiungo_mappings::MapError, message_id: Option<&String>) -> Optio
         // Before the event id is evaluated the engine names the event by
         // its message id, or "(no id)": neither is an event id (the dead
         // letter keeps the message id, which finds it all the same).
-        E::Field { event, .. } | E::InvalidFhir { event, .. }
+        E::Field { event, .. } | E::Refused { event, .. } | E::InvalidFhir { event, .. }
             if event != "(no id)" && Some(event) != message_id =>
         {
             Some(event.clone())
@@ -201,6 +201,7 @@ fn mapping_of(e: &kiungo_mappings::MapError) -> Option<String> {
         E::UnknownMapping { mapping, .. }
         | E::NoEventId { mapping }
         | E::Field { mapping, .. }
+        | E::Refused { mapping, .. }
         | E::InvalidFhir { mapping, .. } => Some(mapping.clone()),
         E::NoMapping { .. } | E::Ambiguous { .. } => None,
     }
