@@ -81,6 +81,7 @@ struct FhirRule {
     /// The shared file the rule comes from, if not the mapping file.
     origin: Option<PathBuf>,
     for_each: Option<Expr>,
+    lets: Vec<(Arc<str>, Expr)>,
     when: Option<Expr>,
     id: Option<Expr>,
     method: Method,
@@ -113,6 +114,7 @@ struct Dhis2Rule {
     field: String,
     line: u64,
     for_each: Option<Expr>,
+    lets: Vec<(Arc<str>, Expr)>,
     key: Option<Expr>,
     data_element: IdField,
     category_option_combo: IdField,
@@ -412,11 +414,12 @@ fn compile_fhir(
         .for_each
         .as_ref()
         .and_then(|w| p.expr(w, &format!("{field}.for_each"), pre_names, None));
-    let (pre_names, out_names) = if r.for_each.is_some() {
+    let (mut pre_names, mut out_names) = if r.for_each.is_some() {
         (with_item(pre_names), with_item(out_names))
     } else {
         (pre_names.clone(), out_names.clone())
     };
+    let lets = rule_lets(p, &r.lets, field, &mut pre_names, &mut [&mut out_names]);
     let when = r
         .when
         .as_ref()
@@ -478,12 +481,49 @@ fn compile_fhir(
         line: rule.referenced.line(),
         origin: None,
         for_each,
+        lets,
         when,
         id,
         method,
         if_none_exist,
         template,
     })
+}
+
+/// Compiles a rule's own `let` bindings against `names`, adding each to
+/// `names` and to every set of `also`.
+fn rule_lets(
+    p: &mut Problems<'_>,
+    raw: &IndexMap<String, Spanned<String>>,
+    field: &str,
+    names: &mut HashSet<String>,
+    also: &mut [&mut HashSet<String>],
+) -> Vec<(Arc<str>, Expr)> {
+    let mut lets = Vec::new();
+    for (name, src) in raw {
+        let f = format!("{field}.let.{name}");
+        let reserved = BASE_VARS
+            .iter()
+            .chain(OUTPUT_VARS.iter())
+            .chain(ITEM_VARS.iter())
+            .any(|r| *r == name);
+        if !is_identifier(name) || reserved || names.contains(name) {
+            p.at_span(
+                &f,
+                src,
+                format!("`{name}` cannot be bound (reserved, already bound, or not an identifier)"),
+            );
+            continue;
+        }
+        if let Some(e) = p.expr(src, &f, names, None) {
+            lets.push((Arc::<str>::from(name.as_str()), e));
+        }
+        names.insert(name.clone());
+        for set in also.iter_mut() {
+            set.insert(name.clone());
+        }
+    }
+    lets
 }
 
 /// Compiles one DHIS2 rule; `None` when it cannot be used.
@@ -507,11 +547,12 @@ fn compile_dhis2(
         .for_each
         .as_ref()
         .and_then(|w| p.expr(w, &format!("{field}.for_each"), out_names, None));
-    let out_names = if r.for_each.is_some() {
+    let mut out_names = if r.for_each.is_some() {
         with_item(out_names)
     } else {
         out_names.clone()
     };
+    let lets = rule_lets(p, &r.lets, field, &mut out_names, &mut []);
     let key = match (&r.key, &r.for_each) {
         (Some(k), None) => {
             p.at_span(
@@ -623,6 +664,7 @@ fn compile_dhis2(
         field: field.to_owned(),
         line: rule.referenced.line(),
         for_each,
+        lets,
         key,
         data_element,
         category_option_combo,
@@ -1064,6 +1106,7 @@ impl Mapping {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
+                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1108,6 +1151,7 @@ impl Mapping {
             if let Some(it) = &item {
                 set_item(scope_obj, it);
             }
+            self.rule_lets(&rule.lets, scope_obj, scope, label)?;
             let rendered = template::render(&rule.template, scope).map_err(|e| {
                 let failure = Failure {
                     message: e.message,
@@ -1181,6 +1225,7 @@ impl Mapping {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
+                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1234,6 +1279,21 @@ impl Mapping {
             fhir,
             dhis2,
         })
+    }
+
+    /// Evaluates a rule's own bindings for the current item.
+    fn rule_lets(
+        &self,
+        lets: &[(Arc<str>, Expr)],
+        scope_obj: &Scope,
+        scope: &Value,
+        label: &str,
+    ) -> Result<(), MapError> {
+        for (name, e) in lets {
+            let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
+            scope_obj.set(name, v);
+        }
+        Ok(())
     }
 
     /// The items a rule runs for: `[None]` without `for_each`, else each

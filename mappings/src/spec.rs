@@ -142,6 +142,10 @@ pub(crate) struct RawFhir {
     /// `index` in scope of `when`, `id`, `if_none_exist` and `resource`.
     #[serde(default)]
     pub(crate) for_each: Option<Spanned<String>>,
+    /// Bindings of this rule, computed per item (after `item` and `index`
+    /// are set) before `when`.
+    #[serde(default, rename = "let")]
+    pub(crate) lets: IndexMap<String, Spanned<String>>,
     /// Condition; the resource is produced only when it holds (per item
     /// with `for_each`).
     #[serde(default)]
@@ -208,6 +212,9 @@ pub(crate) struct RawDhis2 {
     /// as `name[key]`); defaults to a hash of the item.
     #[serde(default)]
     pub(crate) key: Option<Spanned<String>>,
+    /// Bindings of this rule, computed per item before `when`.
+    #[serde(default, rename = "let")]
+    pub(crate) lets: IndexMap<String, Spanned<String>>,
     /// Condition; the contribution is produced only when it holds (per item
     /// with `for_each`).
     #[serde(default)]

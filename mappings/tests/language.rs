@@ -561,3 +561,36 @@ tests:
         "{problems:#?}"
     );
 }
+
+#[test]
+fn the_opensrp_pack_passes_its_tests_and_names_one_child_once() {
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("packs/opensrp-core");
+    let set = MappingSet::load_dir(&pack, LoadOptions::default()).expect("loads");
+    assert_eq!(set.mappings().len(), 3, "the shared files are no mappings");
+    assert!(set.check_tests().is_empty(), "{:#?}", set.check_tests());
+    for report in set.run_tests() {
+        assert!(report.failures.is_empty(), "{:#?}", report.failures);
+    }
+    // The child is one Patient (one FHIR id) across the three event types.
+    let child = |name: &str| {
+        let text = std::fs::read_to_string(pack.join("fixtures").join(name)).expect("fixture");
+        let out = set
+            .map(&Event {
+                source: "opensrp".into(),
+                message_id: None,
+                payload: std::sync::Arc::new(serde_json::from_str(&text).expect("json")),
+            })
+            .expect("maps");
+        out.fhir
+            .iter()
+            .find(|e| e.resource["resourceType"] == "Patient")
+            .map(|e| e.full_url.clone())
+            .expect("a Patient")
+    };
+    let ids = [
+        child("vaccination-bcg-opv0.json"),
+        child("growth-weight.json"),
+        child("birth-registration.json"),
+    ];
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+}
