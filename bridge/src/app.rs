@@ -227,8 +227,9 @@ impl Application {
                 shutdown_rx.clone(),
             )));
         }
+        let mut summary_queues: Vec<String> = Vec::new();
         if let Some(r) = &config.rabbitmq {
-            let queues = r
+            let queues: Vec<String> = r
                 .queues
                 .iter()
                 .flat_map(|q| {
@@ -237,8 +238,15 @@ impl Application {
                     std::iter::once(q.name.clone()).chain(parking)
                 })
                 .collect();
+            summary_queues.clone_from(&queues);
             tokio::spawn(queue_lag_loop(r.url.clone(), queues, shutdown_rx.clone()));
         }
+        tokio::spawn(crate::signals::summary_loop(
+            config.log.summary_interval,
+            summary_queues,
+            config.rabbitmq.is_some().then(|| source_state.clone()),
+            shutdown_rx.clone(),
+        ));
         let retention = tokio::spawn(retention_loop(
             store.clone(),
             config.store.payload_retention,

@@ -59,6 +59,9 @@ pub struct Config {
     /// Status messages to apps over RabbitMQ; off without it.
     #[serde(default)]
     pub feedback: Option<crate::feedback::FeedbackConfig>,
+    /// Log signals: how often the INFO summary line is written.
+    #[serde(default)]
+    pub log: crate::signals::LogConfig,
 }
 
 /// `http:`.
@@ -130,6 +133,7 @@ impl Default for Config {
             pseudonym_key_file: None,
             admin: crate::admin::AdminConfig::default(),
             feedback: None,
+            log: crate::signals::LogConfig::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod run;
 pub mod sandbox;
+pub mod signals;
 pub mod store;
 pub mod tls;
 pub mod trace;

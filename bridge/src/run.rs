@@ -10,10 +10,12 @@ use crate::config::Config;
 
 /// Installs the log subscriber: JSON lines when `KIUNGO_LOG_FORMAT=json`
 /// (production), human-readable otherwise; level from `RUST_LOG`
-/// (default `info`).
+/// (default `info`), with `sqlx` at `warn` unless `RUST_LOG` names it.
 pub fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = EnvFilter::try_new(crate::signals::filter_directives(rust_log.as_deref()))
+        .unwrap_or_else(|_| EnvFilter::new(crate::signals::filter_directives(None)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -26,6 +26,34 @@ pub trait FhirDestination: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<String>, SinkFailure>> + Send;
 }
 
+/// One WARN line per failure class of a pass (retried: by HTTP status or
+/// transport; parked: by reason code), rate-limited per reason
+/// (`crate::signals`): codes and counts, no server text.
+fn warn_failures(results: &[Delivery], now: i64) {
+    use super::warn_limit::failure_class;
+    use crate::signals::FhirFailure;
+    let mut classes: std::collections::BTreeMap<(bool, String, String), u64> =
+        std::collections::BTreeMap::new();
+    for r in results {
+        let key = match r {
+            Delivery::Retry { error, .. } => (false, failure_class(error), String::new()),
+            Delivery::Dead { reason_code, error } => {
+                (true, reason_code.clone(), failure_class(error))
+            }
+            Delivery::Delivered { .. } | Delivery::DeliveredWithdrawalRefused { .. } => continue,
+        };
+        *classes.entry(key).or_default() += 1;
+    }
+    for ((parked, reason, status), n) in classes {
+        let kind = if parked {
+            FhirFailure::Parked { status: &status }
+        } else {
+            FhirFailure::Retried
+        };
+        crate::signals::signals().fhir_failed(kind, &reason, n, now);
+    }
+}
+
 /// The worker.
 #[derive(Debug)]
 pub struct FhirWorker<D> {
@@ -132,6 +160,7 @@ impl<D: FhirDestination> FhirWorker<D> {
             };
             m.delivery("fhir", &item.source, &item.mapping, outcome);
         }
+        warn_failures(&results, now);
         let mut recorded: Vec<(OutboxItem, Delivery)> = items.into_iter().zip(results).collect();
         if self.withdraw == super::withdrawal::WithdrawMode::EnteredInError {
             for (item, result) in &mut recorded {

@@ -156,6 +156,7 @@ async fn report_health(
 ) {
     let state = circuit.state();
     crate::metrics::metrics().set_circuit(destination, state);
+    crate::signals::signals().circuit(destination, state, now);
     let update = crate::store::DestinationUpdate {
         circuit: state.as_str(),
         success_at: health.success_at,

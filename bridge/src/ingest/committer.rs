@@ -441,8 +441,10 @@ fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Do
             })
             .inc_by(n);
     }
+    let now = crate::store::now_ms();
     for ((source, reason), n) in parked {
         m.park_many("ingest", source, reason, n);
+        crate::signals::signals().parked_at_ingest(&m.source_label(source), reason, n, now);
     }
     for ((source, mapping, outcome), n) in committed {
         m.ingested
