@@ -227,23 +227,31 @@ impl Application {
                 shutdown_rx.clone(),
             )));
         }
-        let mut summary_queues: Vec<String> = Vec::new();
+        let mut probed: Vec<(String, String)> = Vec::new();
         if let Some(r) = &config.rabbitmq {
-            let queues: Vec<String> = r
+            // Each probed queue with the consumed queue whose consumer
+            // declares it (a parking queue is declared with its queue).
+            probed = r
                 .queues
                 .iter()
                 .flat_map(|q| {
                     let parking =
                         (q.kind == rabbitmq::QueueKind::Quorum).then(|| q.overflow_queue());
-                    std::iter::once(q.name.clone()).chain(parking)
+                    std::iter::once(q.name.clone())
+                        .chain(parking)
+                        .map(|name| (q.name.clone(), name))
                 })
                 .collect();
-            summary_queues.clone_from(&queues);
-            tokio::spawn(queue_lag_loop(r.url.clone(), queues, shutdown_rx.clone()));
+            tokio::spawn(queue_lag_loop(
+                r.url.clone(),
+                probed.clone(),
+                source_state.clone(),
+                shutdown_rx.clone(),
+            ));
         }
         tokio::spawn(crate::signals::summary_loop(
             config.log.summary_interval,
-            summary_queues,
+            probed.into_iter().map(|(_, probed)| probed).collect(),
             config.rabbitmq.is_some().then(|| source_state.clone()),
             shutdown_rx.clone(),
         ));
@@ -403,16 +411,48 @@ async fn retention_loop(store: Store, retention: Duration, mut shutdown: watch::
     }
 }
 
+/// The probed queues whose consumer has declared them by now (once
+/// declared, a queue stays probed: a consumer reconnecting does not
+/// remove it), in config order.
+fn declared_queues(
+    state: &SourceState,
+    queues: &[(String, String)],
+    declared: &mut std::collections::HashSet<String>,
+) -> Vec<String> {
+    for (consumed, _) in queues {
+        if state.queues.get(consumed).is_some_and(|q| q.connected) {
+            declared.insert(consumed.clone());
+        }
+    }
+    queues
+        .iter()
+        .filter(|(consumed, _)| declared.contains(consumed))
+        .map(|(_, probed)| probed.clone())
+        .collect()
+}
+
 /// Reads the consumed queues' depths every 15 s into the
-/// `kiungo_queue_ready_messages` gauge (queue lag).
-async fn queue_lag_loop(url: String, queues: Vec<String>, mut shutdown: watch::Receiver<bool>) {
+/// `kiungo_queue_ready_messages` gauge (queue lag). `queues` pairs each
+/// probed queue with the consumed queue whose consumer declares it: a
+/// queue is probed only once its consumer has declared it, so that a
+/// first start on a fresh broker does not ask for queues that do not
+/// exist yet (the broker answers `NOT_FOUND` and closes the channel,
+/// which the client logs as an error).
+async fn queue_lag_loop(
+    url: String,
+    queues: Vec<(String, String)>,
+    source: watch::Receiver<SourceState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     use kiungo_connectors::rabbitmq::QueueProbe;
+    let mut declared: std::collections::HashSet<String> = std::collections::HashSet::new();
     let m = crate::metrics::metrics();
     let mut probe: Option<QueueProbe> = None;
     loop {
-        for q in &queues {
-            // A passive declare of a missing queue closes the channel:
-            // reconnect for the next one.
+        let due = declared_queues(&source.borrow(), &queues, &mut declared);
+        for q in &due {
+            // A passive declare of a missing queue (deleted since) closes
+            // the channel: reconnect for the next one.
             if probe.as_ref().is_none_or(|p| !p.is_connected()) {
                 probe = QueueProbe::connect(&url).await.ok();
             }
@@ -438,5 +478,53 @@ async fn queue_lag_loop(url: String, queues: Vec<String>, mut shutdown: watch::R
     }
     if let Some(p) = probe {
         p.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiungo_connectors::rabbitmq::QueueState;
+
+    fn pairs() -> Vec<(String, String)> {
+        [
+            ("kiungo.cht", "kiungo.cht"),
+            ("kiungo.cht", "kiungo.cht.overflow"),
+            ("kiungo.kobo", "kiungo.kobo"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .collect()
+    }
+
+    fn state(connected: &[&str]) -> SourceState {
+        let mut s = SourceState::default();
+        for q in ["kiungo.cht", "kiungo.kobo"] {
+            s.queues.insert(
+                q.to_owned(),
+                QueueState {
+                    connected: connected.contains(&q),
+                    ..QueueState::default()
+                },
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn queues_are_probed_only_once_their_consumer_declared_them() {
+        let mut declared = std::collections::HashSet::new();
+        // A fresh start: no consumer is up, no queue may exist yet.
+        assert!(declared_queues(&state(&[]), &pairs(), &mut declared).is_empty());
+        // The cht consumer declared its queue and its parking queue.
+        assert_eq!(
+            declared_queues(&state(&["kiungo.cht"]), &pairs(), &mut declared),
+            vec!["kiungo.cht", "kiungo.cht.overflow"]
+        );
+        // Its reconnecting does not make the queues disappear.
+        assert_eq!(
+            declared_queues(&state(&["kiungo.kobo"]), &pairs(), &mut declared),
+            vec!["kiungo.cht", "kiungo.cht.overflow", "kiungo.kobo"]
+        );
     }
 }
