@@ -97,6 +97,12 @@ pub struct Dhis2DestinationConfig {
     /// How often the preflight cache is refreshed.
     #[serde(default = "default_refresh", with = "humantime_serde")]
     pub metadata_refresh: Duration,
+    /// The server's system calendar (`calendar` in `/api/system/info`):
+    /// `iso8601` (default), `ethiopian` or `nepali`. Period ids are
+    /// computed in it from each event's own date when the event is mapped;
+    /// any other name is refused when the config loads.
+    #[serde(default)]
+    pub calendar: kiungo_mappings::period::Calendar,
 }
 
 /// `circuit:` of a destination.
