@@ -175,7 +175,40 @@ impl DestinationsConfig {
             if d.lease <= d.server.timeout {
                 out.push("destinations.dhis2.lease: must be longer than server.timeout".into());
             }
+            // The conversions exist (`kiungo_mappings::period::Calendar`)
+            // but mappings still compute ISO 8601 period ids: accepting
+            // another calendar would push values to the wrong periods.
+            if d.calendar != kiungo_mappings::period::Calendar::Iso8601 {
+                out.push(format!(
+                    "destinations.dhis2.calendar: {:?} is recognised but mappings do not compute its \
+                     period ids yet; only iso8601 can be used for now (issue 14)",
+                    d.calendar
+                ));
+            }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dhis2_with(calendar: &str) -> DestinationsConfig {
+        serde_saphyr::from_str(&format!(
+            "dhis2:\n  server: {{base_url: 'http://dhis2.example', auth: {{type: none}}}}\n  calendar: {calendar}\n"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn only_the_iso_calendar_is_accepted_until_mappings_use_others() {
+        assert!(dhis2_with("iso8601").problems().is_empty());
+        let problems = dhis2_with("ethiopian").problems();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("destinations.dhis2.calendar:"),
+            "{problems:?}"
+        );
     }
 }
