@@ -331,7 +331,12 @@ async fn settle(
             last = (now, Instant::now());
         }
         let complete = s.events_live == e.events.len() as i64;
-        let quiet = last.1.elapsed() > Duration::from_secs(3);
+        // Quiet: nothing stored for 30 s. Three seconds were not enough
+        // on a loaded machine: replicas stalled that long while the
+        // broker's queue statistics (emitted every few seconds, quorum
+        // queues included) still read empty, and the test compared a
+        // store that was still catching up (issue 17).
+        let quiet = last.1.elapsed() > Duration::from_secs(30);
         if (complete || quiet) && compared != now {
             compared = now;
             let diff = match store_matches(store, w, e).await {
