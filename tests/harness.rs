@@ -425,6 +425,12 @@ pub async fn store_matches(
     }
 }
 
+/// How long a started `kiungo` may take to answer `/readyz`: generous,
+/// because a machine busy with other builds and tests takes minutes
+/// where an idle one takes a second (a bound on a hung start, not a
+/// speed requirement).
+pub const READY_DEADLINE: Duration = Duration::from_secs(300);
+
 /// The longest any end-to-end wait may take, however steady its
 /// progress: a bound on a hung test, not a speed requirement.
 pub const WAIT_CAP: Duration = Duration::from_secs(45 * 60);

@@ -484,7 +484,7 @@ async fn no_personal_data_in_logs_metrics_errors_or_status() {
         &[("RUST_LOG", "debug"), ("KIUNGO_LOG_FORMAT", "json")],
     )
     .expect("start kiungo");
-    wait_ready(port, Duration::from_secs(60))
+    wait_ready(port, kiungo_tests::harness::READY_DEADLINE)
         .await
         .expect("kiungo ready");
     publish(&iso.vhost.url(), &iso.prefix, &messages)

@@ -420,7 +420,7 @@ async fn three_replicas_share_one_database_exactly_once() {
         ports.push(port);
     }
     for port in &ports {
-        wait_ready(*port, Duration::from_secs(60))
+        wait_ready(*port, kiungo_tests::harness::READY_DEADLINE)
             .await
             .expect("ready");
     }
@@ -458,7 +458,7 @@ async fn three_replicas_share_one_database_exactly_once() {
             "only {stored} events stored"
         );
     }
-    wait_ready(ports[1], Duration::from_secs(60))
+    wait_ready(ports[1], kiungo_tests::harness::READY_DEADLINE)
         .await
         .expect("restarted replica ready");
     publisher.await.expect("join").expect("publish");
