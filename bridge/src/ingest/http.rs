@@ -106,7 +106,7 @@ impl IngestState {
     /// (403), the caller's rate (429), the type (415), the declared size
     /// (413). Gives the caller's rate-limit key and the bytes taken from
     /// its bucket (the declared length, or the most allowed).
-    fn admit(&self, req: &HttpRequest, source: &str) -> Result<(String, u64), Refusal> {
+    pub(super) fn admit(&self, req: &HttpRequest, source: &str) -> Result<(String, u64), Refusal> {
         let caller = auth::caller(self.auth, &self.tokens, req)?;
         if !self.sources.contains(source) {
             return Err(Refusal::UnknownSource {
@@ -186,7 +186,8 @@ fn error(
     HttpResponse::build(status).json(body)
 }
 
-fn header(req: &HttpRequest, name: &str) -> Option<String> {
+/// A header's value as trimmed text, if it is text and not empty.
+pub(super) fn header(req: &HttpRequest, name: &str) -> Option<String> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

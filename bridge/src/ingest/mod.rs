@@ -18,6 +18,8 @@ mod amqp;
 pub mod auth;
 mod committer;
 pub mod content_type;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 mod http_config;
 mod prepare;
