@@ -382,3 +382,21 @@ fn amqp_basic_get() {
             }
         });
 }
+
+/// Found by `amqp_basic_get`: a body frame past the announced size was
+/// kept (up to `keep`), so a message's body could be longer than its
+/// recorded size. Such a stream is out of step: an error, and the
+/// connection is made again.
+#[test]
+fn body_frames_past_the_announced_size_are_refused() {
+    let mut replies = frame(1, 1, &[0, 60, 0, 71, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    replies.extend_from_slice(&frame(2, 1, &content_header(0, &[], 3)));
+    replies.extend_from_slice(&frame(3, 1, b"0123456789"));
+    let mut conn = RawConnection::over(Broker { replies, at: 0 });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let got = runtime.block_on(conn.get("q", 64));
+    let err = got.expect_err("out of step");
+    assert!(err.to_string().contains("announced 3 bytes"), "{err}");
+}

@@ -220,6 +220,15 @@ impl RawConnection {
                 )));
             }
             received += chunk.len() as u64;
+            // More body than the content header announced: the stream is
+            // out of step (AMQP 0-9-1 §4.2.6.2), and the size recorded for
+            // the dead letter would be wrong.
+            if received > msg.body_size {
+                return Err(RawError::Protocol(format!(
+                    "body frames carry more than the announced {} bytes",
+                    msg.body_size
+                )));
+            }
             let room = keep.saturating_sub(msg.body.len());
             msg.body.extend_from_slice(&chunk[..room.min(chunk.len())]);
         }
