@@ -578,3 +578,25 @@ pub async fn until_delivered(store: &Store, timeout: Duration) -> Result<(), Str
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// `%XX` escapes decoded (an `ifNoneExist` search value as the mappings
+/// now write it, URL-encoded); anything else, `+` included, kept as is.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+            (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(((hex(h).unwrap_or(0) << 4) | hex(l).unwrap_or(0)) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -182,8 +182,8 @@ async fn delivers_through_faults_and_outages(backend: Backend) {
                     let query = entry.request.if_none_exist.as_deref().unwrap_or_default();
                     let ident = query
                         .strip_prefix("identifier=")
-                        .unwrap_or(query)
-                        .to_owned();
+                        .map(kiungo_tests::harness::percent_decode)
+                        .unwrap_or_else(|| query.to_owned());
                     by_identifier.get(&(ty.clone(), ident)).copied() == Some(1)
                 }
             };

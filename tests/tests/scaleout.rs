@@ -192,8 +192,8 @@ fn check_fhir(sandbox: &Sandbox, e: &Expected) -> Vec<String> {
                 let query = entry.request.if_none_exist.as_deref().unwrap_or_default();
                 let ident = query
                     .strip_prefix("identifier=")
-                    .unwrap_or(query)
-                    .to_owned();
+                    .map(kiungo_tests::harness::percent_decode)
+                    .unwrap_or_else(|| query.to_owned());
                 if by_identifier.get(&(ty.clone(), ident)).copied() != Some(1) {
                     missing.push(format!("{ty} {query}"));
                 }
