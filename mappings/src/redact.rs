@@ -34,6 +34,12 @@ pub fn external(text: &str) -> String {
         let before = i.checked_sub(1).map(|j| chars[j]);
         let after = chars.get(i + 1).copied();
         if let Some(close) = closing {
+            // A backslash escapes the next character (JSON's `\"` inside a
+            // string): it never closes the quote.
+            if c == '\\' {
+                i += 2;
+                continue;
+            }
             let closes = c == close && (close != '\'' || !after.is_some_and(char::is_alphanumeric));
             if closes {
                 out.push(c);
@@ -128,6 +134,19 @@ mod tests {
         ] {
             assert_eq!(external(text), kept, "{text}");
         }
+    }
+
+    /// Found by the `dhis2_import_answers` fuzz target: in a JSON body
+    /// quoted by an error, an escaped quote (`\"`) closed the string, so
+    /// that the quotes after it paired the wrong way round and left the
+    /// values between them.
+    #[test]
+    fn escaped_quotes_do_not_close_a_quote() {
+        let body = r#"{"note":"a \"b\" c","name":"Zawadi Kiungo","phone":"x"}"#;
+        let r = external(body);
+        assert!(!r.contains("Zawadi") && !r.contains("Kiungo"), "{r}");
+        assert_eq!(r, r#"{"…":"…","…":"…","…":"…"}"#);
+        assert_eq!(external(r"path 'C:\\' and 'Zawadi'"), "path '…' and '…'");
     }
 
     #[test]
