@@ -922,6 +922,17 @@ async fn summary_flows_and_mappings(backend: Backend) {
             "growth-monitoring.yaml",
         ),
         ("kobo-malaria-rdt", "kobo", "malaria-rdt.yaml"),
+        (
+            "opensrp-birth-registration",
+            "opensrp",
+            "birth-registration.yaml",
+        ),
+        (
+            "opensrp-growth-monitoring",
+            "opensrp",
+            "growth-monitoring.yaml",
+        ),
+        ("opensrp-vaccination", "opensrp", "vaccination.yaml"),
     ]
     .into_iter()
     .map(|(id, source, file)| (id.to_owned(), (1, source.to_owned(), file.to_owned())))
