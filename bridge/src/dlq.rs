@@ -165,7 +165,14 @@ async fn replay_bundle(
                 return Ok(match outputs.bundle {
                     Some((bundle, entries)) => {
                         if store
-                            .requeue_fhir_with(outbox, &bundle, entries, &outputs.mapping, now)
+                            .requeue_fhir_with(
+                                outbox,
+                                &bundle,
+                                entries,
+                                &outputs.puts,
+                                &outputs.mapping,
+                                now,
+                            )
                             .await?
                         {
                             ReplayResult::Remapped {

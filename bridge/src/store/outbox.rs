@@ -289,9 +289,17 @@ impl Store {
             }
             query(self.backend, sql, binds).execute(&mut *tx).await?;
         }
+        // Withdrawals are per bundle (only edits have them); what the
+        // bundles placed is one insert for the pass.
+        let mut placed = Vec::new();
         for (item, _) in &delivered {
-            self.record_placements(&mut tx, item, true, now).await?;
+            if item.placed_before.is_empty() {
+                placed.extend(super::withdrawal::placement_rows(item, now));
+            } else {
+                self.record_placements(&mut tx, item, true, now).await?;
+            }
         }
+        self.insert_placements(&mut tx, placed).await?;
         for (item, result) in rest {
             self.record_one(&mut tx, item, result, now).await?;
         }
@@ -462,12 +470,14 @@ impl Store {
     }
 
     /// Puts a dead bundle back in the queue with a new body (re-mapped
-    /// after a mapping fix), due now.
+    /// after a mapping fix), due now. `puts`: what the new body places
+    /// (`Type/id` of each entry written with `PUT` at its own id).
     pub async fn requeue_fhir_with(
         &self,
         outbox_id: i64,
         bundle: &str,
         entries: usize,
+        puts: &[String],
         mapping: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
@@ -489,7 +499,7 @@ impl Store {
                 outbox_id.into(),
                 // A re-mapped bundle may no longer produce what earlier
                 // versions placed: its claim withdraws that.
-                Some(puts_of(bundle)).filter(|p| !p.is_empty()).into(),
+                (!puts.is_empty()).then(|| puts.join("\n")).into(),
             ],
         )
         .execute(&self.pool)
@@ -559,27 +569,4 @@ impl Store {
             })
             .collect()
     }
-}
-
-/// `Type/id` of each entry of a bundle (JSON text) written with `PUT` at
-/// its own id, one per line.
-fn puts_of(bundle: &str) -> String {
-    let Ok(parsed) = serde_json::from_str::<serde_json::Value>(bundle) else {
-        return String::new();
-    };
-    parsed
-        .get("entry")
-        .and_then(serde_json::Value::as_array)
-        .map(|entries| {
-            entries
-                .iter()
-                .filter_map(|e| {
-                    let r = e.get("request")?;
-                    let url = r.get("url")?.as_str()?;
-                    (r.get("method")?.as_str()? == "PUT" && !url.contains('?')).then_some(url)
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default()
 }

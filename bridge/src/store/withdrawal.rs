@@ -146,27 +146,17 @@ impl Store {
                 }
             }
         }
-        if item.puts.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<Vec<super::sql::Bind>> = item
-            .puts
-            .iter()
-            .map(|resource| {
-                vec![
-                    item.source.as_str().into(),
-                    item.event_id.as_str().into(),
-                    resource.as_str().into(),
-                    item.id.into(),
-                    now.into(),
-                    item.marked_bodies
-                        .iter()
-                        .find(|(r, _)| r == resource)
-                        .map(|(_, b)| b.clone())
-                        .into(),
-                ]
-            })
-            .collect();
+        self.insert_placements(tx, placement_rows(item, now)).await
+    }
+
+    /// Records what several delivered bundles placed in one statement per
+    /// `MAX_PARAMS` values (rows from [`placement_rows`]): a pass of
+    /// plain deliveries costs one insert, not one per bundle.
+    pub(crate) async fn insert_placements(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        rows: Vec<Vec<super::sql::Bind>>,
+    ) -> Result<(), StoreError> {
         for (sql, binds) in super::sql::multi_row(
             "INSERT INTO fhir_placed (source, event_id, resource, outbox_id, placed_at, body)",
             "ON CONFLICT (source, event_id, resource) DO UPDATE SET outbox_id = excluded.outbox_id, \
@@ -239,4 +229,28 @@ pub(crate) fn withdraw_method(p: &Placed) -> &'static str {
     } else {
         "DELETE"
     }
+}
+
+/// The `fhir_placed` rows of what a delivered bundle placed: one per
+/// resource it wrote with `PUT` at its own id (a bundle never writes one
+/// twice: the mapper refuses duplicate ids), with the marked body in
+/// `entered-in-error` mode.
+pub(crate) fn placement_rows(item: &OutboxItem, now: i64) -> Vec<Vec<super::sql::Bind>> {
+    item.puts
+        .iter()
+        .map(|resource| {
+            vec![
+                item.source.as_str().into(),
+                item.event_id.as_str().into(),
+                resource.as_str().into(),
+                item.id.into(),
+                now.into(),
+                item.marked_bodies
+                    .iter()
+                    .find(|(r, _)| r == resource)
+                    .map(|(_, b)| b.clone())
+                    .into(),
+            ]
+        })
+        .collect()
 }
