@@ -56,10 +56,13 @@ fn write_config(
             queue_for(&iso.prefix, s)
         ));
     }
-    // The FHIR lease (30 s) is far above a pass of a debug replica on a
-    // loaded CI machine (5 s request timeout): a lease that ran out under
-    // a live holder would show as an overlap, which this test forbids. The
-    // killed replica's claims come back after it.
+    // The FHIR request timeout (20 s) is far above a request to the
+    // simulator on a loaded CI machine, and the lease (60 s) above a pass
+    // (a group, then its members alone): a request the client gave up on
+    // while the simulator still worked on it, sent again, or a lease that
+    // ran out under a live holder, would show as an overlap, which this
+    // test forbids. (With a 5 s timeout CI once saw one such overlap.) The
+    // killed replica's claims come back after the lease.
     let yaml = format!(
         "mappings: {mappings}\npseudonym_key_file: pseudonym.key\n\
          store:\n  url: '{store_url}'\n\
@@ -67,9 +70,9 @@ fn write_config(
          http:\n  listen: 127.0.0.1:{port}\n\
          ingest:\n  max_events: 500\n  max_wait: 5ms\n\
          destinations:\n\
-         \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 5s}}\n\
+         \x20 fhir:\n    server: {{base_url: '{fhir}', timeout: 20s}}\n\
          \x20   retry: {{base_delay: 100ms, max_delay: 2s, max_age: 10m}}\n\
-         \x20   circuit: {{failures: 5, cool_down: 1s}}\n    concurrency: 32\n    lease: 30s\n\
+         \x20   circuit: {{failures: 5, cool_down: 1s}}\n    concurrency: 32\n    lease: 60s\n\
          \x20 dhis2:\n    server:\n      base_url: '{dhis2}'\n      timeout: 5s\n\
          \x20     auth: {{type: basic, username: admin, password: {{file: dhis2-password}}}}\n\
          \x20   retry: {{base_delay: 100ms, max_delay: 2s, max_age: 10m}}\n\
@@ -518,11 +521,17 @@ async fn three_replicas_share_one_database_exactly_once() {
             "kiungo_deliveries_total",
             &["destination=\"fhir\"", "result=\"delivered\""],
         );
+        let retried = counter(
+            &metrics,
+            "kiungo_deliveries_total",
+            &["destination=\"fhir\"", "result=\"retried\""],
+        );
         let log = std::fs::read_to_string(iso.dir.path().join(format!("replica-{i}/kiungo.log")))
             .unwrap_or_default();
         eprintln!(
-            "replica {i}: {events} events committed, {bundles} FHIR bundles delivered since its start; \
-             {} commits retried after a deadlock",
+            "replica {i}: {events} events committed, {bundles} FHIR bundles delivered and {retried} \
+             retried since its start ({} log lines name a timeout); {} commits retried after a deadlock",
+            log.matches("timed out").count(),
             log.matches("deadlock detected").count()
         );
         if events == 0.0 {
