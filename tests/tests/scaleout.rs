@@ -107,7 +107,7 @@ fn counter(metrics: &str, name: &str, filters: &[&str]) -> f64 {
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .fold(0.0, |a, b| a + b)
 }
 
 /// A resource as compared: no `id` or `meta` (the server's), every
