@@ -32,8 +32,25 @@ fn destination_level(status: u16) -> bool {
 /// single quotes): they are cut by the one redaction policy
 /// ([`kiungo_mappings::redact::external`]) before they are logged, stored
 /// or published.
+/// The text is also cut to [`MAX_SERVER_TEXT`] characters: a proxy's
+/// error page or an OperationOutcome listing every entry would otherwise
+/// be stored in each dead letter and `last_error`, and logged.
 pub fn redact(message: &str) -> String {
-    kiungo_mappings::redact::external(message)
+    cap(kiungo_mappings::redact::external(message))
+}
+
+/// The longest server message kept, in characters (an OperationOutcome's
+/// diagnostics or a DHIS2 conflict are far shorter).
+pub const MAX_SERVER_TEXT: usize = 1_000;
+
+/// `text` cut to [`MAX_SERVER_TEXT`] characters, saying how many were cut.
+fn cap(text: String) -> String {
+    let total = text.chars().count();
+    if total <= MAX_SERVER_TEXT {
+        return text;
+    }
+    let kept: String = text.chars().take(MAX_SERVER_TEXT).collect();
+    format!("{kept}… ({} more characters)", total - MAX_SERVER_TEXT)
 }
 
 fn failure(e: &(impl Retryable + std::fmt::Display), destination: bool) -> SinkFailure {
@@ -403,11 +420,13 @@ fn reason_text(message: &str, chunk: &[DataValue]) -> String {
     for (i, o) in sent.iter().enumerate() {
         marked = marked.replace(&format!("`{o}`"), &format!("{MARK}{i}{MARK}"));
     }
-    let mut out = redact(&marked);
+    // Cut after the identifiers are back, so that a cut never splits a
+    // marker.
+    let mut out = kiungo_mappings::redact::external(&marked);
     for (i, o) in sent.iter().enumerate() {
         out = out.replace(&format!("{MARK}{i}{MARK}"), &format!("`{o}`"));
     }
-    out
+    cap(out)
 }
 
 /// Logs a preflight report (every reference that does not exist) and
@@ -457,6 +476,29 @@ mod tests {
     fn server_messages_go_through_the_redaction_policy() {
         let r = redact("HTTP 422: Patient 'Aminata Test-Kamara' is a duplicate of «Zawadi»");
         assert_eq!(r, "HTTP 422: Patient '…' is a duplicate of «…»");
+    }
+
+    #[test]
+    fn long_server_messages_are_cut_saying_how_much() {
+        let page = format!("HTTP 502: {}", "Bad gateway. ".repeat(1_000));
+        let r = redact(&page);
+        assert!(r.starts_with("HTTP 502: Bad gateway."), "{r}");
+        let more = page.chars().count() - MAX_SERVER_TEXT;
+        assert!(r.ends_with(&format!("… ({more} more characters)")), "{r}");
+        assert_eq!(
+            r.chars().count(),
+            MAX_SERVER_TEXT + format!("… ({more} more characters)").chars().count()
+        );
+        // Short ones are untouched.
+        assert_eq!(redact("HTTP 503: busy"), "HTTP 503: busy");
+        // A DHIS2 conflict keeps the identifiers Kiungo sent, also when cut.
+        let long = format!(
+            "Data element `fbfJHSPpUQD` not found {}",
+            "and more ".repeat(200)
+        );
+        let r = reason_text(&long, &[value("HllvX50cXC0")]);
+        assert!(r.starts_with("Data element `fbfJHSPpUQD` not found"), "{r}");
+        assert!(r.contains("more characters)"), "{r}");
     }
 
     fn value(coc: &str) -> DataValue {
