@@ -923,6 +923,11 @@ async fn summary_flows_and_mappings(backend: Backend) {
         ),
         ("kobo-malaria-rdt", "kobo", "malaria-rdt.yaml"),
         (
+            "odk-central-household-visit",
+            "odk",
+            "household-visit.yaml",
+        ),
+        (
             "opensrp-birth-registration",
             "opensrp",
             "birth-registration.yaml",

@@ -28,6 +28,8 @@ fn validate_accepts_the_shipped_packs() {
         "commcare-immunization",
         "kobo-malaria-rdt",
         "inhouse-nutrition-growth",
+        "opensrp-vaccination",
+        "odk-central-household-visit",
     ] {
         assert!(
             stdout.contains(&format!("ok  {id} v")),
