@@ -922,11 +922,7 @@ async fn summary_flows_and_mappings(backend: Backend) {
             "growth-monitoring.yaml",
         ),
         ("kobo-malaria-rdt", "kobo", "malaria-rdt.yaml"),
-        (
-            "odk-central-household-visit",
-            "odk",
-            "household-visit.yaml",
-        ),
+        ("odk-central-household-visit", "odk", "household-visit.yaml"),
         (
             "opensrp-birth-registration",
             "opensrp",

@@ -171,7 +171,10 @@ async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
             break;
         }
     }
-    assert!(kills > 0, "no kill landed mid-stream ({seen} events stored)");
+    assert!(
+        kills > 0,
+        "no kill landed mid-stream ({seen} events stored)"
+    );
     publisher.await.expect("join").expect("publish");
     let result = wait_for_store(&store, &w, &e, Duration::from_secs(240)).await;
     let status = kiungo.stop().expect("stop");
