@@ -471,7 +471,10 @@ async fn poison_of_every_class_is_parked(backend: Backend) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    eprintln!("queues empty {:?} after the dead letters", started.elapsed());
+    eprintln!(
+        "queues empty {:?} after the dead letters",
+        started.elapsed()
+    );
     let again = app
         .store()
         .dead_letters(&DeadLetterFilter {

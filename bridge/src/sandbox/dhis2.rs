@@ -32,6 +32,8 @@ use serde_json::{Map, Value, json};
 
 use super::faults::{Fault, FaultControl};
 
+mod data_sets;
+
 /// The metadata shipped with the sandbox (Sierra Leone demo subset, 2.40).
 pub const DEFAULT_METADATA: &str = include_str!("../../sandbox/dhis2-metadata.json");
 
@@ -71,6 +73,7 @@ struct DataElement {
 #[derive(Debug, Clone)]
 struct DataSet {
     data_elements: Vec<String>,
+    period_type: Option<String>,
 }
 
 /// The metadata the simulator validates against.
@@ -165,7 +168,14 @@ impl Metadata {
                 .filter_map(|e| e.pointer("/dataElement/id").and_then(Value::as_str))
                 .map(str::to_owned)
                 .collect();
-            data_sets.insert(id, DataSet { data_elements });
+            let period_type = str_field(ds, "periodType");
+            data_sets.insert(
+                id,
+                DataSet {
+                    data_elements,
+                    period_type,
+                },
+            );
         }
         let de_index = index(data_elements.iter().map(|d| &d.named));
         let ou_index = index(org_units.iter());
@@ -1561,7 +1571,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             &format!("{prefix}/categoryOptionCombos"),
             web::get().to(category_option_combos),
         )
-        .route(&format!("{prefix}/system/info"), web::get().to(system_info));
+        .route(&format!("{prefix}/system/info"), web::get().to(system_info))
+        .route(
+            &format!("{prefix}/dataSets/{{id}}"),
+            web::get().to(data_sets::data_set),
+        );
     }
     cfg.route("/sandbox/values", web::get().to(sandbox_values))
         .route("/sandbox/traffic", web::get().to(sandbox_traffic))

@@ -76,8 +76,20 @@ pub struct ReadRequest<'a> {
     pub children: bool,
 }
 
+/// A data set as reconciliation needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DataSetInfo {
+    /// Its period type name (`Monthly`, `Quarterly`, ...), when DHIS2
+    /// gave one.
+    pub period_type: Option<String>,
+    /// Its data elements.
+    pub elements: Vec<DataSetElement>,
+}
+
 #[derive(Deserialize)]
 struct DataSetDoc {
+    #[serde(default, rename = "periodType")]
+    period_type: Option<String>,
     #[serde(default, rename = "dataSetElements")]
     elements: Vec<ElementDoc>,
 }
@@ -89,21 +101,24 @@ struct ElementDoc {
 }
 
 impl Dhis2Client {
-    /// The data elements of `data_set`
-    /// (`GET /api/dataSets/{id}?fields=dataSetElements[dataElement[id,code]]`).
-    pub async fn data_set_elements(
-        &self,
-        data_set: &str,
-    ) -> Result<Vec<DataSetElement>, Dhis2Error> {
+    /// The period type and data elements of `data_set` (`GET
+    /// /api/dataSets/{id}?fields=id,periodType,dataSetElements[dataElement[id,code]]`).
+    pub async fn data_set(&self, data_set: &str) -> Result<DataSetInfo, Dhis2Error> {
         let url = format!("{}/dataSets/{data_set}", self.api);
-        let query = [("fields", "id,dataSetElements[dataElement[id,code]]")];
+        let query = [(
+            "fields",
+            "id,periodType,dataSetElements[dataElement[id,code]]",
+        )];
         let (status, text) = self.polite_get(&url, &query).await?;
         let doc: DataSetDoc =
             serde_json::from_str(&text).map_err(|e| Dhis2Error::UnexpectedResponse {
                 status,
                 found: format!("an unreadable data set: {e}"),
             })?;
-        Ok(doc.elements.into_iter().map(|e| e.data_element).collect())
+        Ok(DataSetInfo {
+            period_type: doc.period_type,
+            elements: doc.elements.into_iter().map(|e| e.data_element).collect(),
+        })
     }
 
     /// The values DHIS2 holds for the data set and period in the org

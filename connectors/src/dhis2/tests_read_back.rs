@@ -33,24 +33,25 @@ fn units(n: usize) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn data_set_elements_are_read_with_their_codes() {
+async fn a_data_set_is_read_with_its_period_type_and_element_codes() {
     let server = MockServer::start().await;
     Mock::given(method("GET"))
         .and(path("/api/dataSets/BfMAe6Itzgt"))
         .and(query_param(
             "fields",
-            "id,dataSetElements[dataElement[id,code]]",
+            "id,periodType,dataSetElements[dataElement[id,code]]",
         ))
         .respond_with(json(200, ELEMENTS))
         .expect(1)
         .mount(&server)
         .await;
-    let elements = client(&server)
-        .data_set_elements("BfMAe6Itzgt")
+    let info = client(&server)
+        .data_set("BfMAe6Itzgt")
         .await
-        .expect("elements");
+        .expect("data set");
+    assert_eq!(info.period_type.as_deref(), Some("Monthly"));
     assert_eq!(
-        elements,
+        info.elements,
         vec![
             DataSetElement {
                 id: "fbfJHSPpUQD".into(),
