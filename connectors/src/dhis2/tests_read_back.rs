@@ -205,10 +205,7 @@ async fn errors_classify() {
         .expect_err("409");
     assert!(!e.is_retryable(), "{e}");
     assert!(e.to_string().contains("E2002"), "{e}");
-    let e = c
-        .data_set_elements("Nope1234567")
-        .await
-        .expect_err("bad body");
+    let e = c.data_set("Nope1234567").await.expect_err("bad body");
     assert!(!e.is_retryable());
     assert_eq!(e.retry_after(), None::<Duration>);
 }
