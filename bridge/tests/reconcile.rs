@@ -283,6 +283,83 @@ async fn one_org_unit_and_nothing_stored(backend: Backend) {
     sandbox.stop().await;
 }
 
+/// `GET /v1/reconciliation` on the running service: viewers only, the
+/// query checked, the report as JSON with a hand-entered value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_route_reports_for_viewers() {
+    const VIEWER: &str = "reconcile-test-viewer-token-7d3f9b1c5e2a8f4d6b0c";
+    kiungo::tls::install_crypto_provider();
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let reader = client(&sandbox, &dir);
+    reader
+        .post_data_values(&[value(BY_HAND, OUTREACH_UNDER_1, "9")], None)
+        .await
+        .expect("entered by hand");
+    let yaml = format!(
+        "mappings: '{}'\nstore:\n  url: '{}'\nhttp:\n  listen: 127.0.0.1:0\n\
+         admin:\n  tokens:\n    - {{name: viewer-amina, role: viewer, sha256: {}}}\n\
+         destinations:\n  dhis2:\n    server:\n      base_url: '{}'\n\
+         \x20     auth: {{type: basic, username: admin, password: {{file: '{}'}}}}\n",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../mappings/packs")
+            .display(),
+        db.config.url,
+        kiungo::admin::token_hash_hex(VIEWER),
+        sandbox.dhis2_url(),
+        dir.path().join("pw").display(),
+    );
+    let file = dir.path().join("kiungo.yaml");
+    std::fs::write(&file, yaml).expect("config");
+    let config = kiungo::config::Config::load(&file).expect("config loads");
+    let app = kiungo::app::Application::build(config)
+        .await
+        .expect("start");
+    let base = format!("http://{}/v1/reconciliation", app.http_addr());
+    let http = reqwest::Client::new();
+    let get = |query: &str, token: Option<&str>| {
+        let mut req = http.get(format!("{base}?{query}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            let r = req.send().await.expect("send");
+            let status = r.status().as_u16();
+            (
+                status,
+                r.json::<serde_json::Value>().await.unwrap_or_default(),
+            )
+        }
+    };
+    let query = format!("data_set={CHILD_HEALTH}&period={PERIOD}&org_unit={NGELEHUN}");
+    assert_eq!(get(&query, None).await.0, 401);
+    let (status, report) = get(&query, Some(VIEWER)).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["not_from_kiungo"], 1, "{report}");
+    assert_eq!(report["missing"], 0, "{report}");
+    assert_eq!(report["drift"][0]["data_element"], BY_HAND);
+    assert_eq!(report["drift"][0]["dhis2"], "9");
+    let (status, error) = get(&format!("data_set=x&period={PERIOD}"), Some(VIEWER)).await;
+    assert_eq!(status, 400);
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("data_set:")),
+        "{error}"
+    );
+    let (status, _) = get(
+        &format!("data_set=NoSuchSet01&period={PERIOD}&org_unit={NGELEHUN}"),
+        Some(VIEWER),
+    )
+    .await;
+    assert_eq!(status, 502);
+    app.run_until(async {}).await;
+    sandbox.stop().await;
+}
+
 kiungo::on_both_backends!(
     reconcile_finds_hand_edits_and_repair_restores_kiungos_totals,
     one_org_unit_and_nothing_stored,
