@@ -360,6 +360,104 @@ async fn the_admin_route_reports_for_viewers() {
     sandbox.stop().await;
 }
 
+/// `kiungo dhis2 reconcile` as an operator runs it: CSV out, exit code 1
+/// on drift, `--repair` audited with `--actor`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_prints_csv_and_repairs() {
+    kiungo::tls::install_crypto_provider();
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("open");
+    commit(&store, "e1").await;
+    let reader = client(&sandbox, &dir);
+    reader
+        .post_data_values(&[value(BY_HAND, OUTREACH_UNDER_1, "9")], None)
+        .await
+        .expect("entered by hand");
+    let yaml = format!(
+        "store:\n  url: '{}'\ndestinations:\n  dhis2:\n    server:\n      base_url: '{}'\n\
+         \x20     auth: {{type: basic, username: admin, password: {{file: '{}'}}}}\n",
+        db.config.url,
+        sandbox.dhis2_url(),
+        dir.path().join("pw").display(),
+    );
+    let file = dir.path().join("kiungo.yaml");
+    std::fs::write(&file, yaml).expect("config");
+    let run = |extra: &'static [&'static str]| {
+        let file = file.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiungo"))
+                .arg("dhis2")
+                .arg("--config")
+                .arg(&file)
+                .args([
+                    "--actor",
+                    "ops-juma",
+                    "reconcile",
+                    "--data-set",
+                    CHILD_HEALTH,
+                ])
+                .args(["--period", PERIOD, "--format", "csv"])
+                .args(extra)
+                .output()
+                .expect("runs")
+        })
+    };
+    let out = run(&[]).await.expect("joined");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "kind,data_element,period,org_unit,category_option_combo,attribute_option_combo,kiungo,dhis2"
+    );
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("missing,")).count(),
+        3
+    );
+    assert!(
+        lines.contains(
+            &format!(
+                "not_from_kiungo,{BY_HAND},{PERIOD},{NGELEHUN},{OUTREACH_UNDER_1},{DEFAULT},,9"
+            )
+            .as_str()
+        )
+    );
+    assert!(
+        store.audit_log(10).await.expect("audit").is_empty(),
+        "reading only"
+    );
+
+    let out = run(&["--repair"]).await.expect("joined");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("3 total(s) marked for a push"), "{stderr}");
+    let audit = store.audit_log(10).await.expect("audit");
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(
+        (
+            audit[0].1.as_str(),
+            audit[0].2.as_str(),
+            audit[0].3.as_str()
+        ),
+        (
+            "ops-juma",
+            "dhis2.reconcile_repair",
+            "dhis2:BfMAe6Itzgt:202401"
+        )
+    );
+    sandbox.stop().await;
+}
+
 kiungo::on_both_backends!(
     reconcile_finds_hand_edits_and_repair_restores_kiungos_totals,
     one_org_unit_and_nothing_stored,
