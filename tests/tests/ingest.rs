@@ -151,17 +151,27 @@ async fn sigkill_loses_and_doubles_nothing(backend: Backend) {
     });
     let mut kills = 0;
     let mut last = 0;
+    let (mut seen, mut changed) = (0, std::time::Instant::now());
     // Kill whenever a good share more has been committed since the last
-    // kill, so that each kill lands mid-stream.
+    // kill, so that each kill lands mid-stream. On a slow machine the
+    // whole workload may be stored before the third kill is due: once
+    // everything is published and the count has not moved for 30 s, the
+    // kills so far must do (the loop used to wait for it forever).
     while kills < 3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let n = store.count_events().await.expect("count");
+        if n != seen {
+            (seen, changed) = (n, std::time::Instant::now());
+        }
         if n >= last + 1_500 {
             kiungo.kill_and_restart().expect("kill and restart");
             kills += 1;
             last = n;
+        } else if publisher.is_finished() && changed.elapsed() > Duration::from_secs(30) {
+            break;
         }
     }
+    assert!(kills > 0, "no kill landed mid-stream ({seen} events stored)");
     publisher.await.expect("join").expect("publish");
     let result = wait_for_store(&store, &w, &e, Duration::from_secs(240)).await;
     let status = kiungo.stop().expect("stop");
