@@ -8,9 +8,9 @@ use kiungo_connectors::dhis2::Dhis2Client;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::AdminState;
 use super::auth::Viewer;
-use crate::reconcile::{DriftKind, Request, reconcile};
+use super::{AdminState, server_error};
+use crate::reconcile::{DriftKind, ReconcileError, Request, reconcile};
 
 /// Query of `/v1/reconciliation`.
 #[derive(Debug, Deserialize)]
@@ -89,7 +89,8 @@ pub async fn reconciliation(
             }
             HttpResponse::Ok().json(v)
         }
-        // DHIS2's message, cut by the client like every server message.
+        Err(e @ ReconcileError::Store(_)) => server_error(e),
+        // DHIS2's message, cut like every server message.
         Err(e) => HttpResponse::BadGateway().json(json!({"error": {
             "code": "reconcile_failed",
             "message": crate::delivery::sinks::redact(&e.to_string()),
