@@ -32,6 +32,7 @@ use serde_json::{Map, Value, json};
 
 use super::faults::{Fault, FaultControl};
 
+mod completeness;
 mod data_sets;
 
 /// The metadata shipped with the sandbox (Sierra Leone demo subset, 2.40).
@@ -638,6 +639,7 @@ struct Traffic {
 pub struct Dhis2State {
     metadata: Metadata,
     values: Mutex<BTreeMap<ValueKey, Stored>>,
+    registrations: completeness::Registrations,
     traffic: Mutex<Traffic>,
     pub(crate) faults: FaultControl,
 }
@@ -669,6 +671,7 @@ impl Dhis2State {
         Self {
             metadata,
             values: Mutex::new(BTreeMap::new()),
+            registrations: completeness::Registrations::default(),
             traffic: Mutex::new(Traffic::default()),
             faults,
         }
@@ -1575,9 +1578,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{prefix}/dataSets/{{id}}"),
             web::get().to(data_sets::data_set),
+        )
+        .route(
+            &format!("{prefix}/completeDataSetRegistrations"),
+            web::post().to(completeness::register),
+        )
+        .route(
+            &format!("{prefix}/completeDataSetRegistrations"),
+            web::delete().to(completeness::undo),
         );
     }
     cfg.route("/sandbox/values", web::get().to(sandbox_values))
+        .route("/sandbox/registrations", web::get().to(completeness::list))
         .route("/sandbox/traffic", web::get().to(sandbox_traffic))
         .route("/sandbox/reset", web::post().to(sandbox_reset))
         .route("/sandbox/faults", web::get().to(get_faults))
