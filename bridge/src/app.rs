@@ -169,6 +169,14 @@ impl Application {
                 ttl: config.http.admin_cache,
                 ..crate::admin::Caches::default()
             }),
+            // Built like the delivery worker's; a config it refuses
+            // stops the start-up there with its message.
+            dhis2: config
+                .destinations
+                .dhis2
+                .as_ref()
+                .and_then(|d| kiungo_connectors::dhis2::Dhis2Client::new(d.server.clone()).ok())
+                .map(Arc::new),
         });
         let tokens = web::Data::new(tokens);
         let health = web::Data::new(Health {

@@ -76,6 +76,18 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// DHIS2 operations: `reconcile` (does DHIS2 hold what Kiungo sent?).
+    Dhis2 {
+        /// Config file (store and DHIS2 destination); defaults as for `run`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Who is acting, for the audit log of `--repair` (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::reconcile::Dhis2Action,
+    },
     /// Admin API tokens.
     Admin {
         /// What to do.
@@ -158,6 +170,11 @@ pub fn run(cli: Cli) -> ExitCode {
             event,
         } => map(&mapping, source, message_id, test_key, &event),
         Command::Sandbox(args) => crate::sandbox::run_cli(args),
+        Command::Dhis2 {
+            config,
+            actor,
+            action,
+        } => crate::reconcile::run_cli(config.as_deref(), actor, action),
         Command::Config {
             action: ConfigAction::Check { config },
         } => crate::config_check::run(&config),

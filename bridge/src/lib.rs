@@ -14,6 +14,7 @@ pub mod dlq_cli;
 pub mod feedback;
 pub mod ingest;
 pub mod metrics;
+pub mod reconcile;
 pub mod run;
 pub mod sandbox;
 pub mod signals;

@@ -92,6 +92,13 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+/// `{data_set}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DataSetLabels {
+    /// A DHIS2 data set UID from `destinations.dhis2.reconcile.data_sets`.
+    pub data_set: String,
+}
+
 /// `{result}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -132,6 +139,9 @@ pub struct Metrics {
     pub feedback: Family<ResultLabels, Counter>,
     /// Status messages waiting to be published (set at scrape time).
     pub feedback_pending: Gauge,
+    /// Keys where DHIS2 and Kiungo differ, per data set, as the last
+    /// scheduled reconciliation found them.
+    pub dhis2_drift: Family<DataSetLabels, Gauge>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -227,6 +237,12 @@ impl Metrics {
             "Status messages waiting to be published",
             feedback_pending.clone(),
         );
+        let dhis2_drift = Family::<DataSetLabels, Gauge>::default();
+        registry.register(
+            "dhis2_drift_values",
+            "Values where DHIS2 differs from Kiungo's totals (missing, different, not from Kiungo) in the last scheduled reconciliation, per data set",
+            dhis2_drift.clone(),
+        );
         Self {
             registry,
             known_sources: RwLock::new(HashSet::new()),
@@ -245,7 +261,17 @@ impl Metrics {
             queue_ready,
             feedback,
             feedback_pending,
+            dhis2_drift,
         }
+    }
+
+    /// Sets `kiungo_dhis2_drift_values{data_set}`.
+    pub fn set_dhis2_drift(&self, data_set: &str, values: i64) {
+        self.dhis2_drift
+            .get_or_create(&DataSetLabels {
+                data_set: data_set.to_owned(),
+            })
+            .set(values);
     }
 
     /// Declares source names that may appear as label values (from the

@@ -1,7 +1,7 @@
 //! Plan tests: every statement on a hot path (ingest commit, FHIR claim,
 //! record and lease sweep, DHIS2 claim, recompute and finish, feedback
-//! rounds, retention, the gauges) must cost in proportion to its own work,
-//! not to the size of the store. Each test loads a store with a large
+//! rounds, retention, the gauges, reconciliation's reads) must cost in
+//! proportion to its own work, not to the size of the store. Each test loads a store with a large
 //! backlog (tens of thousands of rows per table, generated in one
 //! statement each), runs the real operations while recording every
 //! statement, and asks the database for each statement's plan: no full
@@ -369,6 +369,14 @@ async fn hot_statements_stay_proportional(backend: Backend) {
     let (out, st) = record(store.event_status("bk-16", None)).await;
     out.expect("event status");
     check(&store, "event status", &st, &[], &mut problems).await;
+
+    // Reconciliation: one data set's totals and pushed values for one
+    // period, by data element (a UID and a `code:` that matches nothing).
+    let des = ["de3".to_owned(), "code:DE_3".to_owned()];
+    let (out, st) = record(store.dhis2_totals_for(&des, "202612", None)).await;
+    let kiungo = out.expect("reconcile read");
+    assert!(!kiungo.totals.is_empty() && !kiungo.pushed.is_empty());
+    check(&store, "DHIS2 reconcile read", &st, &[], &mut problems).await;
 
     // Retention, last: it purges the backlog's old rows.
     let (out, st) = record(store.purge_delivered(Duration::from_secs(3600), now)).await;

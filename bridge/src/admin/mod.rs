@@ -10,6 +10,7 @@
 pub mod auth;
 mod dead_letters;
 mod events;
+mod reconciliation;
 mod views;
 
 use std::sync::Arc;
@@ -44,6 +45,9 @@ pub struct AdminState {
     pub feedback: bool,
     /// Store reads shared by every poll and scrape for a few seconds.
     pub cache: Arc<Caches>,
+    /// The DHIS2 client reconciliation reads with, when DHIS2 is
+    /// configured.
+    pub dhis2: Option<Arc<kiungo_connectors::dhis2::Dhis2Client>>,
 }
 
 /// Store reads shared by every dashboard poll (each open dashboard polls
@@ -106,7 +110,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/preflight", web::get().to(views::preflight))
         .route("/v1/outbox", web::get().to(views::outbox))
         .route("/v1/audit", web::get().to(views::audit))
-        .route("/v1/events/{id}", web::get().to(events::status));
+        .route("/v1/events/{id}", web::get().to(events::status))
+        .route(
+            "/v1/reconciliation",
+            web::get().to(reconciliation::reconciliation),
+        );
     dead_letters::configure(cfg);
 }
 

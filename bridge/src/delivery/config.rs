@@ -103,6 +103,10 @@ pub struct Dhis2DestinationConfig {
     /// any other name is refused when the config loads.
     #[serde(default)]
     pub calendar: kiungo_mappings::period::Calendar,
+    /// Reconcile some data sets on a schedule (reading only) and export
+    /// `kiungo_dhis2_drift_values{data_set}`. Off when absent.
+    #[serde(default)]
+    pub reconcile: Option<crate::reconcile::schedule::ReconcileSchedule>,
 }
 
 /// `circuit:` of a destination.
@@ -172,6 +176,9 @@ impl DestinationsConfig {
         }
         if let Some(d) = &self.dhis2 {
             out.extend(d.retry.problems("destinations.dhis2.retry"));
+            if let Some(r) = &d.reconcile {
+                out.extend(r.problems("destinations.dhis2.reconcile"));
+            }
             if d.lease <= d.server.timeout {
                 out.push("destinations.dhis2.lease: must be longer than server.timeout".into());
             }

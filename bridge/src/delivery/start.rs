@@ -118,6 +118,17 @@ pub fn start(
                 }
             }
         }));
+        if let Some(schedule) = d.reconcile.clone() {
+            let client =
+                Dhis2Client::new(d.server.clone()).map_err(|error| DeliveryStartError::Config {
+                    destination: "dhis2",
+                    error,
+                })?;
+            let (store, calendar, rx) = (store.clone(), d.calendar, shutdown.clone());
+            tasks.push(tokio::spawn(crate::reconcile::schedule::run(
+                client, store, schedule, calendar, rx,
+            )));
+        }
         info!("dhis2 delivery started");
         let rx = shutdown.clone();
         tasks.push(tokio::spawn(async move { worker.run(rx).await }));

@@ -32,6 +32,9 @@ use serde_json::{Map, Value, json};
 
 use super::faults::{Fault, FaultControl};
 
+mod completeness;
+mod data_sets;
+
 /// The metadata shipped with the sandbox (Sierra Leone demo subset, 2.40).
 pub const DEFAULT_METADATA: &str = include_str!("../../sandbox/dhis2-metadata.json");
 
@@ -71,6 +74,7 @@ struct DataElement {
 #[derive(Debug, Clone)]
 struct DataSet {
     data_elements: Vec<String>,
+    period_type: Option<String>,
 }
 
 /// The metadata the simulator validates against.
@@ -165,7 +169,14 @@ impl Metadata {
                 .filter_map(|e| e.pointer("/dataElement/id").and_then(Value::as_str))
                 .map(str::to_owned)
                 .collect();
-            data_sets.insert(id, DataSet { data_elements });
+            let period_type = str_field(ds, "periodType");
+            data_sets.insert(
+                id,
+                DataSet {
+                    data_elements,
+                    period_type,
+                },
+            );
         }
         let de_index = index(data_elements.iter().map(|d| &d.named));
         let ou_index = index(org_units.iter());
@@ -628,6 +639,7 @@ struct Traffic {
 pub struct Dhis2State {
     metadata: Metadata,
     values: Mutex<BTreeMap<ValueKey, Stored>>,
+    registrations: completeness::Registrations,
     traffic: Mutex<Traffic>,
     pub(crate) faults: FaultControl,
 }
@@ -659,6 +671,7 @@ impl Dhis2State {
         Self {
             metadata,
             values: Mutex::new(BTreeMap::new()),
+            registrations: completeness::Registrations::default(),
             traffic: Mutex::new(Traffic::default()),
             faults,
         }
@@ -1561,9 +1574,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             &format!("{prefix}/categoryOptionCombos"),
             web::get().to(category_option_combos),
         )
-        .route(&format!("{prefix}/system/info"), web::get().to(system_info));
+        .route(&format!("{prefix}/system/info"), web::get().to(system_info))
+        .route(
+            &format!("{prefix}/dataSets/{{id}}"),
+            web::get().to(data_sets::data_set),
+        )
+        .route(
+            &format!("{prefix}/completeDataSetRegistrations"),
+            web::post().to(completeness::register),
+        )
+        .route(
+            &format!("{prefix}/completeDataSetRegistrations"),
+            web::delete().to(completeness::undo),
+        );
     }
     cfg.route("/sandbox/values", web::get().to(sandbox_values))
+        .route("/sandbox/registrations", web::get().to(completeness::list))
         .route("/sandbox/traffic", web::get().to(sandbox_traffic))
         .route("/sandbox/reset", web::post().to(sandbox_reset))
         .route("/sandbox/faults", web::get().to(get_faults))

@@ -25,6 +25,7 @@ mod outbox;
 #[doc(hidden)]
 pub mod plan;
 mod read;
+mod reconcile;
 mod retention;
 pub mod scratch;
 mod sql;
@@ -47,6 +48,7 @@ pub use operations::{
 };
 pub use outbox::{Delivery, OutboxItem, Placed};
 pub use read::{DeadLetter, DeadLetterFilter, EventRow, Stats, TotalKey};
+pub use reconcile::KiungoTotals;
 pub use retention::PurgeReport;
 pub use withdrawal::Withdrawn;
 

@@ -10,15 +10,25 @@
 //! ([`Retryable`](crate::retry::Retryable)).
 
 mod client;
+mod completeness;
 mod config;
 #[cfg(test)]
 mod fuzz;
 mod import_summary;
 mod metadata;
+mod read_back;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_completeness;
+#[cfg(test)]
+mod tests_read_back;
 
 pub use client::{DataValue, Dhis2Client};
+pub use completeness::Registration;
 pub use config::Dhis2Config;
 pub use import_summary::{Conflict, Dhis2Error, ImportOutcome, ImportStatus};
 pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References};
+pub use read_back::{
+    DataSetElement, MAX_POLITE_WAIT, ORG_UNITS_PER_READ, ReadRequest, StoredValue,
+};

@@ -1,0 +1,212 @@
+//! `POST /api/completeDataSetRegistrations` (the 2.38–2.41 JSON shape,
+//! answered with an ImportSummary in a WebMessage: 200, or 409 with a
+//! conflict per refused registration), `DELETE
+//! /api/completeDataSetRegistrations?ds=&pe=&ou=` (204), and
+//! `GET /sandbox/registrations`, what is registered.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, PoisonError};
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::{DEFAULT_COC, Dhis2State, gate, normalize_period, web_message};
+
+/// Data set, period, org unit, attribute option combo.
+pub(crate) type RegistrationKey = (String, String, String, String);
+
+/// The simulator's completeness registrations.
+#[derive(Debug, Default)]
+pub(crate) struct Registrations(pub(crate) Mutex<BTreeSet<RegistrationKey>>);
+
+impl Dhis2State {
+    /// Checks one registration against the metadata: its key, or DHIS2's
+    /// conflict (object, message).
+    fn check_registration(&self, r: &Value) -> Result<RegistrationKey, (String, String)> {
+        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let (ds, pe, ou) = (text("dataSet"), text("period"), text("organisationUnit"));
+        let aoc = r
+            .get("attributeOptionCombo")
+            .and_then(Value::as_str)
+            .unwrap_or(DEFAULT_COC)
+            .to_owned();
+        if !self.metadata.data_sets.contains_key(&ds) {
+            return Err((
+                ds.clone(),
+                format!("Data set not found or not accessible: `{ds}`"),
+            ));
+        }
+        if !self.metadata.ou_index.contains_key(&ou) {
+            return Err((
+                ou.clone(),
+                format!("Organisation unit not found or not accessible: `{ou}`"),
+            ));
+        }
+        let Some(pe) = normalize_period(&pe) else {
+            return Err((pe.clone(), format!("Period not valid: `{pe}`")));
+        };
+        Ok((ds, pe, ou, aoc))
+    }
+}
+
+/// `POST /api/completeDataSetRegistrations`.
+pub(super) async fn register(
+    state: web::Data<Dhis2State>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    if let Some(r) = gate(&state, &req).await {
+        return r;
+    }
+    let doc: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(list) = doc
+        .get("completeDataSetRegistrations")
+        .and_then(Value::as_array)
+    else {
+        return web_message(
+            StatusCode::BAD_REQUEST,
+            "ERROR",
+            "Expected a completeDataSetRegistrations list",
+            None,
+        );
+    };
+    let (mut imported, mut conflicts) = (0u64, Vec::new());
+    for r in list {
+        match state.check_registration(r) {
+            Ok(key) => {
+                let mut regs = state
+                    .registrations
+                    .0
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                regs.insert(key);
+                imported += 1;
+            }
+            Err((object, value)) => conflicts.push(json!({"object": object, "value": value})),
+        }
+    }
+    let ignored = conflicts.len() as u64;
+    let status = if ignored == 0 { "SUCCESS" } else { "WARNING" };
+    let summary = json!({
+        "responseType": "ImportSummary",
+        "status": status,
+        "description": "Import process completed successfully",
+        "importCount": {"imported": imported, "updated": 0, "ignored": ignored, "deleted": 0},
+        "conflicts": conflicts,
+        "dataSetComplete": "false",
+    });
+    if ignored == 0 {
+        web_message(
+            StatusCode::OK,
+            "OK",
+            "Import was successful.",
+            Some(summary),
+        )
+    } else {
+        web_message(
+            StatusCode::CONFLICT,
+            "WARNING",
+            "One more conflicts encountered, please check import summary.",
+            Some(summary),
+        )
+    }
+}
+
+/// `DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=`.
+pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
+    if let Some(r) = gate(&state, &req).await {
+        return r;
+    }
+    let query = super::super::query_pairs(req.query_string());
+    let get = |k: &str| {
+        query
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let pe = get("pe");
+    let Some(pe) = normalize_period(&pe) else {
+        return web_message(
+            StatusCode::CONFLICT,
+            "ERROR",
+            &format!("Period not valid: `{pe}`"),
+            None,
+        );
+    };
+    let key = (get("ds"), pe, get("ou"), DEFAULT_COC.to_owned());
+    state
+        .registrations
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&key);
+    HttpResponse::NoContent().finish()
+}
+
+/// `GET /sandbox/registrations`.
+pub(super) async fn list(state: web::Data<Dhis2State>) -> HttpResponse {
+    let regs = state
+        .registrations
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let list: Vec<Value> = regs
+        .iter()
+        .map(|(ds, pe, ou, aoc)| {
+            json!({"dataSet": ds, "period": pe, "organisationUnit": ou, "attributeOptionCombo": aoc})
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({"completeDataSetRegistrations": list}))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    #[tokio::test]
+    async fn registrations_are_kept_refused_and_undone() {
+        crate::tls::install_crypto_provider();
+        let sb = Sandbox::start(SandboxConfig::for_test()).await.unwrap();
+        let http = reqwest::Client::new();
+        let url = format!("{}/api/completeDataSetRegistrations", sb.dhis2_url());
+        let reg = |pe: &str| json!({"dataSet": "BfMAe6Itzgt", "period": pe, "organisationUnit": "DiszpKrYNg8", "completed": true});
+        let r = http
+            .post(&url)
+            .basic_auth("admin", Some("district"))
+            .json(&json!({"completeDataSetRegistrations": [reg("202401"), reg("202413")]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 409);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["response"]["importCount"]["imported"], 1);
+        assert_eq!(body["response"]["conflicts"][0]["object"], "202413");
+        let listed = |sb: &Sandbox| {
+            let url = format!("{}/sandbox/registrations", sb.dhis2_url());
+            async move {
+                let v: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+                v["completeDataSetRegistrations"].as_array().unwrap().len()
+            }
+        };
+        assert_eq!(listed(&sb).await, 1);
+        let r = http
+            .delete(&url)
+            .basic_auth("admin", Some("district"))
+            .query(&[
+                ("ds", "BfMAe6Itzgt"),
+                ("pe", "202401"),
+                ("ou", "DiszpKrYNg8"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 204);
+        assert_eq!(listed(&sb).await, 0);
+        sb.stop().await;
+    }
+}
