@@ -822,7 +822,9 @@ async fn every_shipped_pack_lands_in_the_sandbox_dhis2() {
                 continue;
             };
             // Only fixtures that map (those with an expected output).
-            if stem.ends_with(".expected") || !std::path::Path::new(&format!("{stem}.expected.json")).exists() {
+            if stem.ends_with(".expected")
+                || !std::path::Path::new(&format!("{stem}.expected.json")).exists()
+            {
                 continue;
             }
             let payload: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
@@ -848,7 +850,9 @@ async fn every_shipped_pack_lands_in_the_sandbox_dhis2() {
                     .await;
                     c.data_element = found["dataElements"][0]["id"]
                         .as_str()
-                        .unwrap_or_else(|| panic!("{name}: no data element with code {code}: {found}"))
+                        .unwrap_or_else(|| {
+                            panic!("{name}: no data element with code {code}: {found}")
+                        })
                         .to_owned();
                 }
                 let value = match &c.value {
@@ -874,7 +878,13 @@ async fn every_shipped_pack_lands_in_the_sandbox_dhis2() {
     checked.sort();
     assert_eq!(
         checked,
-        ["cht-anc", "commcare-immunization", "inhouse-nutrition", "kobo-malaria-rdt", "opensrp-core"],
+        [
+            "cht-anc",
+            "commcare-immunization",
+            "inhouse-nutrition",
+            "kobo-malaria-rdt",
+            "opensrp-core"
+        ],
         "every pack sends DHIS2 values"
     );
 }
