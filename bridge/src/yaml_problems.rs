@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_the_file_and_its_place() {
         let text = "a:\n  prefetch: 70000\n  name: x\nb:\n  nmae: y\n  password: hunter2\nc: 1\n";
-        let problems = from_str_all::<Outer>(text, Path::new("conf/k.yaml")).unwrap_err();
+        let problems = from_str_all::<Outer>(text, Path::new("conf/k.yaml")).expect_err("problems");
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(
             problems[0].starts_with(
@@ -264,15 +264,17 @@ mod tests {
 
     #[test]
     fn a_clean_file_parses() {
-        let outer: Outer = from_str_all("a:\n  prefetch: 7\n", Path::new("k.yaml")).unwrap();
-        let a = outer.a.unwrap();
+        let outer: Outer =
+            from_str_all("a:\n  prefetch: 7\n", Path::new("k.yaml")).expect("parses");
+        let a = outer.a.expect("a");
         assert_eq!((a.prefetch, a.name.as_str()), (7, ""));
         assert!(outer.b.is_none());
     }
 
     #[test]
     fn a_syntax_error_is_reported_once() {
-        let problems = from_str_all::<Outer>("a: [1, 2\nb: {\n", Path::new("k.yaml")).unwrap_err();
+        let problems =
+            from_str_all::<Outer>("a: [1, 2\nb: {\n", Path::new("k.yaml")).expect_err("problems");
         assert!(!problems.is_empty() && problems.len() <= 2, "{problems:#?}");
         assert!(problems[0].starts_with("k.yaml:"), "{}", problems[0]);
     }

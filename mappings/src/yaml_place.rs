@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn the_message_loses_its_location_suffix() {
-        let e = serde_saphyr::from_str::<u16>("x: 1").unwrap_err();
+        let e = serde_saphyr::from_str::<u16>("x: 1").expect_err("not a u16");
         let m = message(&e);
         assert!(!m.contains(" at line "), "{m}");
         assert!(!m.is_empty());

@@ -93,6 +93,7 @@ fn short(e: &sqlx::Error) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
 

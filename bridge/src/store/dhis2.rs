@@ -19,6 +19,9 @@ use super::sql::query;
 /// letter's detail (`contributions`; `more_contributions` says if there
 /// were more).
 pub const CONTRIBUTORS_SHOWN: usize = 20;
+
+/// `(source, event_id, mapping)` of an event behind a DHIS2 total.
+type Contributor = (String, String, Option<String>);
 use super::{Backend, Store, StoreError};
 
 /// A total to push.
@@ -292,7 +295,7 @@ impl Store {
                     contributors.truncate(CONTRIBUTORS_SHOWN);
                     // One mapping (one event) behind the total: the letter
                     // names it, as an ingest or FHIR letter does.
-                    let only = |f: fn(&(String, String, Option<String>)) -> Option<&str>| {
+                    let only = |f: fn(&Contributor) -> Option<&str>| {
                         let first = contributors.first().and_then(f)?;
                         (!more && contributors.iter().all(|c| f(c) == Some(first)))
                             .then(|| first.to_owned())
