@@ -141,6 +141,10 @@ fn explain_numbers(message: &str, key: Option<&str>) -> String {
         ("i64", "a whole number"),
         ("f64", "a number"),
     ];
+    if message.contains("invalid floating point") {
+        let field = key.map_or_else(String::new, |k| format!("`{k}`: "));
+        return format!("{field}expected a number ({message})");
+    }
     for (ty, allowed) in RANGES {
         if message.contains(&format!("invalid {ty}")) || message.contains(&format!("expected {ty}"))
         {
@@ -228,6 +232,10 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_the_file_and_its_place() {
         let text = "a:\n  prefetch: 70000\n  name: x\nb:\n  nmae: y\n  password: hunter2\nc: 1\n";
+        assert_eq!(
+            explain_numbers("invalid floating point", Some("requests_per_second")),
+            "`requests_per_second`: expected a number (invalid floating point)"
+        );
         let problems = from_str_all::<Outer>(text, Path::new("conf/k.yaml")).expect_err("problems");
         assert_eq!(problems.len(), 4, "{problems:#?}");
         assert!(
