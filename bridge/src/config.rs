@@ -174,14 +174,14 @@ pub enum ConfigError {
         /// Why.
         error: std::io::Error,
     },
-    /// The YAML does not fit the config's shape (the message has line and
-    /// column).
-    #[error("{file}: {message}")]
+    /// The YAML does not fit the config's shape: every problem found,
+    /// each starting `FILE:LINE:COLUMN:` and quoting the lines around it.
+    #[error("{}", problems.join("\n"))]
     Parse {
         /// The file.
         file: PathBuf,
-        /// The parser's message.
-        message: String,
+        /// Each problem, secrets masked ([`crate::yaml_problems`]).
+        problems: Vec<String>,
     },
     /// Values that parse but make no sense.
     #[error("{file}: {}", problems.join("; "))]
@@ -228,11 +228,13 @@ impl Config {
             file: file.into(),
             error,
         })?;
-        let mut config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
-            file: file.into(),
-            // The message quotes the lines around the problem.
-            message: crate::config_check::mask_secrets(&e.to_string()),
-        })?;
+        let mut config: Self =
+            crate::yaml_problems::from_str_all(&text, file).map_err(|problems| {
+                ConfigError::Parse {
+                    file: file.into(),
+                    problems,
+                }
+            })?;
         if config.mappings.is_relative()
             && let Some(dir) = file.parent()
         {

@@ -21,9 +21,8 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
         Ok(c) => c,
         // A parse error's snippet has its secrets masked where it is made
         // (`Config::load_unchecked`, with [`mask_secrets`]).
-        Err(e @ (ConfigError::Read { .. } | ConfigError::Parse { .. })) => {
-            return Err(vec![e.to_string()]);
-        }
+        Err(e @ ConfigError::Read { .. }) => return Err(vec![e.to_string()]),
+        Err(ConfigError::Parse { problems, .. }) => return Err(problems),
         Err(ConfigError::Invalid { problems, .. }) => return Err(problems),
     };
     let at = |p: String| format!("{}: {p}", file.display());
@@ -60,6 +59,21 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
     {
         problems.push(at(format!("destinations.dhis2.server: {e}")));
     }
+    // A PostgreSQL database that does not exist is created when the role
+    // may, else the problem says what to run.
+    let mut created = String::new();
+    if problems.is_empty() {
+        use crate::store::database::{DatabaseCheck, ensure_postgres_database};
+        let check = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|rt| rt.block_on(ensure_postgres_database(&config.store.url)));
+        match check {
+            Ok(DatabaseCheck::Created(m)) => created = format!("; {m}"),
+            Ok(DatabaseCheck::Missing(m)) => problems.push(at(m)),
+            Ok(DatabaseCheck::Nothing) | Err(_) => {}
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -71,7 +85,7 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
     .flatten()
     .collect();
     Ok(format!(
-        "{}: ok — {mappings} mappings from {}; store {}; {}; destinations: {}; {} admin tokens; feedback: {}",
+        "{}: ok — {mappings} mappings from {}; store {}{created}; {}; destinations: {}; {} admin tokens; feedback: {}",
         file.display(),
         config.mappings.display(),
         crate::store::redact(&config.store.url),
@@ -274,6 +288,47 @@ mod tests {
     }
 
     #[test]
+    fn every_yaml_problem_is_reported_naming_the_file_and_field() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        std::fs::write(
+            &file,
+            "mappings: mappings\nstore:\n  url: sqlite:k.db\n  bogus: 1\n\
+             rabbitmq:\n  prefetch: 70000\n  url: amqp://h/%2f\nhttp:\n  lisen: x\n",
+        )
+        .expect("config");
+        let problems = problems(&file).expect_err("problems");
+        assert_eq!(problems.len(), 4, "{problems:#?}");
+        let name = file.display().to_string();
+        assert!(
+            problems[0].starts_with(&format!("{name}:4:3: unknown field `bogus`")),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with(&format!(
+                "{name}:6:13: `prefetch`: expected a whole number from 0 to 65535"
+            )),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            problems[3].starts_with(&format!("{name}:9:3: unknown field `lisen`")),
+            "{}",
+            problems[3]
+        );
+        assert!(
+            problems[2].contains("missing field `queues`"),
+            "{}",
+            problems[2]
+        );
+        for p in &problems {
+            assert!(p.contains(&format!("--> {name}:")), "{p}");
+            assert!(!p.contains("<input>") && !p.contains("error:"), "{p}");
+        }
+    }
+
+    #[test]
     fn secrets_in_yaml_snippets_are_masked() {
         let dir = tempfile::tempdir().expect("dir");
         let file = dir.path().join("k.yaml");
@@ -286,7 +341,7 @@ mod tests {
         .expect("config");
         let problems = problems(&file).expect_err("a YAML error");
         let all = problems.join("\n");
-        assert!(all.contains("line 4"), "the place is kept: {all}");
+        assert!(all.contains("k.yaml:4:"), "the place is kept: {all}");
         assert!(!all.contains("S3cretPassw0rd"), "{all}");
         assert!(all.contains("amqp://kiungo:****@rabbit:5672"), "{all}");
         assert_eq!(

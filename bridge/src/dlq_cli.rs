@@ -79,6 +79,21 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// The stages a dead letter is parked at.
+pub const STAGES: [&str; 3] = ["ingest", "fhir", "dhis2"];
+
+/// The states `dlq list --state` takes.
+pub const STATES: [&str; 4] = ["open", "replayed", "discarded", "all"];
+
+/// Milliseconds since the epoch as `2026-12-04T12:31:54Z`.
+fn utc(ms: i64) -> String {
+    let Ok(ms) = u64::try_from(ms) else {
+        return "-".to_owned();
+    };
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// Runs a `dlq` command.
 pub fn run(config: Option<&Path>, actor: Option<String>, action: DlqAction) -> ExitCode {
     let config = match Config::load_or_default(config) {
@@ -127,6 +142,22 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
             since,
             limit,
         } => {
+            if let Some(s) = stage.as_deref()
+                && !STAGES.contains(&s)
+            {
+                return Err(format!(
+                    "--stage {}: unknown stage (one of: {})",
+                    terminal_safe(s),
+                    STAGES.join(", ")
+                ));
+            }
+            if !STATES.contains(&state.as_str()) {
+                return Err(format!(
+                    "--state {}: unknown state (one of: {})",
+                    terminal_safe(&state),
+                    STATES.join(", ")
+                ));
+            }
             let since = match since {
                 Some(s) => {
                     let d =
@@ -150,16 +181,17 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
                 .map_err(|e| e.to_string())?;
             let _ = writeln!(
                 out,
-                "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} reason",
-                "id", "stage", "source", "mapping", "code", "state"
+                "{:>6}  {:<20} {:<7} {:<10} {:<24} {:<22} {:<9} reason",
+                "id", "parked (UTC)", "stage", "source", "mapping", "code", "state"
             );
             // Sources, mappings and reasons can hold what a message
             // carried: printed escaped, never as terminal controls.
             for d in &list {
                 let _ = writeln!(
                     out,
-                    "{:>6}  {:<7} {:<10} {:<24} {:<22} {:<9} {}",
+                    "{:>6}  {:<20} {:<7} {:<10} {:<24} {:<22} {:<9} {}",
                     d.id,
+                    utc(d.received_at),
                     terminal_safe(&d.stage),
                     terminal_safe(&d.source),
                     terminal_safe(d.mapping.as_deref().unwrap_or("-")),
@@ -209,7 +241,11 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
             None => Err(format!("no dead letter {id}")),
         },
         DlqAction::Replay { ids } => {
-            let key = PseudonymKey::from_env()?;
+            // The key `kiungo run` uses (environment, else
+            // `pseudonym_key_file`). Without it, events whose mapping calls
+            // pseudonym() would only be parked again: those are refused.
+            let key = config.pseudonym_key()?;
+            let keyless = key.is_none();
             let mappings = MappingSet::load_dir(
                 &config.mappings,
                 LoadOptions {
@@ -223,6 +259,23 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
             };
             let mut failed = false;
             for id in ids {
+                if keyless
+                    && let Some(d) = store.dead_letter(id).await.map_err(|e| e.to_string())?
+                    && let Some(m) = mappings.mappings().iter().find(|m| {
+                        m.source == d.source
+                            && std::fs::read_to_string(&m.file)
+                                .is_ok_and(|t| t.contains("pseudonym("))
+                    })
+                {
+                    eprintln!(
+                        "error: {id}: not replayed: mapping `{}` for source `{}` calls pseudonym() and no pseudonym key is set ({} or pseudonym_key_file, the key `kiungo run` uses); replayed without it the event would be parked again",
+                        terminal_safe(&m.id),
+                        terminal_safe(&d.source),
+                        PseudonymKey::ENV_VAR
+                    );
+                    failed = true;
+                    continue;
+                }
                 let r = crate::dlq::replay(&store, &mappings, limits, id, actor)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -21,3 +21,4 @@ pub mod signals;
 pub mod store;
 pub mod tls;
 pub mod trace;
+pub mod yaml_problems;

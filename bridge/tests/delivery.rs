@@ -1005,6 +1005,34 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
             .len()
     };
     assert_eq!(open_letters().await, 1);
+    // The letter names the mapping and the event behind the total, and its
+    // detail lists the contributing events.
+    let listed = store
+        .dead_letters(&DeadLetterFilter {
+            stage: Some("dhis2".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("dlq");
+    assert_eq!(
+        (listed[0].mapping.as_deref(), listed[0].event_id.as_deref()),
+        (Some("cht-anc-visit"), Some("r1")),
+        "{:?}",
+        listed[0]
+    );
+    let full = store
+        .dead_letter(listed[0].id)
+        .await
+        .expect("get")
+        .expect("found");
+    let detail: serde_json::Value =
+        serde_json::from_slice(full.payload.as_deref().expect("detail")).expect("json");
+    assert_eq!(
+        detail["contributions"],
+        serde_json::json!([{"source": "cht", "event_id": "r1", "mapping": "cht-anc-visit"}]),
+        "{detail}"
+    );
+    assert_eq!(detail["more_contributions"], false);
     // Seen by operators on the event itself: the total's letter with
     // DHIS2's code and message, and the message as DHIS2's last error.
     let status = store.event_status("r1", None).await.expect("status");

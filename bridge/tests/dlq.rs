@@ -307,3 +307,79 @@ async fn retention_purges_resolved_dead_letters() {
     let kept = store.dead_letter(open).await.expect("get").expect("found");
     assert_eq!(kept.payload.as_deref(), Some(&b"{open"[..]));
 }
+
+/// `dlq replay` without the pseudonym key refuses an event whose mapping
+/// calls pseudonym() (it would only be parked again) and says the key is
+/// missing; with the key, the same dead letter is ingested. `dlq list`
+/// refuses an unknown stage, naming the valid ones, and shows when each
+/// letter was parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_without_the_key_says_so_and_list_checks_its_stage() {
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let store = Store::open(&db.config).await.expect("store");
+    let kobo = std::fs::read(
+        support::packs_dir().join("kobo-malaria-rdt/fixtures/rdt-negative-adult.json"),
+    )
+    .expect("fixture");
+    let mut letter = parked(kobo, "no_mapping");
+    letter.source = "kobo".into();
+    letter.queue = Some("kiungo.kobo".into());
+    store.commit(&[letter]).await.expect("commit");
+    let (_dir, config) = config_for(&db);
+    let id = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list")[0]
+        .id
+        .to_string();
+    let replay = |key: Option<&str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiungo"));
+        cmd.args(["dlq", "--config"])
+            .arg(&config)
+            .args(["--actor", "ops-amina", "replay", &id])
+            .env_remove("KIUNGO_PSEUDONYM_KEY");
+        if let Some(k) = key {
+            cmd.env("KIUNGO_PSEUDONYM_KEY", k);
+        }
+        let out = cmd.output().expect("runs");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = replay(None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("no pseudonym key is set") && err.contains("KIUNGO_PSEUDONYM_KEY"),
+        "{err}"
+    );
+    let still = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(
+        (
+            still.len(),
+            still[0].reason_code.as_str(),
+            still[0].replay_count
+        ),
+        (1, "no_mapping", 0),
+        "not replayed, not parked again"
+    );
+    let (code, out, err) = replay(Some("a-test-key-of-at-least-16-bytes"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("\"result\":\"ingested\""), "{out}");
+
+    let (code, out, err) = kiungo(&config, &["list", "--stage", "foo"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        err.contains("--stage foo: unknown stage (one of: ingest, fhir, dhis2)"),
+        "{err}"
+    );
+    let (code, out, _) = kiungo(&config, &["list", "--state", "all"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("parked (UTC)"), "{out}");
+    let year = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    assert!(out.contains(&year[..4]), "a time column: {out}");
+}

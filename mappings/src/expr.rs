@@ -92,7 +92,50 @@ impl Expr {
 
     /// Evaluates against a scope.
     pub(crate) fn eval(&self, scope: &Value) -> Result<Value, Failure> {
-        self.compiled.eval(scope.clone()).map_err(describe)
+        self.compiled.eval(scope.clone()).map_err(|err| {
+            let undefined = err.kind() == minijinja::ErrorKind::UndefinedError;
+            let mut failure = describe(err);
+            if undefined && let Some(path) = self.first_undefined(scope) {
+                // The path is the mapping author's text, not the event's.
+                failure.message = format!("undefined value: {path}");
+            }
+            failure
+        })
+    }
+
+    /// The first dotted path the expression reads that `scope` lacks,
+    /// as `` `event.fields.anc_visitz` (`event.fields` has no key `anc_visitz`) ``.
+    fn first_undefined(&self, scope: &Value) -> Option<String> {
+        for path in self.nested_variables() {
+            if path
+                .split('.')
+                .next()
+                .is_some_and(|head| GLOBALS.contains(head))
+            {
+                continue;
+            }
+            let mut value = scope.clone();
+            let mut walked: Vec<&str> = Vec::new();
+            for segment in path.split('.') {
+                let next = value.get_attr(segment).ok().filter(|v| !v.is_undefined());
+                match next {
+                    Some(v) => {
+                        value = v;
+                        walked.push(segment);
+                    }
+                    None if walked.is_empty() => {
+                        return Some(format!("`{path}` (no name `{segment}`)"));
+                    }
+                    None => {
+                        return Some(format!(
+                            "`{path}` (`{}` has no key `{segment}`)",
+                            walked.join(".")
+                        ));
+                    }
+                }
+            }
+        }
+        None
     }
 }
 

@@ -70,8 +70,10 @@ pub(crate) fn load_all(
                     file: path,
                     line: loc.map(|l| l.line()),
                     column: loc.map(|l| l.column()),
-                    field: String::new(),
-                    message: e.to_string(),
+                    field: loc.map_or_else(String::new, |l| {
+                        crate::yaml_place::field_path(&text, l.line())
+                    }),
+                    message: crate::yaml_place::message(&e),
                 });
             }
         }

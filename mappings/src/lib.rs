@@ -34,6 +34,7 @@ mod spec;
 mod table;
 mod template;
 mod testcase;
+mod yaml_place;
 
 pub use error::{LoadError, LoadErrors, MapError};
 pub use expr::PseudonymKey;

@@ -695,11 +695,15 @@ impl Mapping {
         let options = serde_saphyr::options! { with_snippet: false };
         let raw: RawMapping = serde_saphyr::from_str_with_options(&text, options).map_err(|e| {
             let loc = e.location();
-            fail(
-                loc.map(|l| l.line()),
-                loc.map(|l| l.column()),
-                e.to_string(),
-            )
+            vec![LoadError {
+                file: file.to_path_buf(),
+                line: loc.map(|l| l.line()),
+                column: loc.map(|l| l.column()),
+                field: loc.map_or_else(String::new, |l| {
+                    crate::yaml_place::field_path(&text, l.line())
+                }),
+                message: crate::yaml_place::message(&e),
+            }]
         })?;
         let mut p = Problems {
             file,

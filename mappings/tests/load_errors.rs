@@ -75,6 +75,33 @@ fn assert_one(text: &str, line: u64, field: &str, needle: &str) {
 }
 
 #[test]
+fn a_misspelt_key_names_its_field_path_and_its_place_once() {
+    let text = GOOD.replace(
+        "    org_unit: DiszpKrYNg8",
+        "    org_unit: DiszpKrYNg8\n    category_optoin_combo: x",
+    );
+    let (_dir, errs) = errors_of(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    let e = &errs[0];
+    assert_eq!(
+        (e.line, e.field.as_str()),
+        (Some(17), "dhis2[0].category_optoin_combo"),
+        "{e}"
+    );
+    let shown = e.to_string();
+    assert!(
+        shown.contains(
+            ":17:5: dhis2[0].category_optoin_combo: unknown field `category_optoin_combo`"
+        ),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("at line"),
+        "the place is printed once: {shown}"
+    );
+}
+
+#[test]
 fn the_good_mapping_loads_and_its_test_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
     write(dir.path(), "m.yaml", GOOD);

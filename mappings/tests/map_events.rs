@@ -136,6 +136,12 @@ fn a_missing_field_names_mapping_field_line_and_event() {
             .starts_with("mapping `demo` field `let.day` (line 8), event e1: "),
         "{err}"
     );
+    // The missing key is named (the mapping's text, not the event's).
+    assert!(
+        err.to_string()
+            .contains("undefined value: `event.date` (`event` has no key `date`)"),
+        "{err}"
+    );
 }
 
 #[test]

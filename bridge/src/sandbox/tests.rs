@@ -790,3 +790,101 @@ async fn fhir_overlap_detector_counts_the_same_bundle_or_resource_in_flight_twic
     assert_eq!(sb.fhir_overlaps()["overlaps"], 0);
     sb.stop().await;
 }
+
+/// A newcomer's demo: every shipped pack's fixtures, mapped, land in the
+/// sandbox DHIS2 without a conflict (every data element, category option
+/// combo and org unit they produce is in its metadata).
+#[tokio::test]
+async fn every_shipped_pack_lands_in_the_sandbox_dhis2() {
+    use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
+    let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
+    let sb = start().await;
+    let mut checked = Vec::new();
+    for pack in std::fs::read_dir(&packs).unwrap() {
+        let dir = pack.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let set = MappingSet::load_dir(
+            &dir,
+            LoadOptions {
+                pseudonym_key: Some(PseudonymKey::for_tests()),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        let sources: Vec<String> = set.mappings().iter().map(|m| m.source.clone()).collect();
+        let mut values = Vec::new();
+        for fixture in std::fs::read_dir(dir.join("fixtures")).unwrap() {
+            let path = fixture.unwrap().path();
+            let name = path.to_string_lossy().into_owned();
+            let Some(stem) = name.strip_suffix(".json") else {
+                continue;
+            };
+            // Only fixtures that map (those with an expected output).
+            if stem.ends_with(".expected")
+                || !std::path::Path::new(&format!("{stem}.expected.json")).exists()
+            {
+                continue;
+            }
+            let payload: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let mapped = sources
+                .iter()
+                .find_map(|source| {
+                    set.map(&Event {
+                        source: source.clone(),
+                        message_id: Some("m-1".into()),
+                        payload: std::sync::Arc::new(payload.clone()),
+                    })
+                    .ok()
+                })
+                .unwrap_or_else(|| panic!("{name} maps"));
+            for mut c in mapped.dhis2 {
+                // As the sink's preflight does: `code:X` resolved through
+                // the metadata API.
+                if let Some(code) = c.data_element.strip_prefix("code:") {
+                    let (_, found) = get_json(format!(
+                        "{}/api/dataElements?filter=code:in:[{code}]&fields=id,code&paging=false",
+                        sb.dhis2_url()
+                    ))
+                    .await;
+                    c.data_element = found["dataElements"][0]["id"]
+                        .as_str()
+                        .unwrap_or_else(|| {
+                            panic!("{name}: no data element with code {code}: {found}")
+                        })
+                        .to_owned();
+                }
+                let value = match &c.value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                values.push(json!({
+                    "dataElement": c.data_element, "period": c.period, "orgUnit": c.org_unit,
+                    "categoryOptionCombo": c.category_option_combo,
+                    "attributeOptionCombo": c.attribute_option_combo, "value": value,
+                }));
+            }
+        }
+        let pack_name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        if values.is_empty() {
+            continue;
+        }
+        let (status, msg) =
+            post_dvs(&sb, "/api/dataValueSets", &json!({ "dataValues": values })).await;
+        assert_eq!(status, 200, "pack {pack_name}: {msg:#}");
+        checked.push(pack_name);
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "cht-anc",
+            "commcare-immunization",
+            "inhouse-nutrition",
+            "kobo-malaria-rdt",
+            "opensrp-core"
+        ],
+        "every pack sends DHIS2 values"
+    );
+}

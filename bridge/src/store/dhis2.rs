@@ -14,6 +14,14 @@ use sqlx::Row;
 
 use super::read::{TotalKey, fold_total, total_key};
 use super::sql::query;
+
+/// At most this many contributing events are listed in a DHIS2 dead
+/// letter's detail (`contributions`; `more_contributions` says if there
+/// were more).
+pub const CONTRIBUTORS_SHOWN: usize = 20;
+
+/// `(source, event_id, mapping)` of an event behind a DHIS2 total.
+type Contributor = (String, String, Option<String>);
 use super::{Backend, Store, StoreError};
 
 /// A total to push.
@@ -260,17 +268,57 @@ impl Store {
                     .await?;
                 }
                 TotalResult::Rejected { code, message } => {
+                    // The events that made the total (rare path: one
+                    // indexed lookup per refused total, at most
+                    // CONTRIBUTORS_SHOWN + 1 rows).
+                    let rows = query(
+                        self.backend,
+                        format!(
+                            "SELECT c.source, c.event_id, e.mapping FROM dhis2_contributions c \
+                             LEFT JOIN events e ON e.source = c.source AND e.event_id = c.event_id \
+                             WHERE c.data_element = $1 AND c.period = $2 AND c.org_unit = $3 \
+                             AND c.coc = $4 AND c.aoc = $5 ORDER BY c.source, c.event_id LIMIT {}",
+                            CONTRIBUTORS_SHOWN + 1
+                        ),
+                        key_binds(),
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut contributors = Vec::with_capacity(rows.len());
+                    for row in &rows {
+                        let source: String = row.try_get(0)?;
+                        let event_id: String = row.try_get(1)?;
+                        let mapping: Option<String> = row.try_get(2)?;
+                        contributors.push((source, event_id, mapping));
+                    }
+                    let more = contributors.len() > CONTRIBUTORS_SHOWN;
+                    contributors.truncate(CONTRIBUTORS_SHOWN);
+                    // One mapping (one event) behind the total: the letter
+                    // names it, as an ingest or FHIR letter does.
+                    let only = |f: fn(&Contributor) -> Option<&str>| {
+                        let first = contributors.first().and_then(f)?;
+                        (!more && contributors.iter().all(|c| f(c) == Some(first)))
+                            .then(|| first.to_owned())
+                    };
+                    let mapping = only(|c| c.2.as_deref());
+                    let event_id = only(|c| Some(c.1.as_str()));
                     let detail = serde_json::json!({
                         "dataElement": de, "period": pe, "orgUnit": ou,
                         "categoryOptionCombo": coc, "attributeOptionCombo": aoc, "value": t.value,
+                        "contributions": contributors.iter().map(|(source, event_id, mapping)| {
+                            serde_json::json!({"source": source, "event_id": event_id, "mapping": mapping})
+                        }).collect::<Vec<_>>(),
+                        "more_contributions": more,
                     });
                     query(
                         self.backend,
                         "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, payload, \
-                         received_at, last_seen_at) VALUES ($1, 'dhis2', 'dhis2', $2, $3, $4, $5, $6) \
+                         received_at, last_seen_at, mapping, event_id) \
+                         VALUES ($1, 'dhis2', 'dhis2', $2, $3, $4, $5, $6, $7, $8) \
                          ON CONFLICT (fingerprint) DO UPDATE SET seen_count = dead_letters.seen_count + 1, \
                          last_seen_at = excluded.last_seen_at, reason_code = excluded.reason_code, \
                          reason = excluded.reason, payload = excluded.payload, \
+                         mapping = excluded.mapping, event_id = excluded.event_id, \
                          notified = CASE WHEN dead_letters.state = 'discarded' THEN dead_letters.notified ELSE 0 END, \
                          state = CASE WHEN dead_letters.state = 'discarded' THEN 'discarded' ELSE 'open' END, \
                          resolved_at = CASE WHEN dead_letters.state = 'discarded' THEN dead_letters.resolved_at END"
@@ -282,6 +330,8 @@ impl Store {
                             Some(detail.to_string().into_bytes()).into(),
                             now.into(),
                             now.into(),
+                            mapping.into(),
+                            event_id.into(),
                         ],
                     )
                     .execute(&mut *tx)

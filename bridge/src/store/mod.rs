@@ -15,6 +15,7 @@
 //! differences (row locks, how a transaction starts) are chosen by
 //! [`Backend`]. Migrations run on open.
 
+pub mod database;
 mod dead_letters;
 mod dhis2;
 mod error;
