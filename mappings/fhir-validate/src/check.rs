@@ -349,9 +349,16 @@ impl Checker<'_> {
             // A conditional reference (transactions resolve it).
             return self.target(el, t, None, at);
         }
-        match r.split('/').collect::<Vec<_>>().as_slice() {
-            [t, id] | [t, id, "_history", _] => self.target(el, t, Some(id), at),
-            _ => Err(self.fail(
+        let relative = r.split_once('/').and_then(|(t, rest)| match rest.split_once('/') {
+            None => Some((t, rest)),
+            Some((id, history)) => history
+                .strip_prefix("_history/")
+                .filter(|v| !v.is_empty() && !v.contains('/'))
+                .map(|_| (t, id)),
+        });
+        match relative {
+            Some((t, id)) => self.target(el, t, Some(id), at),
+            None => Err(self.fail(
                 at,
                 "expected a reference of the form Type/id, an absolute URL, urn:uuid: or #id",
             )),
