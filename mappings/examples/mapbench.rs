@@ -4,7 +4,12 @@
 //!
 //! `cargo run --release -p kiungo-mappings --example mapbench -- [N]`
 
-#![allow(missing_docs, clippy::unwrap_used, clippy::print_stdout, reason = "benchmark")]
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::print_stdout,
+    reason = "benchmark"
+)]
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -59,9 +64,7 @@ fn time(set: &MappingSet, source: &str, events: &[Vec<u8>], n: usize) -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map_or(2000, |a| a.parse().unwrap());
+    let n: usize = std::env::args().nth(1).map_or(2000, |a| a.parse().unwrap());
     let packs = Path::new(env!("CARGO_MANIFEST_DIR")).join("packs");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(&packs)
         .unwrap()

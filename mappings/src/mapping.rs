@@ -973,13 +973,14 @@ impl Mapping {
     fn invalid_fhir(&self, rule: &FhirRule, event: &str, message: String) -> MapError {
         MapError::InvalidFhir {
             mapping: self.id.clone(),
-            resource: rule.name.clone(),
+            resource: rule.name.as_str().into(),
             file: rule
                 .origin
                 .as_deref()
                 .unwrap_or(&self.file)
                 .display()
-                .to_string(),
+                .to_string()
+                .into(),
             line: rule.line,
             event: event.to_owned(),
             message,
@@ -1182,7 +1183,11 @@ impl Mapping {
                 self.error_at(&e.field, e.line, label, failure)
             })?;
             let Some(serde_json::Value::Object(body)) = rendered else {
-                return Err(self.invalid_fhir(rule, &event_id, "the resource rendered empty".into()));
+                return Err(self.invalid_fhir(
+                    rule,
+                    &event_id,
+                    "the resource rendered empty".into(),
+                ));
             };
             let mut resource = serde_json::Map::with_capacity(body.len() + 1);
             resource.insert("resourceType".into(), rule.resource_type.clone().into());

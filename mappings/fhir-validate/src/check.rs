@@ -105,7 +105,12 @@ impl Checker<'_> {
     }
 
     /// Checks an object against a complex type or resource.
-    fn object(&mut self, ty: &'static TypeDef, obj: &Map<String, Value>, frame: &Frame<'_>) -> Checked {
+    fn object(
+        &mut self,
+        ty: &'static TypeDef,
+        obj: &Map<String, Value>,
+        frame: &Frame<'_>,
+    ) -> Checked {
         if ty.kind == Kind::Complex && obj.keys().all(|k| k == "id") {
             return Err(self.fail(
                 frame,
@@ -125,13 +130,14 @@ impl Checker<'_> {
             };
             let bit = 1u64 << key.element;
             let here = frame.child(Seg::Elem(&el.name));
-            if !key.underscore {
-                if el.choice && seen & bit != 0 {
-                    return Err(self.fail(
-                        &here,
-                        format!("a choice element takes one type, found several `{}` keys", el.name.trim_end_matches("[x]")),
-                    ));
-                }
+            if !key.underscore && el.choice && seen & bit != 0 {
+                return Err(self.fail(
+                    &here,
+                    format!(
+                        "a choice element takes one type, found several `{}` keys",
+                        el.name.trim_end_matches("[x]")
+                    ),
+                ));
             }
             seen |= bit;
             self.element(key, el, v, &here)?;
@@ -143,7 +149,11 @@ impl Checker<'_> {
                 let here = frame.child(Seg::Elem(&el.name));
                 return Err(self.fail(
                     &here,
-                    format!("missing required element (cardinality {}..{})", el.min, max_text(el)),
+                    format!(
+                        "missing required element (cardinality {}..{})",
+                        el.min,
+                        max_text(el)
+                    ),
                 ));
             }
         }
@@ -160,19 +170,22 @@ impl Checker<'_> {
                 if el.max == Some(1) {
                     return Err(self.fail(
                         here,
-                        format!("expected a single value (cardinality {}..1), found an array", el.min),
+                        format!(
+                            "expected a single value (cardinality {}..1), found an array",
+                            el.min
+                        ),
                     ));
                 }
                 if items.is_empty() {
                     return Err(self.fail(here, "an array is never empty in FHIR JSON"));
                 }
-                if let Some(max) = el.max {
-                    if items.len() > max as usize {
-                        return Err(self.fail(
-                            here,
-                            format!("expected at most {max} items, found {}", items.len()),
-                        ));
-                    }
+                if let Some(max) = el.max
+                    && items.len() > max as usize
+                {
+                    return Err(self.fail(
+                        here,
+                        format!("expected at most {max} items, found {}", items.len()),
+                    ));
                 }
                 for (i, item) in items.iter().enumerate() {
                     let at = here.child(Seg::Index(i));
@@ -201,18 +214,17 @@ impl Checker<'_> {
         match key.ty {
             TypeRef::Primitive(p) => {
                 p.check(v).map_err(|m| self.fail(at, m))?;
-                if let (Some(b), Value::String(code)) = (el.binding, v) {
-                    if let Some(vs) = self.t.value_sets.get(usize::from(b)) {
-                        if !vs.has_code(code) {
-                            return Err(self.fail(
-                                at,
-                                format!(
-                                    "found a code not in the required value set {}",
-                                    vs.describe()
-                                ),
-                            ));
-                        }
-                    }
+                if let (Some(b), Value::String(code)) = (el.binding, v)
+                    && let Some(vs) = self.t.value_sets.get(usize::from(b))
+                    && !vs.has_code(code)
+                {
+                    return Err(self.fail(
+                        at,
+                        format!(
+                            "found a code not in the required value set {}",
+                            vs.describe()
+                        ),
+                    ));
                 }
                 Ok(())
             }
@@ -248,10 +260,7 @@ impl Checker<'_> {
                     _ => None,
                 };
                 let Some(ty) = ty else {
-                    return Err(self.fail(
-                        at,
-                        "expected a resource with a known `resourceType`",
-                    ));
+                    return Err(self.fail(at, "expected a resource with a known `resourceType`"));
                 };
                 let inner = at.child(Seg::Root(&ty.name));
                 self.object(ty, obj, &inner)
@@ -286,7 +295,10 @@ impl Checker<'_> {
                 (Some(s), _) if vs.has_system(s) => {
                     return Err(self.fail(
                         at,
-                        format!("found a code not in the required value set {}", vs.describe()),
+                        format!(
+                            "found a code not in the required value set {}",
+                            vs.describe()
+                        ),
                     ));
                 }
                 _ => {}
@@ -307,7 +319,12 @@ impl Checker<'_> {
 
     /// A Reference's `reference`: its form, target type and id; a
     /// `urn:uuid` goes to the bundle to resolve.
-    fn reference(&mut self, el: &'static Element, obj: &Map<String, Value>, at: &Frame<'_>) -> Checked {
+    fn reference(
+        &mut self,
+        el: &'static Element,
+        obj: &Map<String, Value>,
+        at: &Frame<'_>,
+    ) -> Checked {
         let Some(Value::String(r)) = obj.get("reference") else {
             return Ok(());
         };
@@ -349,13 +366,15 @@ impl Checker<'_> {
             // A conditional reference (transactions resolve it).
             return self.target(el, t, None, at);
         }
-        let relative = r.split_once('/').and_then(|(t, rest)| match rest.split_once('/') {
-            None => Some((t, rest)),
-            Some((id, history)) => history
-                .strip_prefix("_history/")
-                .filter(|v| !v.is_empty() && !v.contains('/'))
-                .map(|_| (t, id)),
-        });
+        let relative = r
+            .split_once('/')
+            .and_then(|(t, rest)| match rest.split_once('/') {
+                None => Some((t, rest)),
+                Some((id, history)) => history
+                    .strip_prefix("_history/")
+                    .filter(|v| !v.is_empty() && !v.contains('/'))
+                    .map(|_| (t, id)),
+            });
         match relative {
             Some((t, id)) => self.target(el, t, Some(id), at),
             None => Err(self.fail(
@@ -378,13 +397,16 @@ impl Checker<'_> {
                 ),
             ));
         }
-        if let Some(id) = id {
-            if !is_id(id) {
-                return Err(self.fail(
-                    at,
-                    format!("the id part is not a FHIR id ({})", "1 to 64 of A-Z a-z 0-9 - ."),
-                ));
-            }
+        if let Some(id) = id
+            && !is_id(id)
+        {
+            return Err(self.fail(
+                at,
+                format!(
+                    "the id part is not a FHIR id ({})",
+                    "1 to 64 of A-Z a-z 0-9 - ."
+                ),
+            ));
         }
         Ok(())
     }
@@ -401,22 +423,24 @@ impl Checker<'_> {
                 ));
             }
         }
-        if ty.invariants & inv::QTY_3 != 0 && obj.contains_key("code") && !obj.contains_key("system")
+        if ty.invariants & inv::QTY_3 != 0
+            && obj.contains_key("code")
+            && !obj.contains_key("system")
         {
             return Err(self.fail(
                 frame,
                 "a quantity with a code needs its system (qty-3), found no system",
             ));
         }
-        if ty.invariants & inv::PER_1 != 0 {
-            if let (Some(Value::String(s)), Some(Value::String(e))) = (obj.get("start"), obj.get("end")) {
-                if ends_before(s, e) {
-                    return Err(self.fail(
-                        frame,
-                        "a period's start is not after its end (per-1), found an end before the start",
-                    ));
-                }
-            }
+        if ty.invariants & inv::PER_1 != 0
+            && let (Some(Value::String(s)), Some(Value::String(e))) =
+                (obj.get("start"), obj.get("end"))
+            && ends_before(s, e)
+        {
+            return Err(self.fail(
+                frame,
+                "a period's start is not after its end (per-1), found an end before the start",
+            ));
         }
         if ty.invariants & inv::OBS_6 != 0 && obj.contains_key("dataAbsentReason") && has_value() {
             let here = frame.child(Seg::Elem("dataAbsentReason"));
@@ -438,10 +462,10 @@ impl Checker<'_> {
             .filter(|k| !k.underscore)
             .map(|k| (distance(key, &k.json), &k.json))
             .min();
-        if let Some((d, name)) = nearest {
-            if d <= 3.max(key.len() / 3) {
-                message.push_str(&format!(" (did you mean `{name}`?)"));
-            }
+        if let Some((d, name)) = nearest
+            && d <= 3.max(key.len() / 3)
+        {
+            message.push_str(&format!(" (did you mean `{name}`?)"));
         }
         self.fail(&here, message)
     }
@@ -460,7 +484,12 @@ fn ends_before(start: &str, end: &str) -> bool {
         crate::primitive::utc_seconds(end),
     ) {
         (Some(s), Some(e)) => e < s,
-        (None, None) => start.len() == end.len() && Primitive::Date.matches(start) && Primitive::Date.matches(end) && end < start,
+        (None, None) => {
+            start.len() == end.len()
+                && Primitive::Date.matches(start)
+                && Primitive::Date.matches(end)
+                && end < start
+        }
         _ => false,
     }
 }

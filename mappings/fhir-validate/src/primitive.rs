@@ -260,12 +260,12 @@ fn is_base64(s: &str) -> bool {
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=' {
             n += 1;
-        } else if !b.is_ascii_whitespace() || n % 4 != 0 {
+        } else if !b.is_ascii_whitespace() || !n.is_multiple_of(4) {
             // Whitespace only between groups of four.
             return false;
         }
     }
-    n > 0 && n % 4 == 0
+    n > 0 && n.is_multiple_of(4)
 }
 
 fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
@@ -276,7 +276,7 @@ fn digits(b: &[u8], at: usize, n: usize) -> Option<u32> {
 }
 
 const fn leap(y: u32) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+    (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400)
 }
 
 /// A date prefix `YYYY(-MM(-DD)?)?`, the date real; returns its length.
@@ -315,7 +315,11 @@ fn time(b: &[u8]) -> Option<usize> {
     }
     let mut len = 8;
     if b.get(8) == Some(&b'.') {
-        let frac = b.get(9..)?.iter().take_while(|c| c.is_ascii_digit()).count();
+        let frac = b
+            .get(9..)?
+            .iter()
+            .take_while(|c| c.is_ascii_digit())
+            .count();
         if frac == 0 {
             return None;
         }
@@ -379,11 +383,14 @@ pub(crate) fn utc_seconds(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe;
-    let tz = b.iter().rposition(|&c| c == b'+' || c == b'-' || c == b'Z')?;
+    let tz = b
+        .iter()
+        .rposition(|&c| c == b'+' || c == b'-' || c == b'Z')?;
     let offset = match b.get(tz) {
         Some(b'Z') => 0,
         Some(sign) => {
-            let secs = i64::from(digits(b, tz + 1, 2)?) * 3600 + i64::from(digits(b, tz + 4, 2)?) * 60;
+            let secs =
+                i64::from(digits(b, tz + 1, 2)?) * 3600 + i64::from(digits(b, tz + 4, 2)?) * 60;
             if *sign == b'-' { -secs } else { secs }
         }
         None => return None,
@@ -401,8 +408,15 @@ mod tests {
             assert!(Primitive::Date.matches(ok), "{ok}");
         }
         for bad in [
-            "2018-02-30", "1900-02-29", "2024-13", "2024-1-01", "0000", "24-01-01", "2024-04-31",
-            "2024-05-14T10:00:00Z", "",
+            "2018-02-30",
+            "1900-02-29",
+            "2024-13",
+            "2024-1-01",
+            "0000",
+            "24-01-01",
+            "2024-04-31",
+            "2024-05-14T10:00:00Z",
+            "",
         ] {
             assert!(!Primitive::Date.matches(bad), "{bad}");
         }
@@ -440,7 +454,9 @@ mod tests {
         let b = utc_seconds("2024-05-14T08:00:00Z");
         assert!(a < b, "{a:?} {b:?}");
         assert_eq!(
-            utc_seconds("2024-03-01T00:00:00Z").zip(utc_seconds("2024-02-29T00:00:00Z")).map(|(x, y)| x - y),
+            utc_seconds("2024-03-01T00:00:00Z")
+                .zip(utc_seconds("2024-02-29T00:00:00Z"))
+                .map(|(x, y)| x - y),
             Some(86_400)
         );
     }

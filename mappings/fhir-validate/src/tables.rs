@@ -141,7 +141,12 @@ impl ValueSet {
             .iter()
             .flat_map(|(_, c)| c.iter().map(|c| &**c))
             .collect();
-        let shown = codes.iter().take(12).copied().collect::<Vec<_>>().join(", ");
+        let shown = codes
+            .iter()
+            .take(12)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
         if codes.len() > 12 {
             format!("{} ({shown}, … {} codes)", self.url, codes.len())
         } else {

@@ -50,24 +50,43 @@ fn unknown_element_with_path_and_suggestion() {
 #[test]
 fn cardinality_single_and_array() {
     let err = validate(&json!({"resourceType": "Patient", "gender": ["male"]})).expect_err("array");
-    assert!(err.to_string().contains("`Patient.gender`: expected a single value"), "{err}");
-    let err = validate(&json!({"resourceType": "Patient", "name": {"family": "X"}})).expect_err("single");
-    assert!(err.to_string().contains("`Patient.name`: expected an array (cardinality 0..*), found an object"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`Patient.gender`: expected a single value"),
+        "{err}"
+    );
+    let err =
+        validate(&json!({"resourceType": "Patient", "name": {"family": "X"}})).expect_err("single");
+    assert!(
+        err.to_string()
+            .contains("`Patient.name`: expected an array (cardinality 0..*), found an object"),
+        "{err}"
+    );
     let err = validate(&json!({"resourceType": "Patient", "name": []})).expect_err("empty");
     assert!(err.to_string().contains("never empty"), "{err}");
     let err = validate(&json!({"resourceType": "Patient", "name": [{}]})).expect_err("ele-1");
-    assert!(err.to_string().contains("`Patient.name[0]`: an element needs a value or children (ele-1)"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`Patient.name[0]`: an element needs a value or children (ele-1)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_code_and_date_do_not_quote_the_value() {
-    let err = validate(&json!({"resourceType": "Patient", "gender": "Marker Kamara"})).expect_err("gender");
+    let err = validate(&json!({"resourceType": "Patient", "gender": "Marker Kamara"}))
+        .expect_err("gender");
     let text = err.to_string();
     assert!(text.starts_with("invalid Patient at `Patient.gender`: found a code not in the required value set http://hl7.org/fhir/ValueSet/administrative-gender (female, male, other, unknown)"), "{text}");
     assert!(!text.contains("Marker"), "{text}");
-    let err = validate(&json!({"resourceType": "Patient", "birthDate": "Marker Kamara"})).expect_err("date");
+    let err = validate(&json!({"resourceType": "Patient", "birthDate": "Marker Kamara"}))
+        .expect_err("date");
     assert!(!err.to_string().contains("Marker"), "{err}");
-    assert!(err.to_string().contains("`Patient.birthDate`: expected a date"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`Patient.birthDate`: expected a date"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -75,7 +94,11 @@ fn choice_takes_one_type() {
     let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "w"},
         "valueString": "a", "valueBoolean": true});
     let err = validate(&obs).expect_err("two choices");
-    assert!(err.to_string().contains("`Observation.value[x]`: a choice element takes one type"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`Observation.value[x]`: a choice element takes one type"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -89,17 +112,26 @@ fn references_in_a_bundle_are_handed_back() {
     assert_eq!(r.path, "Observation.subject");
     assert_eq!(r.resolve(Some("Patient")), Ok(()));
     let err = r.resolve(Some("Medication")).expect_err("not a subject");
-    assert!(err.to_string().contains("expected Device or Group or Location or Patient"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("expected Device or Group or Location or Patient"),
+        "{err}"
+    );
     let err = r.resolve(None).expect_err("dangling");
     assert!(err.to_string().contains("no entry of the bundle"), "{err}");
 }
 
 #[test]
 fn conditional_and_absolute_references() {
-    let imm = |r: &str| json!({"resourceType": "Immunization", "status": "completed",
-        "vaccineCode": {"text": "x"}, "occurrenceString": "last week", "patient": {"reference": r}});
+    let imm = |r: &str| {
+        json!({"resourceType": "Immunization", "status": "completed",
+        "vaccineCode": {"text": "x"}, "occurrenceString": "last week", "patient": {"reference": r}})
+    };
     assert_eq!(validate(&imm("Patient?identifier=a%7Cb")), Ok(()));
-    assert_eq!(validate(&imm("https://shr.example.org/fhir/Patient/p1")), Ok(()));
+    assert_eq!(
+        validate(&imm("https://shr.example.org/fhir/Patient/p1")),
+        Ok(())
+    );
     assert_eq!(validate(&imm("Patient/p1/_history/2")), Ok(()));
     assert!(validate(&imm("https://shr.example.org/fhir/Observation/p1")).is_err());
     assert!(validate(&imm("Observation?code=x")).is_err());
@@ -108,8 +140,10 @@ fn conditional_and_absolute_references() {
 
 #[test]
 fn period_order_compares_like_values() {
-    let enc = |s: &str, e: &str| json!({"resourceType": "Encounter", "status": "finished",
-        "class": {"code": "AMB"}, "period": {"start": s, "end": e}});
+    let enc = |s: &str, e: &str| {
+        json!({"resourceType": "Encounter", "status": "finished",
+        "class": {"code": "AMB"}, "period": {"start": s, "end": e}})
+    };
     assert!(validate(&enc("2024-05-14T10:00:00+03:00", "2024-05-14T08:00:00Z")).is_ok());
     assert!(validate(&enc("2024-05-14T10:00:00Z", "2024-05-14T08:00:00+03:00")).is_err());
     assert!(validate(&enc("2024-05", "2024-04")).is_err());
@@ -119,9 +153,18 @@ fn period_order_compares_like_values() {
 
 #[test]
 fn refuses_unknown_resource_types_and_non_objects() {
-    assert!(matches!(validate(&json!({"resourceType": "Patinet"})), Err(FhirError::NotAResource(_))));
-    assert!(matches!(validate(&json!([1])), Err(FhirError::NotAResource(_))));
-    assert!(matches!(validate(&json!({"id": "x"})), Err(FhirError::NotAResource(_))));
+    assert!(matches!(
+        validate(&json!({"resourceType": "Patinet"})),
+        Err(FhirError::NotAResource(_))
+    ));
+    assert!(matches!(
+        validate(&json!([1])),
+        Err(FhirError::NotAResource(_))
+    ));
+    assert!(matches!(
+        validate(&json!({"id": "x"})),
+        Err(FhirError::NotAResource(_))
+    ));
 }
 
 #[test]
@@ -130,7 +173,11 @@ fn contained_resources_are_checked_by_their_type() {
         "contained": [{"resourceType": "Patient", "id": "p", "gender": "bogus"}],
         "subject": {"reference": "#p"}});
     let err = validate(&obs).expect_err("contained");
-    assert!(err.to_string().contains("`Observation.contained[0](Patient).gender`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("`Observation.contained[0](Patient).gender`"),
+        "{err}"
+    );
 }
 
 /// The hand-written formats agree with the official regexes (anchored) on
@@ -140,19 +187,61 @@ fn contained_resources_are_checked_by_their_type() {
 fn primitive_formats_agree_with_the_official_regexes() {
     let data: Value = serde_json::from_str(include_str!("../data/r4.json")).expect("json");
     let samples = [
-        " ", "a", "a b", "a  b", " a", "a ", "\t", "x\ny", "0", "1", "-1", "01", "1.5", "abc-DEF.09",
-        "a/b", "http://x.org/a", "http://x y", "urn:oid:1.2.3", "urn:oid:1.02", "urn:oid:3.1",
-        "urn:uuid:0b3a8f6e-0000-5000-8000-000000000000", "urn:uuid:0B3A8F6E-0000-5000-8000-000000000000",
-        "2024", "2024-05", "2024-05-14", "2024-5-14", "2024-05-14T10:00:00Z", "2024-05-14T10:00:00",
-        "2024-05-14T10:00:00.5+03:00", "2024-05-14T10:00Z", "10:00:00", "10:00", "24:00:00", "23:59:60.1",
-        "QUJD", "QUJ", "QU JD", "true", "false", &"a".repeat(64), &"a".repeat(65),
+        " ",
+        "a",
+        "a b",
+        "a  b",
+        " a",
+        "a ",
+        "\t",
+        "x\ny",
+        "0",
+        "1",
+        "-1",
+        "01",
+        "1.5",
+        "abc-DEF.09",
+        "a/b",
+        "http://x.org/a",
+        "http://x y",
+        "urn:oid:1.2.3",
+        "urn:oid:1.02",
+        "urn:oid:3.1",
+        "urn:uuid:0b3a8f6e-0000-5000-8000-000000000000",
+        "urn:uuid:0B3A8F6E-0000-5000-8000-000000000000",
+        "2024",
+        "2024-05",
+        "2024-05-14",
+        "2024-5-14",
+        "2024-05-14T10:00:00Z",
+        "2024-05-14T10:00:00",
+        "2024-05-14T10:00:00.5+03:00",
+        "2024-05-14T10:00Z",
+        "10:00:00",
+        "10:00",
+        "24:00:00",
+        "23:59:60.1",
+        "QUJD",
+        "QUJ",
+        "QU JD",
+        "true",
+        "false",
+        &"a".repeat(64),
+        &"a".repeat(65),
     ];
     let mut compared = 0;
     for (name, rx) in data["primitives"].as_object().expect("primitives") {
         let (Some(p), Some(rx)) = (Primitive::from_name(name), rx.as_str()) else {
             continue;
         };
-        if matches!(p, Primitive::Boolean | Primitive::Decimal | Primitive::Integer | Primitive::PositiveInt | Primitive::UnsignedInt) {
+        if matches!(
+            p,
+            Primitive::Boolean
+                | Primitive::Decimal
+                | Primitive::Integer
+                | Primitive::PositiveInt
+                | Primitive::UnsignedInt
+        ) {
             continue; // JSON numbers and booleans, not strings
         }
         let re = regex::Regex::new(&format!("^(?:{rx})$")).expect("regex");
