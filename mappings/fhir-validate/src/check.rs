@@ -453,9 +453,25 @@ impl Checker<'_> {
     }
 
     /// An element the type does not define, with the nearest defined name.
+    /// A key that does not look like an element name (it may come from
+    /// the event's data) is not quoted.
     fn unknown(&self, ty: &TypeDef, key: &str, frame: &Frame<'_>) -> FhirError {
-        let here = frame.child(Seg::Elem(key));
-        let mut message = format!("unknown element `{key}` in {}", ty.name);
+        let name_like =
+            key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let shown = if name_like {
+            key
+        } else {
+            "(not an element name)"
+        };
+        let here = frame.child(Seg::Elem(shown));
+        let mut message = if name_like {
+            format!("unknown element `{key}` in {}", ty.name)
+        } else {
+            format!(
+                "an unknown element whose key is not an element name in {}",
+                ty.name
+            )
+        };
         let nearest = ty
             .keys
             .iter()

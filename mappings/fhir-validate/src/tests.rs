@@ -48,6 +48,16 @@ fn unknown_element_with_path_and_suggestion() {
 }
 
 #[test]
+fn a_key_that_is_no_element_name_is_not_quoted() {
+    let patient = json!({"resourceType": "Patient", "Marker Kamara": "x"});
+    let err = validate(&patient).expect_err("unknown");
+    assert_eq!(
+        err.to_string(),
+        "invalid Patient at `Patient.(not an element name)`: an unknown element whose key is not an element name in Patient"
+    );
+}
+
+#[test]
 fn cardinality_single_and_array() {
     let err = validate(&json!({"resourceType": "Patient", "gender": ["male"]})).expect_err("array");
     assert!(
