@@ -91,19 +91,54 @@ pub(crate) struct TypeDef {
     pub(crate) invariants: u8,
     /// Elements in definition order (at most 64).
     pub(crate) elements: Vec<Element>,
-    /// The JSON keys, sorted for binary search.
+    /// The JSON keys, sorted by name.
     pub(crate) keys: Vec<Key>,
     /// Bits of the elements with `min >= 1`.
     pub(crate) required: u64,
+    /// Open-addressing hash index of `keys` (index + 1; 0 is empty), a
+    /// power of two at least twice their number: one hash and usually one
+    /// comparison per key looked up.
+    pub(crate) slots: Vec<u16>,
+}
+
+/// FNV-1a: short keys, no DoS concern (the table is fixed).
+fn fnv(s: &str) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    // Only the low bits index the table.
+    h as usize
 }
 
 impl TypeDef {
     /// The key definition for a JSON name.
     pub(crate) fn key(&self, json: &str) -> Option<&Key> {
-        self.keys
-            .binary_search_by(|k| (*k.json).cmp(json))
-            .ok()
-            .and_then(|i| self.keys.get(i))
+        let mask = self.slots.len().checked_sub(1)?;
+        let mut i = fnv(json) & mask;
+        loop {
+            let slot = usize::from(*self.slots.get(i)?);
+            let key = self.keys.get(slot.checked_sub(1)?)?;
+            if *key.json == *json {
+                return Some(key);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn index(keys: &[Key]) -> Vec<u16> {
+        let size = (keys.len() * 2).next_power_of_two().max(2);
+        let mut slots = vec![0u16; size];
+        for (n, key) in keys.iter().enumerate() {
+            let mut i = fnv(&key.json) & (size - 1);
+            while slots.get(i).is_some_and(|s| *s != 0) {
+                i = (i + 1) & (size - 1);
+            }
+            if let (Some(s), Ok(v)) = (slots.get_mut(i), u16::try_from(n + 1)) {
+                *s = v;
+            }
+        }
+        slots
     }
 }
 
@@ -335,6 +370,7 @@ pub(crate) fn build(data: &str) -> Result<Tables, String> {
             });
         }
         keys.sort_by(|a, b| a.json.cmp(&b.json));
+        let slots = TypeDef::index(&keys);
         types.push(TypeDef {
             name: name.as_str().into(),
             kind,
@@ -343,6 +379,7 @@ pub(crate) fn build(data: &str) -> Result<Tables, String> {
             elements,
             keys,
             required,
+            slots,
         });
     }
     Ok(Tables {

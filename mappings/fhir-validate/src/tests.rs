@@ -10,6 +10,18 @@ fn tables_load() {
     assert!(t.resource("Resource").is_none(), "abstract");
     assert!(t.resource("Quantity").is_none(), "a data type");
     assert!(t.types.len() > 600, "{}", t.types.len());
+    // The hash index finds every key, and nothing else.
+    for ty in &t.types {
+        for k in &ty.keys {
+            assert!(
+                std::ptr::eq(ty.key(&k.json).expect("indexed"), k),
+                "{}.{}",
+                ty.name,
+                k.json
+            );
+        }
+        assert!(ty.key("notAnElement").is_none());
+    }
 }
 
 #[test]
