@@ -136,15 +136,23 @@ pub enum MapError {
         reason: String,
     },
     /// A produced FHIR resource does not validate.
-    #[error("mapping `{mapping}` resource `{resource}`, event {event}: {message}")]
+    #[error(
+        "mapping `{mapping}` resource `{resource}` ({file}, line {line}), event {event}: {message}"
+    )]
     InvalidFhir {
         /// The mapping id.
         mapping: String,
         /// The name of the resource in the mapping.
-        resource: String,
+        resource: Box<str>,
+        /// The file of the resource's rule (a shared file's for an included
+        /// rule).
+        file: Box<str>,
+        /// The line of the resource's rule.
+        line: u64,
         /// The event id.
         event: String,
-        /// The validator's message: it names elements, never values.
+        /// The checker's message: the FHIR path, what was found and what was
+        /// expected, never values.
         message: String,
     },
 }

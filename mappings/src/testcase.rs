@@ -27,6 +27,11 @@ enum Expected {
 }
 
 impl TestCase {
+    /// Whether the test expects its event to be refused.
+    pub(crate) const fn expects_error(&self) -> bool {
+        matches!(self.expect, Expected::Error(_))
+    }
+
     /// Builds a test case; the error is (field, message).
     pub(crate) fn from_raw(
         raw: &Spanned<RawTest>,

@@ -4,7 +4,6 @@
 use kiungo_mappings::{Event, LoadOptions, MappingSet};
 
 #[test]
-#[ignore = "issue 15 step 3: intra-bundle reference resolution"]
 fn a_urn_uuid_reference_to_no_entry_of_the_bundle_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(

@@ -29,6 +29,10 @@ fn misspelt_element_in_official_example_is_caught() {
         .remove("occurrenceDateTime");
     json["occurenceDateTime"] = date;
     let err = kiungo_fhir_validate::validate(&json).expect_err("misspelt");
-    // occurrence[x] is required, so the model names the missing choice element.
-    assert!(err.to_string().contains("ImmunizationOccurrence"), "{err}");
+    // Named where it is, with the nearest valid name.
+    assert_eq!(
+        err.to_string(),
+        "invalid Immunization at `Immunization.occurenceDateTime`: unknown element \
+         `occurenceDateTime` in Immunization (did you mean `occurrenceDateTime`?)"
+    );
 }
