@@ -289,7 +289,9 @@ fn faults(error_rate: f64) -> Faults {
 async fn quiet(store: &Store, stall: Duration) {
     const CAP: Duration = Duration::from_secs(45 * 60);
     let start = Instant::now();
-    let mut last: Option<(Vec<(String, i64)>, i64, i64)> = None;
+    // Outbox counts by state, dirty totals, unpublished statuses.
+    type Counts = (Vec<(String, i64)>, i64, i64);
+    let mut last: Option<Counts> = None;
     let mut changed = Instant::now();
     loop {
         let states: HashMap<String, i64> = store
