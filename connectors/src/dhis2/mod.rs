@@ -15,6 +15,7 @@ mod config;
 mod fuzz;
 mod import_summary;
 mod metadata;
+mod system;
 #[cfg(test)]
 mod tests;
 
@@ -22,3 +23,4 @@ pub use client::{DataValue, Dhis2Client};
 pub use config::Dhis2Config;
 pub use import_summary::{Conflict, Dhis2Error, ImportOutcome, ImportStatus};
 pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References};
+pub use system::{Me, SystemInfo};
