@@ -207,6 +207,7 @@ pub fn load_mappings(packs_dir: &Path) -> anyhow::Result<MappingSet> {
     let options = LoadOptions {
         pseudonym_key: Some(PseudonymKey::for_tests()),
         validate_fhir: false,
+        ..LoadOptions::default()
     };
     MappingSet::load_dir(packs_dir, options)
         .with_context(|| format!("loading mappings from {}", packs_dir.display()))
@@ -1466,6 +1467,7 @@ mod tests {
         let options = LoadOptions {
             pseudonym_key: Some(PseudonymKey::for_tests()),
             validate_fhir: true,
+            ..LoadOptions::default()
         };
         let validating = MappingSet::load_dir(&packs_dir(), options).expect("packs load");
         let w = workload(400, 13, WITH_POISON);

@@ -89,6 +89,7 @@ impl Application {
             &config.mappings,
             LoadOptions {
                 pseudonym_key: key,
+                calendar: config.dhis2_calendar(),
                 ..LoadOptions::default()
             },
         )?);

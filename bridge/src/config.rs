@@ -194,6 +194,18 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The DHIS2 calendar period ids are computed in when events are
+    /// mapped: `destinations.dhis2.calendar`, or `iso8601` without a DHIS2
+    /// destination.
+    #[must_use]
+    pub fn dhis2_calendar(&self) -> kiungo_mappings::period::Calendar {
+        self.destinations
+            .dhis2
+            .as_ref()
+            .map(|d| d.calendar)
+            .unwrap_or_default()
+    }
+
     /// The key of `pseudonym()`: `KIUNGO_PSEUDONYM_KEY`, else
     /// `pseudonym_key_file`, else none.
     pub fn pseudonym_key(&self) -> Result<Option<kiungo_mappings::PseudonymKey>, String> {

@@ -38,6 +38,7 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
         &config.mappings,
         LoadOptions {
             pseudonym_key: key,
+            calendar: config.dhis2_calendar(),
             ..LoadOptions::default()
         },
     ) {

@@ -250,6 +250,7 @@ async fn execute(config: &Config, actor: &str, action: DlqAction) -> Result<Exit
                 &config.mappings,
                 LoadOptions {
                     pseudonym_key: key,
+                    calendar: config.dhis2_calendar(),
                     ..LoadOptions::default()
                 },
             )

@@ -61,6 +61,7 @@ fn bench_packs(c: &mut Criterion) {
             let options = LoadOptions {
                 pseudonym_key: Some(PseudonymKey::for_tests()),
                 validate_fhir,
+                ..LoadOptions::default()
             };
             let set = MappingSet::load_dir(dir, options).unwrap();
             let source = set.mappings()[0].source.clone();

@@ -15,7 +15,7 @@ use crate::functions::KIUNGO_NS;
 use crate::output::{
     Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
 };
-use crate::period::PeriodType;
+use crate::period::{Calendar, PeriodType};
 use crate::spec::{Method, RawAssert, RawDhis2, RawFhir, RawMapping, RawNode, RawTable};
 use crate::table::Table;
 use crate::template::{self, Tpl};
@@ -1068,6 +1068,7 @@ impl Mapping {
         scope_obj: &Scope,
         scope: &Value,
         validate_fhir: bool,
+        calendar: Calendar,
     ) -> Result<MappedEvent, MapError> {
         let msg_label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
         for (name, table) in &self.tables {
@@ -1276,7 +1277,7 @@ impl Mapping {
                         format!("{}[{}]", rule.name, hash.get(..12).unwrap_or(&hash))
                     }
                 };
-                let c = self.contribution(rule, name, scope, label)?;
+                let c = self.contribution(rule, name, scope, label, calendar)?;
                 let here = item.as_ref().map(|i| i.index);
                 if let Some(i) = dhis2.iter().position(|d: &Dhis2Contribution| {
                     d.rule == c.rule
@@ -1459,12 +1460,17 @@ impl Mapping {
     }
 
     /// One DHIS2 contribution of a rule, for the current item.
+    ///
+    /// The period is the one of the event's own date (`period.date`) in
+    /// `calendar`, the DHIS2 server's system calendar: it is fixed here,
+    /// when the event is mapped and stored, never at delivery or replay.
     fn contribution(
         &self,
         rule: &Dhis2Rule,
         name: String,
         scope: &Value,
         label: &str,
+        calendar: Calendar,
     ) -> Result<Dhis2Contribution, MapError> {
         let id = |f: &IdField| -> Result<String, MapError> {
             let err = |failure: Failure| self.error_at(&f.field, f.line, label, failure);
@@ -1539,10 +1545,24 @@ impl Mapping {
                 }
             }
         };
+        // A date with no period in the calendar (Ethiopian Pagume, a Nepali
+        // date outside DHIS2's table) is a mapping error: the event is
+        // parked with the reason; the date itself goes with the values.
+        let period = rule.period_type.period_id_in(calendar, date).map_err(|e| {
+            self.field_error(
+                &rule.period_date,
+                label,
+                Failure {
+                    message: e.reason(),
+                    values: vec![format!("date {}", crate::functions::iso_date(date))],
+                    refused: false,
+                },
+            )
+        })?;
         Ok(Dhis2Contribution {
             rule: name,
             data_element,
-            period: rule.period_type.period_id(date),
+            period,
             org_unit,
             category_option_combo,
             attribute_option_combo,
@@ -1567,6 +1587,10 @@ pub struct LoadOptions {
     pub pseudonym_key: Option<PseudonymKey>,
     /// Validate every produced FHIR resource against the typed models.
     pub validate_fhir: bool,
+    /// The DHIS2 server's system calendar, in which DHIS2 period ids are
+    /// computed from each event's date. Test cases in mapping files always
+    /// use `iso8601`: their expected periods are Gregorian ids.
+    pub calendar: Calendar,
 }
 
 impl Default for LoadOptions {
@@ -1574,6 +1598,7 @@ impl Default for LoadOptions {
         Self {
             pseudonym_key: None,
             validate_fhir: true,
+            calendar: Calendar::Iso8601,
         }
     }
 }
@@ -1586,6 +1611,7 @@ pub struct MappingSet {
     runtime: Value,
     test_runtime: Value,
     validate_fhir: bool,
+    calendar: Calendar,
 }
 
 impl MappingSet {
@@ -1647,7 +1673,7 @@ impl MappingSet {
             for tc in m.tests.iter().filter(|tc| !tc.expects_error()) {
                 if let Err(MapError::InvalidFhir {
                     resource, message, ..
-                }) = set.map_with(m, &tc.event, &set.test_runtime, true)
+                }) = set.map_with(m, &tc.event, &set.test_runtime, true, Calendar::Iso8601)
                 {
                     let (file, line) = m.fhir_place(&resource);
                     errors.push(LoadError {
@@ -1682,7 +1708,15 @@ impl MappingSet {
                 pseudonym_key: Some(PseudonymKey::for_tests()),
             }),
             validate_fhir: options.validate_fhir,
+            calendar: options.calendar,
         }
+    }
+
+    /// The DHIS2 calendar period ids are computed in (from
+    /// [`LoadOptions::calendar`]).
+    #[must_use]
+    pub fn calendar(&self) -> Calendar {
+        self.calendar
     }
 
     /// The loaded mappings.
@@ -1692,7 +1726,7 @@ impl MappingSet {
 
     /// Maps one event through the one mapping that matches it.
     pub fn map(&self, event: &Event) -> Result<MappedEvent, MapError> {
-        self.map_at(event, &self.runtime)
+        self.map_at(event, &self.runtime, self.calendar)
     }
 
     /// Maps an event through the mapping with this id (chosen by the
@@ -1702,7 +1736,7 @@ impl MappingSet {
         let label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
         match self.mappings.iter().find(|m| m.id == mapping_id) {
             Some(m) if m.source == event.source => {
-                self.map_with(m, event, &self.runtime, self.validate_fhir)
+                self.map_with(m, event, &self.runtime, self.validate_fhir, self.calendar)
             }
             found => Err(MapError::UnknownMapping {
                 mapping: mapping_id.to_owned(),
@@ -1714,10 +1748,15 @@ impl MappingSet {
     }
 
     pub(crate) fn map_for_test(&self, event: &Event) -> Result<MappedEvent, MapError> {
-        self.map_at(event, &self.test_runtime)
+        self.map_at(event, &self.test_runtime, Calendar::Iso8601)
     }
 
-    fn map_at(&self, event: &Event, runtime: &Value) -> Result<MappedEvent, MapError> {
+    fn map_at(
+        &self,
+        event: &Event,
+        runtime: &Value,
+        calendar: Calendar,
+    ) -> Result<MappedEvent, MapError> {
         let label = event.message_id.clone().unwrap_or_else(|| "(no id)".into());
         let (scope_obj, scope) = base_scope(event, runtime);
         let mut found: Option<&Mapping> = None;
@@ -1751,7 +1790,7 @@ impl MappingSet {
                 source_app: event.source.clone(),
                 event: label,
             })),
-            (Some(m), 1) => m.apply_in(event, &scope_obj, &scope, self.validate_fhir),
+            (Some(m), 1) => m.apply_in(event, &scope_obj, &scope, self.validate_fhir, calendar),
             (Some(_), _) => Err(MapError::Ambiguous {
                 source_app: event.source.clone(),
                 event: label,
@@ -1767,9 +1806,10 @@ impl MappingSet {
         event: &Event,
         runtime: &Value,
         validate_fhir: bool,
+        calendar: Calendar,
     ) -> Result<MappedEvent, MapError> {
         let (scope_obj, scope) = base_scope(event, runtime);
-        m.apply_in(event, &scope_obj, &scope, validate_fhir)
+        m.apply_in(event, &scope_obj, &scope, validate_fhir, calendar)
     }
 }
 

@@ -58,12 +58,17 @@
 //! the calendar's months exactly as above (`200901` is Meskerem 2009 on an
 //! Ethiopian server, `2009Q1` its first three months, `2009July` the year
 //! from its seventh month), as DHIS2's `createPeriod(date, calendar)` does
-//! with the calendar's `DateTimeUnit`. The week types are refused there
-//! ([`CalendarError::Unsupported`]): DHIS2 numbers non-ISO weeks with
-//! calendar-specific rules (`NepaliCalendar.week`, Joda's Ethiopic week
-//! year) that are not reproduced here yet.
+//! with the calendar's `DateTimeUnit`. Nepali weeks follow DHIS2's own
+//! rule (`NepaliCalendar.week`, see `nepali_weeks.rs`). Ethiopian weeks
+//! and bi-weeks in either calendar are refused
+//! ([`CalendarError::Unsupported`]): DHIS2's `EthiopianCalendar` day
+//! arithmetic skips Pagume (`plusDays`/`minusDays` count 360-day years)
+//! and numbers weeks with Joda's Ethiopic week year, which is not
+//! reproduced here. [`PeriodType::parse_id_in`] recognises the ids a
+//! calendar has.
 
 pub mod calendar;
+mod nepali_weeks;
 
 pub use calendar::{Calendar, CalendarDate, CalendarError, UnknownCalendar};
 
@@ -364,6 +369,9 @@ impl PeriodType {
             return Ok(self.period_id(date));
         }
         let shape = self.shape();
+        if let (Calendar::Nepali, Shape::Week { first_day, infix }) = (calendar, &shape) {
+            return nepali_weeks::week_id(date, *first_day, infix).map(|(_, id)| id);
+        }
         if matches!(shape, Shape::Week { .. } | Shape::BiWeek) {
             return Err(CalendarError::Unsupported {
                 calendar,
@@ -452,6 +460,69 @@ impl PeriodType {
                 let start_month = year * 12 + offset + (n - 1) * len;
                 let first = from_epoch_day(month_start(start_month))?;
                 let last = from_epoch_day(month_start(start_month + len) - 1)?;
+                (first, last)
+            }
+            _ => return None,
+        };
+        Some((ty, first, last))
+    }
+
+    /// Recognises a period id of a server whose system calendar is
+    /// `calendar`, giving its type and its first and last Gregorian day
+    /// (both inclusive), or `None` if no such period exists there.
+    ///
+    /// With `iso8601` this is [`PeriodType::parse_id`]. Elsewhere the day
+    /// and month-based types are read in the calendar's own months (`200913`
+    /// is no Ethiopian period: DHIS2 puts Pagume in none; `20790432` exists
+    /// on a Nepali server because Shrawan 2079 has 32 days); week types are
+    /// not recognised there, as [`PeriodType::period_id_in`] refuses them.
+    ///
+    /// ```
+    /// use chrono::NaiveDate;
+    /// use kiungo_mappings::PeriodType;
+    /// use kiungo_mappings::period::Calendar;
+    ///
+    /// let (ty, first, last) =
+    ///     PeriodType::parse_id_in(Calendar::Ethiopian, "200901").ok_or("not an id")?;
+    /// assert_eq!(ty, PeriodType::Monthly);
+    /// assert_eq!(first, NaiveDate::from_ymd_opt(2016, 9, 11).ok_or("bad date")?);
+    /// assert_eq!(last, NaiveDate::from_ymd_opt(2016, 10, 10).ok_or("bad date")?);
+    /// assert_eq!(PeriodType::parse_id_in(Calendar::Ethiopian, "20091301"), None);
+    /// # Ok::<(), &str>(())
+    /// ```
+    #[must_use]
+    pub fn parse_id_in(calendar: Calendar, id: &str) -> Option<(PeriodType, NaiveDate, NaiveDate)> {
+        if calendar == Calendar::Iso8601 {
+            return Self::parse_id(id);
+        }
+        let year = digits(id.get(..4)?, 4, 4)?;
+        let (ty, number) = split_rest(id.get(4..)?)?;
+        let date = |year: i64, month: i64, day: i64| {
+            calendar.to_gregorian(CalendarDate { year, month, day })
+        };
+        let (first, last) = match (ty.shape(), number) {
+            (Shape::Day, Number::Day(month, day)) => {
+                let d = date(year, month, day).filter(|_| month <= 12)?;
+                (d, d)
+            }
+            (Shape::Week { first_day, infix }, Number::Of(week))
+                if calendar == Calendar::Nepali =>
+            {
+                nepali_weeks::parse_week(id, year, week, first_day, infix)?
+            }
+            (Shape::Months { len, offset }, Number::Of(n)) => {
+                if !(1..=12 / len).contains(&n) {
+                    return None;
+                }
+                let start = year * 12 + offset + (n - 1) * len;
+                let end = start + len - 1;
+                let (end_year, end_month) = (end.div_euclid(12), end.rem_euclid(12) + 1);
+                let first = date(start.div_euclid(12), start.rem_euclid(12) + 1, 1)?;
+                let last = date(
+                    end_year,
+                    end_month,
+                    calendar.days_in_month(end_year, end_month)?,
+                )?;
                 (first, last)
             }
             _ => return None,

@@ -32,6 +32,7 @@ static SETS: LazyLock<[MappingSet; 2]> = LazyLock::new(|| {
             LoadOptions {
                 pseudonym_key: key,
                 validate_fhir: true,
+                ..LoadOptions::default()
             },
         )
         .expect("the shipped packs load")

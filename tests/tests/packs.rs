@@ -42,6 +42,7 @@ fn packs_produce_fhir_and_dhis2_and_every_promised_resource_type() {
     let options = LoadOptions {
         pseudonym_key: Some(PseudonymKey::for_tests()),
         validate_fhir: true,
+        ..LoadOptions::default()
     };
     let set = MappingSet::load_dir(&packs(), options).unwrap_or_else(|e| panic!("{e}"));
     let mut types = BTreeSet::new();

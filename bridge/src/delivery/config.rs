@@ -99,8 +99,10 @@ pub struct Dhis2DestinationConfig {
     pub metadata_refresh: Duration,
     /// The server's system calendar (`calendar` in `/api/system/info`):
     /// `iso8601` (default), `ethiopian` or `nepali`. Period ids are
-    /// computed in it from each event's own date when the event is mapped;
-    /// any other name is refused when the config loads.
+    /// computed in it from each event's own date when the event is mapped
+    /// and stored (never at delivery or replay); any other name (DHIS2's
+    /// `coptic`, `islamic`, `persian`, `thai`, `julian`) is refused when the
+    /// config loads.
     #[serde(default)]
     pub calendar: kiungo_mappings::period::Calendar,
     /// Reconcile some data sets on a schedule (reading only) and export
@@ -182,16 +184,6 @@ impl DestinationsConfig {
             if d.lease <= d.server.timeout {
                 out.push("destinations.dhis2.lease: must be longer than server.timeout".into());
             }
-            // The conversions exist (`kiungo_mappings::period::Calendar`)
-            // but mappings still compute ISO 8601 period ids: accepting
-            // another calendar would push values to the wrong periods.
-            if d.calendar != kiungo_mappings::period::Calendar::Iso8601 {
-                out.push(format!(
-                    "destinations.dhis2.calendar: {:?} is recognised but mappings do not compute its \
-                     period ids yet; only iso8601 can be used for now (issue 14)",
-                    d.calendar
-                ));
-            }
         }
         out
     }
@@ -209,13 +201,24 @@ mod tests {
     }
 
     #[test]
-    fn only_the_iso_calendar_is_accepted_until_mappings_use_others() {
-        assert!(dhis2_with("iso8601").problems().is_empty());
-        let problems = dhis2_with("ethiopian").problems();
-        assert_eq!(problems.len(), 1, "{problems:?}");
+    fn supported_calendars_are_accepted_and_others_refused_by_name() {
+        use kiungo_mappings::period::Calendar;
+        for (name, calendar) in [
+            ("iso8601", Calendar::Iso8601),
+            ("ethiopian", Calendar::Ethiopian),
+            ("nepali", Calendar::Nepali),
+        ] {
+            let config = dhis2_with(name);
+            assert!(config.problems().is_empty(), "{name}");
+            assert_eq!(config.dhis2.map(|d| d.calendar), Some(calendar));
+        }
+        let err = serde_saphyr::from_str::<DestinationsConfig>(
+            "dhis2:\n  server: {base_url: 'http://dhis2.example', auth: {type: none}}\n  calendar: coptic\n",
+        )
+        .expect_err("coptic is not supported");
         assert!(
-            problems[0].starts_with("destinations.dhis2.calendar:"),
-            "{problems:?}"
+            err.to_string().contains("unknown calendar `coptic`"),
+            "{err}"
         );
     }
 }

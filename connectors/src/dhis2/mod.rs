@@ -17,6 +17,7 @@ mod fuzz;
 mod import_summary;
 mod metadata;
 mod read_back;
+mod system;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -32,3 +33,4 @@ pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References}
 pub use read_back::{
     DataSetElement, MAX_POLITE_WAIT, ORG_UNITS_PER_READ, ReadRequest, StoredValue,
 };
+pub use system::{Me, SystemInfo};

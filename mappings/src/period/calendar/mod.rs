@@ -104,6 +104,27 @@ impl CalendarError {
     pub fn is_retryable(&self) -> bool {
         false
     }
+
+    /// The reason without the date (which stays with an error's values):
+    /// e.g. "the date falls in Pagume 2008 (the 13th Ethiopian month), …".
+    #[must_use]
+    pub fn reason(&self) -> String {
+        match self {
+            CalendarError::OutOfRange {
+                calendar,
+                first,
+                last,
+                ..
+            } => format!(
+                "the date is outside the {calendar} calendar's supported range ({first} to {last})"
+            ),
+            CalendarError::Pagume { year, .. } => format!(
+                "the date falls in Pagume {year} (the 13th Ethiopian month), which DHIS2's \
+                 ethiopian calendar puts in no period"
+            ),
+            CalendarError::Unsupported { .. } => self.to_string(),
+        }
+    }
 }
 
 /// The error of parsing a string that is not a supported calendar name.
@@ -160,6 +181,31 @@ impl Calendar {
                     last,
                 }
             }),
+        }
+    }
+
+    /// Days in month `month` (1–12) of `year`, or `None` for a month that
+    /// does not exist (13 and over; a Nepali year outside DHIS2's table).
+    /// Ethiopian months have 30 days; Pagume is no month here, as in DHIS2.
+    #[must_use]
+    pub fn days_in_month(self, year: i64, month: i64) -> Option<i64> {
+        if !(1..=12).contains(&month) {
+            return None;
+        }
+        match self {
+            Calendar::Iso8601 => {
+                let y = i32::try_from(year).ok()?;
+                let m = u32::try_from(month).ok()?;
+                let first = NaiveDate::from_ymd_opt(y, m, 1)?;
+                let next = if m == 12 {
+                    NaiveDate::from_ymd_opt(y.checked_add(1)?, 1, 1)?
+                } else {
+                    NaiveDate::from_ymd_opt(y, m + 1, 1)?
+                };
+                Some((next - first).num_days())
+            }
+            Calendar::Ethiopian => Some(30),
+            Calendar::Nepali => nepali_month_days(year, month),
         }
     }
 

@@ -231,7 +231,7 @@ fn period_ids_in_calendars() {
     assert!(pagume.to_string().contains("2017-09-06"), "{pagume}");
     assert!(eth(P::Daily, 2017, 9, 10).is_err());
     assert_eq!(eth(P::Monthly, 2017, 9, 11), ok("201001"));
-    // Weeks are refused, with the type named.
+    // Ethiopian weeks and bi-weeks anywhere are refused, with the type named.
     let week = eth(P::Weekly, 2017, 1, 1).expect_err("weekly");
     assert!(week.to_string().contains("Weekly") && week.to_string().contains("ethiopian"));
     assert!(nep(P::BiWeekly, 2024, 1, 1).is_err());
@@ -255,4 +255,116 @@ fn period_ids_in_calendars() {
         P::Weekly.period_id_in(Calendar::Iso8601, g(2014, 12, 29)),
         ok("2015W1")
     );
+}
+
+/// Nepali weeks as DHIS2 numbers them: every vector of dhis2-core's
+/// `NepaliCalendarTest.testIsoDates` (a date inside the week, the id and
+/// the week's Gregorian first and last day), then the same week from each
+/// of its days, and the rule's quirks at the year's turn.
+#[test]
+fn nepali_weeks_match_dhis2() {
+    use crate::PeriodType as P;
+    let vectors = [
+        // (Nepali date given to createPeriod, id, first day, last day)
+        ((2081, 1, 3), "2081W1", g(2024, 4, 15), g(2024, 4, 21)),
+        ((2080, 12, 26), "2080W52", g(2024, 4, 8), g(2024, 4, 14)),
+        ((2080, 1, 11), "2080W2", g(2023, 4, 24), g(2023, 4, 30)),
+        ((2081, 1, 10), "2081W2", g(2024, 4, 22), g(2024, 4, 28)),
+        ((2082, 1, 1), "2082W1", g(2025, 4, 14), g(2025, 4, 20)),
+    ];
+    for ((y, m, d), id, first, last) in vectors {
+        let date = Calendar::Nepali
+            .to_gregorian(cd(y, m, d))
+            .expect("a Nepali date");
+        for day in 0..7 {
+            let inside = first + chrono::Duration::days(day);
+            assert_eq!(
+                P::Weekly.period_id_in(Calendar::Nepali, inside),
+                Ok(id.to_owned()),
+                "{inside}"
+            );
+        }
+        assert_eq!(
+            P::Weekly.period_id_in(Calendar::Nepali, date),
+            Ok(id.to_owned())
+        );
+        assert_eq!(
+            P::parse_id_in(Calendar::Nepali, id),
+            Some((P::Weekly, first, last)),
+            "{id}"
+        );
+    }
+    // 1 Baisakh 2081 (13 April 2024) is a Saturday: the Saturday week that
+    // starts on it has day of year 1, so (10 + 1 - 6) / 7 = 0 gives week 52
+    // of 2081, as DHIS2 numbers it; the Sunday week starting the next day
+    // is (10 + 2 - 7) / 7 = 0, week 52 too; the week after, 1.
+    assert_eq!(
+        P::WeeklySaturday.period_id_in(Calendar::Nepali, g(2024, 4, 13)),
+        Ok("2081SatW52".into())
+    );
+    assert_eq!(
+        P::WeeklySunday.period_id_in(Calendar::Nepali, g(2024, 4, 14)),
+        Ok("2081SunW52".into())
+    );
+    assert_eq!(
+        P::WeeklySunday.period_id_in(Calendar::Nepali, g(2024, 4, 21)),
+        Ok("2081SunW1".into())
+    );
+    // Week 53 never exists on a Nepali server.
+    assert_eq!(P::parse_id_in(Calendar::Nepali, "2081W53"), None);
+}
+
+/// Period ids that exist, or not, on a server of each calendar.
+#[test]
+fn period_ids_exist_per_calendar() {
+    use crate::PeriodType as P;
+    let parse = |c, id| P::parse_id_in(c, id);
+    // Ethiopian: months of 30 days, no 13th month, Pagume in no period.
+    assert_eq!(
+        parse(Calendar::Ethiopian, "20090130"),
+        Some((P::Daily, g(2016, 10, 10), g(2016, 10, 10)))
+    );
+    assert_eq!(parse(Calendar::Ethiopian, "20090131"), None);
+    assert_eq!(parse(Calendar::Ethiopian, "20091301"), None);
+    assert_eq!(parse(Calendar::Ethiopian, "200913"), None);
+    assert_eq!(
+        parse(Calendar::Ethiopian, "2009"),
+        Some((P::Yearly, g(2016, 9, 11), g(2017, 9, 5)))
+    );
+    assert_eq!(parse(Calendar::Ethiopian, "2009W1"), None);
+    // 30 February is fine in Ethiopia: Tir and Yekatit have 30 days.
+    assert!(parse(Calendar::Ethiopian, "20090630").is_some());
+    assert_eq!(parse(Calendar::Iso8601, "20240230"), None);
+    // Nepali: Shrawan 2081 has 32 days, Poush 2081 has 29.
+    assert_eq!(
+        parse(Calendar::Nepali, "208104"),
+        Some((P::Monthly, g(2024, 7, 16), g(2024, 8, 16)))
+    );
+    assert!(parse(Calendar::Nepali, "20810432").is_some());
+    assert_eq!(parse(Calendar::Nepali, "20810433"), None);
+    assert!(parse(Calendar::Nepali, "20810929").is_some());
+    assert_eq!(parse(Calendar::Nepali, "20810930"), None);
+    assert_eq!(parse(Calendar::Nepali, "2101"), None);
+    // Every id a date gets in a calendar is one that calendar has.
+    for c in [Calendar::Ethiopian, Calendar::Nepali] {
+        let mut day = g(2020, 1, 1);
+        while day < g(2026, 1, 1) {
+            for ty in P::ALL {
+                if let Ok(id) = ty.period_id_in(c, day) {
+                    let (_, first, last) = P::parse_id_in(c, &id)
+                        .unwrap_or_else(|| panic!("{c} {id} of {day} not recognised"));
+                    // DHIS2's Nepali rule can give two weeks one id
+                    // (Chaitra's last week wraps to week 1 of the next
+                    // year, as does Baisakh's first full week): the id
+                    // still exists; only other types must contain the day.
+                    let week = matches!(ty.name(), n if n.starts_with("Weekly"));
+                    assert!(
+                        week || (first <= day && day <= last),
+                        "{c} {id}: {first}..{last} lacks {day}"
+                    );
+                }
+            }
+            day += chrono::Duration::days(1);
+        }
+    }
 }
