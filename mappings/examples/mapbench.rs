@@ -82,6 +82,7 @@ fn main() {
                 LoadOptions {
                     pseudonym_key: Some(PseudonymKey::for_tests()),
                     validate_fhir,
+                    ..LoadOptions::default()
                 },
             )
             .unwrap()
