@@ -314,3 +314,49 @@ fn map(
         }
     }
 }
+
+/// The frame every operator command (`dlq`, `dhis2`) shares: loads the
+/// config (`config`, or the default places), names the actor (`--actor`,
+/// else `$USER`, else `cli`) for the audit log, and runs `execute` on a
+/// current-thread runtime. A problem before or inside the command is
+/// printed once as `error: …` and exits 2.
+pub(crate) fn run_operator_command<A, F, Fut>(
+    config: Option<&std::path::Path>,
+    actor: Option<String>,
+    action: A,
+    execute: F,
+) -> ExitCode
+where
+    F: FnOnce(crate::config::Config, String, A) -> Fut,
+    Fut: std::future::Future<Output = Result<ExitCode, String>>,
+{
+    let config = match crate::config::Config::load_or_default(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let actor = actor
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "cli".into());
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(async move {
+        match execute(config, actor, action).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}

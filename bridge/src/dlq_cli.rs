@@ -96,34 +96,8 @@ fn utc(ms: i64) -> String {
 
 /// Runs a `dlq` command.
 pub fn run(config: Option<&Path>, actor: Option<String>, action: DlqAction) -> ExitCode {
-    let config = match Config::load_or_default(config) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let actor = actor
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "cli".into());
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    runtime.block_on(async move {
-        match execute(&config, &actor, action).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        }
+    crate::cli::run_operator_command(config, actor, action, |config, actor, action| async move {
+        execute(&config, &actor, action).await
     })
 }
 
