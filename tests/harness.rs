@@ -600,3 +600,38 @@ pub fn percent_decode(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The sandbox's DHIS2 metadata as it was before it learnt the kobo pack's
+/// malaria data elements (`MAL_*` codes and their data set): the
+/// end-to-end workloads keep sending totals by codes the instance lacks,
+/// so that the `unknown_reference` path (preflight, parking once, never
+/// retried) stays exercised at scale.
+pub fn metadata_without_malaria_codes() -> anyhow::Result<serde_json::Value> {
+    let mut metadata: serde_json::Value = serde_json::from_str(kiungo::sandbox::DEFAULT_METADATA)?;
+    let malaria: BTreeSet<String> = metadata["dataElements"]
+        .as_array()
+        .context("dataElements")?
+        .iter()
+        .filter(|de| de["code"].as_str().is_some_and(|c| c.starts_with("MAL_")))
+        .filter_map(|de| de["id"].as_str().map(str::to_owned))
+        .collect();
+    anyhow::ensure!(
+        !malaria.is_empty(),
+        "the sandbox metadata has no MAL_ codes any more"
+    );
+    if let Some(des) = metadata["dataElements"].as_array_mut() {
+        des.retain(|de| !de["id"].as_str().is_some_and(|id| malaria.contains(id)));
+    }
+    if let Some(sets) = metadata["dataSets"].as_array_mut() {
+        sets.retain(|ds| {
+            !ds["dataSetElements"].as_array().is_some_and(|els| {
+                els.iter().any(|e| {
+                    e["dataElement"]["id"]
+                        .as_str()
+                        .is_some_and(|id| malaria.contains(id))
+                })
+            })
+        });
+    }
+    Ok(metadata)
+}

@@ -13,7 +13,9 @@ use kiungo::app::Application;
 use kiungo::config::Config;
 use kiungo::sandbox::{Faults, Outage, Sandbox, SandboxConfig, normalize_period};
 use kiungo::store::{Backend, DeadLetterFilter, format_number};
-use kiungo_tests::harness::{Isolated, publish, queue_for, until_delivered, wait_for_store};
+use kiungo_tests::harness::{
+    Isolated, metadata_without_malaria_codes, publish, queue_for, until_delivered, wait_for_store,
+};
 use kiungo_tests::workload::{Mix, expected, generate_with, load_mappings, packs_dir};
 use serde_json::Value;
 
@@ -41,9 +43,9 @@ async fn delivers_through_faults_and_outages(backend: Backend) {
     let iso = Isolated::new(backend).await.expect("isolated");
     let dir = iso.dir.path();
 
-    // DHIS2 with one data element's value type changed behind our back.
-    let mut metadata: Value =
-        serde_json::from_str(kiungo::sandbox::DEFAULT_METADATA).expect("metadata");
+    // DHIS2 with one data element's value type changed behind our back,
+    // and without the kobo pack's malaria codes.
+    let mut metadata: Value = metadata_without_malaria_codes().expect("metadata");
     for de in metadata["dataElements"]
         .as_array_mut()
         .expect("data elements")

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use kiungo::sandbox::{Faults, Sandbox, SandboxConfig, normalize_period};
 use kiungo::store::{Backend, DeadLetterFilter, Store, StoreConfig, format_number};
 use kiungo_tests::harness::{
-    Isolated, KiungoProcess, Publisher, local_socket_url, queue_for, store_matches,
-    until_delivered, wait_ready,
+    Isolated, KiungoProcess, Publisher, local_socket_url, metadata_without_malaria_codes,
+    queue_for, store_matches, until_delivered, wait_ready,
 };
 use kiungo_tests::workload::{
     Expected, Kind, Mix, Workload, expected, generate_with, load_mappings, packs_dir,
@@ -383,6 +383,17 @@ async fn three_replicas_share_one_database_exactly_once() {
     // A FHIR server that takes 20 ms per request: each bundle is in flight
     // long enough for the overlap detector to see a second request for it.
     let mut sandbox_config = SandboxConfig::for_test();
+    // Without the kobo pack's malaria codes: their totals are parked as
+    // unknown references, which the DHIS2 check below expects.
+    let metadata_file = iso.dir.path().join("dhis2-metadata.json");
+    std::fs::write(
+        &metadata_file,
+        metadata_without_malaria_codes()
+            .expect("metadata")
+            .to_string(),
+    )
+    .expect("write metadata");
+    sandbox_config.dhis2.metadata = Some(metadata_file);
     sandbox_config.fhir.faults = Faults {
         latency: Duration::from_millis(20),
         ..Faults::default()
