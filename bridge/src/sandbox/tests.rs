@@ -883,6 +883,7 @@ async fn every_shipped_pack_lands_in_the_sandbox_dhis2() {
             "commcare-immunization",
             "inhouse-nutrition",
             "kobo-malaria-rdt",
+            "odk-central-household",
             "opensrp-core"
         ],
         "every pack sends DHIS2 values"
