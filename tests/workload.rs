@@ -18,7 +18,8 @@
 //! - **Duplicates** re-send, byte for byte and with the same message id, the
 //!   latest message of a live logical event (never an older version, so the
 //!   last published version of an event is always its final one).
-//! - **Edits** re-send a live logical event under the same event id, moved
+//! - **Edits** re-send a live logical event under the same event id (naming
+//!   what it replaced, if it is a replacement, as the apps keep it), moved
 //!   to a facility with another org unit (and, half of the time, another
 //!   date), so its DHIS2 contributions change. An invalid Kobo RDT becomes
 //!   negative (the repeat test), so that it contributes at all.
@@ -902,6 +903,12 @@ struct Logical {
     seen: Vec<(usize, u64)>,
     /// Index of its latest message.
     last: usize,
+    /// The event it replaced, if it is a replacement: its edits name it
+    /// too, as the apps' documents keep `deprecatedID`. (An edit that
+    /// dropped it, arriving before the replacement itself, would leave the
+    /// two events unrelated until the replacement comes: both live, both
+    /// sent, at once.)
+    replaces: Option<String>,
 }
 
 struct Generator<'a> {
@@ -981,13 +988,16 @@ impl Generator<'_> {
         });
     }
 
-    fn render(&self, event: &Logical, replaces: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    /// The message of `event`'s current version; `replacement`: the
+    /// message that replaces `event.replaces` (a new document).
+    fn render(&self, event: &Logical, replacement: bool) -> anyhow::Result<Vec<u8>> {
         let pack = &self.catalog.packs[event.pack];
         let mut v = pack.bases[event.base].clone();
         let app = pack.app;
         let facility = &pack.facilities[event.variant.facility];
+        let replaces = event.replaces.as_deref();
         // A replacement is a new document: its revision counts from 1.
-        let revision = if replaces.is_some() {
+        let revision = if replacement {
             0
         } else {
             event.variant.version
@@ -1020,12 +1030,13 @@ impl Generator<'_> {
             variant,
             seen: vec![(variant.facility, variant.day_offset)],
             last: 0,
+            replaces: None,
         }
     }
 
     fn original(&mut self) -> anyhow::Result<()> {
         let mut event = self.new_event();
-        let body = self.render(&event, None)?;
+        let body = self.render(&event, false)?;
         event.last = self.messages.len();
         let message_id = self.rng.uuid();
         let source = self.catalog.packs[event.pack].source.clone();
@@ -1096,10 +1107,10 @@ impl Generator<'_> {
                 variant,
                 seen: vec![(variant.facility, variant.day_offset)],
                 last: self.messages.len(),
+                replaces: Some(old.id.clone()),
             };
-            let old_id = old.id.clone();
             event.id = self.fresh_id();
-            let body = self.render(&event, Some(&old_id))?;
+            let body = self.render(&event, true)?;
             let key = Some(event.id.clone());
             self.push(&source, message_id, body, Kind::Replacement, key);
             self.live[at] = self.events.len();
@@ -1110,7 +1121,7 @@ impl Generator<'_> {
                 .seen
                 .push((variant.facility, variant.day_offset));
             self.events[i].last = self.messages.len();
-            let body = self.render(&self.events[i], None)?;
+            let body = self.render(&self.events[i], false)?;
             let key = Some(self.events[i].id.clone());
             self.push(&source, message_id, body, Kind::Edit, key);
         }
@@ -1141,7 +1152,7 @@ impl Generator<'_> {
             let source = self.catalog.packs[event.pack].source.clone();
             let body = if self.rng.chance(0.5) {
                 // A truncated event: valid UTF-8, not valid JSON.
-                let mut body = self.render(&event, None)?;
+                let mut body = self.render(&event, false)?;
                 body.truncate(body.len() / 2);
                 body
             } else {
