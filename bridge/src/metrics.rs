@@ -50,7 +50,8 @@ pub struct IngestLabels {
 pub struct ParkedLabels {
     /// `ingest`, `fhir` or `dhis2`.
     pub stage: String,
-    /// Source app (`dhis2` for totals, which mix sources).
+    /// Source app; for DHIS2 totals the one source behind the total,
+    /// `mixed` when several contributed, empty for a withdrawn total.
     pub source: String,
     /// Stable reason code.
     pub reason: String,
@@ -61,9 +62,10 @@ pub struct ParkedLabels {
 pub struct DeliveryLabels {
     /// `fhir` or `dhis2`.
     pub destination: String,
-    /// Source app; empty for DHIS2 totals, which mix sources.
+    /// Source app; for DHIS2 totals the one source behind the total,
+    /// `mixed` when several contributed, empty for a withdrawn total.
     pub source: String,
-    /// Mapping id; empty for DHIS2 totals.
+    /// Mapping id; for DHIS2 totals as the source (`mixed`, or empty).
     pub mapping: String,
     /// `delivered`, `retried` or `parked`.
     pub result: String,
@@ -284,6 +286,9 @@ impl Metrics {
 
     /// The label value of a source: itself when declared, else `other`.
     pub fn source_label(&self, source: &str) -> String {
+        if source == crate::store::MIXED {
+            return source.to_owned();
+        }
         match self.known_sources.read() {
             Ok(known) if known.contains(source) => source.to_owned(),
             _ => "other".to_owned(),
@@ -301,8 +306,8 @@ impl Metrics {
     /// The label value of a mapping id: itself when loaded, `other` for
     /// any other non-empty id.
     pub fn mapping_label(&self, mapping: &str) -> String {
-        if mapping.is_empty() {
-            return String::new();
+        if mapping.is_empty() || mapping == crate::store::MIXED {
+            return mapping.to_owned();
         }
         match self.known_mappings.read() {
             Ok(known) if known.contains(mapping) => mapping.to_owned(),
@@ -337,8 +342,8 @@ impl Metrics {
         self.parked
             .get_or_create(&ParkedLabels {
                 stage: stage.to_owned(),
-                source: if stage == "dhis2" {
-                    "dhis2".to_owned()
+                source: if source.is_empty() {
+                    String::new()
                 } else {
                     self.source_label(source)
                 },

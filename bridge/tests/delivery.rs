@@ -1110,6 +1110,111 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
     );
 }
 
+/// A claimed total names the source and mapping behind it, for the labels
+/// of the DHIS2 delivery metrics: the one source and mapping when every
+/// contribution shares them, `mixed` once another source contributes.
+async fn dhis2_totals_name_their_source_and_mapping(backend: Backend) {
+    let (_db, store, _clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("m1", "facility")).await;
+    ingest(&store, &set, &visit("m2", "facility")).await;
+    let far = kiungo::store::now_ms() + 60_000;
+    let claimed = store.claim_totals(100, far, 0, 0, 1).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].source, "cht");
+    assert_eq!(claimed[0].mapping, "cht-anc-visit");
+
+    // The same visit arriving from another source adds to the same total.
+    let payload = visit("m3", "facility");
+    let mapped = set
+        .map(&Event {
+            source: "cht".into(),
+            message_id: None,
+            payload: Arc::new(payload.clone()),
+        })
+        .expect("maps");
+    let ing = Ingest {
+        source: "cht-district-b".into(),
+        queue: None,
+        message_id: None,
+        version_ts: None,
+        received_at: kiungo::store::now_ms(),
+        payload: serde_json::to_vec(&payload).expect("bytes"),
+        headers: None,
+        result: Ok(Outputs::from(mapped)),
+    };
+    store.commit(&[ing]).await.expect("commit");
+    let far = kiungo::store::now_ms() + 60_000;
+    let claimed = store.claim_totals(100, far, 0, 0, 1).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].source, kiungo::store::MIXED);
+    assert_eq!(claimed[0].mapping, "cht-anc-visit", "one mapping still");
+    assert_eq!(claimed[0].value, "3");
+}
+
+/// A refused total whose only event is edited away is withdrawn: DHIS2
+/// never accepted a value of it, so nothing is sent to delete it, and its
+/// refusal is resolved (no open dead letter for a value no event makes).
+/// A withdrawn total DHIS2 does hold is still deleted.
+async fn dhis2_withdrawn_total_never_accepted_is_not_sent(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    ingest(&store, &set, &visit("w1", "facility")).await;
+    catch_up(&clock);
+    let dest = ScriptedDhis2::default();
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(0, ("E7640".to_owned(), "Period is closed".to_owned()))]),
+    }));
+    let w = dhis2_worker(&store, dest.clone(), &clock);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").parked, 1);
+    let open_letters = || async {
+        store
+            .dead_letters(&DeadLetterFilter {
+                state: Some("open".into()),
+                stage: Some("dhis2".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("dlq")
+            .len()
+    };
+    assert_eq!(open_letters().await, 1);
+
+    // The edit moves w1 to outreach: the facility total has no
+    // contribution left and was never accepted.
+    ingest(&store, &set, &visit("w1", "outreach")).await;
+    catch_up(&clock);
+    clock.advance(Duration::from_secs(3));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.withdrawn_unsent, r.delivered), (1, 1), "{r:?}");
+    let sent = dest.values.lock().expect("lock").clone();
+    assert_eq!(sent.len(), 1, "only the outreach total went out: {sent:?}");
+    assert_eq!(sent.values().next().map(String::as_str), Some("1"));
+    assert_eq!(open_letters().await, 0, "the refusal is resolved");
+    assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
+
+    // Edited back (a new revision): the outreach total, which DHIS2
+    // holds, is deleted (sent empty); the facility total is pushed again.
+    let mut back = visit("w1", "facility");
+    back["_rev"] = json!("3-edited-back");
+    ingest(&store, &set, &back).await;
+    catch_up(&clock);
+    clock.advance(Duration::from_secs(3));
+    let r = w.run_once().await.expect("pass");
+    assert_eq!((r.withdrawn_unsent, r.delivered), (0, 2), "{r:?}");
+    let mut sent: Vec<String> = dest
+        .values
+        .lock()
+        .expect("lock")
+        .values()
+        .cloned()
+        .collect();
+    sent.sort();
+    assert_eq!(sent, vec![String::new(), "1".to_owned()]);
+}
+
 kiungo::on_both_backends!(
     fhir_retries_then_delivers,
     fhir_permanent_and_exhausted_are_parked,
@@ -1121,4 +1226,6 @@ kiungo::on_both_backends!(
     dhis2_totals_wait_until_settled,
     several_events_share_a_transaction,
     dhis2_later_acceptance_resolves_the_dead_letter,
+    dhis2_totals_name_their_source_and_mapping,
+    dhis2_withdrawn_total_never_accepted_is_not_sent,
 );

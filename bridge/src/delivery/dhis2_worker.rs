@@ -125,6 +125,20 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
         if totals.is_empty() {
             return Ok(report);
         }
+        // Withdrawn totals DHIS2 holds no value of: nothing to delete.
+        let (quiet, totals): (Vec<DirtyTotal>, Vec<DirtyTotal>) =
+            totals.into_iter().partition(|t| t.nothing_to_send);
+        if !quiet.is_empty() {
+            let done: Vec<(DirtyTotal, TotalResult)> = quiet
+                .into_iter()
+                .map(|t| (t, TotalResult::Pushed))
+                .collect();
+            self.store.finish_totals(&done, now).await?;
+            report.withdrawn_unsent += done.len();
+        }
+        if totals.is_empty() {
+            return Ok(report);
+        }
         let values: Vec<(TotalKey, String)> = totals
             .iter()
             .map(|t| (t.key.clone(), t.value.clone()))
@@ -214,11 +228,11 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
                 TotalResult::Rejected { code, message } => {
                     report.parked += 1;
                     health.error = Some(message.clone());
-                    m.park("dhis2", "", code);
+                    m.park("dhis2", &t.source, code);
                     "parked"
                 }
             };
-            m.delivery("dhis2", "", "", outcome);
+            m.delivery("dhis2", &t.source, &t.mapping, outcome);
         }
         self.store.finish_totals(&results, now).await?;
         warn_failures(&results, now);

@@ -53,6 +53,9 @@ pub struct PassReport {
     pub parked: usize,
     /// Nothing sent because the circuit is open.
     pub held: bool,
+    /// DHIS2 totals withdrawn (no contribution left) that DHIS2 holds no
+    /// value of: recorded as done without a request.
+    pub withdrawn_unsent: usize,
 }
 
 /// Runs `pass` until `shutdown` turns true: again at once after a pass that

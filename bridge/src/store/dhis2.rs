@@ -40,6 +40,30 @@ pub struct DirtyTotal {
     pub marked_at: i64,
     /// The claim that holds it; results are recorded only while it does.
     pub claim: String,
+    /// The source app of its contributions: one, [`MIXED`] when they come
+    /// from several, empty when none is left (a withdrawn total).
+    pub source: String,
+    /// The mapping of its contributions, in the same way (empty also for
+    /// contributions stored before mappings were recorded with them).
+    pub mapping: String,
+    /// A withdrawn total (no contribution left) of which DHIS2 holds no
+    /// value from Kiungo (never accepted, or already deleted): there is
+    /// nothing to delete, so nothing is sent; recording it as pushed
+    /// resolves a refusal still open for it.
+    pub nothing_to_send: bool,
+}
+
+/// The source or mapping of a total made by more than one.
+pub const MIXED: &str = "mixed";
+
+/// Folds one contribution's source or mapping into a total's: the first
+/// one seen, then [`MIXED`] as soon as another differs.
+fn fold_label(label: &mut Option<String>, next: &str) {
+    match label {
+        None => *label = Some(next.to_owned()),
+        Some(l) if l != next && l != MIXED => *label = Some(MIXED.to_owned()),
+        Some(_) => {}
+    }
 }
 
 /// What happened to one claimed total.
@@ -151,12 +175,14 @@ impl Store {
             marked_at: i64,
             num: Option<f64>,
             text: Option<String>,
+            source: Option<String>,
+            mapping: Option<String>,
         }
         let mut acc: BTreeMap<TotalKey, Acc> = BTreeMap::new();
         query(
             self.backend,
             "SELECT d.data_element, d.period, d.org_unit, d.coc, d.aoc, d.changes, d.attempts, d.marked_at, \
-             c.aggregation, c.value, c.value_num \
+             c.aggregation, c.value, c.value_num, c.source, c.mapping \
              FROM dhis2_dirty d LEFT JOIN dhis2_contributions c ON c.data_element = d.data_element \
              AND c.period = d.period AND c.org_unit = d.org_unit AND c.coc = d.coc AND c.aoc = d.aoc \
              WHERE d.claim = $1 \
@@ -171,10 +197,16 @@ impl Store {
                 marked_at: row.try_get(7).unwrap_or(0),
                 num: None,
                 text: None,
+                source: None,
+                mapping: None,
             });
             let Some(aggregation) = row.try_get::<Option<String>, _>(8)? else {
                 return Ok(()); // no contribution left: the total is withdrawn
             };
+            let source: Option<String> = row.try_get(11)?;
+            let mapping: Option<String> = row.try_get(12)?;
+            fold_label(&mut a.source, source.as_deref().unwrap_or(""));
+            fold_label(&mut a.mapping, mapping.as_deref().unwrap_or(""));
             let text: Option<String> = row.try_get(9)?;
             let num: Option<f64> = row.try_get(10)?;
             match (aggregation.as_str(), num) {
@@ -188,9 +220,40 @@ impl Store {
             Ok(())
         })
         .await?;
+        // A withdrawn total is deleted on DHIS2 only if DHIS2 holds a
+        // value Kiungo pushed (one primary-key look-up per withdrawn
+        // total, the rare case).
+        let mut held: BTreeMap<TotalKey, bool> = BTreeMap::new();
+        for (key, a) in &acc {
+            if a.num.is_some() || a.text.is_some() {
+                continue;
+            }
+            let (de, pe, ou, coc, aoc) = key;
+            let row = query(
+                self.backend,
+                "SELECT value FROM dhis2_pushed WHERE data_element = $1 AND period = $2 \
+                 AND org_unit = $3 AND coc = $4 AND aoc = $5"
+                    .to_owned(),
+                vec![
+                    de.as_str().into(),
+                    pe.as_str().into(),
+                    ou.as_str().into(),
+                    coc.as_str().into(),
+                    aoc.as_str().into(),
+                ],
+            )
+            .fetch_optional(&self.pool)
+            .await?;
+            let value: Option<String> = match row {
+                Some(r) => r.try_get(0)?,
+                None => None,
+            };
+            held.insert(key.clone(), value.is_some_and(|v| !v.is_empty()));
+        }
         Ok(acc
             .into_iter()
             .map(|(key, a)| DirtyTotal {
+                nothing_to_send: held.get(&key) == Some(&false),
                 key,
                 value: match (a.num, a.text) {
                     (Some(n), _) => format_number(n),
@@ -201,6 +264,8 @@ impl Store {
                 attempts: a.attempts,
                 marked_at: a.marked_at,
                 claim: token.clone(),
+                source: a.source.unwrap_or_default(),
+                mapping: a.mapping.unwrap_or_default(),
             })
             .collect())
     }

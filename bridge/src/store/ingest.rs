@@ -454,7 +454,13 @@ impl Store {
         .await?;
 
         let mut contributions = Vec::new();
-        for ((source, event_id), list) in &plan.contributions {
+        for (key, list) in &plan.contributions {
+            let (source, event_id) = key;
+            let mapping = plan
+                .rows
+                .get(key)
+                .and_then(|cur| cur.mapping.as_deref())
+                .unwrap_or("");
             for c in list {
                 dirty.insert(
                     (
@@ -487,14 +493,15 @@ impl Store {
                     num.into(),
                     c.date.as_str().into(),
                     now.into(),
+                    mapping.into(),
                 ]);
             }
         }
         self.execute_all(&mut tx, multi_row(
             "INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, org_unit, \
-             coc, aoc, aggregation, value, value_num, event_date, created_at)",
+             coc, aoc, aggregation, value, value_num, event_date, created_at, mapping)",
             "",
-            13,
+            14,
             contributions,
         )).await?;
 

@@ -39,7 +39,7 @@ use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
-pub use dhis2::{DirtyTotal, TotalResult, format_number};
+pub use dhis2::{DirtyTotal, MIXED, TotalResult, format_number};
 pub use error::StoreError;
 pub use feedback::{StatusMessage, StatusOrigin};
 pub use ingest::{Ingest, Outcome, Outputs, Rejection, tally};
