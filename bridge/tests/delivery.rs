@@ -9,6 +9,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod support;
+
 use kiungo::delivery::circuit::Circuit;
 use kiungo::delivery::retry::{Clock, ManualClock, RetryParams};
 use kiungo::delivery::{
@@ -640,23 +642,25 @@ impl Dhis2Destination for ScriptedDhis2 {
     }
 }
 
+/// How many DHIS2 dead letters are open.
+async fn open_dhis2_letters(store: &Store) -> usize {
+    store
+        .dead_letters(&DeadLetterFilter {
+            state: Some("open".into()),
+            stage: Some("dhis2".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("dlq")
+        .len()
+}
+
 fn dhis2_worker(
     store: &Store,
     dest: ScriptedDhis2,
     clock: &ManualClock,
 ) -> Dhis2Worker<ScriptedDhis2> {
-    Dhis2Worker {
-        store: store.clone(),
-        destination: dest,
-        retry: RETRY,
-        circuit: Circuit::new(100, Duration::from_secs(30)),
-        clock: Arc::new(clock.clone()),
-        batch: 100,
-        delay: Duration::from_secs(2),
-        max_delay: Duration::from_secs(2),
-        lease: Duration::from_secs(60),
-        idle: Duration::from_millis(10),
-    }
+    support::dhis2_worker(store, dest, clock, RETRY)
 }
 
 async fn dhis2_totals_follow_edits_and_conflicts_are_parked(backend: Backend) {
@@ -993,18 +997,7 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
         dhis2_status(store.event_status("r1", None).await.expect("status")).as_deref(),
         Some("parked")
     );
-    let open_letters = || async {
-        store
-            .dead_letters(&DeadLetterFilter {
-                state: Some("open".into()),
-                stage: Some("dhis2".into()),
-                ..Default::default()
-            })
-            .await
-            .expect("dlq")
-            .len()
-    };
-    assert_eq!(open_letters().await, 1);
+    assert_eq!(open_dhis2_letters(&store).await, 1);
     // The letter names the mapping and the event behind the total, and its
     // detail lists the contributing events.
     let listed = store
@@ -1071,7 +1064,7 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
     let r = w.run_once().await.expect("pass");
     assert_eq!((r.delivered, r.parked), (1, 0));
     assert_eq!(
-        open_letters().await,
+        open_dhis2_letters(&store).await,
         0,
         "the accepted total's letter is resolved"
     );
@@ -1103,7 +1096,7 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
         .expect("remark");
     clock.advance(Duration::from_secs(3));
     assert_eq!(w.run_once().await.expect("pass").parked, 1);
-    assert_eq!(open_letters().await, 1);
+    assert_eq!(open_dhis2_letters(&store).await, 1);
     assert_eq!(
         dhis2_status(store.event_status("r1", None).await.expect("status")).as_deref(),
         Some("parked")
@@ -1169,18 +1162,7 @@ async fn dhis2_withdrawn_total_never_accepted_is_not_sent(backend: Backend) {
     let w = dhis2_worker(&store, dest.clone(), &clock);
     clock.advance(Duration::from_secs(3));
     assert_eq!(w.run_once().await.expect("pass").parked, 1);
-    let open_letters = || async {
-        store
-            .dead_letters(&DeadLetterFilter {
-                state: Some("open".into()),
-                stage: Some("dhis2".into()),
-                ..Default::default()
-            })
-            .await
-            .expect("dlq")
-            .len()
-    };
-    assert_eq!(open_letters().await, 1);
+    assert_eq!(open_dhis2_letters(&store).await, 1);
 
     // The edit moves w1 to outreach: the facility total has no
     // contribution left and was never accepted.
@@ -1192,7 +1174,7 @@ async fn dhis2_withdrawn_total_never_accepted_is_not_sent(backend: Backend) {
     let sent = dest.values.lock().expect("lock").clone();
     assert_eq!(sent.len(), 1, "only the outreach total went out: {sent:?}");
     assert_eq!(sent.values().next().map(String::as_str), Some("1"));
-    assert_eq!(open_letters().await, 0, "the refusal is resolved");
+    assert_eq!(open_dhis2_letters(&store).await, 0, "the refusal is resolved");
     assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
 
     // Edited back (a new revision): the outreach total, which DHIS2

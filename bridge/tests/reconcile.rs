@@ -3,6 +3,8 @@
 //! "by hand", read back and compared, then repaired through the worker;
 //! the store reads on both backends.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,18 +96,7 @@ fn client(sandbox: &Sandbox, dir: &tempfile::TempDir) -> Dhis2Client {
 }
 
 fn worker(store: &Store, sink: Dhis2Sink, clock: &ManualClock) -> Dhis2Worker<Dhis2Sink> {
-    Dhis2Worker {
-        store: store.clone(),
-        destination: sink,
-        retry: RETRY,
-        circuit: Circuit::new(100, Duration::from_secs(30)),
-        clock: Arc::new(clock.clone()),
-        batch: 100,
-        delay: Duration::from_secs(2),
-        max_delay: Duration::from_secs(2),
-        lease: Duration::from_secs(60),
-        idle: Duration::from_millis(10),
-    }
+    support::dhis2_worker(store, sink, clock, RETRY)
 }
 
 /// Runs the worker with the clock moved past the settle time of

@@ -5,8 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use kiungo::store::{Ingest, Outputs, Rejection};
+use kiungo::delivery::circuit::Circuit;
+use kiungo::delivery::retry::{ManualClock, RetryParams};
+use kiungo::delivery::{Dhis2Destination, Dhis2Worker};
+use kiungo::store::{Ingest, Outputs, Rejection, Store};
 use kiungo_mappings::{Event, LoadOptions, MappingSet, PseudonymKey};
 use serde_json::{Value, json};
 
@@ -67,5 +71,27 @@ pub fn cht_ingest(set: &MappingSet, payload: &Value, version_ts: Option<i64>) ->
         payload: serde_json::to_vec(payload).expect("bytes"),
         headers: Some(json!({"x-app": "cht"})),
         result,
+    }
+}
+
+/// A DHIS2 worker on the clock moved by hand: 100 values a request, 2 s
+/// settling, a 60 s lease, a circuit that opens after 100 failures.
+pub fn dhis2_worker<D: Dhis2Destination>(
+    store: &Store,
+    destination: D,
+    clock: &ManualClock,
+    retry: RetryParams,
+) -> Dhis2Worker<D> {
+    Dhis2Worker {
+        store: store.clone(),
+        destination,
+        retry,
+        circuit: Circuit::new(100, Duration::from_secs(30)),
+        clock: Arc::new(clock.clone()),
+        batch: 100,
+        delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(2),
+        lease: Duration::from_secs(60),
+        idle: Duration::from_millis(10),
     }
 }
