@@ -71,22 +71,11 @@ pub struct TableCell {
 
 impl std::fmt::Display for TableCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.row {
-            Some(r) => write!(
-                f,
-                "table `{}` rows[{r}] ({}:{})",
-                self.table,
-                self.file.display(),
-                self.line
-            ),
-            None => write!(
-                f,
-                "table `{}` ({}:{})",
-                self.table,
-                self.file.display(),
-                self.line
-            ),
+        write!(f, "table `{}`", self.table)?;
+        if let Some(r) = self.row {
+            write!(f, " rows[{r}]")?;
         }
+        write!(f, ", {}:{}", self.file.display(), self.line)
     }
 }
 
