@@ -68,7 +68,8 @@ pub struct Problem {
     /// The id at fault, as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Where a table-made id is written: `table `facilities` (facilities.csv:4)`.
+    /// Where a table-made id is written: table `facilities`,
+    /// `facilities.csv:4`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
     /// What is wrong and what was expected.
