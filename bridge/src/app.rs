@@ -221,7 +221,7 @@ impl Application {
         info!(%http_addr, "http listening");
 
         let mut delivery =
-            crate::delivery::start(&config.destinations, &store, &shutdown_rx, wake)?;
+            crate::delivery::start(&config.destinations, &mappings, &store, &shutdown_rx, wake)?;
         if let Some(f) = config.feedback.clone() {
             let url = f
                 .url

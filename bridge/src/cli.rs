@@ -105,6 +105,14 @@ pub enum ConfigAction {
         /// Config file (YAML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Also ask DHIS2 (`destinations.dhis2`): the credentials, the
+        /// server's version and calendar, and every reference the mappings
+        /// name statically (data elements in data sets of the rules'
+        /// period types assigned to the org units, option combos of the
+        /// data elements' category combos), each problem with its mapping
+        /// file and line.
+        #[arg(long)]
+        online: bool,
     },
 }
 
@@ -176,8 +184,8 @@ pub fn run(cli: Cli) -> ExitCode {
             action,
         } => crate::reconcile::run_cli(config.as_deref(), actor, action),
         Command::Config {
-            action: ConfigAction::Check { config },
-        } => crate::config_check::run(&config),
+            action: ConfigAction::Check { config, online },
+        } => crate::config_check::run(&config, online),
         Command::Admin {
             action: AdminAction::Token { name, role },
         } => {

@@ -2,7 +2,10 @@
 //! (environment overrides included) and reports every problem at once,
 //! each with its place: the YAML line and column, the field
 //! (`destinations.dhis2.retry.base_delay`), the mapping file and line, or
-//! the secret that cannot be read. Nothing is started or connected.
+//! the secret that cannot be read. Nothing is started or connected, but
+//! with `--online`: then DHIS2 is asked what the static preflight asks
+//! ([`crate::delivery::static_preflight`]), and each of its problems is
+//! one more, with its mapping file and line.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -14,8 +17,8 @@ use kiungo_mappings::{LoadOptions, MappingSet};
 use crate::config::{Config, ConfigError};
 
 /// Every problem of the config at `file`, and a summary when there are
-/// none.
-pub fn problems(file: &Path) -> Result<String, Vec<String>> {
+/// none; `online` also runs the static DHIS2 preflight.
+pub fn problems(file: &Path, online: bool) -> Result<String, Vec<String>> {
     crate::tls::install_crypto_provider();
     let config = match Config::load_unchecked(file) {
         Ok(c) => c,
@@ -34,7 +37,7 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
             None
         }
     };
-    let mappings = match MappingSet::load_dir(
+    let set = match MappingSet::load_dir(
         &config.mappings,
         LoadOptions {
             pseudonym_key: key,
@@ -42,12 +45,13 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
             ..LoadOptions::default()
         },
     ) {
-        Ok(set) => set.mappings().len(),
+        Ok(set) => Some(set),
         Err(errors) => {
             problems.extend(errors.0.iter().map(ToString::to_string));
-            0
+            None
         }
     };
+    let mappings = set.as_ref().map_or(0, |s| s.mappings().len());
     // Building the clients reads their secrets and checks URLs and token
     // formats.
     if let Some(f) = &config.destinations.fhir
@@ -75,6 +79,19 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
             Ok(DatabaseCheck::Nothing) | Err(_) => {}
         }
     }
+    let mut dhis2_online = String::new();
+    if online && problems.is_empty() {
+        match (&config.destinations.dhis2, &set) {
+            (None, _) => {
+                dhis2_online = "; --online: no destinations.dhis2, nothing asked".into();
+            }
+            (Some(d), Some(set)) => match online_problems(d, set) {
+                Ok(summary) => dhis2_online = summary,
+                Err(more) => problems.extend(more),
+            },
+            (Some(_), None) => {}
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -86,7 +103,7 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
     .flatten()
     .collect();
     Ok(format!(
-        "{}: ok — {mappings} mappings from {}; store {}{created}; {}; destinations: {}; {} admin tokens; feedback: {}",
+        "{}: ok — {mappings} mappings from {}; store {}{created}; {}; destinations: {}; {} admin tokens; feedback: {}{dhis2_online}",
         file.display(),
         config.mappings.display(),
         crate::store::redact(&config.store.url),
@@ -104,6 +121,45 @@ pub fn problems(file: &Path) -> Result<String, Vec<String>> {
             .feedback
             .as_ref()
             .map_or("off", |f| f.exchange.as_str()),
+    ))
+}
+
+/// The static DHIS2 preflight against `destinations.dhis2`: a summary, or
+/// every problem (DHIS2 not answering is one).
+fn online_problems(
+    d: &crate::delivery::config::Dhis2DestinationConfig,
+    set: &MappingSet,
+) -> Result<String, Vec<String>> {
+    let client = Dhis2Client::new(d.server.clone())
+        .map_err(|e| vec![format!("destinations.dhis2.server: {e}")])?;
+    let rules = set.static_dhis2_rules();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| vec![format!("--online: cannot start: {e}")])?;
+    let report = runtime
+        .block_on(crate::delivery::static_preflight::run(
+            &client, &rules, d.calendar,
+        ))
+        .map_err(|e| {
+            vec![format!(
+                "destinations.dhis2: {}",
+                crate::delivery::sinks::redact(&e.to_string())
+            )]
+        })?;
+    if !report.problems.is_empty() {
+        return Err(report.problems.iter().map(ToString::to_string).collect());
+    }
+    Ok(format!(
+        "; dhis2 {} (calendar {}): {} references of {} rules check out{}",
+        report.version.as_deref().unwrap_or("(version unknown)"),
+        report.calendar.as_deref().unwrap_or("unknown"),
+        report.references,
+        report.rules,
+        match report.computed_fields {
+            0 => String::new(),
+            n => format!(" ({n} fields computed from events, checked at delivery)"),
+        }
     ))
 }
 
@@ -222,8 +278,8 @@ pub fn amqp_url_problems(field: &str, url: &str) -> Vec<String> {
 }
 
 /// The command: exit 0 when the config is usable, 1 with every problem.
-pub fn run(file: &Path) -> ExitCode {
-    match problems(file) {
+pub fn run(file: &Path, online: bool) -> ExitCode {
+    match problems(file, online) {
         Ok(summary) => {
             println!("{summary}");
             ExitCode::SUCCESS
@@ -271,7 +327,7 @@ mod tests {
              feedback: {exchange: ''}\n",
         )
         .expect("config");
-        let problems = problems(&file).expect_err("problems");
+        let problems = problems(&file, false).expect_err("problems");
         let all = problems.join("\n");
         for needle in [
             "admin.tokens[0].sha256",
@@ -284,7 +340,7 @@ mod tests {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
         let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiungo.example.yaml");
-        let summary = super::problems(&example).expect("the example config is valid");
+        let summary = super::problems(&example, false).expect("the example config is valid");
         assert!(summary.contains("mappings"), "{summary}");
     }
 
@@ -298,7 +354,7 @@ mod tests {
              rabbitmq:\n  prefetch: 70000\n  url: amqp://h/%2f\nhttp:\n  lisen: x\n",
         )
         .expect("config");
-        let problems = problems(&file).expect_err("problems");
+        let problems = problems(&file, false).expect_err("problems");
         assert_eq!(problems.len(), 4, "{problems:#?}");
         let name = file.display().to_string();
         assert!(
@@ -340,7 +396,7 @@ mod tests {
              destinations: {dhis2: {server: {auth: {type: basic, password: hunter2, token: {env: T}}}}}\n",
         )
         .expect("config");
-        let problems = problems(&file).expect_err("a YAML error");
+        let problems = problems(&file, false).expect_err("a YAML error");
         let all = problems.join("\n");
         assert!(all.contains("k.yaml:4:"), "the place is kept: {all}");
         assert!(!all.contains("S3cretPassw0rd"), "{all}");
@@ -399,7 +455,7 @@ mod tests {
             ),
         )
         .expect("config");
-        let all = problems(&file).expect_err("no host").join("\n");
+        let all = problems(&file, false).expect_err("no host").join("\n");
         assert!(
             all.contains("rabbitmq.url: `amqp://:5672` names no host"),
             "{all}"

@@ -34,6 +34,9 @@ static GLOBALS: LazyLock<HashSet<String>> =
 /// A compiled expression with where it came from.
 pub(crate) struct Expr {
     compiled: Expression<'static, 'static>,
+    /// The expression as written, for the static reading of DHIS2
+    /// references ([`crate::static_refs`]).
+    pub(crate) source: Arc<str>,
     /// Dotted path of the field in the mapping file.
     pub(crate) field: String,
     /// Line of the field in the mapping file.
@@ -62,6 +65,7 @@ impl Expr {
             .map_err(|e| full_text(&e))?;
         Ok(Self {
             compiled,
+            source: Arc::from(source),
             field,
             line,
         })

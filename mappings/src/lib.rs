@@ -31,6 +31,7 @@ mod output;
 pub mod period;
 pub mod redact;
 mod spec;
+pub mod static_refs;
 mod table;
 mod template;
 mod testcase;

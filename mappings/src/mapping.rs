@@ -63,11 +63,11 @@ pub struct Mapping {
     /// Whether `event_id` reads no `let` binding, so can be evaluated first.
     event_id_first: bool,
     replaces: Option<Expr>,
-    lets: Vec<(Arc<str>, Expr)>,
-    tables: Vec<(Arc<str>, Value)>,
+    pub(crate) lets: Vec<(Arc<str>, Expr)>,
+    pub(crate) tables: Vec<(Arc<str>, Value)>,
     asserts: Vec<Assertion>,
     fhir: Vec<FhirRule>,
-    dhis2: Vec<Dhis2Rule>,
+    pub(crate) dhis2: Vec<Dhis2Rule>,
     pub(crate) tests: Vec<TestCase>,
 }
 
@@ -101,26 +101,28 @@ enum Query {
 }
 
 #[derive(Debug)]
-struct IdField {
-    tpl: Tpl,
-    field: String,
-    line: u64,
-    allow_default: bool,
+pub(crate) struct IdField {
+    pub(crate) tpl: Tpl,
+    pub(crate) field: String,
+    pub(crate) line: u64,
+    pub(crate) allow_default: bool,
 }
 
 #[derive(Debug)]
-struct Dhis2Rule {
-    name: String,
-    field: String,
-    line: u64,
+pub(crate) struct Dhis2Rule {
+    pub(crate) name: String,
+    pub(crate) field: String,
+    pub(crate) line: u64,
+    /// The shared file the rule comes from, if not the mapping file.
+    pub(crate) origin: Option<PathBuf>,
     for_each: Option<Expr>,
-    lets: Vec<(Arc<str>, Expr)>,
+    pub(crate) lets: Vec<(Arc<str>, Expr)>,
     key: Option<Expr>,
-    data_element: IdField,
-    category_option_combo: IdField,
-    attribute_option_combo: IdField,
-    org_unit: IdField,
-    period_type: PeriodType,
+    pub(crate) data_element: IdField,
+    pub(crate) category_option_combo: IdField,
+    pub(crate) attribute_option_combo: IdField,
+    pub(crate) org_unit: IdField,
+    pub(crate) period_type: PeriodType,
     period_date: Expr,
     value: Option<(Tpl, String, u64)>,
     aggregation: Aggregation,
@@ -282,7 +284,7 @@ fn is_identifier(name: &str) -> bool {
 }
 
 /// Checks a DHIS2 identifier given literally or produced by an expression.
-fn dhis2_id(text: &str, allow_default: bool) -> Result<String, String> {
+pub(crate) fn dhis2_id(text: &str, allow_default: bool) -> Result<String, String> {
     if allow_default && text == "default" {
         return Ok(DEFAULT_COMBO.to_owned());
     }
@@ -663,6 +665,7 @@ fn compile_dhis2(
         name: r.name.value.clone(),
         field: field.to_owned(),
         line: rule.referenced.line(),
+        origin: None,
         for_each,
         lets,
         key,
@@ -790,7 +793,8 @@ impl Mapping {
                     continue;
                 }
                 match Table::load(name, &spec.value, part.file) {
-                    Ok(t) => {
+                    Ok(mut t) => {
+                        t.declared_line = spec.referenced.line();
                         scope_names.insert(name.clone());
                         tables.push((Arc::<str>::from(name.as_str()), Value::from_object(t)));
                     }
@@ -909,7 +913,10 @@ impl Mapping {
                 if let Some(r) =
                     compile_dhis2(&mut p, rule, &field, &mut seen, &out_names, &with_item)
                 {
-                    dhis2.push(r);
+                    dhis2.push(Dhis2Rule {
+                        origin: (part.file != file).then(|| part.file.to_path_buf()),
+                        ..r
+                    });
                 }
             }
         }
@@ -959,6 +966,14 @@ impl Mapping {
             dhis2,
             tests,
         })
+    }
+
+    /// The DHIS2 references this mapping's rules name statically: literal
+    /// ids and the lookup-table cells an expression can return, with
+    /// their files and lines, and each rule's period type. Ids computed
+    /// from the event are not listed (see [`crate::static_refs`]).
+    pub fn static_dhis2_rules(&self) -> Vec<crate::static_refs::StaticDhis2Rule> {
+        crate::static_refs::of(self)
     }
 
     /// File and line of a FHIR rule (a shared file's for an included
@@ -1722,6 +1737,15 @@ impl MappingSet {
     /// The loaded mappings.
     pub fn mappings(&self) -> &[Mapping] {
         &self.mappings
+    }
+
+    /// The static DHIS2 references of every mapping, mapping by mapping
+    /// ([`Mapping::static_dhis2_rules`]).
+    pub fn static_dhis2_rules(&self) -> Vec<crate::static_refs::StaticDhis2Rule> {
+        self.mappings
+            .iter()
+            .flat_map(Mapping::static_dhis2_rules)
+            .collect()
     }
 
     /// Maps one event through the one mapping that matches it.

@@ -4,7 +4,7 @@
 //! is visible to expressions under its name: `lookup(facilities, code)`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minijinja::Value;
@@ -18,6 +18,28 @@ pub(crate) struct Table {
     /// The table's name in the mapping.
     pub(crate) name: String,
     rows: HashMap<String, Value>,
+    /// The column `lookup` returns, when not the whole row.
+    pub(crate) value_column: Option<String>,
+    /// Each key in file order with its CSV line or inline row index, so
+    /// that a cell can be named where it is written.
+    order: Vec<(String, u64)>,
+    /// The CSV file, or `None` for inline rows.
+    csv: Option<PathBuf>,
+    /// The file that declares the table (a mapping or shared file).
+    declared_in: PathBuf,
+    /// The line of its declaration there (set by the loader).
+    pub(crate) declared_line: u64,
+}
+
+/// Where one cell of a table is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CellPlace {
+    /// The CSV file, or the file whose `tables:` holds the rows.
+    pub(crate) file: PathBuf,
+    /// The CSV line, or the line of the table's declaration.
+    pub(crate) line: u64,
+    /// For inline rows: the 0-based index in `rows`.
+    pub(crate) row: Option<u64>,
 }
 
 impl Table {
@@ -29,6 +51,44 @@ impl Table {
     /// Number of rows.
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
+    }
+
+    /// The cells of `column` that `lookup` can return, in file order, with
+    /// where each is written: every row's, or the row of `key` only. A
+    /// table with a `value` column returns that column only; `None` when
+    /// `lookup` cannot return `column` (another column of such a table, or
+    /// a column some row lacks).
+    pub(crate) fn cells(
+        &self,
+        column: Option<&str>,
+        key: Option<&str>,
+    ) -> Option<Vec<(String, CellPlace)>> {
+        let mut out = Vec::new();
+        for (k, at) in &self.order {
+            if key.is_some_and(|want| want != k) {
+                continue;
+            }
+            let row = self.rows.get(k)?;
+            let cell = match (column, &self.value_column) {
+                (None, Some(_)) => row.clone(),
+                (Some(c), None) => row.get_attr(c).ok().filter(|v| !v.is_undefined())?,
+                _ => return None,
+            };
+            let place = match &self.csv {
+                Some(csv) => CellPlace {
+                    file: csv.clone(),
+                    line: *at,
+                    row: None,
+                },
+                None => CellPlace {
+                    file: self.declared_in.clone(),
+                    line: self.declared_line,
+                    row: Some(*at),
+                },
+            };
+            out.push((cell.as_str()?.to_owned(), place));
+        }
+        Some(out)
     }
 
     /// Loads a table declared in the mapping at `mapping_file`. Errors carry
@@ -78,6 +138,7 @@ impl Table {
                 .ok_or_else(|| (None, None, "table is empty".to_string()))?,
         };
         let mut rows = HashMap::with_capacity(records.len());
+        let mut order = Vec::with_capacity(records.len());
         for (at, cells) in records {
             let where_ = if raw.csv.is_some() {
                 format!("line {at}")
@@ -105,10 +166,19 @@ impl Table {
             if rows.insert(key.clone(), value).is_some() {
                 return Err((None, None, format!("{where_}: duplicate key `{key}`")));
             }
+            order.push((key, at));
         }
         Ok(Self {
             name: name.to_owned(),
             rows,
+            value_column: raw.value.clone(),
+            order,
+            csv: raw
+                .csv
+                .as_ref()
+                .map(|c| mapping_file.parent().unwrap_or(Path::new(".")).join(c)),
+            declared_in: mapping_file.to_path_buf(),
+            declared_line: 0,
         })
     }
 }

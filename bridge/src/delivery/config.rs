@@ -86,8 +86,12 @@ pub struct Dhis2DestinationConfig {
     /// Claim lease.
     #[serde(default = "default_lease", with = "humantime_serde")]
     pub lease: Duration,
-    /// Check at start that every data element, org unit and combo the
-    /// mappings' outputs reference exists, and resolve `code:` references.
+    /// Check at start, in the background: the credentials, the server's
+    /// version and calendar, every reference the mappings name statically
+    /// (exists, in a data set of the rule's period type assigned to the
+    /// org unit, option combo of the data element's category combo), and
+    /// every reference in stored values (resolving `code:` references).
+    /// Problems are logged and shown at `/v1/preflight`.
     #[serde(default = "default_true")]
     pub preflight: bool,
     /// Every this long, every total is pushed again, so that a value

@@ -20,6 +20,7 @@ pub mod preflight;
 pub mod retry;
 pub mod sinks;
 mod start;
+pub mod static_preflight;
 pub mod warn_limit;
 pub mod withdrawal;
 

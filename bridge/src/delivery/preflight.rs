@@ -4,6 +4,11 @@
 //! process. Each failed attempt is remembered with the time of the next
 //! one; the retry schedule is the destination's (`retry`), and past its
 //! maximum age attempts go on every `max_delay`.
+//!
+//! One preflight is two checks: the static one of the mappings
+//! ([`super::static_preflight`]: credentials, calendar, every reference
+//! the mappings name, even with an empty store) and the references found
+//! in stored values.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +21,16 @@ use tracing::warn;
 use super::SinkFailure;
 use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
 use super::sinks::{log_preflight, remember_preflight};
+use super::static_preflight::StaticReport;
+
+/// What one preflight found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// The references found in stored values.
+    pub stored: PreflightReport,
+    /// The static check of the mappings, when it ran.
+    pub static_report: Option<StaticReport>,
+}
 
 /// Runs `check` until it returns a report (logged and kept for
 /// `/v1/preflight` with the number of attempts) or `shutdown` turns true.
@@ -28,7 +43,7 @@ pub async fn until_answered<F, Fut>(
 ) -> u32
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<PreflightReport, SinkFailure>>,
+    Fut: Future<Output = Result<Answer, SinkFailure>>,
 {
     let first = clock.now_ms();
     let mut attempt: u32 = 0;
@@ -75,7 +90,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_preflight_is_retried_until_answered() {
         let answers = Mutex::new(vec![
-            Ok(PreflightReport::default()),
+            Ok(Answer::default()),
             Err(SinkFailure {
                 retryable: true,
                 retry_after: None,

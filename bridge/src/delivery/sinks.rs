@@ -148,6 +148,18 @@ impl Dhis2Sink {
         Ok(report)
     }
 
+    /// The static preflight ([`super::static_preflight::run`]) with this
+    /// sink's client.
+    pub async fn static_check(
+        &self,
+        rules: &[kiungo_mappings::static_refs::StaticDhis2Rule],
+        calendar: kiungo_mappings::period::Calendar,
+    ) -> Result<super::static_preflight::StaticReport, SinkFailure> {
+        super::static_preflight::run(&self.client, rules, calendar)
+            .await
+            .map_err(|e| dhis2_failure(&e))
+    }
+
     async fn resolve_batch(&self, values: &[(TotalKey, String)]) -> Result<(), SinkFailure> {
         let stale = {
             let mut known = self.known.lock().await;
@@ -429,22 +441,70 @@ fn reason_text(message: &str, chunk: &[DataValue]) -> String {
     cap(out)
 }
 
-/// Logs a preflight report (every reference that does not exist) and
-/// keeps it for `/v1/preflight` with when it ran and after how many
-/// attempts.
-pub fn log_preflight(report: &PreflightReport, attempts: u32) {
+/// The most static problems `/v1/preflight` lists (all are counted).
+pub const MAX_LISTED_PROBLEMS: usize = 500;
+
+/// The most static problems logged, one WARN line each.
+const MAX_LOGGED_PROBLEMS: usize = 50;
+
+/// Logs a preflight's answer (every reference that does not exist, every
+/// problem of the static check) and keeps it for `/v1/preflight` with
+/// when it ran and after how many attempts.
+pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
+    let report = &answer.stored;
     let missing: Vec<String> = report.missing.iter().map(ToString::to_string).collect();
     let resolved: usize = report.resolved.values().map(BTreeMap::len).sum();
-    remember_preflight(serde_json::json!({
+    let problems = answer
+        .static_report
+        .as_ref()
+        .map_or(&[][..], |s| &s.problems[..]);
+    let mut view = serde_json::json!({
         "checked_at_ms": crate::store::now_ms(),
         "attempts": attempts,
-        "complete": report.missing.is_empty(),
+        "complete": report.missing.is_empty() && problems.is_empty(),
         "resolved": resolved,
         "missing": missing,
-    }));
+    });
+    if let Some(s) = &answer.static_report {
+        view["server"] = serde_json::json!({"version": s.version, "calendar": s.calendar});
+        view["static"] = serde_json::json!({
+            "rules": s.rules,
+            "references": s.references,
+            "computed_fields": s.computed_fields,
+            "problems_total": s.problems.len(),
+            "problems": s.problems.iter().take(MAX_LISTED_PROBLEMS).map(|p| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                v["text"] = p.to_string().into();
+                v
+            }).collect::<Vec<_>>(),
+        });
+    }
+    remember_preflight(view);
+    if let Some(s) = &answer.static_report {
+        for p in s.problems.iter().take(MAX_LOGGED_PROBLEMS) {
+            warn!(problem = %p, "dhis2 preflight: mapping or server problem");
+        }
+        if s.problems.len() > MAX_LOGGED_PROBLEMS {
+            warn!(
+                more = s.problems.len() - MAX_LOGGED_PROBLEMS,
+                "dhis2 preflight: more problems, listed at /v1/preflight"
+            );
+        }
+        if s.problems.is_empty() {
+            info!(
+                rules = s.rules,
+                references = s.references,
+                version = s.version.as_deref().unwrap_or("?"),
+                calendar = s.calendar.as_deref().unwrap_or("?"),
+                "dhis2 preflight: every static reference of the mappings checks out"
+            );
+        }
+    }
     if report.missing.is_empty() {
-        let n: usize = report.resolved.values().map(BTreeMap::len).sum();
-        info!(references = n, "dhis2 preflight: every reference exists");
+        info!(
+            references = resolved,
+            "dhis2 preflight: every stored reference exists"
+        );
     } else {
         for m in &report.missing {
             warn!(missing = %m, "dhis2 preflight: values with this reference will be parked");

@@ -30,9 +30,12 @@ pub enum DeliveryStartError {
 
 /// Starts a worker per configured destination; they stop when `shutdown`
 /// turns true. The DHIS2 preflight runs in the background at start: a
-/// DHIS2 that is down must not keep ingest from starting.
+/// DHIS2 that is down must not keep ingest from starting. It checks the
+/// references `mappings` name statically, then those found in stored
+/// values.
 pub fn start(
     config: &DestinationsConfig,
+    mappings: &kiungo_mappings::MappingSet,
     store: &Store,
     shutdown: &watch::Receiver<bool>,
     wake: Arc<tokio::sync::Notify>,
@@ -83,23 +86,41 @@ pub fn start(
         });
         if d.preflight {
             let (store, w, rx) = (store.clone(), worker.clone(), shutdown.clone());
+            let rules = Arc::new(mappings.static_dhis2_rules());
+            let calendar = d.calendar;
             tokio::spawn(async move {
                 match store.referenced_metadata().await {
                     Ok([des, ous, cocs, aocs]) => {
-                        let refs = References {
+                        let refs = Arc::new(References {
                             data_elements: des.into_iter().collect(),
                             org_units: ous.into_iter().collect(),
                             category_option_combos: cocs.into_iter().collect(),
                             attribute_option_combos: aocs.into_iter().collect(),
-                        };
+                        });
                         let retry = w.retry;
-                        super::preflight::until_answered(
-                            || w.destination.check(&refs),
-                            retry,
-                            Arc::new(SystemClock),
-                            rx,
-                        )
-                        .await;
+                        let check = || {
+                            let (w, rules, refs) = (w.clone(), rules.clone(), refs.clone());
+                            async move {
+                                let static_report =
+                                    w.destination.static_check(&rules, calendar).await?;
+                                let refused = static_report.problems.iter().any(|p| {
+                                    p.kind == super::static_preflight::ProblemKind::Credentials
+                                });
+                                // With refused credentials the stored
+                                // references cannot be checked either.
+                                let stored = if refused {
+                                    kiungo_connectors::dhis2::PreflightReport::default()
+                                } else {
+                                    w.destination.check(&refs).await?
+                                };
+                                Ok(super::preflight::Answer {
+                                    stored,
+                                    static_report: Some(static_report),
+                                })
+                            }
+                        };
+                        super::preflight::until_answered(check, retry, Arc::new(SystemClock), rx)
+                            .await;
                     }
                     Err(e) => warn!(error = %e, "dhis2 preflight: cannot read the store"),
                 }

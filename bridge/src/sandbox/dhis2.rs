@@ -1,5 +1,8 @@
 //! A DHIS2 2.40 simulator: aggregate data value import, read-back and the
-//! metadata look-ups Kiungo's preflight uses.
+//! metadata look-ups Kiungo's preflight uses (data elements with their
+//! category combo and data sets, org units with their data sets, option
+//! combos with their category combo, data sets with their period type;
+//! `/api/me`, `/api/system/info`).
 //!
 //! Guarantee: `POST /api/dataValueSets` answers as a 2.40 server does
 //! (contract note `dhis2-contract.md`): each value is validated against the
@@ -73,8 +76,14 @@ struct DataElement {
 
 #[derive(Debug, Clone)]
 struct DataSet {
+    named: Named,
     data_elements: Vec<String>,
     period_type: Option<String>,
+    /// The attribute category combo.
+    category_combo: Option<String>,
+    /// The org units it is assigned to (`organisationUnits_in_subset`, or
+    /// `organisationUnits: [{id}]`).
+    org_units: HashSet<String>,
 }
 
 /// The metadata the simulator validates against.
@@ -170,11 +179,27 @@ impl Metadata {
                 .map(str::to_owned)
                 .collect();
             let period_type = str_field(ds, "periodType");
+            let org_units = array(ds, "organisationUnits_in_subset")
+                .iter()
+                .filter_map(Value::as_str)
+                .chain(
+                    array(ds, "organisationUnits")
+                        .iter()
+                        .filter_map(|o| o.get("id").and_then(Value::as_str)),
+                )
+                .map(str::to_owned)
+                .collect();
             data_sets.insert(
                 id,
                 DataSet {
+                    named: named(ds)?,
                     data_elements,
                     period_type,
+                    category_combo: ds
+                        .pointer("/categoryCombo/id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    org_units,
                 },
             );
         }
@@ -1369,14 +1394,91 @@ enum Collection {
     DataElements,
     OrgUnits,
     Cocs,
+    DataSets,
 }
 
-fn collection_items(md: &Metadata, c: Collection) -> Vec<&Named> {
+/// Each object of a collection with the fields beyond id, code and name
+/// that DHIS2 2.40 serves and the preflight asks for.
+fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Value>)> {
+    let id = |id: &str| json!({ "id": id });
+    let mut sets: Vec<(&String, &DataSet)> = md.data_sets.iter().collect();
+    sets.sort_by_key(|(id, _)| *id);
     match c {
-        Collection::DataElements => md.data_elements.iter().map(|d| &d.named).collect(),
-        Collection::OrgUnits => md.org_units.iter().collect(),
-        Collection::Cocs => md.cocs.iter().map(|(n, _)| n).collect(),
+        Collection::DataElements => md
+            .data_elements
+            .iter()
+            .map(|d| {
+                let mut m = Map::new();
+                m.insert("categoryCombo".into(), id(&d.category_combo));
+                let elements: Vec<Value> = sets
+                    .iter()
+                    .filter(|(_, ds)| ds.data_elements.contains(&d.named.id))
+                    .map(|(ds, _)| json!({ "dataSet": id(ds) }))
+                    .collect();
+                m.insert("dataSetElements".into(), elements.into());
+                (&d.named, m)
+            })
+            .collect(),
+        Collection::OrgUnits => md
+            .org_units
+            .iter()
+            .map(|o| {
+                let mut m = Map::new();
+                let assigned: Vec<Value> = sets
+                    .iter()
+                    .filter(|(_, ds)| ds.org_units.contains(&o.id))
+                    .map(|(ds, _)| id(ds))
+                    .collect();
+                m.insert("dataSets".into(), assigned.into());
+                (o, m)
+            })
+            .collect(),
+        Collection::Cocs => md
+            .cocs
+            .iter()
+            .map(|(n, cc)| {
+                let mut m = Map::new();
+                m.insert("categoryCombo".into(), id(cc));
+                (n, m)
+            })
+            .collect(),
+        Collection::DataSets => sets
+            .iter()
+            .map(|(_, ds)| {
+                let mut m = Map::new();
+                if let Some(p) = &ds.period_type {
+                    m.insert("periodType".into(), json!(p));
+                }
+                if let Some(cc) = &ds.category_combo {
+                    m.insert("categoryCombo".into(), id(cc));
+                }
+                (&ds.named, m)
+            })
+            .collect(),
     }
+}
+
+/// The top-level names of a `fields=` list: `id,categoryCombo[id]` →
+/// `id`, `categoryCombo`.
+fn field_names(fields: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in fields.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(&fields[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&fields[start..]);
+    out.into_iter()
+        .map(|f| f.split('[').next().unwrap_or_default().trim())
+        .filter(|f| !f.is_empty())
+        .collect()
 }
 
 /// One `filter=prop:op:value`.
@@ -1420,7 +1522,7 @@ async fn list_metadata(
         .map(|(_, v)| v.as_str())
         .collect();
     let mut items = Vec::new();
-    for n in collection_items(&state.metadata, collection) {
+    for (n, extra) in collection_items(&state.metadata, collection) {
         let mut keep = true;
         for f in &filters {
             match filter_matches(n, f) {
@@ -1429,7 +1531,7 @@ async fn list_metadata(
             }
         }
         if keep {
-            items.push(n);
+            items.push((n, extra));
         }
     }
     let get = |k: &str| {
@@ -1438,20 +1540,13 @@ async fn list_metadata(
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.as_str())
     };
-    let wanted: Vec<&str> = get("fields")
-        .map(|f| {
-            f.split(',')
-                .map(str::trim)
-                .filter(|f| matches!(*f, "id" | "code" | "name" | "displayName"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let wanted: Vec<&str> = get("fields").map(field_names).unwrap_or_default();
     let wanted = if wanted.is_empty() {
         vec!["id", "code", "name"]
     } else {
         wanted
     };
-    let render = |n: &Named| {
+    let render = |(n, extra): &(&Named, Map<String, Value>)| {
         let mut m = Map::new();
         for f in &wanted {
             match *f {
@@ -1463,8 +1558,13 @@ async fn list_metadata(
                         m.insert("code".into(), json!(c));
                     }
                 }
+                "name" | "displayName" => {
+                    m.insert((*f).into(), json!(n.name));
+                }
                 other => {
-                    m.insert(other.into(), json!(n.name));
+                    if let Some(v) = extra.get(other) {
+                        m.insert(other.into(), v.clone());
+                    }
                 }
             }
         }
@@ -1472,7 +1572,7 @@ async fn list_metadata(
     };
     let mut out = Map::new();
     if get("paging") == Some("false") {
-        out.insert(root.into(), items.iter().map(|n| render(n)).collect());
+        out.insert(root.into(), items.iter().map(render).collect());
     } else {
         let page_size = get("pageSize")
             .and_then(|p| p.parse::<usize>().ok())
@@ -1494,7 +1594,7 @@ async fn list_metadata(
                 .iter()
                 .skip((page - 1) * page_size)
                 .take(page_size)
-                .map(|n| render(n))
+                .map(render)
                 .collect(),
         );
     }
@@ -1513,13 +1613,29 @@ async fn category_option_combos(state: web::Data<Dhis2State>, req: HttpRequest) 
     list_metadata(state, req, Collection::Cocs, "categoryOptionCombos").await
 }
 
+async fn data_sets(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
+    list_metadata(state, req, Collection::DataSets, "dataSets").await
+}
+
+/// `/api/system/info`: a 2.40.3 server in the `iso8601` calendar (the
+/// only one whose periods the simulator reads).
 async fn system_info(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
     if let Some(r) = gate(&state, &req).await {
         return r;
     }
-    HttpResponse::Ok().json(
-        json!({"version": "2.40.3", "revision": "sandbox", "systemName": "Kiungo DHIS2 sandbox"}),
-    )
+    HttpResponse::Ok().json(json!({
+        "version": "2.40.3", "revision": "sandbox", "systemName": "Kiungo DHIS2 sandbox",
+        "calendar": "iso8601", "dateFormat": "yyyy-mm-dd"
+    }))
+}
+
+/// `/api/me`: who the accepted credentials are (the demo's `admin`).
+async fn me(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
+    if let Some(r) = gate(&state, &req).await {
+        return r;
+    }
+    HttpResponse::Ok()
+        .json(json!({"id": "xE7jOejl9FI", "username": BASIC_USER.0, "displayName": "John Traore"}))
 }
 
 async fn sandbox_values(state: web::Data<Dhis2State>) -> HttpResponse {
@@ -1575,6 +1691,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(category_option_combos),
         )
         .route(&format!("{prefix}/system/info"), web::get().to(system_info))
+        .route(&format!("{prefix}/me"), web::get().to(me))
+        .route(&format!("{prefix}/dataSets"), web::get().to(data_sets))
         .route(
             &format!("{prefix}/dataSets/{{id}}"),
             web::get().to(data_sets::data_set),

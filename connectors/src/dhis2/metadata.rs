@@ -10,6 +10,7 @@ use std::fmt;
 
 use reqwest::header::ACCEPT;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::client::{Dhis2Client, send_error};
@@ -17,10 +18,10 @@ use super::import_summary::{Dhis2Error, error_from_body};
 use crate::retry::{StatusClass, classify_status, retry_after_header};
 
 /// Most ids in one `filter=…:in:[…]` request.
-const CHUNK: usize = 100;
+pub(super) const CHUNK: usize = 100;
 
 /// What a `code:` reference starts with.
-const CODE_PREFIX: &str = "code:";
+pub(super) const CODE_PREFIX: &str = "code:";
 
 /// The references to check, each a UID or `code:CODE`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -216,7 +217,8 @@ impl Dhis2Client {
                     .collect::<Vec<_>>()
                     .join(",");
                 let filter = format!("{property}:in:[{list}]");
-                for object in self.fetch(endpoint, fields, &filter).await? {
+                let objects: Vec<MetaObject> = self.fetch(endpoint, fields, &filter).await?;
+                for object in objects {
                     if let Some(combo) = &object.category_combo {
                         report
                             .category_combos
@@ -232,12 +234,14 @@ impl Dhis2Client {
         Ok(found)
     }
 
-    async fn fetch(
+    /// One `GET {api}/{endpoint}?filter=…&fields=…&paging=false`: the
+    /// objects of its `{endpoint}` list, read as `T`.
+    pub(super) async fn fetch<T: DeserializeOwned>(
         &self,
         endpoint: &str,
         fields: &str,
         filter: &str,
-    ) -> Result<Vec<MetaObject>, Dhis2Error> {
+    ) -> Result<Vec<T>, Dhis2Error> {
         let url = format!("{}/{endpoint}", self.api);
         let build = || {
             self.http
@@ -262,7 +266,7 @@ impl Dhis2Client {
             .get(endpoint)
             .cloned()
             .ok_or_else(|| unexpected(format!("no `{endpoint}` list")))?;
-        Vec::<MetaObject>::deserialize(list)
+        Vec::<T>::deserialize(list)
             .map_err(|e| unexpected(format!("an unreadable `{endpoint}` list: {e}")))
     }
 }

@@ -16,12 +16,15 @@ mod config;
 mod fuzz;
 mod import_summary;
 mod metadata;
+mod metadata_links;
 mod read_back;
 mod system;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_completeness;
+#[cfg(test)]
+mod tests_metadata_links;
 #[cfg(test)]
 mod tests_read_back;
 
@@ -30,6 +33,9 @@ pub use completeness::Registration;
 pub use config::Dhis2Config;
 pub use import_summary::{Conflict, Dhis2Error, ImportOutcome, ImportStatus};
 pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References};
+pub use metadata_links::{
+    DataElementLinks, DataSetLinks, MetadataLinks, OptionComboLinks, OrgUnitLinks,
+};
 pub use read_back::{
     DataSetElement, MAX_POLITE_WAIT, ORG_UNITS_PER_READ, ReadRequest, StoredValue,
 };

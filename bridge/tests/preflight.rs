@@ -1,0 +1,272 @@
+//! The static DHIS2 preflight against the DHIS2 simulator (issue 14):
+//! with an empty store, a mapping's problems reach `/v1/preflight` and
+//! `kiungo config check --online` with their mapping file and line; the
+//! credentials and the calendar are checked too, and the shipped packs
+//! check out.
+//!
+//! The broken mapping is the CHT pack with three faults: `facilities.csv`
+//! gains Kambia (a district assigned no data set of ANC visits) and an
+//! org unit DHIS2 does not know, and the outreach combo becomes one of
+//! another category combo.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kiungo::app::Application;
+use kiungo::config::Config;
+use kiungo::sandbox::{Sandbox, SandboxConfig};
+use kiungo::store::Backend;
+use kiungo::store::scratch::ScratchDb;
+use serde_json::Value;
+
+const VIEWER: &str = "preflight-test-viewer-token-4f2a9c7e1b3d5a8c6e0f";
+
+fn packs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs")
+}
+
+/// The CHT pack, copied into `dir/mappings` with its three faults.
+fn broken_pack(dir: &Path) -> PathBuf {
+    let mappings = dir.join("mappings");
+    let cht = mappings.join("cht-anc");
+    std::fs::create_dir_all(cht.join("fixtures")).expect("mkdir");
+    let from = packs().join("cht-anc");
+    for entry in std::fs::read_dir(from.join("fixtures")).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            cht.join("fixtures").join(path.file_name().expect("name")),
+        )
+        .expect("copy fixture");
+    }
+    let mapping = std::fs::read_to_string(from.join("anc-visit.yaml")).expect("mapping");
+    let outreach = "{ visit_location: outreach, coc: PT59n8BQbqM }";
+    assert!(
+        mapping.contains(outreach),
+        "the pack changed: adapt this test"
+    );
+    std::fs::write(
+        cht.join("anc-visit.yaml"),
+        mapping.replace(outreach, "{ visit_location: outreach, coc: Prlt0C1RF0s }"),
+    )
+    .expect("write mapping");
+    let mut csv = std::fs::read_to_string(from.join("facilities.csv")).expect("csv");
+    assert_eq!(csv.lines().count(), 4, "the pack changed: adapt this test");
+    csv.push_str("kambia-district,PMa2VCrupOd,Kambia\nnowhere,NoSuchOrgU1,Nowhere\n");
+    std::fs::write(cht.join("facilities.csv"), csv).expect("write csv");
+    mappings
+}
+
+/// A config for `mappings` with DHIS2 at the simulator.
+fn config(dir: &Path, mappings: &Path, store: &str, dhis2: &str, extra: &str) -> PathBuf {
+    let password = dir.join("dhis2-password");
+    std::fs::write(&password, "district").expect("password");
+    let yaml = format!(
+        "mappings: '{}'\nstore:\n  url: '{store}'\nhttp:\n  listen: 127.0.0.1:0\n  admin_cache: 0s\n\
+         admin:\n  tokens:\n    - {{name: viewer, role: viewer, sha256: {}}}\n\
+         destinations:\n  dhis2:\n    server:\n      base_url: '{dhis2}'\n\
+         \x20     auth: {{type: basic, username: admin, password: {{file: '{}'}}}}\n\
+         \x20   retry: {{base_delay: 50ms, max_delay: 200ms, max_age: 10m}}\n{extra}",
+        mappings.display(),
+        kiungo::admin::token_hash_hex(VIEWER),
+        password.display(),
+    );
+    let file = dir.join("kiungo.yaml");
+    std::fs::write(&file, yaml).expect("config");
+    file
+}
+
+async fn check_online(file: &Path) -> Output {
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiungo"))
+            .args(["config", "check", "--online", "-c"])
+            .arg(&file)
+            .output()
+            .expect("run kiungo")
+    })
+    .await
+    .expect("join")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The problems of the broken pack, as both outputs print them: the
+/// mapping file and line of the field, the id, where a table cell is.
+fn assert_the_three_faults(out: &str, mapping: &Path) {
+    let m = mapping.join("cht-anc/anc-visit.yaml").display().to_string();
+    let csv = mapping.join("cht-anc/facilities.csv").display().to_string();
+    let expected = [
+        format!(
+            "{m}:140: cht-anc-visit dhis2[0].org_unit: org unit `NoSuchOrgU1` not found in DHIS2 \
+             (or not visible to this user) (from table `facilities`, {csv}:6)"
+        ),
+        format!(
+            "{m}:140: cht-anc-visit dhis2[0].org_unit: org unit `PMa2VCrupOd` (Kambia) is assigned \
+             no Monthly data set holding data element `fbfJHSPpUQD` (ANC 1st visit)"
+        ),
+        format!(
+            "{m}:139: cht-anc-visit dhis2[0].category_option_combo: category option combo \
+             `Prlt0C1RF0s` (Fixed, <1y) belongs to category combo `dzjKKQq0cSO`, but data \
+             element `fbfJHSPpUQD` (ANC 1st visit) takes `KYYSTxeVw28`"
+        ),
+    ];
+    for e in &expected {
+        assert!(out.contains(e.as_str()), "missing:\n{e}\nin:\n{out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_online_reports_each_problem_with_its_file_and_line() {
+    kiungo::tls::install_crypto_provider();
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let store = format!("sqlite:{}", dir.path().join("k.db").display());
+
+    // The shipped packs check out.
+    let file = config(dir.path(), &packs(), &store, &sandbox.dhis2_url(), "");
+    let out = check_online(&file).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("dhis2 2.40.3 (calendar iso8601): ") && stdout.contains(" rules check out"),
+        "{stdout}"
+    );
+
+    // The broken pack: every fault, and exit 1.
+    let mappings = broken_pack(dir.path());
+    let file = config(dir.path(), &mappings, &store, &sandbox.dhis2_url(), "");
+    let out = check_online(&file).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_the_three_faults(&stderr, &mappings);
+    assert!(stderr.ends_with("3 problem(s)\n"), "{stderr}");
+
+    // Without --online nothing is asked: the config itself is fine.
+    let offline = tokio::task::spawn_blocking({
+        let file = file.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_kiungo"))
+                .args(["config", "check", "-c"])
+                .arg(&file)
+                .output()
+                .expect("run kiungo")
+        }
+    })
+    .await
+    .expect("join");
+    assert!(offline.status.success(), "{}", text(&offline.stderr));
+
+    // Another calendar than the server's.
+    let file = config(
+        dir.path(),
+        &packs(),
+        &store,
+        &sandbox.dhis2_url(),
+        "    calendar: ethiopian\n",
+    );
+    let out = check_online(&file).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "destinations.dhis2: the server's system calendar is `iso8601` but \
+             destinations.dhis2.calendar is `ethiopian`"
+        ),
+        "{stderr}"
+    );
+
+    // Credentials DHIS2 refuses.
+    std::fs::write(dir.path().join("dhis2-password"), "wrong").expect("password");
+    let file = dir.path().join("kiungo.yaml");
+    let yaml = std::fs::read_to_string(&file).expect("config");
+    std::fs::write(&file, yaml.replace("    calendar: ethiopian\n", "")).expect("config");
+    let out = check_online(&file).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("destinations.dhis2: DHIS2 refused the credentials (HTTP 401 from /api/me"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("1 problem(s)\n"), "{stderr}");
+    sandbox.handle().stop().await;
+}
+
+/// `/v1/preflight` of a service started on an empty store shows the
+/// broken pack's problems with their files and lines, the server, and
+/// the (empty) stored-values check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_up_preflight_shows_mapping_problems_with_an_empty_store() {
+    kiungo::tls::install_crypto_provider();
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let mappings = broken_pack(dir.path());
+    let file = config(
+        dir.path(),
+        &mappings,
+        &db.config.url,
+        &sandbox.dhis2_url(),
+        "",
+    );
+    let app = Application::build(Config::load(&file).expect("config loads"))
+        .await
+        .expect("start");
+    let url = format!("http://{}/v1/preflight", app.http_addr());
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view: Value = loop {
+        let body: Value = http
+            .get(&url)
+            .bearer_auth(VIEWER)
+            .send()
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        if body["dhis2"]["static"].is_object() {
+            break body["dhis2"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no static preflight within 60 s: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(view["complete"], false, "{view}");
+    assert_eq!(
+        view["missing"],
+        Value::Array(vec![]),
+        "an empty store: {view}"
+    );
+    assert_eq!(view["server"]["version"], "2.40.3");
+    assert_eq!(view["server"]["calendar"], "iso8601");
+    let s = &view["static"];
+    assert_eq!(s["rules"], 1, "{s}");
+    assert_eq!(s["problems_total"], 3, "{s}");
+    let problems = s["problems"].as_array().expect("problems");
+    let texts: Vec<&str> = problems.iter().filter_map(|p| p["text"].as_str()).collect();
+    assert_the_three_faults(&texts.join("\n"), &mappings);
+    let unknown = &problems[0];
+    assert_eq!(unknown["kind"], "not_found");
+    assert_eq!(
+        unknown["file"],
+        mappings
+            .join("cht-anc/anc-visit.yaml")
+            .display()
+            .to_string()
+    );
+    assert_eq!(unknown["line"], 140);
+    assert_eq!(unknown["field"], "dhis2[0].org_unit");
+    assert_eq!(unknown["id"], "NoSuchOrgU1");
+    app.run_until(async {}).await;
+    sandbox.handle().stop().await;
+}
