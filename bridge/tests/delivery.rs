@@ -1174,7 +1174,11 @@ async fn dhis2_withdrawn_total_never_accepted_is_not_sent(backend: Backend) {
     let sent = dest.values.lock().expect("lock").clone();
     assert_eq!(sent.len(), 1, "only the outreach total went out: {sent:?}");
     assert_eq!(sent.values().next().map(String::as_str), Some("1"));
-    assert_eq!(open_dhis2_letters(&store).await, 0, "the refusal is resolved");
+    assert_eq!(
+        open_dhis2_letters(&store).await,
+        0,
+        "the refusal is resolved"
+    );
     assert_eq!(store.stats().await.expect("stats").dhis2_dirty, 0);
 
     // Edited back (a new revision): the outreach total, which DHIS2

@@ -5,11 +5,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kiungo::delivery::Dhis2Worker;
-use kiungo::delivery::circuit::Circuit;
 use kiungo::delivery::retry::{Clock, ManualClock, RetryParams};
 use kiungo::delivery::sinks::Dhis2Sink;
 use kiungo::reconcile::{DriftKind, Report, Request, reconcile};
