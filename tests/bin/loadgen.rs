@@ -20,6 +20,12 @@
 //! is done with (bare: its ack is written; Kiungo: its event is in the
 //! store, seen by a poll every 100 ms).
 //!
+//! Each side's CPU time is also read from `/proc` over the same interval
+//! (the loadgen process for the bare consumer, Kiungo's process for
+//! Kiungo; the broker's own CPU in neither): CPU per message does not
+//! depend on what else the machine runs, so the CPU share stays
+//! comparable between runs where the rates are not.
+//!
 //! ```text
 //! cargo build --release -p kiungo -p kiungo-tests
 //! target/release/kiungo-loadgen --events 50000 --prefetch 500 --store sqlite
@@ -114,13 +120,18 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         n as f64 / t.elapsed().as_secs_f64()
     );
-    let bare = bare_consumer(&vhost.url(), prefix, args.prefetch, &workload).await?;
-    println!("bare consumer (ack only): {bare:.0} msg/s");
+    let (bare, bare_cpu) = bare_consumer(&vhost.url(), prefix, args.prefetch, &workload).await?;
+    let per_message = |cpu: Option<f64>| cpu.map(|c| 1e6 * c / n as f64);
+    let bare_us = per_message(bare_cpu);
+    println!(
+        "bare consumer (ack only): {bare:.0} msg/s, {} CPU µs per message",
+        show(bare_us)
+    );
 
     // Kiungo.
     publish(&vhost.url(), prefix, &workload.messages).await?;
     let db = ScratchDb::new(args.backend).await?;
-    let (rate, peak_rss_kb, hwm_kb) = kiungo(
+    let (rate, kiungo_cpu, peak_rss_kb, hwm_kb) = kiungo(
         &vhost.url(),
         prefix,
         &db,
@@ -136,25 +147,42 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_kb as f64 / 1024.0,
         hwm_kb as f64 / 1024.0
     );
+    let kiungo_us = per_message(kiungo_cpu);
+    let cpu_share = bare_us
+        .zip(kiungo_us)
+        .map(|(b, k)| format!("{:.0}%", 100.0 * b / k))
+        .unwrap_or_else(|| "?".into());
     println!(
-        "| {n} | {} | {:?} | {bare:.0} | {rate:.0} | {:.0}% | {:.1} MB |",
+        "kiungo CPU: {} µs per event; bare consumer's CPU per message is {cpu_share} of it",
+        show(kiungo_us)
+    );
+    println!(
+        "| {n} | {} | {:?} | {bare:.0} | {rate:.0} | {:.0}% | {} | {} | {cpu_share} | {:.1} MB |",
         args.prefetch,
         args.backend,
         100.0 * rate / bare,
+        show(bare_us),
+        show(kiungo_us),
         hwm_kb as f64 / 1024.0
     );
     Ok(())
 }
 
+/// A figure to one decimal, or `?` where `/proc` could not be read.
+fn show(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "?".into())
+}
+
 /// Drains the queues with one channel and one task per queue, acking each
 /// delivery on its own, and returns messages per second from the moment
-/// every consumer is registered until the last ack is written.
+/// every consumer is registered until the last ack is written, and the
+/// CPU seconds this process spent meanwhile.
 async fn bare_consumer(
     url: &str,
     prefix: &str,
     prefetch: u16,
     workload: &kiungo_tests::workload::Workload,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<f64>)> {
     let n = workload.messages.len();
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let mut queues = Vec::new();
@@ -184,6 +212,7 @@ async fn bare_consumer(
     // t0: every consumer is registered, the point from which Kiungo's
     // `/readyz` answers.
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds("self");
     let tasks = queues
         .into_iter()
         .map(|(channel, consumer, want)| tokio::spawn(drain(channel, consumer, want)));
@@ -196,8 +225,9 @@ async fn bare_consumer(
     .into_iter()
     .sum::<anyhow::Result<usize>>()?;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds("self").zip(cpu0).map(|(b, a)| b - a);
     conn.close(200, "done".into()).await?;
-    Ok(acked as f64 / secs)
+    Ok((acked as f64 / secs, cpu))
 }
 
 /// Acks `want` deliveries of one queue, each with its own `basic.ack`, and
@@ -234,6 +264,20 @@ fn kiungo_release_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// User plus system CPU seconds of a process (`self` or a pid), from
+/// `/proc/PID/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
+/// Linux default).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn rss_kb(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -250,7 +294,7 @@ async fn kiungo(
     prefetch: u16,
     batch: usize,
     workload: &kiungo_tests::workload::Workload,
-) -> anyhow::Result<(f64, u64, u64)> {
+) -> anyhow::Result<(f64, Option<f64>, u64, u64)> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -289,6 +333,7 @@ async fn kiungo(
         return Err(e);
     }
     let t0 = Instant::now();
+    let cpu0 = cpu_seconds(&pid.to_string());
     let store = Store::open(&db.config).await?;
     let want = workload
         .messages
@@ -310,10 +355,13 @@ async fn kiungo(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(&pid.to_string())
+        .zip(cpu0)
+        .map(|(b, a)| b - a);
     let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
-    Ok((workload.messages.len() as f64 / secs, peak, hwm))
+    Ok((workload.messages.len() as f64 / secs, cpu, peak, hwm))
 }
