@@ -355,9 +355,7 @@ async fn kiungo(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&pid.to_string())
-        .zip(cpu0)
-        .map(|(b, a)| b - a);
+    let cpu = cpu_seconds(&pid.to_string()).zip(cpu0).map(|(b, a)| b - a);
     let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
