@@ -155,6 +155,17 @@ async fn reconcile_finds_hand_edits_and_repair_restores_kiungos_totals(backend: 
         .await
         .expect("reconcile");
     assert_eq!(summary(&clean), [3, 0, 0, 0], "{clean:?}");
+    // The same from the district down: DHIS2 reads Bo's subtree
+    // (`children=true`), which holds Ngelehun's values.
+    let district = Request {
+        org_unit: Some("O6uvpzGd5pu".into()),
+        children: true,
+        ..request.clone()
+    };
+    let from_above = reconcile(&reader, &store, &district)
+        .await
+        .expect("reconcile");
+    assert_eq!(summary(&from_above), [3, 0, 0, 0], "{from_above:?}");
 
     // By hand in DHIS2: DE_23 edited, OPV deleted (a lost push), a value
     // Kiungo never produces entered.
@@ -254,6 +265,28 @@ async fn one_org_unit_and_nothing_stored(backend: Backend) {
         children: false,
     };
     let r = reconcile(&reader, &store, &other).await.expect("reconcile");
+    assert_eq!(summary(&r), [0, 0, 0, 0], "{r:?}");
+    // Bo with its children: Ngelehun lies below it (Bo / Badjia /
+    // Ngelehun in DHIS2's hierarchy), and DHIS2 holds none of Kiungo's
+    // three totals there: all three missing, although DHIS2 answered no
+    // value for Ngelehun.
+    let subtree = Request {
+        children: true,
+        ..other.clone()
+    };
+    let r = reconcile(&reader, &store, &subtree)
+        .await
+        .expect("reconcile");
+    assert_eq!(summary(&r), [0, 3, 0, 0], "{r:?}");
+    // Bombali with its children: Ngelehun is elsewhere.
+    let elsewhere = Request {
+        org_unit: Some("fdc6uOvgoji".into()),
+        children: true,
+        ..other.clone()
+    };
+    let r = reconcile(&reader, &store, &elsewhere)
+        .await
+        .expect("reconcile");
     assert_eq!(summary(&r), [0, 0, 0, 0], "{r:?}");
     // Ngelehun, never pushed: all three missing.
     let here = Request {

@@ -121,10 +121,15 @@ pub async fn reconcile(
             .await
             .map_err(dhis2)?
     };
-    // In scope: the org units asked for, and with `children` those DHIS2
-    // answered for (Kiungo does not know the hierarchy).
+    // In scope: the org units asked for, with `children` their whole
+    // subtree as DHIS2's hierarchy has it (Kiungo does not keep one), so
+    // that a total Kiungo holds for an org unit below, of which DHIS2 has
+    // no value, is reported missing.
     let mut scope: BTreeSet<String> = org_units.iter().cloned().collect();
     if request.children {
+        if let Some(ou) = &request.org_unit {
+            scope.extend(client.org_unit_subtree(ou).await.map_err(dhis2)?);
+        }
         scope.extend(values.iter().map(|v| v.org_unit.clone()));
     }
     Ok(compare(

@@ -64,6 +64,8 @@ struct Named {
     id: String,
     code: Option<String>,
     name: String,
+    /// The hierarchy path (`/root/…/id`) of an org unit; `None` elsewhere.
+    path: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +122,7 @@ fn named(v: &Value) -> Result<Named, MetadataError> {
         id,
         code: str_field(v, "code"),
         name,
+        path: str_field(v, "path"),
     })
 }
 
@@ -1100,7 +1103,25 @@ impl Dhis2State {
                 .flat_map(|(_, v)| v.split(','))
                 .collect()
         };
-        let (sets, periods, units) = (all("dataSet"), all("period"), all("orgUnit"));
+        let (sets, periods, mut units) = (all("dataSet"), all("period"), all("orgUnit"));
+        // `children=true`: the org units' whole subtrees, as DHIS2 reads
+        // them (every org unit whose path passes through one asked for).
+        let children = query.iter().any(|(k, v)| k == "children" && v == "true");
+        let asked = units.clone();
+        if children && !asked.is_empty() {
+            units = self
+                .metadata
+                .org_units
+                .iter()
+                .filter(|ou| {
+                    ou.path
+                        .as_deref()
+                        .is_some_and(|p| p.split('/').any(|step| asked.contains(&step)))
+                })
+                .map(|ou| ou.id.as_str())
+                .chain(asked.iter().copied())
+                .collect();
+        }
         let periods: Vec<String> = periods
             .iter()
             .map(|p| normalize_period(p).unwrap_or_else(|| (*p).to_owned()))
@@ -1129,7 +1150,7 @@ impl Dhis2State {
         if let [pe] = periods.as_slice() {
             out.insert("period".into(), json!(pe));
         }
-        if let [ou] = units.as_slice() {
+        if let [ou] = asked.as_slice() {
             out.insert("orgUnit".into(), json!(ou));
         }
         out.insert("dataValues".into(), Value::Array(list));
@@ -1491,6 +1512,7 @@ fn filter_matches(n: &Named, filter: &str) -> Result<bool, String> {
         "id" => Some(n.id.as_str()),
         "code" => n.code.as_deref(),
         "name" | "displayName" => Some(n.name.as_str()),
+        "path" => n.path.as_deref(),
         _ => return Err(format!("Unknown filter property: {prop}")),
     };
     match op {

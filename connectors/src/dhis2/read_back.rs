@@ -29,6 +29,9 @@ pub const MAX_POLITE_WAIT: Duration = Duration::from_secs(60);
 /// How many times a 429/503 is waited out before the read gives up.
 const POLITE_RETRIES: usize = 3;
 
+/// Org units per page when reading a subtree of the hierarchy.
+pub const SUBTREE_PAGE: usize = 1000;
+
 /// Wait after a 429/503 without a `Retry-After`.
 const DEFAULT_WAIT: Duration = Duration::from_secs(5);
 
@@ -144,6 +147,62 @@ impl Dhis2Client {
                 values = out.len(),
                 "dhis2 dataValueSets read"
             );
+        }
+        Ok(out)
+    }
+
+    /// The ids of `org_unit` and every org unit below it in the hierarchy
+    /// (`GET /api/organisationUnits?filter=path:like:{id}&fields=id`), read
+    /// in pages of [`SUBTREE_PAGE`] one after the other: the subtree of a
+    /// national root can hold tens of thousands of org units.
+    pub async fn org_unit_subtree(&self, org_unit: &str) -> Result<Vec<String>, Dhis2Error> {
+        #[derive(Deserialize)]
+        struct Page {
+            #[serde(rename = "organisationUnits", default)]
+            units: Vec<Id>,
+            #[serde(default)]
+            pager: Option<Pager>,
+        }
+        #[derive(Deserialize)]
+        struct Id {
+            id: String,
+        }
+        #[derive(Deserialize)]
+        struct Pager {
+            #[serde(rename = "pageCount", default)]
+            page_count: u64,
+        }
+        let url = format!("{}/organisationUnits", self.api);
+        let filter = format!("path:like:{org_unit}");
+        let size = SUBTREE_PAGE.to_string();
+        let mut out = Vec::new();
+        let mut page = 1u64;
+        loop {
+            let number = page.to_string();
+            let query = [
+                ("filter", filter.as_str()),
+                ("fields", "id"),
+                ("pageSize", size.as_str()),
+                ("page", number.as_str()),
+            ];
+            let (status, text) = self.polite_get(&url, &query).await?;
+            let doc: Page =
+                serde_json::from_str(&text).map_err(|e| Dhis2Error::UnexpectedResponse {
+                    status,
+                    found: format!("an unreadable org unit list: {e}"),
+                })?;
+            let last =
+                doc.units.is_empty() || doc.pager.as_ref().is_none_or(|p| page >= p.page_count);
+            out.extend(doc.units.into_iter().map(|u| u.id));
+            if last {
+                break;
+            }
+            page += 1;
+        }
+        // `like` matches anywhere in the path: keep the org unit itself
+        // even if the server's answer left it out.
+        if !out.iter().any(|id| id == org_unit) {
+            out.push(org_unit.to_owned());
         }
         Ok(out)
     }

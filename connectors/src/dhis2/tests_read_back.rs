@@ -209,3 +209,60 @@ async fn errors_classify() {
     assert!(!e.is_retryable());
     assert_eq!(e.retry_after(), None::<Duration>);
 }
+
+/// A subtree is read page by page as DHIS2 2.38–2.41 page metadata lists
+/// (`pager.pageCount`), filtered by the org unit's id in each path.
+#[tokio::test]
+async fn an_org_unit_subtree_is_read_page_by_page() {
+    let server = MockServer::start().await;
+    let ids = |range: std::ops::Range<usize>| -> Vec<serde_json::Value> {
+        range
+            .map(|i| serde_json::json!({ "id": format!("OuChild{i:04}") }))
+            .collect()
+    };
+    for (page, list) in [("1", ids(0..1000)), ("2", ids(1000..1002))] {
+        let mut units = list;
+        if page == "1" {
+            units[0] = serde_json::json!({ "id": "O6uvpzGd5pu" });
+        }
+        let body = serde_json::json!({
+            "pager": { "page": page.parse::<u64>().expect("page"), "pageCount": 2, "total": 1002, "pageSize": 1000 },
+            "organisationUnits": units,
+        });
+        Mock::given(method("GET"))
+            .and(path("/api/organisationUnits"))
+            .and(query_param("filter", "path:like:O6uvpzGd5pu"))
+            .and(query_param("fields", "id"))
+            .and(query_param("pageSize", "1000"))
+            .and(query_param("page", page))
+            .respond_with(json(200, &body.to_string()))
+            .expect(1)
+            .mount(&server)
+            .await;
+    }
+    let subtree = client(&server)
+        .org_unit_subtree("O6uvpzGd5pu")
+        .await
+        .expect("subtree");
+    assert_eq!(subtree.len(), 1002);
+    assert_eq!(subtree[0], "O6uvpzGd5pu");
+    assert_eq!(subtree[1001], "OuChild1001");
+}
+
+/// An org unit DHIS2 does not list (a leaf the filter missed, or none at
+/// all) still stands for itself.
+#[tokio::test]
+async fn an_org_unit_with_an_empty_answer_is_its_own_subtree() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/organisationUnits"))
+        .respond_with(json(200, r#"{"organisationUnits": []}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let subtree = client(&server)
+        .org_unit_subtree("DiszpKrYNg8")
+        .await
+        .expect("subtree");
+    assert_eq!(subtree, vec!["DiszpKrYNg8".to_owned()]);
+}
