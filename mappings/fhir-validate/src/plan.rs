@@ -106,11 +106,17 @@ struct ObjPlan {
     ty: &'static TypeDef,
     /// The template's keys the type defines, in template order.
     entries: Vec<EntryPlan>,
-    /// The `urn:uuid` references in the literal parts skipped per
-    /// resource.
-    urns: Vec<Urn>,
     /// The check a Reference or coded element makes once its object is.
     post: Post,
+}
+
+/// A literal part, checked when the plan was made.
+#[derive(Debug)]
+struct Literal {
+    /// Its value, to compare with where a resource's part may not be it.
+    value: Value,
+    /// The `urn:uuid` references in it.
+    urns: Vec<Urn>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,8 +136,8 @@ struct EntryPlan {
 
 #[derive(Debug)]
 enum NodePlan {
-    /// A literal, checked when the plan was made.
-    Fixed,
+    /// A literal.
+    Fixed(Literal),
     /// Checked in full per resource.
     Element,
     /// A single complex value made by the template.
@@ -139,11 +145,16 @@ enum NodePlan {
     /// An array whose items are all always present, so that the
     /// resource's items are the template's, one for one.
     Items(Vec<ItemPlan>),
+    /// An array some of whose items may be left out: the plans of those
+    /// always present, in order. A resource's item is taken for the next
+    /// of them when it matches it, literal parts compared, else checked in
+    /// full.
+    Maybe(Vec<ItemPlan>),
 }
 
 #[derive(Debug)]
 enum ItemPlan {
-    Fixed,
+    Fixed(Literal),
     Value,
     Object(ObjPlan),
 }
@@ -242,7 +253,6 @@ impl Compiler {
         let mut plan = ObjPlan {
             ty,
             entries: Vec::with_capacity(entries.len()),
-            urns: Vec::new(),
             post,
         };
         for (name, node) in entries {
@@ -259,7 +269,7 @@ impl Compiler {
                 continue;
             };
             let here = frame.child(Seg::Elem(&el.name));
-            let node = self.entry(key, el, node, &here, &mut plan.urns);
+            let node = self.entry(key, el, node, &here);
             plan.entries.push(EntryPlan {
                 name: name.as_str().into(),
                 key,
@@ -276,15 +286,13 @@ impl Compiler {
         el: &'static Element,
         node: &Node,
         here: &Frame<'_>,
-        urns: &mut Vec<Urn>,
     ) -> NodePlan {
-        if let Ok(Some(v)) = node.literal() {
-            let mut found = Vec::new();
-            if let Err(e) = self.checker(&mut found).element(key, el, &v, here) {
+        if let Ok(Some(value)) = node.literal() {
+            let mut urns = Vec::new();
+            if let Err(e) = self.checker(&mut urns).element(key, el, &value, here) {
                 self.problems.push(e);
             }
-            urns.extend(found);
-            return NodePlan::Fixed;
+            return NodePlan::Fixed(Literal { value, urns });
         }
         match &node.shape {
             Shape::Object(entries) => match self.complex(key, el, entries, here) {
@@ -293,23 +301,22 @@ impl Compiler {
             },
             Shape::Array(items) => {
                 let items: Vec<&Node> = items.iter().filter(|n| n.present()).collect();
-                let mut aligned = el.max != Some(1)
-                    && items.iter().all(|n| n.always())
-                    && el.max.is_none_or(|m| items.len() <= m as usize);
-                let mut plans = Vec::with_capacity(items.len());
-                let mut found = Vec::new();
+                let all_always = items.iter().all(|n| n.always());
+                let mut usable = el.max != Some(1);
+                let mut always = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
                     let at = here.child(Seg::Index(i));
-                    match self.item(key, el, item, &at, &mut found) {
-                        Some(p) => plans.push(p),
-                        None => aligned = false,
+                    match self.item(key, el, item, &at) {
+                        Some(p) if item.always() => always.push(p),
+                        Some(_) => {}
+                        None => usable = false,
                     }
                 }
-                if aligned && !plans.is_empty() {
-                    urns.extend(found);
-                    NodePlan::Items(plans)
-                } else {
-                    NodePlan::Element
+                let fits = el.max.is_none_or(|m| always.len() <= m as usize);
+                match (usable && fits, all_always) {
+                    (true, true) if !always.is_empty() => NodePlan::Items(always),
+                    (true, false) => NodePlan::Maybe(always),
+                    _ => NodePlan::Element,
                 }
             }
             Shape::Absent | Shape::Fixed(_) | Shape::Varies => NodePlan::Element,
@@ -324,15 +331,13 @@ impl Compiler {
         el: &'static Element,
         node: &Node,
         at: &Frame<'_>,
-        urns: &mut Vec<Urn>,
     ) -> Option<ItemPlan> {
-        if let Ok(Some(v)) = node.literal() {
-            let mut found = Vec::new();
-            if let Err(e) = self.checker(&mut found).value(key, el, &v, at) {
+        if let Ok(Some(value)) = node.literal() {
+            let mut urns = Vec::new();
+            if let Err(e) = self.checker(&mut urns).value(key, el, &value, at) {
                 self.problems.push(e);
             }
-            urns.extend(found);
-            return Some(ItemPlan::Fixed);
+            return Some(ItemPlan::Fixed(Literal { value, urns }));
         }
         match &node.shape {
             Shape::Object(entries) => Some(
@@ -376,17 +381,19 @@ fn quick_resource(c: &mut Checker<'_>, plan: &Plan, resource: &Value) -> Quick {
         Some((k, Value::String(t))) if k == "resourceType" && *t == plan.resource_type => {}
         _ => return Err(Fallback),
     }
-    quick_object(c, &plan.root, obj, &Frame::root(plan.resource_type))
+    quick_object(c, &plan.root, obj, &Frame::root(plan.resource_type), false)
 }
 
 /// What [`Checker::object`] checks, for an object the template made: its
 /// keys are the template's, in its order, so each is found by walking the
-/// plan's entries along, and literal values are skipped.
+/// plan's entries along, and literal values are skipped. With `guard`, the
+/// object may not be the template's: literal values are compared instead.
 fn quick_object(
     c: &mut Checker<'_>,
     p: &ObjPlan,
     obj: &Map<String, Value>,
     frame: &Frame<'_>,
+    guard: bool,
 ) -> Quick {
     if p.ty.kind == Kind::Complex && obj.keys().all(|k| k == "id") {
         return Err(Fallback);
@@ -411,13 +418,13 @@ fn quick_object(
         seen |= bit;
         let here = frame.child(Seg::Elem(&e.el.name));
         match &e.node {
-            NodePlan::Fixed => {}
+            NodePlan::Fixed(lit) => literal(c, lit, v, guard)?,
             NodePlan::Element => c.element(e.key, e.el, v, &here)?,
             NodePlan::Object(sub) => {
                 let Value::Object(o) = v else {
                     return Err(Fallback);
                 };
-                quick_complex(c, sub, o, &here)?;
+                quick_complex(c, sub, o, &here, guard)?;
             }
             NodePlan::Items(items) => {
                 let Value::Array(values) = v else {
@@ -428,16 +435,29 @@ fn quick_object(
                 }
                 for (i, (item, ip)) in values.iter().zip(items).enumerate() {
                     let at = here.child(Seg::Index(i));
-                    match ip {
-                        ItemPlan::Fixed => {}
-                        ItemPlan::Value => c.value(e.key, e.el, item, &at)?,
-                        ItemPlan::Object(sub) => {
-                            let Value::Object(o) = item else {
-                                return Err(Fallback);
-                            };
-                            quick_complex(c, sub, o, &at)?;
+                    quick_item(c, e, ip, item, &at, guard)?;
+                }
+            }
+            NodePlan::Maybe(always) => {
+                let Value::Array(values) = v else {
+                    return Err(Fallback);
+                };
+                if values.is_empty() || e.el.max.is_some_and(|m| values.len() > m as usize) {
+                    return Err(Fallback);
+                }
+                let mut next = always.iter();
+                let mut candidate = next.next();
+                for (i, item) in values.iter().enumerate() {
+                    let at = here.child(Seg::Index(i));
+                    if let Some(ip) = candidate {
+                        let mark = urns_found(c);
+                        if quick_item(c, e, ip, item, &at, true).is_ok() {
+                            candidate = next.next();
+                            continue;
                         }
+                        forget_urns(c, mark);
                     }
+                    c.value(e.key, e.el, item, &at)?;
                 }
             }
         }
@@ -448,12 +468,58 @@ fn quick_object(
     if p.ty.invariants != 0 {
         c.invariants(p.ty, obj, frame)?;
     }
-    if !p.urns.is_empty()
+    Ok(())
+}
+
+/// One item of an array of the template.
+fn quick_item(
+    c: &mut Checker<'_>,
+    e: &EntryPlan,
+    ip: &ItemPlan,
+    item: &Value,
+    at: &Frame<'_>,
+    guard: bool,
+) -> Quick {
+    match ip {
+        ItemPlan::Fixed(lit) => literal(c, lit, item, guard),
+        ItemPlan::Value => Ok(c.value(e.key, e.el, item, at)?),
+        ItemPlan::Object(sub) => {
+            let Value::Object(o) = item else {
+                return Err(Fallback);
+            };
+            quick_complex(c, sub, o, at, guard)
+        }
+    }
+}
+
+/// A literal part, checked at load: compared when `guard`, and its
+/// `urn:uuid` references handed on.
+fn literal(c: &mut Checker<'_>, lit: &Literal, v: &Value, guard: bool) -> Quick {
+    if guard && *v != lit.value {
+        return Err(Fallback);
+    }
+    if !lit.urns.is_empty()
         && let Sink::Urns(urns) = &mut c.urns
     {
-        urns.extend_from_slice(&p.urns);
+        urns.extend_from_slice(&lit.urns);
     }
     Ok(())
+}
+
+fn urns_found(c: &Checker<'_>) -> usize {
+    match &c.urns {
+        Sink::Urns(urns) => urns.len(),
+        Sink::Refs(refs) => refs.len(),
+        Sink::None => 0,
+    }
+}
+
+fn forget_urns(c: &mut Checker<'_>, mark: usize) {
+    match &mut c.urns {
+        Sink::Urns(urns) => urns.truncate(mark),
+        Sink::Refs(refs) => refs.truncate(mark),
+        Sink::None => {}
+    }
 }
 
 /// A complex value: the object, then what [`Checker::value`] checks of a
@@ -463,8 +529,9 @@ fn quick_complex(
     p: &ObjPlan,
     o: &Map<String, Value>,
     at: &Frame<'_>,
+    guard: bool,
 ) -> Quick {
-    quick_object(c, p, o, at)?;
+    quick_object(c, p, o, at, guard)?;
     let checked: Checked = match p.post {
         Post::None => Ok(()),
         Post::Reference(el) => c.reference(el, o, at),

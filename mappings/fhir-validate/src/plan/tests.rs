@@ -79,6 +79,10 @@ fn pool() -> Vec<Value> {
         json!({"text": "x"}),
         json!({"bogus": 1}),
         json!({"url": "http://x.org/e", "valueString": "v"}),
+        json!({"linkId": "fixed", "text": "F"}),
+        json!({"linkId": "session", "text": "Session", "answer": [{"valueCoding": {"system": "https://x.org/session", "code": "s"}}]}),
+        json!({"linkId": "weight", "answer": [{"valueDecimal": "8.6"}]}),
+        json!({"linkId": "x", "answer": [{"valueReference": {"reference": "urn:uuid:0b3a8f6e-0000-5000-8000-000000000003"}}]}),
         json!(["a"]),
         json!([{"text": "y"}]),
         json!([]),
@@ -154,6 +158,26 @@ fn templates() -> Vec<Value> {
             "period": {"start": "=\"2024-05-13\"", "end": "=\"2024-05-14\""},
             "identifier": [{"system": "https://x.org/report", "value": "=\"r1\""}],
             "type": [{"coding": [{"system": "http://snomed.info/sct", "code": "424525001"}], "text": "=\"ANC\""}]
+        }),
+        json!({
+            "resourceType": "QuestionnaireResponse",
+            "status": "completed",
+            "subject": {"reference": "=\"urn:uuid:0b3a8f6e-0000-5000-8000-000000000000\""},
+            "author": "={\"identifier\": {\"system\": \"https://x.org/u\", \"value\": \"u1\"}}",
+            "item": [
+                "={\"linkId\": \"r\", \"answer\": [{\"valueReference\": {\"reference\": \"urn:uuid:0b3a8f6e-0000-5000-8000-000000000005\"}}], \"text\": \"other\"}",
+                {"linkId": "r", "answer": [{"valueReference": {"reference": "=\"urn:uuid:0b3a8f6e-0000-5000-8000-000000000004\""}}], "text": "T"},
+                "={\"linkId\": \"fixed\", \"text\": \"F\"}",
+                {"linkId": "session", "text": "Session", "answer": [
+                    {"valueCoding": {"system": "https://x.org/session", "code": "=\"s\"", "display": "=\"S\""}}
+                ]},
+                "={\"linkId\": \"muac\", \"answer\": [{\"valueDecimal\": 120}]}",
+                {"linkId": "fixed", "text": "F"},
+                {"linkId": "weight", "answer": [{"valueDecimal": "=8.6"}]},
+                "={\"linkId\": \"ref\", \"answer\": [{\"valueReference\": {\"reference\": \"urn:uuid:0b3a8f6e-0000-5000-8000-000000000002\"}}]}",
+                {"linkId": "note", "answer": "=[{\"valueString\": \"n\"}]"},
+                "="
+            ]
         }),
         json!({
             "resourceType": "Condition",
