@@ -78,6 +78,31 @@ fn validate_reports_every_problem_with_its_location_and_fails() {
 }
 
 #[test]
+fn validate_puts_a_misspelt_fhir_element_on_its_own_line() {
+    // Issue 17: the rule starts at line 6, the misspelt element is on line 16.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("imm.yaml"),
+        "id: imm\nversion: 1\ndescription: d\nsource: s\nfhir:\n  - name: shot\n    resource:\n      resourceType: Immunization\n      status: completed\n      vaccineCode:\n        coding:\n          - system: http://hl7.org/fhir/sid/cvx\n            code: \"19\"\n      patient: { reference: Patient/p1 }\n      primarySource: true\n      occurenceDateTime: =event.date\ntests:\n  - name: t\n    event: {}\n    expect_error: x\n",
+    )
+    .expect("write");
+    let out = kiungo(&["mappings", "validate", dir.path().to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let file = dir.path().join("imm.yaml");
+    assert!(
+        stderr.contains(&format!(
+            "error: {}:16:7: fhir[0].resource.occurenceDateTime: invalid Immunization at \
+             `Immunization.occurenceDateTime`: unknown element `occurenceDateTime` in \
+             Immunization (did you mean `occurrenceDateTime`?)",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem(s) found"), "{stderr}");
+}
+
+#[test]
 fn test_shows_a_diff_and_fails_on_a_wrong_expectation() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pack = packs().join("cht-anc");

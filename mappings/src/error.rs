@@ -37,6 +37,16 @@ impl fmt::Display for LoadError {
 
 impl std::error::Error for LoadError {}
 
+/// Where in a resource template a FHIR problem is: the element at fault,
+/// or the object it is missing from (the rule when it cannot be told).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplatePlace {
+    /// Dotted path in the mapping file, e.g. `fhir[2].resource.valueQuantity`.
+    pub field: String,
+    /// 1-based line: the element's key's.
+    pub line: u64,
+}
+
 /// Every problem found while loading one or more mapping files.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct LoadErrors(pub Vec<LoadError>);
@@ -149,11 +159,14 @@ pub enum MapError {
         file: Box<str>,
         /// The line of the resource's rule.
         line: u64,
+        /// The template node the problem is in; not in the message (load
+        /// errors put it in front). Boxed, to keep the error small.
+        at: Box<TemplatePlace>,
         /// The event id.
         event: String,
         /// The checker's message: the FHIR path, what was found and what was
         /// expected, never values.
-        message: String,
+        message: Box<str>,
     },
 }
 

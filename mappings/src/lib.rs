@@ -37,7 +37,7 @@ mod template;
 mod testcase;
 mod yaml_place;
 
-pub use error::{LoadError, LoadErrors, MapError};
+pub use error::{LoadError, LoadErrors, MapError, TemplatePlace};
 pub use expr::PseudonymKey;
 pub use mapping::{Event, LoadOptions, Mapping, MappingSet};
 pub use output::{Aggregation, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent};

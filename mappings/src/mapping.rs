@@ -9,7 +9,7 @@ use minijinja::Value;
 use serde_saphyr::Spanned;
 
 use crate::context::{RUNTIME, Runtime, Scope};
-use crate::error::{Failure, LoadError, LoadErrors, MapError};
+use crate::error::{Failure, LoadError, LoadErrors, MapError, TemplatePlace};
 use crate::expr::{Expr, PseudonymKey};
 use crate::functions::KIUNGO_NS;
 use crate::output::{
@@ -18,7 +18,7 @@ use crate::output::{
 use crate::period::{Calendar, PeriodType};
 use crate::spec::{Method, RawAssert, RawDhis2, RawFhir, RawMapping, RawNode, RawTable};
 use crate::table::Table;
-use crate::template::{self, Tpl};
+use crate::template::{self, Place, Tpl};
 use crate::testcase::TestCase;
 
 /// One event as it arrives from an app.
@@ -87,6 +87,11 @@ struct FhirRule {
     method: Method,
     if_none_exist: Option<Query>,
     template: Tpl,
+    /// The FHIR check of the resources the template makes: its literal
+    /// parts were checked at load.
+    plan: kiungo_fhir_validate::Plan,
+    /// Where each node of the template is, by [`kiungo_fhir_validate::Node::place`].
+    places: Vec<Place>,
 }
 
 /// A conditional request's search query.
@@ -363,7 +368,7 @@ fn compile_fhir(
         );
     }
     let resource_type = match &r.resource.value {
-        RawNode::Map(entries) => match entries.iter().find(|(k, _)| k == "resourceType") {
+        RawNode::Map(entries) => match entries.iter().find(|(k, _)| k.value == "resourceType") {
             Some((
                 _,
                 Spanned {
@@ -440,6 +445,7 @@ fn compile_fhir(
             RawNode::Map(entries) if !entries.is_empty() => {
                 let mut params = Vec::new();
                 for (name, node) in entries {
+                    let name = &name.value;
                     let f = format!("{qfield}.{name}");
                     let ok_name = !name.is_empty()
                         && name
@@ -476,6 +482,7 @@ fn compile_fhir(
         &out_names,
         Some(fhir_names),
     );
+    let (plan, places) = fhir_plan(p, rule, field, &resource_type, method)?;
     Some(FhirRule {
         name: r.name.value.clone(),
         field: field.to_owned(),
@@ -489,7 +496,80 @@ fn compile_fhir(
         method,
         if_none_exist,
         template,
+        plan,
+        places,
     })
+}
+
+/// The FHIR check of a rule's resource template: the shape of the
+/// resources it makes, as `apply_in` makes them (`resourceType` first, then
+/// the UUID `id` of a `PUT`, then the template's other keys), with its
+/// literal parts checked now. Each problem is put at the template node it
+/// is in: a misspelt element at its own key's line. `None` when the
+/// template cannot be used (its problems are in `p`).
+fn fhir_plan(
+    p: &mut Problems<'_>,
+    rule: &Spanned<RawFhir>,
+    field: &str,
+    resource_type: &str,
+    method: Method,
+) -> Option<(kiungo_fhir_validate::Plan, Vec<Place>)> {
+    use kiungo_fhir_validate::{Node, Plan, Shape};
+    let resource = &rule.value.resource;
+    let mut places = Vec::new();
+    let field = field.strip_prefix(p.prefix.as_str()).unwrap_or(field);
+    let root = template::shape(
+        resource,
+        Place {
+            line: resource.referenced.line(),
+            column: resource.referenced.column(),
+            field: format!("{field}.resource"),
+        },
+        &mut places,
+    );
+    let Shape::Object(body) = root.shape else {
+        return None;
+    };
+    let set_id = method == Method::Update;
+    let mut entries = vec![(
+        "resourceType".to_owned(),
+        Node {
+            place: root.place,
+            shape: Shape::Fixed(resource_type.into()),
+        },
+    )];
+    if set_id {
+        entries.push((
+            "id".to_owned(),
+            Node {
+                place: root.place,
+                shape: Shape::Varies,
+            },
+        ));
+    }
+    entries.extend(
+        body.into_iter()
+            .filter(|(k, _)| k != "resourceType" && !(set_id && k == "id")),
+    );
+    let (plan, problems) = Plan::new(
+        resource_type,
+        Node {
+            place: root.place,
+            shape: Shape::Object(entries),
+        },
+    )?;
+    for e in problems {
+        let at = plan
+            .locate(&e)
+            .and_then(|i| places.get(i as usize))
+            .or_else(|| places.first());
+        if let Some(at) = at {
+            // The place's field has no shared-file prefix: `at` adds none.
+            let (f, line, column) = (at.field.clone(), at.line, at.column);
+            p.at(f, line, column, e.to_string());
+        }
+    }
+    Some((plan, places))
 }
 
 /// Compiles a rule's own `let` bindings against `names`, adding each to
@@ -976,20 +1056,39 @@ impl Mapping {
         crate::static_refs::of(self)
     }
 
-    /// File and line of a FHIR rule (a shared file's for an included
-    /// rule), for load errors.
-    fn fhir_place(&self, name: &str) -> (PathBuf, Option<u64>) {
-        match self.fhir.iter().find(|r| r.name == name) {
-            Some(r) => (
-                r.origin.clone().unwrap_or_else(|| self.file.clone()),
-                Some(r.line),
-            ),
-            None => (self.file.clone(), None),
-        }
+    /// The file of a FHIR rule (a shared file's for an included rule), for
+    /// load errors.
+    fn fhir_file(&self, name: &str) -> PathBuf {
+        self.fhir
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.origin.clone())
+            .unwrap_or_else(|| self.file.clone())
     }
 
-    /// A produced resource is not valid FHIR: located at its rule.
-    fn invalid_fhir(&self, rule: &FhirRule, event: &str, message: String) -> MapError {
+    /// A produced resource is not valid FHIR: located at the template node
+    /// the checker's path points into.
+    fn invalid_fhir(
+        &self,
+        rule: &FhirRule,
+        event: &str,
+        error: &kiungo_fhir_validate::FhirError,
+    ) -> MapError {
+        let at = rule
+            .plan
+            .locate(error)
+            .and_then(|i| rule.places.get(i as usize));
+        self.invalid_fhir_at(rule, at, event, error.to_string())
+    }
+
+    /// A produced resource is not valid FHIR, at `at` (else at its rule).
+    fn invalid_fhir_at(
+        &self,
+        rule: &FhirRule,
+        at: Option<&Place>,
+        event: &str,
+        message: String,
+    ) -> MapError {
         MapError::InvalidFhir {
             mapping: self.id.clone(),
             resource: rule.name.as_str().into(),
@@ -1001,9 +1100,47 @@ impl Mapping {
                 .to_string()
                 .into(),
             line: rule.line,
+            at: Box::new(TemplatePlace {
+                field: at.map_or_else(|| rule.field.clone(), |p| p.field.clone()),
+                line: at.map_or(rule.line, |p| p.line),
+            }),
             event: event.to_owned(),
-            message,
+            message: message.into(),
         }
+    }
+
+    /// Resolves the bundle's `urn:uuid` references. When one does not
+    /// resolve, the error is the full check's: the first reference, in
+    /// the order the checker finds them, that does not, with its path.
+    fn resolve_urns(
+        &self,
+        urns: &[kiungo_fhir_validate::Urn],
+        fhir: &[FhirEntry],
+        rules: &[&FhirRule],
+        event: &str,
+    ) -> Result<(), MapError> {
+        let entry_type = |named: &dyn Fn(&str) -> bool| {
+            fhir.iter()
+                .find(|e| named(&e.full_url))
+                .and_then(|e| e.resource.get("resourceType"))
+                .and_then(serde_json::Value::as_str)
+        };
+        if urns
+            .iter()
+            .all(|u| u.resolves(entry_type(&|url| u.names(url))))
+        {
+            return Ok(());
+        }
+        for (entry, rule) in fhir.iter().zip(rules) {
+            let mut refs = Vec::new();
+            kiungo_fhir_validate::validate_in_bundle(&entry.resource, &mut refs)
+                .map_err(|e| self.invalid_fhir(rule, event, &e))?;
+            for urn in refs {
+                urn.resolve(entry_type(&|url| url == urn.reference))
+                    .map_err(|e| self.invalid_fhir(rule, event, &e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the event is one this mapping applies to.
@@ -1185,10 +1322,10 @@ impl Mapping {
         scope_obj.set(&REFS, Value::from_object(refs));
 
         let mut fhir = Vec::with_capacity(included.len());
-        // `urn:uuid` references, with the rule of the resource holding each,
-        // resolved against the bundle once all its entries are made.
+        // The rule of each entry, and the `urn:uuid` references, resolved
+        // against the bundle once all its entries are made.
+        let mut rules: Vec<&FhirRule> = Vec::with_capacity(included.len());
         let mut urns = Vec::new();
-        let mut urn_rules: Vec<&FhirRule> = Vec::new();
         for (rule, item, uuid) in included {
             if let Some(it) = &item {
                 set_item(scope_obj, it);
@@ -1203,8 +1340,9 @@ impl Mapping {
                 self.error_at(&e.field, e.line, label, failure)
             })?;
             let Some(serde_json::Value::Object(body)) = rendered else {
-                return Err(self.invalid_fhir(
+                return Err(self.invalid_fhir_at(
                     rule,
+                    None,
                     &event_id,
                     "the resource rendered empty".into(),
                 ));
@@ -1222,9 +1360,9 @@ impl Mapping {
             let resource = serde_json::Value::Object(resource);
             if validate_fhir {
                 // The checker's messages name elements, never values.
-                kiungo_fhir_validate::validate_in_bundle(&resource, &mut urns)
-                    .map_err(|e| self.invalid_fhir(rule, &event_id, e.to_string()))?;
-                urn_rules.resize(urns.len(), rule);
+                rule.plan
+                    .check(&resource, &mut urns)
+                    .map_err(|e| self.invalid_fhir(rule, &event_id, &e))?;
             }
             let query = match &rule.if_none_exist {
                 Some(q) => Some(self.query(q, scope, label)?),
@@ -1252,16 +1390,11 @@ impl Mapping {
                 resource,
                 request,
             });
+            rules.push(rule);
         }
 
-        for (urn, rule) in urns.iter().zip(urn_rules) {
-            let target = fhir
-                .iter()
-                .find(|e| e.full_url == urn.reference)
-                .and_then(|e| e.resource.get("resourceType"))
-                .and_then(serde_json::Value::as_str);
-            urn.resolve(target)
-                .map_err(|e| self.invalid_fhir(rule, &event_id, e.to_string()))?;
+        if validate_fhir {
+            self.resolve_urns(&urns, &fhir, &rules, &event_id)?;
         }
 
         let mut dhis2 = Vec::with_capacity(self.dhis2.len());
@@ -1687,15 +1820,22 @@ impl MappingSet {
         for m in &set.mappings {
             for tc in m.tests.iter().filter(|tc| !tc.expects_error()) {
                 if let Err(MapError::InvalidFhir {
-                    resource, message, ..
+                    resource,
+                    message,
+                    at,
+                    ..
                 }) = set.map_with(m, &tc.event, &set.test_runtime, true, Calendar::Iso8601)
                 {
-                    let (file, line) = m.fhir_place(&resource);
+                    // Load errors name the shared file, not in the field.
+                    let field = at
+                        .field
+                        .rsplit_once(':')
+                        .map_or(at.field.clone(), |(_, f)| f.to_owned());
                     errors.push(LoadError {
-                        file,
-                        line,
+                        file: m.fhir_file(&resource),
+                        line: Some(at.line),
                         column: None,
-                        field: format!("fhir.{resource}"),
+                        field,
                         message: format!("produces invalid FHIR for test `{}`: {message}", tc.name),
                     });
                 }

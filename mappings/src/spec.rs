@@ -285,8 +285,9 @@ pub(crate) enum RawNode {
     Str(String),
     /// A sequence.
     Seq(Vec<Spanned<RawNode>>),
-    /// A mapping, in file order.
-    Map(Vec<(String, Spanned<RawNode>)>),
+    /// A mapping, in file order, each key with its own place (a template
+    /// problem points at its key's line).
+    Map(Vec<(Spanned<String>, Spanned<RawNode>)>),
 }
 
 impl<'de> Deserialize<'de> for RawNode {
@@ -340,10 +341,10 @@ impl<'de> Visitor<'de> for NodeVisitor {
         Ok(RawNode::Seq(items))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawNode, A::Error> {
-        let mut entries: Vec<(String, Spanned<RawNode>)> = Vec::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if entries.iter().any(|(k, _)| *k == key) {
-                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+        let mut entries: Vec<(Spanned<String>, Spanned<RawNode>)> = Vec::new();
+        while let Some(key) = map.next_key::<Spanned<String>>()? {
+            if entries.iter().any(|(k, _)| k.value == key.value) {
+                return Err(de::Error::custom(format!("duplicate key `{}`", key.value)));
             }
             let value = map.next_value::<Spanned<RawNode>>()?;
             entries.push((key, value));

@@ -5,6 +5,7 @@
 //! `none`, then every object or array left empty, because FHIR forbids
 //! nulls and empty elements.
 
+use kiungo_fhir_validate::{Node, Shape};
 use minijinja::Value;
 use serde_saphyr::Spanned;
 
@@ -50,31 +51,23 @@ pub(crate) fn compile(
 ) -> Tpl {
     let line = node.referenced.line();
     let column = node.referenced.column();
-    match &node.value {
-        RawNode::Null => Tpl::Lit(None),
-        RawNode::Bool(b) => Tpl::Lit(Some(serde_json::Value::Bool(*b))),
-        RawNode::Int(i) => Tpl::Lit(Some(serde_json::Value::from(*i))),
-        RawNode::Float(f) => {
-            Tpl::Lit(serde_json::Number::from_f64(*f).map(serde_json::Value::Number))
-        }
-        RawNode::Str(s) => {
-            if let Some(rest) = s.strip_prefix("==") {
-                Tpl::Lit(Some(serde_json::Value::String(format!("={rest}"))))
-            } else if let Some(src) = s.strip_prefix('=') {
-                match Expr::compile(src, field.to_owned(), line) {
-                    Ok(expr) => {
-                        check(&expr, errors);
-                        Tpl::Expr(Box::new(expr))
-                    }
-                    Err(msg) => {
-                        errors.push((field.to_owned(), line, column, msg));
-                        Tpl::Lit(None)
-                    }
+    match leaf(&node.value) {
+        Some(Leaf::Literal(v)) => return Tpl::Lit(v),
+        Some(Leaf::Expr(src)) => {
+            return match Expr::compile(src, field.to_owned(), line) {
+                Ok(expr) => {
+                    check(&expr, errors);
+                    Tpl::Expr(Box::new(expr))
                 }
-            } else {
-                Tpl::Lit(Some(serde_json::Value::String(s.clone())))
-            }
+                Err(msg) => {
+                    errors.push((field.to_owned(), line, column, msg));
+                    Tpl::Lit(None)
+                }
+            };
         }
+        None => {}
+    }
+    match &node.value {
         RawNode::Seq(items) => fold(Tpl::Array(
             items
                 .iter()
@@ -86,15 +79,123 @@ pub(crate) fn compile(
             entries
                 .iter()
                 .map(|(k, v)| {
-                    let path = if field.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{field}.{k}")
-                    };
-                    (k.clone(), compile(v, &path, errors, check))
+                    (
+                        k.value.clone(),
+                        compile(v, &child(field, &k.value), errors, check),
+                    )
                 })
                 .collect(),
         )),
+        _ => Tpl::Lit(None),
+    }
+}
+
+/// What a scalar node of a template is.
+enum Leaf<'a> {
+    /// A literal: its JSON, `None` for a null (or a float JSON cannot
+    /// hold), which is left out.
+    Literal(Option<serde_json::Value>),
+    /// An expression's source (after the `=`).
+    Expr(&'a str),
+}
+
+/// The scalar `node` as a literal or an expression; `None` for a
+/// sequence or a mapping. A leading `==` escapes a literal `=`.
+fn leaf(node: &RawNode) -> Option<Leaf<'_>> {
+    Some(match node {
+        RawNode::Null => Leaf::Literal(None),
+        RawNode::Bool(b) => Leaf::Literal(Some(serde_json::Value::Bool(*b))),
+        RawNode::Int(i) => Leaf::Literal(Some(serde_json::Value::from(*i))),
+        RawNode::Float(f) => {
+            Leaf::Literal(serde_json::Number::from_f64(*f).map(serde_json::Value::Number))
+        }
+        RawNode::Str(s) => {
+            if let Some(rest) = s.strip_prefix("==") {
+                Leaf::Literal(Some(serde_json::Value::String(format!("={rest}"))))
+            } else if let Some(src) = s.strip_prefix('=') {
+                Leaf::Expr(src)
+            } else {
+                Leaf::Literal(Some(serde_json::Value::String(s.clone())))
+            }
+        }
+        RawNode::Seq(_) | RawNode::Map(_) => return None,
+    })
+}
+
+/// `field.key`, or `key` at the top.
+fn child(field: &str, key: &str) -> String {
+    if field.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{field}.{key}")
+    }
+}
+
+/// Where a template node is in its file, for load errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Place {
+    /// 1-based line: a mapping entry's key's, an item's own.
+    pub(crate) line: u64,
+    /// 1-based column.
+    pub(crate) column: u64,
+    /// Dotted field path, e.g. `fhir[0].resource.code.coding[0].system`.
+    pub(crate) field: String,
+}
+
+/// The shape of what the template `node` (at `place`) renders, as
+/// [`compile`] and [`render`] make it: literal scalars are fixed,
+/// expressions vary, and a node that can give nothing is absent. Each
+/// node's place goes to `places`, indexed by [`Node::place`].
+pub(crate) fn shape(node: &Spanned<RawNode>, place: Place, places: &mut Vec<Place>) -> Node {
+    let index = u32::try_from(places.len()).unwrap_or(u32::MAX);
+    let field = place.field.clone();
+    places.push(place);
+    let shape = match (leaf(&node.value), &node.value) {
+        (Some(Leaf::Literal(Some(v))), _) => Shape::Fixed(v),
+        (Some(Leaf::Literal(None)), _) => Shape::Absent,
+        (Some(Leaf::Expr(_)), _) => Shape::Varies,
+        (None, RawNode::Seq(items)) => {
+            let items: Vec<Node> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    let at = Place {
+                        line: item.referenced.line(),
+                        column: item.referenced.column(),
+                        field: format!("{field}[{i}]"),
+                    };
+                    shape(item, at, places)
+                })
+                .collect();
+            if items.iter().all(|n| n.shape == Shape::Absent) {
+                Shape::Absent
+            } else {
+                Shape::Array(items)
+            }
+        }
+        (None, RawNode::Map(entries)) => {
+            let entries: Vec<(String, Node)> = entries
+                .iter()
+                .map(|(k, v)| {
+                    let at = Place {
+                        line: k.referenced.line(),
+                        column: k.referenced.column(),
+                        field: child(&field, &k.value),
+                    };
+                    (k.value.clone(), shape(v, at, places))
+                })
+                .collect();
+            if entries.iter().all(|(_, n)| n.shape == Shape::Absent) {
+                Shape::Absent
+            } else {
+                Shape::Object(entries)
+            }
+        }
+        (None, _) => Shape::Absent,
+    };
+    Node {
+        place: index,
+        shape,
     }
 }
 

@@ -495,6 +495,27 @@ fhir:
         "{errs:#?}"
     );
 
+    // A misspelt FHIR element in the shared file: in it, at its own line,
+    // the field without the shared file's prefix.
+    std::fs::write(
+        &shared,
+        "let:\n  child_id: event.child\nfhir:\n  - name: patient\n    resource:\n      resourceType: Patient\n      gender: unknown\n      birthdate: =event.date\n",
+    )
+    .expect("write");
+    let errs = MappingSet::load_dir(dir.path(), LoadOptions::default())
+        .expect_err("misspelt element")
+        .0;
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(
+        (&errs[0].file, errs[0].line, errs[0].field.as_str()),
+        (&shared, Some(8), "fhir[0].resource.birthdate"),
+        "{errs:#?}"
+    );
+    assert!(
+        errs[0].message.contains("(did you mean `birthDate`?)"),
+        "{errs:#?}"
+    );
+
     // An unknown key in the shared file, and a shared file that is not
     // named as one.
     std::fs::write(&shared, "lets:\n  x: event.a\n").expect("write");

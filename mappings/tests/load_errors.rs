@@ -211,17 +211,142 @@ fn reference_to_an_unknown_resource() {
 
 #[test]
 fn invalid_fhir_element_is_refused_at_load() {
+    // A literal element the type does not define: at its own line (13),
+    // not the rule's (9), with the template field and the FHIR path.
     let text = GOOD.replace(
         "gender: =event.sex",
         "gender: =event.sex\n      birthdate: '2020-01-01'",
     );
-    assert_one(&text, 9, "fhir.patient", "unknown element `birthdate`");
+    assert_one(
+        &text,
+        13,
+        "fhir[0].resource.birthdate",
+        "invalid Patient at `Patient.birthdate`: unknown element `birthdate` in Patient (did you mean `birthDate`?)",
+    );
 }
 
 #[test]
-fn invalid_fhir_code_is_refused_at_load() {
+fn invalid_fhir_code_from_a_test_event_is_refused_at_load() {
+    // The expression's result for the test event is not in the value set:
+    // found by running the test, located at the expression's key.
     let text = GOOD.replace("sex: female }", "sex: girl }");
-    assert_one(&text, 9, "fhir.patient", "invalid Patient");
+    assert_one(
+        &text,
+        12,
+        "fhir[0].resource.gender",
+        "produces invalid FHIR for test `one`: invalid Patient at `Patient.gender`",
+    );
+}
+
+/// Issue 17: an Immunization rule starting at line 30 whose misspelt
+/// element is on line 40.
+const IMMUNIZATION: &str = r#"id: demo
+version: 1
+description: demo mapping
+source: demo
+event_id: event.id
+let:
+  day: event.date | date
+dhis2:
+  - name: visits
+    data_element: fbfJHSPpUQD
+    org_unit: DiszpKrYNg8
+    period: { type: Monthly, date: day }
+    aggregation: count
+tests:
+  - name: one
+    event: { id: e1, date: "2024-03-15" }
+    expect:
+      event_id: e1
+      dhis2:
+        - { rule: visits, dataElement: fbfJHSPpUQD, period: "202403", orgUnit: DiszpKrYNg8, categoryOptionCombo: HllvX50cXC0, attributeOptionCombo: HllvX50cXC0, value: 1, aggregation: count, date: "2024-03-15" }
+# Padding, so that the rule starts at line 30.
+#
+#
+#
+#
+#
+#
+#
+fhir:
+  - name: shot
+    resource:
+      resourceType: Immunization
+      status: completed
+      vaccineCode:
+        coding:
+          - system: http://hl7.org/fhir/sid/cvx
+            code: "19"
+      patient: { reference: Patient/p1 }
+      primarySource: true
+      occurenceDateTime: =day
+"#;
+
+#[test]
+fn a_misspelt_fhir_element_is_located_on_its_own_line() {
+    let rule = IMMUNIZATION
+        .lines()
+        .position(|l| l.contains("- name: shot"))
+        .map(|i| i + 1);
+    assert_eq!(rule, Some(30), "the rule starts at line 30");
+    let (dir, errs) = errors_of(IMMUNIZATION);
+    // Found when the template is checked, before any test event runs (the
+    // missing occurrence[x] would be the test's problem once it is fixed).
+    let e = errs
+        .iter()
+        .find(|e| e.message.contains("occurenceDateTime"))
+        .unwrap_or_else(|| panic!("{errs:#?}"));
+    assert_eq!(e.file, dir.path().join("m.yaml"));
+    assert_eq!(
+        (e.line, e.column, e.field.as_str()),
+        (Some(40), Some(7), "fhir[0].resource.occurenceDateTime"),
+        "{e}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}:40:7: fhir[0].resource.occurenceDateTime: invalid Immunization at \
+             `Immunization.occurenceDateTime`: unknown element `occurenceDateTime` in \
+             Immunization (did you mean `occurrenceDateTime`?)",
+            dir.path().join("m.yaml").display()
+        )
+    );
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+}
+
+#[test]
+fn a_literal_fhir_error_is_refused_at_load_even_if_no_test_makes_the_resource() {
+    // No test event makes the Immunization (`when` is false for all), so
+    // only the load-time check of the literal parts can find these: a
+    // code outside the required value set (line 34), a system that is no
+    // URI (line 37), both at their keys, with the FHIR path.
+    let text = IMMUNIZATION
+        .replace(
+            "  - name: shot\n",
+            "  - name: shot\n    when: event.id == 'never'\n",
+        )
+        .replace("status: completed", "status: complete")
+        .replace("system: http://hl7.org/fhir/sid/cvx", "system: not a uri")
+        .replace("occurenceDateTime", "occurrenceDateTime");
+    let (dir, errs) = errors_of(&text);
+    let shown: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let file = dir.path().join("m.yaml").display().to_string();
+    assert_eq!(
+        shown,
+        [
+            format!(
+                "{file}:34:7: fhir[0].resource.status: invalid Immunization at \
+                 `Immunization.status`: found a code not in the required value set \
+                 http://hl7.org/fhir/ValueSet/immunization-status (completed, entered-in-error, not-done)"
+            ),
+            format!(
+                "{file}:37:13: fhir[0].resource.vaccineCode.coding[0].system: invalid \
+                 Immunization at `Immunization.vaccineCode.coding[0].system`: expected a \
+                 uri (no whitespace), found text that is not one"
+            ),
+        ],
+        "{errs:#?}"
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::primitive::{Primitive, is_id, is_uuid, kind_of};
 use crate::tables::{Element, Key, Kind, Tables, TypeDef, TypeRef, inv};
-use crate::{FhirError, UrnRef};
+use crate::{FhirError, Urn, UrnRef};
 
 /// One step of the path to the value being checked.
 #[derive(Clone, Copy)]
@@ -36,7 +36,8 @@ impl<'a> Frame<'a> {
         }
     }
 
-    fn child(&'a self, seg: Seg<'a>) -> Self {
+    /// One step further down.
+    pub(crate) fn child(&'a self, seg: Seg<'a>) -> Self {
         Self {
             parent: Some(self),
             seg,
@@ -75,15 +76,26 @@ impl<'a> Frame<'a> {
     }
 }
 
+/// Where the walk puts the `urn:uuid` references it finds, for the bundle
+/// to resolve.
+pub(crate) enum Sink<'u> {
+    /// Nowhere: checked for form only.
+    None,
+    /// With their FHIR path and text ([`UrnRef`]).
+    Refs(&'u mut Vec<UrnRef>),
+    /// As [`Urn`]s, which allocate nothing.
+    Urns(&'u mut Vec<Urn>),
+}
+
 /// The walk's state: the tables, the outermost resource's type (errors
 /// name it) and where `urn:uuid` references go for the bundle to resolve.
 pub(crate) struct Checker<'u> {
     pub(crate) t: &'static Tables,
     pub(crate) resource_type: &'static str,
-    pub(crate) urns: Option<&'u mut Vec<UrnRef>>,
+    pub(crate) urns: Sink<'u>,
 }
 
-type Checked = Result<(), FhirError>;
+pub(crate) type Checked = Result<(), FhirError>;
 
 impl Checker<'_> {
     fn fail(&self, frame: &Frame<'_>, message: impl Into<String>) -> FhirError {
@@ -164,7 +176,13 @@ impl Checker<'_> {
     }
 
     /// Checks one key's value: single or array, then each item.
-    fn element(&mut self, key: &Key, el: &'static Element, v: &Value, here: &Frame<'_>) -> Checked {
+    pub(crate) fn element(
+        &mut self,
+        key: &Key,
+        el: &'static Element,
+        v: &Value,
+        here: &Frame<'_>,
+    ) -> Checked {
         match v {
             Value::Array(items) => {
                 if el.max == Some(1) {
@@ -210,7 +228,13 @@ impl Checker<'_> {
     }
 
     /// Checks one value of an element.
-    fn value(&mut self, key: &Key, el: &'static Element, v: &Value, at: &Frame<'_>) -> Checked {
+    pub(crate) fn value(
+        &mut self,
+        key: &Key,
+        el: &'static Element,
+        v: &Value,
+        at: &Frame<'_>,
+    ) -> Checked {
         match key.ty {
             TypeRef::Primitive(p) => {
                 p.check(v).map_err(|m| self.fail(at, m))?;
@@ -270,7 +294,13 @@ impl Checker<'_> {
 
     /// A Coding or CodeableConcept on a required binding: a coding from the
     /// value set, and no coding of one of its systems outside it.
-    fn coded(&self, el: &Element, ty: &str, obj: &Map<String, Value>, at: &Frame<'_>) -> Checked {
+    pub(crate) fn coded(
+        &self,
+        el: &Element,
+        ty: &str,
+        obj: &Map<String, Value>,
+        at: &Frame<'_>,
+    ) -> Checked {
         let Some(vs) = el
             .binding
             .and_then(|b| self.t.value_sets.get(usize::from(b)))
@@ -319,7 +349,7 @@ impl Checker<'_> {
 
     /// A Reference's `reference`: its form, target type and id; a
     /// `urn:uuid` goes to the bundle to resolve.
-    fn reference(
+    pub(crate) fn reference(
         &mut self,
         el: &'static Element,
         obj: &Map<String, Value>,
@@ -335,13 +365,15 @@ impl Checker<'_> {
             if !is_uuid(u) {
                 return Err(self.fail(at, "a urn:uuid reference needs a lowercase UUID"));
             }
-            if let Some(urns) = self.urns.as_deref_mut() {
-                urns.push(UrnRef {
+            match &mut self.urns {
+                Sink::None => {}
+                Sink::Refs(urns) => urns.push(UrnRef {
                     reference: r.clone(),
                     path: at.path(),
                     resource_type: self.resource_type.to_owned(),
                     targets: &el.targets,
-                });
+                }),
+                Sink::Urns(urns) => urns.push(Urn::new(u, &el.targets)),
             }
             return Ok(());
         }
@@ -411,7 +443,12 @@ impl Checker<'_> {
         Ok(())
     }
 
-    fn invariants(&self, ty: &TypeDef, obj: &Map<String, Value>, frame: &Frame<'_>) -> Checked {
+    pub(crate) fn invariants(
+        &self,
+        ty: &TypeDef,
+        obj: &Map<String, Value>,
+        frame: &Frame<'_>,
+    ) -> Checked {
         let has_value = || obj.keys().any(|k| k.starts_with("value"));
         if ty.invariants & inv::EXT_1 != 0 {
             let nested = obj.contains_key("extension");
@@ -455,7 +492,7 @@ impl Checker<'_> {
     /// An element the type does not define, with the nearest defined name.
     /// A key that does not look like an element name (it may come from
     /// the event's data) is not quoted.
-    fn unknown(&self, ty: &TypeDef, key: &str, frame: &Frame<'_>) -> FhirError {
+    pub(crate) fn unknown(&self, ty: &TypeDef, key: &str, frame: &Frame<'_>) -> FhirError {
         let name_like =
             key.len() <= 64 && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         let shown = if name_like {

@@ -164,9 +164,7 @@ impl Primitive {
             Self::Xhtml => !s.is_empty(),
             Self::Code => is_code(s),
             Self::Id => (1..=64).contains(&s.len()) && s.bytes().all(is_id_byte),
-            Self::Uri | Self::Url | Self::Canonical => {
-                !s.is_empty() && !s.chars().any(char::is_whitespace)
-            }
+            Self::Uri | Self::Url | Self::Canonical => !s.is_empty() && no_space(s),
             Self::Oid => is_oid(s),
             Self::Uuid => s.strip_prefix("urn:uuid:").is_some_and(is_uuid),
             Self::Base64Binary => is_base64(s),
@@ -195,15 +193,39 @@ pub(crate) const fn kind_of(v: &Value) -> &'static str {
     }
 }
 
-/// `[ \r\n\t\S]+`: any text but one made only of other whitespace.
+/// Whether an ASCII byte is whitespace as `\s` and [`char::is_whitespace`]
+/// take it (with the vertical tab, which `u8::is_ascii_whitespace` leaves
+/// out).
+const fn ascii_space(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ')
+}
+
+/// `[ \r\n\t\S]+`: any text but one with other whitespace. ASCII text, the
+/// usual case, is read byte by byte.
 fn has_non_space(s: &str) -> bool {
-    s.chars()
-        .all(|c| !c.is_whitespace() || matches!(c, ' ' | '\r' | '\n' | '\t'))
+    s.bytes().all(|b| b.is_ascii() && b != 0x0B && b != 0x0C)
+        || s.chars()
+            .all(|c| !c.is_whitespace() || matches!(c, ' ' | '\r' | '\n' | '\t'))
+}
+
+/// `\S*`: no whitespace.
+fn no_space(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii() && !ascii_space(b)) || !s.chars().any(char::is_whitespace)
 }
 
 /// `[^\s]+(\s[^\s]+)*`.
 fn is_code(s: &str) -> bool {
     let mut prev_space = true;
+    if s.is_ascii() {
+        for b in s.bytes() {
+            let space = ascii_space(b);
+            if space && prev_space {
+                return false;
+            }
+            prev_space = space;
+        }
+        return !s.is_empty() && !prev_space;
+    }
     for c in s.chars() {
         let space = c.is_whitespace();
         if space && prev_space {
