@@ -117,12 +117,14 @@ fn value(de: &str, coc: &str, v: &str) -> DataValue {
     }
 }
 
-fn summary(r: &Report) -> [usize; 4] {
+/// Matching, missing, different, not from Kiungo, pending.
+fn summary(r: &Report) -> [usize; 5] {
     [
         r.matching,
         r.count(DriftKind::Missing),
         r.count(DriftKind::Different),
         r.count(DriftKind::NotFromKiungo),
+        r.count(DriftKind::Pending),
     ]
 }
 
@@ -154,7 +156,7 @@ async fn reconcile_finds_hand_edits_and_repair_restores_kiungos_totals(backend: 
     let clean = reconcile(&reader, &store, &request)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&clean), [3, 0, 0, 0], "{clean:?}");
+    assert_eq!(summary(&clean), [3, 0, 0, 0, 0], "{clean:?}");
     // The same from the district down: DHIS2 reads Bo's subtree
     // (`children=true`), which holds Ngelehun's values.
     let district = Request {
@@ -165,7 +167,7 @@ async fn reconcile_finds_hand_edits_and_repair_restores_kiungos_totals(backend: 
     let from_above = reconcile(&reader, &store, &district)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&from_above), [3, 0, 0, 0], "{from_above:?}");
+    assert_eq!(summary(&from_above), [3, 0, 0, 0, 0], "{from_above:?}");
 
     // By hand in DHIS2: DE_23 edited, OPV deleted (a lost push), a value
     // Kiungo never produces entered.
@@ -185,7 +187,7 @@ async fn reconcile_finds_hand_edits_and_repair_restores_kiungos_totals(backend: 
     let drift = reconcile(&reader, &store, &request)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&drift), [1, 1, 1, 1], "{drift:?}");
+    assert_eq!(summary(&drift), [1, 1, 1, 1, 0], "{drift:?}");
     let row = |kind| {
         drift
             .drift
@@ -233,7 +235,20 @@ async fn reconcile_finds_hand_edits_and_repair_restores_kiungos_totals(backend: 
     let after = reconcile(&reader, &store, &request)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&after), [3, 0, 0, 1], "{after:?}");
+    assert_eq!(summary(&after), [3, 0, 0, 1, 0], "{after:?}");
+    // A new event changes all three totals; until the worker pushes them
+    // they are pending, not drift, and a repair would not touch them.
+    commit(&store, "e3").await;
+    let changing = reconcile(&reader, &store, &request)
+        .await
+        .expect("reconcile");
+    assert_eq!(summary(&changing), [0, 0, 0, 1, 3], "{changing:?}");
+    assert!(changing.repairable().is_empty());
+    assert_eq!(push(&w, &clock).await, (3, 0));
+    let pushed = reconcile(&reader, &store, &request)
+        .await
+        .expect("reconcile");
+    assert_eq!(summary(&pushed), [3, 0, 0, 1, 0], "{pushed:?}");
     // The value entered by hand is still there, untouched.
     let held = sandbox.dhis2_values();
     let hand = held["dataValues"]
@@ -265,11 +280,11 @@ async fn one_org_unit_and_nothing_stored(backend: Backend) {
         children: false,
     };
     let r = reconcile(&reader, &store, &other).await.expect("reconcile");
-    assert_eq!(summary(&r), [0, 0, 0, 0], "{r:?}");
+    assert_eq!(summary(&r), [0, 0, 0, 0, 0], "{r:?}");
     // Bo with its children: Ngelehun lies below it (Bo / Badjia /
     // Ngelehun in DHIS2's hierarchy), and DHIS2 holds none of Kiungo's
-    // three totals there: all three missing, although DHIS2 answered no
-    // value for Ngelehun.
+    // three totals there: all three reported, although DHIS2 answered no
+    // value for Ngelehun (pending: never pushed yet).
     let subtree = Request {
         children: true,
         ..other.clone()
@@ -277,7 +292,7 @@ async fn one_org_unit_and_nothing_stored(backend: Backend) {
     let r = reconcile(&reader, &store, &subtree)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&r), [0, 3, 0, 0], "{r:?}");
+    assert_eq!(summary(&r), [0, 0, 0, 0, 3], "{r:?}");
     // Bombali with its children: Ngelehun is elsewhere.
     let elsewhere = Request {
         org_unit: Some("fdc6uOvgoji".into()),
@@ -287,14 +302,14 @@ async fn one_org_unit_and_nothing_stored(backend: Backend) {
     let r = reconcile(&reader, &store, &elsewhere)
         .await
         .expect("reconcile");
-    assert_eq!(summary(&r), [0, 0, 0, 0], "{r:?}");
-    // Ngelehun, never pushed: all three missing.
+    assert_eq!(summary(&r), [0, 0, 0, 0, 0], "{r:?}");
+    // Ngelehun, never pushed: all three pending, not missing.
     let here = Request {
         org_unit: Some(NGELEHUN.into()),
         ..other
     };
     let r = reconcile(&reader, &store, &here).await.expect("reconcile");
-    assert_eq!(summary(&r), [0, 3, 0, 0], "{r:?}");
+    assert_eq!(summary(&r), [0, 0, 0, 0, 3], "{r:?}");
     // An unknown data set is DHIS2's 404, named.
     let bad = Request {
         data_set: "NoSuchSet01".into(),
@@ -394,11 +409,27 @@ async fn the_command_prints_csv_and_repairs() {
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
     let store = Store::open(&db.config).await.expect("open");
     commit(&store, "e1").await;
+    // Pushed, then lost in DHIS2 (deleted by hand): missing, not pending.
+    let clock = ManualClock::at(kiungo::store::now_ms());
+    let w = worker(
+        &store,
+        Dhis2Sink::new(client(&sandbox, &dir), Duration::from_secs(3600)),
+        &clock,
+    );
+    assert_eq!(push(&w, &clock).await, (3, 0));
     let reader = client(&sandbox, &dir);
     reader
-        .post_data_values(&[value(BY_HAND, OUTREACH_UNDER_1, "9")], None)
+        .post_data_values(
+            &[
+                value(BY_HAND, OUTREACH_UNDER_1, "9"),
+                value(BCG, OUTREACH_UNDER_1, ""),
+                value(DE_23, OUTREACH_UNDER_1, ""),
+                value(OPV, OUTREACH_UNDER_1, ""),
+            ],
+            None,
+        )
         .await
-        .expect("entered by hand");
+        .expect("edited by hand");
     let yaml = format!(
         "store:\n  url: '{}'\ndestinations:\n  dhis2:\n    server:\n      base_url: '{}'\n\
          \x20     auth: {{type: basic, username: admin, password: {{file: '{}'}}}}\n",

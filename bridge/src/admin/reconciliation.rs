@@ -80,11 +80,7 @@ pub async fn reconciliation(
     match reconcile(client, &state.store, &request).await {
         Ok(report) => {
             let mut v = serde_json::to_value(&report).unwrap_or_default();
-            for kind in [
-                DriftKind::Missing,
-                DriftKind::Different,
-                DriftKind::NotFromKiungo,
-            ] {
+            for kind in DriftKind::ALL {
                 v[kind.as_str()] = report.count(kind).into();
             }
             HttpResponse::Ok().json(v)

@@ -22,6 +22,10 @@ pub enum DriftKind {
     Different,
     /// DHIS2 holds a value Kiungo never produced: report only.
     NotFromKiungo,
+    /// Kiungo's total is not in DHIS2 yet, or differs, because it changed
+    /// since its last push and the DHIS2 worker has not sent it yet
+    /// (settling, retrying, or DHIS2 unreachable): on its way, not drift.
+    Pending,
 }
 
 impl DriftKind {
@@ -31,12 +35,28 @@ impl DriftKind {
             Self::Missing => "missing",
             Self::Different => "different",
             Self::NotFromKiungo => "not_from_kiungo",
+            Self::Pending => "pending",
         }
     }
 
-    /// Whether `--repair` re-pushes Kiungo's total for it.
+    /// Every kind, in report order.
+    pub const ALL: [Self; 4] = [
+        Self::Missing,
+        Self::Different,
+        Self::NotFromKiungo,
+        Self::Pending,
+    ];
+
+    /// Whether `--repair` re-pushes Kiungo's total for it (a pending
+    /// total is pushed anyway).
     pub fn repairable(self) -> bool {
-        !matches!(self, Self::NotFromKiungo)
+        matches!(self, Self::Missing | Self::Different)
+    }
+
+    /// Whether it counts as drift (the exit code, the drift gauge): a
+    /// pending total does not.
+    pub fn is_drift(self) -> bool {
+        !matches!(self, Self::Pending)
     }
 }
 
@@ -160,6 +180,14 @@ pub fn compare(
                 .or_insert_with(|| (String::new(), written.clone()));
         }
     }
+    // A total that changed since its last push is on its way.
+    let missing_or_pending = |kind, written: &TotalKey| {
+        if kiungo.pending.contains(written) {
+            DriftKind::Pending
+        } else {
+            kind
+        }
+    };
     let drift = |kind, key: &TotalKey, kiungo: String, dhis2: Option<String>, written| Drift {
         kind,
         data_element: key.0.clone(),
@@ -177,7 +205,7 @@ pub fn compare(
             // Withdrawn on both sides: nothing to say.
             None if value.is_empty() => {}
             None => report.drift.push(drift(
-                DriftKind::Missing,
+                missing_or_pending(DriftKind::Missing, written),
                 key,
                 value.clone(),
                 None,
@@ -185,7 +213,7 @@ pub fn compare(
             )),
             Some(v) if same(&v, value) => report.matching += 1,
             Some(v) => report.drift.push(drift(
-                DriftKind::Different,
+                missing_or_pending(DriftKind::Different, written),
                 key,
                 value.clone(),
                 Some(v),

@@ -44,9 +44,9 @@ pub fn render(report: &Report, format: Format) -> String {
     match format {
         Format::Json => {
             let mut v = serde_json::to_value(report).unwrap_or_default();
-            v["missing"] = report.count(DriftKind::Missing).into();
-            v["different"] = report.count(DriftKind::Different).into();
-            v["not_from_kiungo"] = report.count(DriftKind::NotFromKiungo).into();
+            for kind in DriftKind::ALL {
+                v[kind.as_str()] = report.count(kind).into();
+            }
             out = serde_json::to_string_pretty(&v).unwrap_or_default();
             out.push('\n');
         }
@@ -95,13 +95,14 @@ pub fn render(report: &Report, format: Format) -> String {
             }
             let _ = writeln!(
                 out,
-                "data set {} period {}: {} matching, {} missing, {} different, {} not from kiungo, {} unresolved",
+                "data set {} period {}: {} matching, {} missing, {} different, {} not from kiungo, {} pending (not pushed yet), {} unresolved",
                 report.data_set,
                 report.period,
                 report.matching,
                 report.count(DriftKind::Missing),
                 report.count(DriftKind::Different),
                 report.count(DriftKind::NotFromKiungo),
+                report.count(DriftKind::Pending),
                 report.unresolved,
             );
         }
@@ -164,7 +165,7 @@ mod tests {
                 .is_some_and(|l| l.starts_with("not_from_kiungo"))
         );
         assert!(t.ends_with(
-            "data set BfMAe6Itzgt period 202401: 2 matching, 0 missing, 0 different, 1 not from kiungo, 0 unresolved\n"
+            "data set BfMAe6Itzgt period 202401: 2 matching, 0 missing, 0 different, 1 not from kiungo, 0 pending (not pushed yet), 0 unresolved\n"
         ));
     }
 }

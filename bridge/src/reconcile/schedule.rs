@@ -145,14 +145,11 @@ async fn run_one(
         let report = reconcile(client, store, &request)
             .await
             .map_err(|e| crate::delivery::sinks::redact(&e.to_string()))?;
-        drift += [
-            DriftKind::Missing,
-            DriftKind::Different,
-            DriftKind::NotFromKiungo,
-        ]
-        .iter()
-        .map(|k| i64::try_from(report.count(*k)).unwrap_or(i64::MAX))
-        .sum::<i64>();
+        drift += DriftKind::ALL
+            .iter()
+            .filter(|k| k.is_drift())
+            .map(|k| i64::try_from(report.count(*k)).unwrap_or(i64::MAX))
+            .sum::<i64>();
     }
     Ok(drift)
 }

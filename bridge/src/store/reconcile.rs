@@ -8,7 +8,7 @@
 //! set: proportional to the period's totals of the set, never to the
 //! table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::Row;
 
@@ -26,6 +26,9 @@ pub struct KiungoTotals {
     /// Every total DHIS2 accepted from Kiungo → the value accepted (empty
     /// for a deletion).
     pub pushed: BTreeMap<TotalKey, String>,
+    /// Totals that changed since their last push (still in
+    /// `dhis2_dirty`): the worker has yet to send them.
+    pub pending: BTreeSet<TotalKey>,
 }
 
 impl Store {
@@ -91,6 +94,22 @@ impl Store {
                 let key = total_key(&row)?;
                 if wanted(&key) {
                     out.pushed.insert(key, row.try_get(5)?);
+                }
+            }
+            // The dirty totals: the primary key's prefix, one probe.
+            let rows = query(
+                self.backend,
+                "SELECT data_element, period, org_unit, coc, aoc FROM dhis2_dirty \
+                 WHERE data_element = $1 AND period = $2"
+                    .to_owned(),
+                vec![de.as_str().into(), period.into()],
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for row in rows {
+                let key = total_key(&row)?;
+                if wanted(&key) {
+                    out.pending.insert(key);
                 }
             }
         }
