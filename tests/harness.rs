@@ -112,6 +112,9 @@ pub async fn publish(url: &str, prefix: &str, messages: &[Message]) -> anyhow::R
     publisher.close().await
 }
 
+/// How many times a nacked publish is tried.
+const NACK_ROUNDS: u64 = 10;
+
 /// A confirmed publisher on one connection.
 #[derive(Debug)]
 pub struct Publisher {
@@ -165,33 +168,53 @@ impl Publisher {
             }
         }
         for chunk in messages.chunks(500) {
-            let mut confirms = Vec::with_capacity(chunk.len());
-            for m in chunk {
-                let props = BasicProperties::default()
-                    .with_message_id(m.message_id.as_str().into())
-                    .with_timestamp(m.timestamp)
-                    .with_delivery_mode(2)
-                    .with_content_type("application/json".into());
-                confirms.push(
-                    self.channel
-                        .basic_publish(
-                            "".into(),
-                            queue_for(&self.prefix, &m.source).into(),
-                            BasicPublishOptions::default(),
-                            &m.body,
-                            props,
-                        )
-                        .await?,
-                );
-            }
-            for c in join_all(confirms).await {
-                let c = c?;
-                if !c.is_ack() {
-                    bail!("broker did not confirm a publish: {c:?}");
+            // A nack means the broker did not take the message (a quorum
+            // queue whose leader is not known yet, on a busy machine):
+            // publish it again, as any publisher must, a few times.
+            let mut todo: Vec<&Message> = chunk.iter().collect();
+            for round in 0..NACK_ROUNDS {
+                let mut confirms = Vec::with_capacity(todo.len());
+                for m in &todo {
+                    confirms.push(self.publish_one(m).await?);
                 }
+                let mut nacked = Vec::new();
+                for (m, c) in todo.iter().zip(join_all(confirms).await) {
+                    if !c?.is_ack() {
+                        nacked.push(*m);
+                    }
+                }
+                if nacked.is_empty() {
+                    break;
+                }
+                if round + 1 == NACK_ROUNDS {
+                    bail!(
+                        "broker did not confirm {} publish(es) after {NACK_ROUNDS} tries",
+                        nacked.len()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(200 * (round + 1))).await;
+                todo = nacked;
             }
         }
         Ok(())
+    }
+
+    async fn publish_one(&self, m: &Message) -> anyhow::Result<lapin::PublisherConfirm> {
+        let props = BasicProperties::default()
+            .with_message_id(m.message_id.as_str().into())
+            .with_timestamp(m.timestamp)
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        Ok(self
+            .channel
+            .basic_publish(
+                "".into(),
+                queue_for(&self.prefix, &m.source).into(),
+                BasicPublishOptions::default(),
+                &m.body,
+                props,
+            )
+            .await?)
     }
 
     /// Closes the connection.
