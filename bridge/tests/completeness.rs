@@ -470,8 +470,12 @@ async fn failures_retry_behind_the_circuit_and_refusals_are_parked(backend: Back
     assert!(s.completeness().await.held, "open circuit: nothing sent");
     assert_eq!(s.dhis2.calls().len(), 1);
 
-    // After the cool-down, a probe; DHIS2 answers, both are registered.
+    // After the cool-down the value pushes probe (here with nothing to
+    // send, which closes the circuit); then both are registered.
     s.clock.advance(Duration::from_secs(30));
+    assert!(s.completeness().await.held, "the value pushes probe first");
+    assert_eq!(s.values.run_once().await.expect("probe").claimed, 0);
+    assert_eq!(s.pass.circuit.state(), CircuitState::Closed);
     assert_eq!(s.completeness().await.delivered, 2);
     assert_eq!(s.pass.circuit.state(), CircuitState::Closed);
     assert_eq!(s.dhis2.calls().len(), 3);
@@ -537,8 +541,10 @@ async fn failures_retry_behind_the_circuit_and_refusals_are_parked(backend: Back
     }
     assert_eq!(s.completeness().await.retried, 1);
     s.clock.advance(Duration::from_secs(300));
+    s.values.run_once().await.expect("probe");
     assert_eq!(s.completeness().await.retried, 1);
     s.clock.advance(Duration::from_secs(301));
+    s.values.run_once().await.expect("probe");
     assert_eq!(s.completeness().await.parked, 1);
     let exhausted = s
         .store

@@ -208,21 +208,20 @@ impl<D: CompletenessDestination> CompletenessWorker<D> {
     /// the rows due, register or undo what the values say.
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
         let now = self.clock.now_ms();
-        if !self.circuit.allow(now) {
+        // Only while the circuit is closed: after a cool-down the value
+        // pushes send the one probe, and this pass follows their outcome.
+        if self.circuit.state() != CircuitState::Closed {
             return Ok(PassReport {
                 held: true,
                 ..PassReport::default()
             });
         }
-        let probe = matches!(self.circuit.state(), CircuitState::HalfOpen);
-        let mut asked = false;
         let refresh = super::ms(self.metadata_refresh);
         let stale = self
             .metadata
             .get()
             .is_none_or(|f| now.saturating_sub(f.at) >= refresh);
         if stale {
-            asked = true;
             if let Err(f) = self.fetch_metadata(now).await {
                 self.circuit.failure(now);
                 if limiter()
@@ -267,27 +266,15 @@ impl<D: CompletenessDestination> CompletenessWorker<D> {
             })
             .await?;
 
-        let claimed = match self
+        let claimed = self
             .store
             .claim_completeness(self.batch, now, super::ms(self.lease))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if probe && !asked {
-                    self.circuit.failure(now);
-                }
-                return Err(e);
-            }
-        };
+            .await?;
         let mut report = PassReport {
             claimed: drained + claimed.len(),
             ..PassReport::default()
         };
         if claimed.is_empty() {
-            if probe && !asked {
-                self.circuit.success();
-            }
             return Ok(report);
         }
 
@@ -296,7 +283,14 @@ impl<D: CompletenessDestination> CompletenessWorker<D> {
             Vec::with_capacity(claimed.len());
         for c in claimed {
             let result = match &down {
+                // DHIS2 failed this pass: the rest is retried on the
+                // schedule, as a failed push retries its whole batch.
                 Some(f) => self.retry_result(&c, f, self.clock.now_ms()),
+                // The value pushes opened the circuit meanwhile: due
+                // again, claimed once it closes.
+                None if self.circuit.state() != CircuitState::Closed => {
+                    CompletenessResult::Postponed { until: now }
+                }
                 None => {
                     let (result, failure) = self.look_at(&c, &fetched, now).await?;
                     down = failure;
