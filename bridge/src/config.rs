@@ -398,6 +398,41 @@ mod tests {
         assert!(config.rabbitmq.is_some());
     }
 
+    /// The example's commented `destinations:` block (both destinations,
+    /// reconciliation, completeness) is valid once uncommented.
+    #[test]
+    fn example_destinations_are_valid_when_uncommented() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kiungo.example.yaml");
+        let text = std::fs::read_to_string(&file).expect("example");
+        let mut uncommented = String::new();
+        let mut inside = false;
+        for line in text.lines() {
+            if line == "# destinations:" {
+                inside = true;
+            } else if inside && !line.starts_with('#') {
+                inside = false;
+            }
+            let line = if inside {
+                line.strip_prefix("# ").unwrap_or(line)
+            } else {
+                line
+            };
+            uncommented.push_str(line);
+            uncommented.push('\n');
+        }
+        let config: Config =
+            crate::yaml_problems::from_str_all(&uncommented, &file).expect("parses");
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let dhis2 = config.destinations.dhis2.expect("dhis2");
+        assert!(config.destinations.fhir.is_some());
+        assert!(dhis2.reconcile.is_some());
+        assert_eq!(dhis2.completeness.len(), 1);
+        assert_eq!(
+            dhis2.completeness[0].grace,
+            Duration::from_secs(2 * 24 * 3600)
+        );
+    }
+
     #[test]
     fn destinations_parse_and_secret_files_are_relative_to_the_config() {
         let dir = tempfile::tempdir().expect("dir");

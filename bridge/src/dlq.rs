@@ -9,7 +9,9 @@
 //!   back into the outbox, due now; after the payload is purged, the stored
 //!   bundle is sent again as it was;
 //! - `dhis2`: the total is marked for a new push (after a metadata fix),
-//!   recomputed from the contributions at that time.
+//!   recomputed from the contributions at that time; a refused data set
+//!   completeness registration is looked at again by the completeness
+//!   pass (registered if DHIS2 still holds values of the set there).
 //!
 //! Every replay and discard is written to the audit log with the actor.
 
@@ -41,7 +43,8 @@ pub enum ReplayResult {
         /// The mapping that produced the new bundle.
         mapping: String,
     },
-    /// The DHIS2 total will be pushed again.
+    /// The DHIS2 total will be pushed again (or the completeness
+    /// registration sent again).
     Remarked,
     /// No such dead letter.
     NotFound,
@@ -89,6 +92,27 @@ pub async fn replay(
                     .and_then(serde_json::Value::as_str)
                     .map(str::to_owned)
             };
+            if let (Some(data_set), Some(period), Some(org_unit)) =
+                (field("dataSet"), field("period"), field("orgUnit"))
+            {
+                let key = crate::store::CompletenessKey {
+                    data_set,
+                    period,
+                    org_unit,
+                };
+                return finish_replay(
+                    store,
+                    id,
+                    actor,
+                    now,
+                    if store.recheck_completeness(&key, now).await? {
+                        ReplayResult::Remarked
+                    } else {
+                        ReplayResult::NoPayload
+                    },
+                )
+                .await;
+            }
             match (
                 field("dataElement"),
                 field("period"),
@@ -129,6 +153,18 @@ pub async fn replay(
             }
         }
     };
+    finish_replay(store, id, actor, now, result).await
+}
+
+/// Records a replay's result (audited): the letter is resolved when the
+/// replay took.
+async fn finish_replay(
+    store: &Store,
+    id: i64,
+    actor: &str,
+    now: i64,
+    result: ReplayResult,
+) -> Result<ReplayResult, StoreError> {
     let resolved = matches!(
         result,
         ReplayResult::Ingested { .. } | ReplayResult::Requeued | ReplayResult::Remarked

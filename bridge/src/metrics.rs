@@ -101,6 +101,15 @@ pub struct DataSetLabels {
     pub data_set: String,
 }
 
+/// `{data_set, result}`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompletenessLabels {
+    /// A DHIS2 data set UID from `destinations.dhis2.completeness`.
+    pub data_set: String,
+    /// `registered`, `undone`, `retried` or `parked`.
+    pub result: String,
+}
+
 /// `{result}`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
@@ -144,6 +153,9 @@ pub struct Metrics {
     /// Keys where DHIS2 and Kiungo differ, per data set, as the last
     /// scheduled reconciliation found them.
     pub dhis2_drift: Family<DataSetLabels, Gauge>,
+    /// Data set completeness registrations and undos, by data set and
+    /// result.
+    pub dhis2_completeness: Family<CompletenessLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -245,6 +257,12 @@ impl Metrics {
             "Values where DHIS2 differs from Kiungo's totals (missing, different, not from Kiungo) in the last scheduled reconciliation, per data set",
             dhis2_drift.clone(),
         );
+        let dhis2_completeness = Family::<CompletenessLabels, Counter>::default();
+        registry.register(
+            "dhis2_completeness",
+            "Data set completeness registrations (registered, undone) and failures (retried, parked), per data set",
+            dhis2_completeness.clone(),
+        );
         Self {
             registry,
             known_sources: RwLock::new(HashSet::new()),
@@ -264,7 +282,19 @@ impl Metrics {
             feedback,
             feedback_pending,
             dhis2_drift,
+            dhis2_completeness,
         }
+    }
+
+    /// Counts one completeness result
+    /// (`kiungo_dhis2_completeness_total{data_set,result}`).
+    pub fn completeness(&self, data_set: &str, result: &str) {
+        self.dhis2_completeness
+            .get_or_create(&CompletenessLabels {
+                data_set: data_set.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Sets `kiungo_dhis2_drift_values{data_set}`.

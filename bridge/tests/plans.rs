@@ -1,6 +1,7 @@
 //! Plan tests: every statement on a hot path (ingest commit, FHIR claim,
-//! record and lease sweep, DHIS2 claim, recompute and finish, feedback
-//! rounds, retention, the gauges, reconciliation's reads) must cost in
+//! record and lease sweep, DHIS2 claim, recompute and finish, data set
+//! completeness, feedback rounds, retention, the gauges,
+//! reconciliation's reads) must cost in
 //! proportion to its own work, not to the size of the store. Each test loads a store with a large
 //! backlog (tens of thousands of rows per table, generated in one
 //! statement each), runs the real operations while recording every
@@ -19,7 +20,8 @@ mod support;
 use kiungo::store::plan::{Recorded, record};
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{
-    Backend, Delivery, DestinationUpdate, Ingest, Rejection, StatusOrigin, Store, TotalResult,
+    Backend, CompletenessResult, CompletenessTarget, Delivery, DestinationUpdate, Ingest,
+    Rejection, StatusOrigin, Store, TotalResult,
 };
 use kiungo_mappings::MappingSet;
 use serde_json::Value;
@@ -40,6 +42,8 @@ const LARGE: &[&str] = &[
     "audit_log",
     "fhir_placed",
     "fhir_withdrawals",
+    "dhis2_completeness",
+    "dhis2_completeness_changes",
 ];
 
 /// A CHT visit as the committer receives it; the transport fields do
@@ -51,7 +55,9 @@ fn ingest(set: &MappingSet, payload: &Value) -> Ingest {
 /// The backlog: `BACKLOG` events over four sources (`bk-<i>`), each with
 /// a version, a FHIR bundle (60 % pending, 20 % delivered, some in
 /// flight, dead, superseded) and a DHIS2 contribution; every total dirty
-/// and pushed; dead letters; unpublished status messages. Payloads are
+/// and pushed; dead letters; unpublished status messages; as many data
+/// set completeness rows (1 % due, the rest registered with nothing to
+/// do) and half as many completeness notes waiting. Payloads are
 /// kept for a fifth of the events (half of them still needed by a
 /// pending bundle), bundles where delivery needs them and for a few
 /// thousand delivered or superseded rows not yet purged.
@@ -104,6 +110,11 @@ fn backlog_sql(backend: Backend) -> String {
            CASE WHEN i % 3 = 0 THEN 'open' WHEN i % 3 = 1 THEN 'replayed' ELSE 'discarded' END, i, i, \
            CASE WHEN i % 4 = 0 THEN 0 ELSE 1 END, {blob}, CASE WHEN i % 3 <> 0 THEN i END \
          FROM n WHERE i % 8 = 0; \
+         {n} INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, registered, check_at, updated_at) \
+         SELECT 'ds' || (i % 3), '2026' || (i % 9 + 10), 'ou' || i, 0, CASE WHEN i % 100 = 0 THEN 0 ELSE 1 END, \
+           CASE WHEN i % 100 = 0 THEN i WHEN i % 100 = 1 THEN 9000000000000 END, 0 FROM n; \
+         {n} INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied) \
+         SELECT 'de' || (i % 7), '2026' || (i % 9 + 10), 'ouc' || i, 1, i % 5 / 4 FROM n WHERE i % 2 = 0; \
          {analyze}"
     )
 }
@@ -299,9 +310,69 @@ async fn hot_statements_stay_proportional(backend: Backend) {
             (t.clone(), r)
         })
         .collect();
-    let (out, st) = record(store.finish_totals(&results, now)).await;
+    let (out, st) = record(store.finish_totals_noting(&results, now, true)).await;
     out.expect("finish totals");
     check(&store, "DHIS2 finish", &st, &[], &mut problems).await;
+
+    // Completeness: notes drained into rows, due rows claimed, a row's
+    // values read, each kind of result recorded, a replay's recheck.
+    let (out, st) = record(store.drain_completeness_changes(100, now, |c| {
+        vec![CompletenessTarget {
+            data_set: format!("ds{}", c.data_element.len() % 3),
+            due_at: now - 1,
+        }]
+    }))
+    .await;
+    assert_eq!(out.expect("drain"), 100);
+    // The notes are a queue: every row is work, and the walk stops at
+    // the batch.
+    check(
+        &store,
+        "completeness drain",
+        &st,
+        &[
+            "SCAN dhis2_completeness_changes",
+            "Seq Scan on dhis2_completeness_changes",
+        ],
+        &mut problems,
+    )
+    .await;
+    let (claimed, st) = record(store.claim_completeness(50, now, 60_000)).await;
+    let claimed = claimed.expect("claim completeness");
+    assert_eq!(claimed.len(), 50, "the backlog has due rows");
+    check(&store, "completeness claim", &st, &[], &mut problems).await;
+    let des = ["de3".to_owned(), "code:DE_3".to_owned()];
+    let (out, st) = record(store.completeness_values(&des, "202612", "ou3")).await;
+    out.expect("values");
+    check(&store, "completeness values", &st, &[], &mut problems).await;
+    let results: Vec<_> = claimed
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let r = match i % 6 {
+                0 => CompletenessResult::Registered,
+                1 => CompletenessResult::Undone,
+                2 => CompletenessResult::Settled,
+                3 => CompletenessResult::Postponed { until: now + 1_000 },
+                4 => CompletenessResult::Retry {
+                    next_attempt_at: now + 1_000,
+                    error: "503".into(),
+                },
+                _ => CompletenessResult::Refused {
+                    code: "dhis2_conflict".into(),
+                    message: "not assigned".into(),
+                    undo: false,
+                },
+            };
+            (c.clone(), r)
+        })
+        .collect();
+    let (out, st) = record(store.finish_completeness(&results, now)).await;
+    out.expect("finish completeness");
+    check(&store, "completeness finish", &st, &[], &mut problems).await;
+    let (out, st) = record(store.recheck_completeness(&claimed[0].key, now)).await;
+    assert!(out.expect("recheck"));
+    check(&store, "completeness recheck", &st, &[], &mut problems).await;
 
     // Status messages back to apps: a round and its marks.
     let (round, st) = record(store.pending_statuses(100)).await;

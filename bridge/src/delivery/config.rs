@@ -113,6 +113,13 @@ pub struct Dhis2DestinationConfig {
     /// `kiungo_dhis2_drift_values{data_set}`. Off when absent.
     #[serde(default)]
     pub reconcile: Option<crate::reconcile::schedule::ReconcileSchedule>,
+    /// Register data set completeness with DHIS2: for each listed data
+    /// set, once a period has ended plus its `grace`, each org unit where
+    /// DHIS2 holds values of the set from Kiungo is registered complete,
+    /// once; undone if all its values are withdrawn. Off when absent
+    /// (`docs/dhis2-completeness.md` says when to turn it on).
+    #[serde(default)]
+    pub completeness: Vec<super::completeness::CompletenessConfig>,
 }
 
 /// `circuit:` of a destination.
@@ -185,6 +192,10 @@ impl DestinationsConfig {
             if let Some(r) = &d.reconcile {
                 out.extend(r.problems("destinations.dhis2.reconcile"));
             }
+            out.extend(super::completeness::problems(
+                &d.completeness,
+                "destinations.dhis2.completeness",
+            ));
             if d.lease <= d.server.timeout {
                 out.push("destinations.dhis2.lease: must be longer than server.timeout".into());
             }
@@ -202,6 +213,39 @@ mod tests {
             "dhis2:\n  server: {{base_url: 'http://dhis2.example', auth: {{type: none}}}}\n  calendar: {calendar}\n"
         ))
         .expect("parses")
+    }
+
+    #[test]
+    fn completeness_is_read_checked_and_refuses_unknown_fields() {
+        let config: DestinationsConfig = serde_saphyr::from_str(
+            "dhis2:\n  server: {base_url: 'http://dhis2.example', auth: {type: none}}\n  completeness:\n    - {data_set: QX4ZTUbOt3a, grace: 2d}\n    - {data_set: BfMAe6Itzgt, grace: 12h}\n",
+        )
+        .expect("parses");
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let sets = config.dhis2.map(|d| d.completeness).unwrap_or_default();
+        assert_eq!(sets.len(), 2);
+        assert_eq!(sets[1].grace, Duration::from_secs(12 * 3600));
+
+        let bad: DestinationsConfig = serde_saphyr::from_str(
+            "dhis2:\n  server: {base_url: 'http://dhis2.example', auth: {type: none}}\n  completeness:\n    - {data_set: 'code:ANC', grace: 2d}\n",
+        )
+        .expect("parses");
+        assert_eq!(
+            bad.problems(),
+            vec![
+                "destinations.dhis2.completeness[0].data_set: `code:ANC` is not a DHIS2 UID (11 letters and digits, the first a letter)"
+            ]
+        );
+        let err = serde_saphyr::from_str::<DestinationsConfig>(
+            "dhis2:\n  server: {base_url: 'http://dhis2.example', auth: {type: none}}\n  completeness:\n    - {data_set: QX4ZTUbOt3a, grace: 2d, data_elements: [x]}\n",
+        )
+        .expect_err("unknown field");
+        assert!(err.to_string().contains("data_elements"), "{err}");
+        let err = serde_saphyr::from_str::<DestinationsConfig>(
+            "dhis2:\n  server: {base_url: 'http://dhis2.example', auth: {type: none}}\n  completeness:\n    - {data_set: QX4ZTUbOt3a}\n",
+        )
+        .expect_err("grace is required");
+        assert!(err.to_string().contains("grace"), "{err}");
     }
 
     #[test]

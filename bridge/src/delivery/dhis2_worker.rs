@@ -71,8 +71,8 @@ pub struct Dhis2Worker<D> {
     pub destination: D,
     /// Retry policy.
     pub retry: RetryParams,
-    /// Circuit breaker.
-    pub circuit: Circuit,
+    /// Circuit breaker (shared with the completeness pass).
+    pub circuit: Arc<Circuit>,
     /// Clock.
     pub clock: Arc<dyn Clock>,
     /// Values per request.
@@ -88,6 +88,10 @@ pub struct Dhis2Worker<D> {
     pub lease: Duration,
     /// Wait between passes when nothing is due.
     pub idle: Duration,
+    /// Note where the values DHIS2 accepted changed, with each push's
+    /// result, for the completeness pass (`destinations.dhis2.completeness`
+    /// configured).
+    pub completeness: bool,
 }
 
 impl<D: Dhis2Destination> Dhis2Worker<D> {
@@ -133,7 +137,9 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
                 .into_iter()
                 .map(|t| (t, TotalResult::Pushed))
                 .collect();
-            self.store.finish_totals(&done, now).await?;
+            self.store
+                .finish_totals_noting(&done, now, self.completeness)
+                .await?;
             report.withdrawn_unsent += done.len();
         }
         if totals.is_empty() {
@@ -234,7 +240,9 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             };
             m.delivery("dhis2", &t.source, &t.mapping, outcome);
         }
-        self.store.finish_totals(&results, now).await?;
+        self.store
+            .finish_totals_noting(&results, now, self.completeness)
+            .await?;
         warn_failures(&results, now);
         super::report_health(&self.store, "dhis2", &self.circuit, health, now).await;
         Ok(report)

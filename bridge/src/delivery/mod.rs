@@ -12,6 +12,8 @@
 //! nothing.
 
 pub mod circuit;
+pub mod completeness;
+mod completeness_sink;
 pub mod config;
 mod dhis2_worker;
 mod fhir_batch;
@@ -26,6 +28,9 @@ pub mod withdrawal;
 
 use std::time::Duration;
 
+pub use completeness::{
+    CompletenessDestination, CompletenessWorker, CompletionAnswer, DataSetCache, DataSetMeta,
+};
 pub use dhis2_worker::{Dhis2Destination, Dhis2Push, Dhis2Worker};
 pub use fhir_worker::{FhirDestination, FhirWorker};
 pub use start::{DeliveryStartError, start};

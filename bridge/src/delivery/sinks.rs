@@ -70,7 +70,7 @@ fn fhir_failure(e: &kiungo_connectors::fhir::FhirError) -> SinkFailure {
     failure(e, destination)
 }
 
-fn dhis2_failure(e: &kiungo_connectors::dhis2::Dhis2Error) -> SinkFailure {
+pub(super) fn dhis2_failure(e: &kiungo_connectors::dhis2::Dhis2Error) -> SinkFailure {
     use kiungo_connectors::dhis2::Dhis2Error as E;
     let destination = match e {
         E::Status { status, .. } => destination_level(*status),
@@ -123,6 +123,39 @@ impl Dhis2Sink {
             refresh,
             known: Mutex::new(Known::default()),
         }
+    }
+
+    /// The client.
+    pub(super) const fn client(&self) -> &Dhis2Client {
+        &self.client
+    }
+
+    /// The UID of an org unit as a mapping wrote it: itself, or the UID
+    /// of a `code:` reference from the cache (asking DHIS2 when it is not
+    /// known); `Ok(Err(why))` when DHIS2 has no such org unit.
+    pub(super) async fn org_unit_uid(
+        &self,
+        written: &str,
+    ) -> Result<Result<String, String>, SinkFailure> {
+        if !written.starts_with("code:") {
+            return Ok(Ok(written.to_owned()));
+        }
+        let key = (ReferenceKind::OrgUnit, written.to_owned());
+        let known = |k: &Known| {
+            k.resolved
+                .get(&key)
+                .cloned()
+                .map(Ok)
+                .or_else(|| k.missing.get(&key).cloned().map(Err))
+        };
+        if let Some(answer) = known(&*self.known.lock().await) {
+            return Ok(answer);
+        }
+        let mut refs = References::default();
+        refs.org_units.insert(written.to_owned());
+        self.check(&refs).await?;
+        Ok(known(&*self.known.lock().await)
+            .unwrap_or_else(|| Err(format!("org unit `{written}` not found in DHIS2"))))
     }
 
     /// Checks references against DHIS2 and remembers the answer. Returns
@@ -420,13 +453,21 @@ fn split_by_object(
 /// unit, combo, or a period id), which are metadata, not personal data,
 /// and what an operator needs to fix the mapping or DHIS2.
 fn reason_text(message: &str, chunk: &[DataValue]) -> String {
+    reason_keeping(message, |o| {
+        chunk.iter().any(|v| references(v).contains(&o))
+    })
+}
+
+/// A DHIS2 message as a reason, keeping the quoted identifiers `sent`
+/// says Kiungo sent (see [`reason_text`]).
+pub(super) fn reason_keeping(message: &str, sent: impl Fn(&str) -> bool) -> String {
     const MARK: char = '\u{E000}';
     if message.contains(MARK) {
         return redact(message);
     }
     let sent: Vec<&str> = quoted_objects(message)
         .into_iter()
-        .filter(|o| !o.is_empty() && chunk.iter().any(|v| references(v).contains(o)))
+        .filter(|o| !o.is_empty() && sent(o))
         .collect();
     let mut marked = message.to_owned();
     for (i, o) in sent.iter().enumerate() {

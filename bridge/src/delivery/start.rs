@@ -12,7 +12,7 @@ use super::circuit::Circuit;
 use super::config::DestinationsConfig;
 use super::retry::SystemClock;
 use super::sinks::Dhis2Sink;
-use super::{Dhis2Worker, FhirWorker};
+use super::{CompletenessWorker, DataSetCache, Dhis2Worker, FhirWorker};
 use crate::store::Store;
 
 /// Why delivery could not start.
@@ -72,17 +72,19 @@ pub fn start(
                 error,
             })?;
         let sink = Dhis2Sink::new(client, d.metadata_refresh);
+        let circuit = Arc::new(Circuit::new(d.circuit.failures, d.circuit.cool_down));
         let worker = Arc::new(Dhis2Worker {
             store: store.clone(),
             destination: sink,
             retry: d.retry,
-            circuit: Circuit::new(d.circuit.failures, d.circuit.cool_down),
+            circuit: circuit.clone(),
             clock: Arc::new(SystemClock),
             batch: i64::try_from(d.server.batch_size).unwrap_or(1000),
             delay: d.push_delay,
             max_delay: d.max_push_delay,
             lease: d.lease,
             idle,
+            completeness: !d.completeness.is_empty(),
         });
         if d.preflight {
             let (store, w, rx) = (store.clone(), worker.clone(), shutdown.clone());
@@ -149,6 +151,34 @@ pub fn start(
             tasks.push(tokio::spawn(crate::reconcile::schedule::run(
                 client, store, schedule, calendar, rx,
             )));
+        }
+        if !d.completeness.is_empty() {
+            let client =
+                Dhis2Client::new(d.server.clone()).map_err(|error| DeliveryStartError::Config {
+                    destination: "dhis2",
+                    error,
+                })?;
+            let pass = CompletenessWorker {
+                store: store.clone(),
+                destination: Dhis2Sink::new(client, d.metadata_refresh),
+                data_sets: d.completeness.clone(),
+                calendar: d.calendar,
+                retry: d.retry,
+                circuit,
+                clock: Arc::new(SystemClock),
+                batch: 100,
+                recheck: d.max_push_delay.max(d.push_delay),
+                lease: d.lease,
+                metadata_refresh: d.metadata_refresh,
+                idle: idle * 5,
+                metadata: DataSetCache::default(),
+            };
+            info!(
+                data_sets = d.completeness.len(),
+                "dhis2 completeness registration started"
+            );
+            let rx = shutdown.clone();
+            tasks.push(tokio::spawn(async move { pass.run(rx).await }));
         }
         info!("dhis2 delivery started");
         let rx = shutdown.clone();

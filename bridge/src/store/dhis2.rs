@@ -276,6 +276,18 @@ impl Store {
         results: &[(DirtyTotal, TotalResult)],
         now: i64,
     ) -> Result<(), StoreError> {
+        self.finish_totals_noting(results, now, false).await
+    }
+
+    /// Records the results of one push and, with `completeness`, notes in
+    /// the same transaction where the values DHIS2 accepted changed, for
+    /// the completeness pass (`store/completeness.rs`).
+    pub async fn finish_totals_noting(
+        &self,
+        results: &[(DirtyTotal, TotalResult)],
+        now: i64,
+        completeness: bool,
+    ) -> Result<(), StoreError> {
         // Rows are locked in key order, as the committer marks them.
         let mut ordered: Vec<&(DirtyTotal, TotalResult)> = results.iter().collect();
         ordered.sort_by(|a, b| a.0.key.cmp(&b.0.key));
@@ -446,6 +458,9 @@ impl Store {
             )
             .execute(&mut *tx)
             .await?;
+        }
+        if completeness {
+            super::completeness::note_changes(self.backend, &mut tx, results).await?;
         }
         tx.commit().await?;
         Ok(())

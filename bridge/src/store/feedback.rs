@@ -201,11 +201,13 @@ impl Store {
             let seen: i64 = r.try_get(9)?;
             let state: String = r.try_get(11)?;
             let payload: Option<Vec<u8>> = r.try_get(10)?;
-            // A refused DHIS2 total: its key, to tell every contributor.
+            // A refused DHIS2 total: its key, to tell every contributor (a
+            // refused completeness registration has none: no app to tell).
             let dhis2_key = (stage == "dhis2")
                 .then(|| {
                     payload
                         .and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok())
+                        .filter(|v| v.get("dataElement").is_some())
                         .map(|v| {
                             [
                                 "dataElement",

@@ -15,6 +15,7 @@
 //! differences (row locks, how a transaction starts) are chosen by
 //! [`Backend`]. Migrations run on open.
 
+mod completeness;
 pub mod database;
 mod dead_letters;
 mod dhis2;
@@ -39,6 +40,10 @@ use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
+pub use completeness::{
+    ClaimedCompleteness, CompletenessChange, CompletenessKey, CompletenessResult, CompletenessRow,
+    CompletenessTarget, SetValues,
+};
 pub use dhis2::{DirtyTotal, MIXED, TotalResult, format_number};
 pub use error::StoreError;
 pub use feedback::{StatusMessage, StatusOrigin};

@@ -86,12 +86,13 @@ pub fn dhis2_worker<D: Dhis2Destination>(
         store: store.clone(),
         destination,
         retry,
-        circuit: Circuit::new(100, Duration::from_secs(30)),
+        circuit: Arc::new(Circuit::new(100, Duration::from_secs(30))),
         clock: Arc::new(clock.clone()),
         batch: 100,
         delay: Duration::from_secs(2),
         max_delay: Duration::from_secs(2),
         lease: Duration::from_secs(60),
         idle: Duration::from_millis(10),
+        completeness: false,
     }
 }

@@ -8,8 +8,8 @@
 //! valid, the data set not assigned to the org unit) is DHIS2's answer,
 //! not an `Err`; only failures to get an answer are, each classified.
 //!
-//! Not yet used by a worker: the scheduling, the store and the config
-//! are still to come (issue 14).
+//! Used by the bridge's completeness pass
+//! (`destinations.dhis2.completeness`, `docs/dhis2-completeness.md`).
 
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use serde::Serialize;

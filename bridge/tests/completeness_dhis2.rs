@@ -1,0 +1,429 @@
+//! Data set completeness against DHIS2's own answers: the sink behind
+//! the completeness pass against a wiremock DHIS2 in the 2.38–2.41
+//! shapes (and `/api/37`'s bare summary), and the whole path, values and
+//! registrations, against the sandbox DHIS2, which keeps them (both
+//! backends).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiungo::delivery::circuit::Circuit;
+use kiungo::delivery::completeness::CompletenessConfig;
+use kiungo::delivery::retry::{ManualClock, RetryParams};
+use kiungo::delivery::sinks::Dhis2Sink;
+use kiungo::delivery::{
+    CompletenessDestination, CompletenessWorker, CompletionAnswer, DataSetCache, Dhis2Worker,
+};
+use kiungo::sandbox::{Sandbox, SandboxConfig};
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, CompletenessKey, Ingest, Outputs, Store};
+use kiungo_connectors::auth::{AuthConfig, SecretRef};
+use kiungo_connectors::dhis2::{Dhis2Client, Dhis2Config};
+use kiungo_mappings::period::Calendar;
+use kiungo_mappings::{Aggregation, Dhis2Contribution, PeriodType};
+use serde_json::{Value, json};
+use wiremock::matchers::{body_string_contains, method, path, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Reproductive Health (monthly) and Child Health; two of Reproductive
+/// Health's data elements (ANC 1st visit, ANC 4th or more, the latter
+/// written by its code), on "Fixed/Outreach"; Ngelehun CHC and another
+/// facility.
+const REPRODUCTIVE: &str = "QX4ZTUbOt3a";
+const CHILD_HEALTH: &str = "BfMAe6Itzgt";
+const ANC1: &str = "fbfJHSPpUQD";
+const ANC4_CODE: &str = "code:DE_359599";
+const FIXED: &str = "pq2XI5kz2BY";
+const NGELEHUN: &str = "DiszpKrYNg8";
+const OTHER: &str = "aQoqXL4cZaF";
+const PERIOD: &str = "202401";
+
+fn client(uri: &str, api_version: Option<u16>) -> Dhis2Client {
+    kiungo::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("dir");
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "district").expect("pw");
+    let mut config = Dhis2Config::new(
+        uri,
+        AuthConfig::Basic {
+            username: "admin".into(),
+            password: SecretRef {
+                env: None,
+                file: Some(pw),
+            },
+        },
+    );
+    config.api_version = api_version;
+    // The client reads the password when it is built.
+    Dhis2Client::new(config).expect("client")
+}
+
+fn sink(uri: &str, api_version: Option<u16>) -> Dhis2Sink {
+    Dhis2Sink::new(client(uri, api_version), Duration::from_secs(3600))
+}
+
+fn key(org_unit: &str) -> CompletenessKey {
+    CompletenessKey {
+        data_set: REPRODUCTIVE.into(),
+        period: PERIOD.into(),
+        org_unit: org_unit.into(),
+    }
+}
+
+fn json_body(status: u16, body: &Value) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(body)
+}
+
+/// 2.38–2.41: the ImportSummary in a WebMessage, 200 on success.
+fn imported() -> Value {
+    json!({
+        "httpStatus": "OK", "httpStatusCode": 200, "status": "OK", "message": "Import was successful.",
+        "response": {"responseType": "ImportSummary", "status": "SUCCESS",
+            "description": "Import process completed successfully",
+            "importCount": {"imported": 1, "updated": 0, "ignored": 0, "deleted": 0},
+            "conflicts": [], "dataSetComplete": "false"}
+    })
+}
+
+/// 2.41: a refused registration, 409 WARNING with DHIS2's conflict.
+fn not_assigned(ou: &str) -> Value {
+    json!({
+        "httpStatus": "Conflict", "httpStatusCode": 409, "status": "WARNING",
+        "message": "One more conflicts encountered, please check import summary.",
+        "response": {"responseType": "ImportSummary", "status": "WARNING",
+            "description": "Import process completed successfully",
+            "importCount": {"imported": 0, "updated": 0, "ignored": 1, "deleted": 0},
+            "conflicts": [{"object": ou, "objects": {"organisationUnit": ou},
+                "value": format!("Data set: `{REPRODUCTIVE}` is not assigned to organisation unit: `{ou}`")}],
+            "dataSetComplete": "false"}
+    })
+}
+
+#[tokio::test]
+async fn a_data_set_gives_its_period_type_and_elements_by_uid_and_code() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/api/dataSets/{CHILD_HEALTH}")))
+        .and(query_param(
+            "fields",
+            "id,periodType,dataSetElements[dataElement[id,code]]",
+        ))
+        .respond_with(json_body(
+            200,
+            &json!({"id": CHILD_HEALTH, "periodType": "Monthly", "dataSetElements": [
+                {"dataElement": {"id": ANC1, "code": "DE_359596"}},
+                {"dataElement": {"id": "cYeuwXTCPkU"}}
+            ]}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/dataSets/NoSuchSet01"))
+        .respond_with(json_body(
+            404,
+            &json!({"httpStatus": "Not Found", "httpStatusCode": 404, "status": "ERROR",
+                "message": "DataSet with id NoSuchSet01 could not be found."}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/dataSets/Weird000001"))
+        .respond_with(json_body(
+            200,
+            &json!({"id": "Weird000001", "periodType": "Fortnightly", "dataSetElements": []}),
+        ))
+        .mount(&server)
+        .await;
+    let s = sink(&server.uri(), None);
+    let meta = s.data_set(CHILD_HEALTH).await.expect("data set");
+    assert_eq!(meta.period_type, PeriodType::Monthly);
+    assert_eq!(
+        meta.data_elements,
+        vec!["code:DE_359596", ANC1, "cYeuwXTCPkU"]
+    );
+    let missing = s.data_set("NoSuchSet01").await.expect_err("404");
+    assert!(!missing.retryable, "{missing:?}");
+    assert!(missing.message.contains("NoSuchSet01"), "{missing:?}");
+    let weird = s.data_set("Weird000001").await.expect_err("period type");
+    assert!(!weird.retryable, "{weird:?}");
+    assert!(weird.message.contains("Fortnightly"), "{weird:?}");
+}
+
+#[tokio::test]
+async fn a_registration_is_done_on_200_and_refused_on_a_409_conflict() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(body_string_contains(NGELEHUN))
+        .and(body_string_contains(
+            "\"attributeOptionCombo\":\"HllvX50cXC0\"",
+        ))
+        .respond_with(json_body(200, &imported()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(body_string_contains(OTHER))
+        .respond_with(json_body(409, &not_assigned(OTHER)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let s = sink(&server.uri(), None);
+    assert_eq!(
+        s.register(&key(NGELEHUN)).await.expect("answer"),
+        CompletionAnswer::Done
+    );
+    assert_eq!(
+        s.register(&key(OTHER))
+            .await
+            .expect("a conflict is an answer"),
+        CompletionAnswer::Refused {
+            code: "dhis2_conflict".into(),
+            message: format!(
+                "Data set: `{REPRODUCTIVE}` is not assigned to organisation unit: `{OTHER}`"
+            ),
+        },
+        "DHIS2's words, with the identifiers Kiungo sent"
+    );
+}
+
+#[tokio::test]
+async fn api_37s_bare_summary_with_a_conflict_is_a_refusal() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/37/completeDataSetRegistrations"))
+        .respond_with(json_body(
+            200,
+            &json!({"responseType": "ImportSummary", "status": "WARNING",
+                "description": "Import process completed successfully",
+                "importCount": {"imported": 0, "updated": 0, "ignored": 1, "deleted": 0},
+                "conflicts": [{"object": PERIOD,
+                    "value": format!("Current date is past expiry days for period {PERIOD} and data set: {REPRODUCTIVE}")}],
+                "dataSetComplete": "false"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let answer = sink(&server.uri(), Some(37))
+        .register(&key(NGELEHUN))
+        .await
+        .expect("answer");
+    let CompletionAnswer::Refused { code, message } = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(code, "dhis2_conflict");
+    assert!(message.contains("past expiry days"), "{message}");
+}
+
+#[tokio::test]
+async fn failures_to_get_an_answer_are_retryable_and_code_org_units_resolve() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/organisationUnits"))
+        .and(query_param("filter", "code:in:[OU_278371]"))
+        .respond_with(json_body(
+            200,
+            &json!({"organisationUnits": [{"id": NGELEHUN, "code": "OU_278371", "name": "Ngelehun CHC"}]}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(body_string_contains(NGELEHUN))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "30"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/organisationUnits"))
+        .and(query_param("filter", "code:in:[OU_GONE]"))
+        .respond_with(json_body(200, &json!({"organisationUnits": []})))
+        .mount(&server)
+        .await;
+    let s = sink(&server.uri(), None);
+    let failure = s.register(&key("code:OU_278371")).await.expect_err("503");
+    assert!(failure.retryable, "{failure:?}");
+    assert_eq!(failure.retry_after, Some(Duration::from_secs(30)));
+    assert_eq!(
+        s.register(&key("code:OU_GONE")).await.expect("answer"),
+        CompletionAnswer::Refused {
+            code: "unknown_reference".into(),
+            message: "org unit `code:OU_GONE` not found in DHIS2".into(),
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_undo_deletes_and_a_409_web_message_is_a_refusal() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(query_param("ds", REPRODUCTIVE))
+        .and(query_param("pe", PERIOD))
+        .and(query_param("ou", NGELEHUN))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(query_param("ou", OTHER))
+        .respond_with(json_body(
+            409,
+            &json!({"httpStatus": "Conflict", "httpStatusCode": 409, "status": "ERROR",
+                "message": format!("Data set {REPRODUCTIVE} is locked for period {PERIOD} and org unit `{OTHER}`"),
+                "errorCode": "E2021"}),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let s = sink(&server.uri(), None);
+    assert_eq!(
+        s.undo(&key(NGELEHUN)).await.expect("undone"),
+        CompletionAnswer::Done
+    );
+    let answer = s.undo(&key(OTHER)).await.expect("a refusal is an answer");
+    let CompletionAnswer::Refused { code, message } = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(code, "E2021");
+    assert!(message.contains(&format!("`{OTHER}`")), "{message}");
+}
+
+fn contribution(de: &str, ou: &str) -> Dhis2Contribution {
+    Dhis2Contribution {
+        rule: format!("rule-{de}"),
+        data_element: de.into(),
+        period: PERIOD.into(),
+        org_unit: ou.into(),
+        category_option_combo: FIXED.into(),
+        attribute_option_combo: "HllvX50cXC0".into(),
+        value: 1.into(),
+        aggregation: Aggregation::Count,
+        date: "2024-01-15".into(),
+    }
+}
+
+async fn commit(store: &Store, id: &str, version: u32, dhis2: Vec<Dhis2Contribution>) {
+    let ingest = Ingest {
+        source: "cht".into(),
+        queue: None,
+        message_id: None,
+        version_ts: Some(i64::from(version)),
+        received_at: kiungo::store::now_ms(),
+        payload: format!(r#"{{"_id":"{id}","v":{version}}}"#).into_bytes(),
+        headers: None,
+        result: Ok(Outputs {
+            mapping: "completeness-test".into(),
+            mapping_version: 1,
+            event_id: id.into(),
+            replaces: None,
+            bundle: None,
+            dhis2,
+            puts: vec![],
+        }),
+    };
+    store.commit(&[ingest]).await.expect("commit");
+}
+
+/// What the sandbox DHIS2 holds as registered: `(data set, period, org
+/// unit)`.
+async fn registrations(sandbox: &Sandbox) -> Vec<(String, String, String)> {
+    let url = format!("{}/sandbox/registrations", sandbox.dhis2_url());
+    let doc: Value = reqwest::get(url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    doc["completeDataSetRegistrations"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|r| {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (f("dataSet"), f("period"), f("organisationUnit"))
+        })
+        .collect()
+}
+
+async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let db = ScratchDb::new(backend).await.expect("db");
+    let store = Store::open(&db.config).await.expect("open");
+    let clock = ManualClock::at(kiungo::store::now_ms() + 60_000);
+    let circuit = Arc::new(Circuit::new(5, Duration::from_secs(30)));
+    let retry = RetryParams::for_test();
+    let values = Dhis2Worker {
+        store: store.clone(),
+        destination: sink(&sandbox.dhis2_url(), None),
+        retry,
+        circuit: circuit.clone(),
+        clock: Arc::new(clock.clone()),
+        batch: 100,
+        delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(2),
+        lease: Duration::from_secs(60),
+        idle: Duration::from_millis(10),
+        completeness: true,
+    };
+    let pass = CompletenessWorker {
+        store: store.clone(),
+        destination: sink(&sandbox.dhis2_url(), None),
+        data_sets: vec![CompletenessConfig {
+            data_set: REPRODUCTIVE.into(),
+            grace: Duration::from_secs(2 * 24 * 3600),
+        }],
+        calendar: Calendar::Iso8601,
+        retry,
+        circuit,
+        clock: Arc::new(clock.clone()),
+        batch: 100,
+        recheck: Duration::from_secs(30),
+        lease: Duration::from_secs(60),
+        metadata_refresh: Duration::from_secs(3600),
+        idle: Duration::from_millis(10),
+        metadata: DataSetCache::default(),
+    };
+    let push = || async {
+        clock.advance(Duration::from_secs(3));
+        values.run_once().await.expect("values pass")
+    };
+
+    commit(&store, "e1", 1, vec![contribution(ANC1, NGELEHUN)]).await;
+    commit(&store, "e2", 1, vec![contribution(ANC4_CODE, OTHER)]).await;
+    let pushed = push().await;
+    assert_eq!((pushed.delivered, pushed.parked), (2, 0), "{pushed:?}");
+    let r = pass.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked, r.retried), (2, 0, 0), "{r:?}");
+    let mut want = vec![
+        (
+            REPRODUCTIVE.to_owned(),
+            PERIOD.to_owned(),
+            NGELEHUN.to_owned(),
+        ),
+        (REPRODUCTIVE.to_owned(), PERIOD.to_owned(), OTHER.to_owned()),
+    ];
+    want.sort();
+    let mut got = registrations(&sandbox).await;
+    got.sort();
+    assert_eq!(got, want);
+
+    // All of Ngelehun's values withdrawn: its registration is undone in
+    // DHIS2; the other stays.
+    commit(&store, "e1", 2, vec![]).await;
+    assert_eq!(push().await.delivered, 1, "the deletion");
+    let r = pass.run_once().await.expect("pass");
+    assert_eq!(r.delivered, 1, "{r:?}");
+    assert_eq!(
+        registrations(&sandbox).await,
+        vec![(REPRODUCTIVE.to_owned(), PERIOD.to_owned(), OTHER.to_owned())]
+    );
+    assert_eq!(pass.run_once().await.expect("pass").claimed, 0);
+    sandbox.stop().await;
+}
+
+kiungo::on_both_backends!(registrations_land_in_the_sandbox_and_are_undone);
