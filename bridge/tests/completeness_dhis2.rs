@@ -426,4 +426,91 @@ async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
     sandbox.stop().await;
 }
 
-kiungo::on_both_backends!(registrations_land_in_the_sandbox_and_are_undone);
+/// Waits for `done` to hold, up to a generous deadline.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Start-up runs the pass only when `completeness` is configured: with
+/// it, a value for an ended period leads to its registration in the
+/// sandbox; without it, the value pushes note nothing.
+async fn start_up_runs_the_pass_only_when_configured(backend: Backend) {
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("pw"), "district").expect("pw");
+    for configured in [true, false] {
+        let db = ScratchDb::new(backend).await.expect("db");
+        let store = Store::open(&db.config).await.expect("open");
+        let completeness = if configured {
+            format!("  completeness: [{{data_set: {REPRODUCTIVE}, grace: 1h}}]\n")
+        } else {
+            String::new()
+        };
+        let yaml = format!(
+            "dhis2:\n  server:\n    base_url: '{}'\n    auth: {{type: basic, username: admin, password: {{file: '{}'}}}}\n  push_delay: 100ms\n  max_push_delay: 100ms\n{completeness}",
+            sandbox.dhis2_url(),
+            dir.path().join("pw").display()
+        );
+        let config: kiungo::delivery::config::DestinationsConfig =
+            serde_saphyr::from_str(&yaml).expect("config");
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let tasks = kiungo::delivery::start(&config, &store, &rx, Arc::default()).expect("start");
+        let ou = if configured { NGELEHUN } else { OTHER };
+        commit(&store, "e1", 1, vec![contribution(ANC1, ou)]).await;
+        if configured {
+            eventually("the registration lands", || async {
+                registrations(&sandbox).await.contains(&(
+                    REPRODUCTIVE.to_owned(),
+                    PERIOD.to_owned(),
+                    NGELEHUN.to_owned(),
+                ))
+            })
+            .await;
+        } else {
+            eventually("the value is pushed", || async {
+                !store.dhis2_pushed().await.expect("pushed").is_empty()
+            })
+            .await;
+            assert_eq!(store.completeness_changes_waiting().await.expect("n"), 0);
+            assert!(
+                store
+                    .completeness_rows(REPRODUCTIVE)
+                    .await
+                    .expect("rows")
+                    .is_empty()
+            );
+        }
+        shutdown.send(true).expect("shutdown");
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("stops")
+                .expect("task");
+        }
+    }
+    assert_eq!(
+        registrations(&sandbox).await,
+        vec![(
+            REPRODUCTIVE.to_owned(),
+            PERIOD.to_owned(),
+            NGELEHUN.to_owned()
+        )]
+    );
+    sandbox.stop().await;
+}
+
+kiungo::on_both_backends!(
+    registrations_land_in_the_sandbox_and_are_undone,
+    start_up_runs_the_pass_only_when_configured,
+);

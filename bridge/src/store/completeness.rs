@@ -198,8 +198,8 @@ pub(super) async fn note_changes(
 }
 
 impl Store {
-    /// Takes up to `limit` notes, turns each into rows of the data sets
-    /// `targets` names for it, and deletes it, in one transaction. A note
+    /// Takes (deletes) up to `limit` notes and turns each into rows of the
+    /// data sets `targets` names for it, in one transaction. A note
     /// where a value was stored makes a row to register (due at the
     /// period's end plus the grace) unless Kiungo's registration is
     /// already there with nothing to do; a note where a value was deleted
@@ -214,21 +214,31 @@ impl Store {
     where
         F: Fn(&CompletenessChange) -> Vec<CompletenessTarget>,
     {
-        let lock = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        // Taken and deleted in one statement, through the rows' physical
+        // ids (a join on the key made PostgreSQL hash the whole table);
+        // replicas skip each other's notes, and a failure before the
+        // commit puts them back.
+        let take = match self.backend {
+            Backend::Sqlite => {
+                "DELETE FROM dhis2_completeness_changes WHERE rowid IN ( \
+                 SELECT rowid FROM dhis2_completeness_changes LIMIT $1)"
+            }
+            Backend::Postgres => {
+                "DELETE FROM dhis2_completeness_changes WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM dhis2_completeness_changes LIMIT $1 FOR UPDATE SKIP LOCKED))"
+            }
         };
         let mut tx = self.begin_write().await?;
         let rows = query(
             self.backend,
-            format!(
-                "SELECT data_element, period, org_unit, filled, emptied \
-                 FROM dhis2_completeness_changes LIMIT $1 {lock}"
-            ),
+            format!("{take} RETURNING data_element, period, org_unit, filled, emptied"),
             vec![limit.into()],
         )
         .fetch_all(&mut *tx)
         .await?;
+        // Notes of several data elements lead to one row: each row once,
+        // in key order (as the pass locks them).
+        let mut wanted: BTreeMap<CompletenessKey, (i64, bool, bool)> = BTreeMap::new();
         for row in &rows {
             let change = CompletenessChange {
                 data_element: row.try_get(0)?,
@@ -238,58 +248,58 @@ impl Store {
                 emptied: row.try_get::<i64, _>(4)? != 0,
             };
             for target in targets(&change) {
-                let key = || -> Vec<Bind> {
-                    vec![
-                        target.data_set.as_str().into(),
-                        change.period.as_str().into(),
-                        change.org_unit.as_str().into(),
-                    ]
-                };
-                if change.filled {
-                    let mut b = key();
-                    b.extend([
-                        target.due_at.into(),
-                        target.due_at.max(now).into(),
-                        now.into(),
-                    ]);
-                    query(
-                        self.backend,
-                        "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, check_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (data_set, period, org_unit) DO UPDATE SET due_at = excluded.due_at, \
-                         check_at = COALESCE(dhis2_completeness.check_at, excluded.check_at), \
-                         changes = dhis2_completeness.changes + 1, updated_at = excluded.updated_at \
-                         WHERE dhis2_completeness.registered = 0 OR dhis2_completeness.check_at IS NOT NULL"
-                            .to_owned(),
-                        b,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if change.emptied {
-                    let mut b = vec![now.into()];
-                    b.extend(key());
-                    query(
-                        self.backend,
-                        "UPDATE dhis2_completeness SET check_at = COALESCE(check_at, $1), \
-                         changes = changes + 1, updated_at = $1 \
-                         WHERE data_set = $2 AND period = $3 AND org_unit = $4 \
-                         AND (registered = 1 OR check_at IS NOT NULL)"
-                            .to_owned(),
-                        b,
-                    )
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                let w = wanted
+                    .entry(CompletenessKey {
+                        data_set: target.data_set,
+                        period: change.period.clone(),
+                        org_unit: change.org_unit.clone(),
+                    })
+                    .or_insert((target.due_at, false, false));
+                w.1 |= change.filled;
+                w.2 |= change.emptied;
             }
+        }
+        let filled: Vec<Vec<Bind>> = wanted
+            .iter()
+            .filter(|(_, w)| w.1)
+            .map(|(k, (due_at, _, _))| {
+                vec![
+                    k.data_set.as_str().into(),
+                    k.period.as_str().into(),
+                    k.org_unit.as_str().into(),
+                    (*due_at).into(),
+                    (*due_at).max(now).into(),
+                    now.into(),
+                ]
+            })
+            .collect();
+        // A value stored: a row to register once due, unless Kiungo's
+        // registration is there with nothing to do.
+        for (sql, binds) in multi_row(
+            "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, check_at, updated_at)",
+            "ON CONFLICT (data_set, period, org_unit) DO UPDATE SET due_at = excluded.due_at, \
+             check_at = COALESCE(dhis2_completeness.check_at, excluded.check_at), \
+             changes = dhis2_completeness.changes + 1, updated_at = excluded.updated_at \
+             WHERE dhis2_completeness.registered = 0 OR dhis2_completeness.check_at IS NOT NULL",
+            6,
+            filled,
+        ) {
+            query(self.backend, sql, binds).execute(&mut *tx).await?;
+        }
+        // A value deleted: a registered or pending row looked at now.
+        for key in wanted.iter().filter(|(_, w)| w.2).map(|(k, _)| k) {
             query(
                 self.backend,
-                "DELETE FROM dhis2_completeness_changes WHERE data_element = $1 AND period = $2 AND org_unit = $3"
+                "UPDATE dhis2_completeness SET check_at = COALESCE(check_at, $1), \
+                 changes = changes + 1, updated_at = $1 \
+                 WHERE data_set = $2 AND period = $3 AND org_unit = $4 \
+                 AND (registered = 1 OR check_at IS NOT NULL)"
                     .to_owned(),
                 vec![
-                    change.data_element.as_str().into(),
-                    change.period.as_str().into(),
-                    change.org_unit.as_str().into(),
+                    now.into(),
+                    key.data_set.as_str().into(),
+                    key.period.as_str().into(),
+                    key.org_unit.as_str().into(),
                 ],
             )
             .execute(&mut *tx)
