@@ -465,7 +465,16 @@ async fn start_up_runs_the_pass_only_when_configured(backend: Backend) {
             serde_saphyr::from_str(&yaml).expect("config");
         assert!(config.problems().is_empty(), "{:?}", config.problems());
         let (shutdown, rx) = tokio::sync::watch::channel(false);
-        let tasks = kiungo::delivery::start(&config, &store, &rx, Arc::default()).expect("start");
+        let mappings = kiungo_mappings::MappingSet::load_dir(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs"),
+            kiungo_mappings::LoadOptions {
+                pseudonym_key: Some(kiungo_mappings::PseudonymKey::for_tests()),
+                ..kiungo_mappings::LoadOptions::default()
+            },
+        )
+        .expect("packs load");
+        let tasks = kiungo::delivery::start(&config, &mappings, &store, &rx, Arc::default())
+            .expect("start");
         let ou = if configured { NGELEHUN } else { OTHER };
         commit(&store, "e1", 1, vec![contribution(ANC1, ou)]).await;
         if configured {
