@@ -22,8 +22,8 @@ use kiungo::delivery::{
 };
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{
-    Backend, CompletenessKey, CompletenessResult, CompletenessTarget, DeadLetterFilter, Ingest,
-    Outputs, Store, TotalKey, TotalResult,
+    Backend, CompletenessKey, CompletenessResult, CompletenessTarget, DeadLetterFilter, Store,
+    TotalKey, TotalResult,
 };
 use kiungo_mappings::period::Calendar;
 use kiungo_mappings::{Aggregation, Dhis2Contribution, PeriodType};
@@ -64,25 +64,7 @@ fn contribution(de: &str, period: &str, ou: &str) -> Dhis2Contribution {
 /// Commits version `version` of event `id` with `contributions` (none:
 /// its earlier contributions are withdrawn).
 async fn commit(store: &Store, id: &str, version: u32, contributions: Vec<Dhis2Contribution>) {
-    let ingest = Ingest {
-        source: "cht".into(),
-        queue: None,
-        message_id: None,
-        version_ts: Some(i64::from(version)),
-        received_at: kiungo::store::now_ms(),
-        payload: format!(r#"{{"_id":"{id}","v":{version}}}"#).into_bytes(),
-        headers: None,
-        result: Ok(Outputs {
-            mapping: "completeness-test".into(),
-            mapping_version: 1,
-            event_id: id.into(),
-            replaces: None,
-            bundle: None,
-            dhis2: contributions,
-            puts: vec![],
-        }),
-    };
-    store.commit(&[ingest]).await.expect("commit");
+    support::commit_dhis2(store, id, version, contributions).await;
 }
 
 /// DHIS2 for the values: stores them, answers from a script, then OK.

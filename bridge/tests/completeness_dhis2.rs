@@ -4,6 +4,8 @@
 //! registrations, against the sandbox DHIS2, which keeps them (both
 //! backends).
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use kiungo::delivery::{
 };
 use kiungo::sandbox::{Sandbox, SandboxConfig};
 use kiungo::store::scratch::ScratchDb;
-use kiungo::store::{Backend, CompletenessKey, Ingest, Outputs, Store};
+use kiungo::store::{Backend, CompletenessKey, Store};
 use kiungo_connectors::auth::{AuthConfig, SecretRef};
 use kiungo_connectors::dhis2::{Dhis2Client, Dhis2Config};
 use kiungo_mappings::period::Calendar;
@@ -306,25 +308,7 @@ fn contribution(de: &str, ou: &str) -> Dhis2Contribution {
 }
 
 async fn commit(store: &Store, id: &str, version: u32, dhis2: Vec<Dhis2Contribution>) {
-    let ingest = Ingest {
-        source: "cht".into(),
-        queue: None,
-        message_id: None,
-        version_ts: Some(i64::from(version)),
-        received_at: kiungo::store::now_ms(),
-        payload: format!(r#"{{"_id":"{id}","v":{version}}}"#).into_bytes(),
-        headers: None,
-        result: Ok(Outputs {
-            mapping: "completeness-test".into(),
-            mapping_version: 1,
-            event_id: id.into(),
-            replaces: None,
-            bundle: None,
-            dhis2,
-            puts: vec![],
-        }),
-    };
-    store.commit(&[ingest]).await.expect("commit");
+    support::commit_dhis2(store, id, version, dhis2).await;
 }
 
 /// What the sandbox DHIS2 holds as registered: `(data set, period, org

@@ -49,6 +49,18 @@ async fn ingest(store: &Store, set: &MappingSet, payload: &Value) {
 
 /// Ingests with a publisher timestamp, which orders versions of an event.
 async fn ingest_at(store: &Store, set: &MappingSet, payload: &Value, version_ts: Option<i64>) {
+    ingest_as(store, set, payload, version_ts, "cht").await;
+}
+
+/// Ingests a CHT event as if it came from `source` (a second CHT
+/// instance, say).
+async fn ingest_as(
+    store: &Store,
+    set: &MappingSet,
+    payload: &Value,
+    version_ts: Option<i64>,
+    source: &str,
+) {
     let mapped = set
         .map(&Event {
             source: "cht".into(),
@@ -57,7 +69,7 @@ async fn ingest_at(store: &Store, set: &MappingSet, payload: &Value, version_ts:
         })
         .expect("maps");
     let ing = Ingest {
-        source: "cht".into(),
+        source: source.into(),
         queue: None,
         message_id: None,
         version_ts,
@@ -1118,25 +1130,14 @@ async fn dhis2_totals_name_their_source_and_mapping(backend: Backend) {
     assert_eq!(claimed[0].mapping, "cht-anc-visit");
 
     // The same visit arriving from another source adds to the same total.
-    let payload = visit("m3", "facility");
-    let mapped = set
-        .map(&Event {
-            source: "cht".into(),
-            message_id: None,
-            payload: Arc::new(payload.clone()),
-        })
-        .expect("maps");
-    let ing = Ingest {
-        source: "cht-district-b".into(),
-        queue: None,
-        message_id: None,
-        version_ts: None,
-        received_at: kiungo::store::now_ms(),
-        payload: serde_json::to_vec(&payload).expect("bytes"),
-        headers: None,
-        result: Ok(Outputs::from(mapped)),
-    };
-    store.commit(&[ing]).await.expect("commit");
+    ingest_as(
+        &store,
+        &set,
+        &visit("m3", "facility"),
+        None,
+        "cht-district-b",
+    )
+    .await;
     let far = kiungo::store::now_ms() + 60_000;
     let claimed = store.claim_totals(100, far, 0, 0, 1).await.expect("claim");
     assert_eq!(claimed.len(), 1);

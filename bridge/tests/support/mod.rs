@@ -96,3 +96,33 @@ pub fn dhis2_worker<D: Dhis2Destination>(
         completeness: false,
     }
 }
+
+/// Commits version `version` of event `id` of source `cht`, mapped by a
+/// test mapping to `dhis2` alone (none: its earlier contributions are
+/// withdrawn).
+pub async fn commit_dhis2(
+    store: &Store,
+    id: &str,
+    version: u32,
+    dhis2: Vec<kiungo_mappings::Dhis2Contribution>,
+) {
+    let ingest = Ingest {
+        source: "cht".into(),
+        queue: None,
+        message_id: None,
+        version_ts: Some(i64::from(version)),
+        received_at: kiungo::store::now_ms(),
+        payload: format!(r#"{{"_id":"{id}","v":{version}}}"#).into_bytes(),
+        headers: None,
+        result: Ok(Outputs {
+            mapping: "completeness-test".into(),
+            mapping_version: 1,
+            event_id: id.into(),
+            replaces: None,
+            bundle: None,
+            dhis2,
+            puts: vec![],
+        }),
+    };
+    store.commit(&[ingest]).await.expect("commit");
+}
