@@ -37,7 +37,7 @@ const PURGE_BATCH: i64 = 1_000;
 
 impl Store {
     /// Purges delivered payloads older than `retention`, as of `now_ms`,
-    /// in batches of [`PURGE_BATCH`] rows.
+    /// in batches of 1,000 rows.
     ///
     /// Each batch picks its rows through a partial index and updates them
     /// by physical id (SQLite's rowid, PostgreSQL's ctid, an array probed

@@ -153,7 +153,7 @@ impl Dhis2Client {
 
     /// The ids of `org_unit` and every org unit below it in the hierarchy
     /// (`GET /api/organisationUnits?filter=path:like:{id}&fields=id`), read
-    /// in pages of [`SUBTREE_PAGE`] one after the other: the subtree of a
+    /// in pages of 1,000 one after the other: the subtree of a
     /// national root can hold tens of thousands of org units.
     pub async fn org_unit_subtree(&self, org_unit: &str) -> Result<Vec<String>, Dhis2Error> {
         #[derive(Deserialize)]
