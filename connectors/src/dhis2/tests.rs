@@ -17,7 +17,9 @@ const ERROR_E7600: &str =
 const BARE_WARNING: &str =
     include_str!("../../tests/fixtures/dhis2-datavaluesets-37-bare-warning.json");
 const E1111: &str = include_str!("../../tests/fixtures/dhis2-409-e1111.json");
-const PAT: &str = "d2pat_5xVA12xyUbWNedQxy4ohH77WlxRGVvZZ1151814092";
+/// A DHIS2 personal access token of the documented shape (the contract
+/// test files share it, with [`client`] and [`json`]).
+pub(super) const PAT: &str = "d2pat_5xVA12xyUbWNedQxy4ohH77WlxRGVvZZ1151814092";
 
 fn api_token() -> AuthConfig {
     AuthConfig::ApiToken {
@@ -25,11 +27,13 @@ fn api_token() -> AuthConfig {
     }
 }
 
-fn client(server: &MockServer) -> Dhis2Client {
+/// A client of `server` with [`PAT`].
+pub(super) fn client(server: &MockServer) -> Dhis2Client {
     Dhis2Client::new(Dhis2Config::new(server.uri(), api_token())).expect("client")
 }
 
-fn json(status: u16, body: &str) -> ResponseTemplate {
+/// An answer with a JSON body.
+pub(super) fn json(status: u16, body: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
 }
 

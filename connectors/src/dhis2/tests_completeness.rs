@@ -4,25 +4,13 @@
 use wiremock::matchers::{body_json, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use super::tests::{client, json};
 use super::*;
-use crate::auth::{AuthConfig, secret_file};
 use crate::retry::Retryable;
 
 const OK_240: &str = include_str!("../../tests/fixtures/dhis2-complete-registration-200-2.40.json");
 const CONFLICT_241: &str =
     include_str!("../../tests/fixtures/dhis2-complete-registration-409-2.41.json");
-const PAT: &str = "d2pat_5xVA12xyUbWNedQxy4ohH77WlxRGVvZZ1151814092";
-
-fn client(server: &MockServer) -> Dhis2Client {
-    let auth = AuthConfig::ApiToken {
-        token: secret_file(PAT),
-    };
-    Dhis2Client::new(Dhis2Config::new(server.uri(), auth)).expect("client")
-}
-
-fn json(status: u16, body: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
-}
 
 fn registration(aoc: &str) -> Registration {
     Registration {

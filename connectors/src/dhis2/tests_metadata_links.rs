@@ -8,18 +8,9 @@ use serde_json::json;
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use super::tests::{PAT, client};
 use super::*;
-use crate::auth::{AuthConfig, secret_file};
 use crate::retry::Retryable;
-
-const PAT: &str = "d2pat_5xVA12xyUbWNedQxy4ohH77WlxRGVvZZ1151814092";
-
-fn client(server: &MockServer) -> Dhis2Client {
-    let auth = AuthConfig::ApiToken {
-        token: secret_file(PAT),
-    };
-    Dhis2Client::new(Dhis2Config::new(server.uri(), auth)).expect("client")
-}
 
 fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| (*s).to_owned()).collect()

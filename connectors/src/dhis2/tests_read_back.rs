@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use wiremock::matchers::{header, method, path, query_param};
-use wiremock::{Mock, MockServer, ResponseTemplate};
+use wiremock::{Mock, MockServer};
 
+use super::tests::{client, json};
 use super::*;
-use crate::auth::{AuthConfig, secret_file};
 use crate::retry::Retryable;
 
 const ONE_OU: &str = include_str!("../../tests/fixtures/dhis2-datavaluesets-get-2.40-one-ou.json");
@@ -15,18 +15,6 @@ const MANY_OU: &str =
     include_str!("../../tests/fixtures/dhis2-datavaluesets-get-2.41-many-ou.json");
 const EMPTY: &str = include_str!("../../tests/fixtures/dhis2-datavaluesets-get-2.38-empty.json");
 const ELEMENTS: &str = include_str!("../../tests/fixtures/dhis2-dataset-elements-2.40.json");
-const PAT: &str = "d2pat_5xVA12xyUbWNedQxy4ohH77WlxRGVvZZ1151814092";
-
-fn client(server: &MockServer) -> Dhis2Client {
-    let auth = AuthConfig::ApiToken {
-        token: secret_file(PAT),
-    };
-    Dhis2Client::new(Dhis2Config::new(server.uri(), auth)).expect("client")
-}
-
-fn json(status: u16, body: &str) -> ResponseTemplate {
-    ResponseTemplate::new(status).set_body_raw(body.as_bytes().to_vec(), "application/json")
-}
 
 fn units(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("OrgUnit{i:04}")).collect()
