@@ -130,19 +130,18 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             return Ok(report);
         }
         // Withdrawn totals DHIS2 holds no value of: nothing to delete.
+        // They are recorded with the pushed ones, in the same write.
         let (quiet, totals): (Vec<DirtyTotal>, Vec<DirtyTotal>) =
             totals.into_iter().partition(|t| t.nothing_to_send);
-        if !quiet.is_empty() {
-            let done: Vec<(DirtyTotal, TotalResult)> = quiet
-                .into_iter()
-                .map(|t| (t, TotalResult::Pushed))
-                .collect();
-            self.store
-                .finish_totals_noting(&done, now, self.completeness)
-                .await?;
-            report.withdrawn_unsent += done.len();
-        }
+        let unsent: Vec<(DirtyTotal, TotalResult)> = quiet
+            .into_iter()
+            .map(|t| (t, TotalResult::Pushed))
+            .collect();
+        report.withdrawn_unsent = unsent.len();
         if totals.is_empty() {
+            self.store
+                .finish_totals_noting(&unsent, now, self.completeness)
+                .await?;
             return Ok(report);
         }
         let values: Vec<(TotalKey, String)> = totals
@@ -152,7 +151,7 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
         let started = std::time::Instant::now();
         let pushed = self.destination.push(&values).await;
         crate::metrics::metrics().observe_request("dhis2", started.elapsed().as_secs_f64());
-        let results: Vec<(DirtyTotal, TotalResult)> = match pushed {
+        let mut results: Vec<(DirtyTotal, TotalResult)> = match pushed {
             Ok(push) => {
                 self.circuit.success();
                 totals
@@ -240,6 +239,7 @@ impl<D: Dhis2Destination> Dhis2Worker<D> {
             };
             m.delivery("dhis2", &t.source, &t.mapping, outcome);
         }
+        results.extend(unsent);
         self.store
             .finish_totals_noting(&results, now, self.completeness)
             .await?;
