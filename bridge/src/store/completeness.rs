@@ -347,11 +347,7 @@ impl Store {
             .iter()
             .map(|r| {
                 Ok(ClaimedCompleteness {
-                    key: CompletenessKey {
-                        data_set: r.try_get(0)?,
-                        period: r.try_get(1)?,
-                        org_unit: r.try_get(2)?,
-                    },
+                    key: completeness_key(r)?,
                     registered: r.try_get::<i64, _>(3)? != 0,
                     due_at: r.try_get(4)?,
                     changes: r.try_get(5)?,
@@ -594,11 +590,7 @@ impl Store {
         rows.iter()
             .map(|r| {
                 Ok(CompletenessRow {
-                    key: CompletenessKey {
-                        data_set: r.try_get(0)?,
-                        period: r.try_get(1)?,
-                        org_unit: r.try_get(2)?,
-                    },
+                    key: completeness_key(r)?,
                     registered: r.try_get::<i64, _>(3)? != 0,
                     check_at: r.try_get(4)?,
                     attempts: r.try_get(5)?,
@@ -619,4 +611,14 @@ impl Store {
         .await?;
         Ok(row.try_get(0)?)
     }
+}
+
+/// The key of a row whose first three columns are data set, period and
+/// org unit.
+fn completeness_key(r: &sqlx::any::AnyRow) -> Result<CompletenessKey, sqlx::Error> {
+    Ok(CompletenessKey {
+        data_set: r.try_get(0)?,
+        period: r.try_get(1)?,
+        org_unit: r.try_get(2)?,
+    })
 }
