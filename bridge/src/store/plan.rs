@@ -56,4 +56,26 @@ impl Store {
         sqlx::raw_sql(sql).execute(&self.pool).await?;
         Ok(())
     }
+
+    /// Rows in `table` (benchmarks: rows written per event). The name must
+    /// be a plain identifier.
+    pub async fn count_rows(&self, table: &str) -> Result<i64, StoreError> {
+        if table.is_empty()
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::Database(sqlx::Error::Protocol(format!(
+                "count_rows: {table:?} is not a table name"
+            ))));
+        }
+        let row = query(
+            self.backend,
+            format!("SELECT COUNT(*) FROM {table}"),
+            vec![],
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
 }

@@ -1,0 +1,172 @@
+//! `kiungo-commitbench`: what the store's ingest commit costs per event,
+//! alone: no broker, no mapping inside the timed part.
+//!
+//! ```text
+//! cargo build --release -p kiungo-tests --bin kiungo-commitbench
+//! target/release/kiungo-commitbench --events 50000 --store sqlite
+//! target/release/kiungo-commitbench --events 50000 --store postgres
+//! ```
+//!
+//! The loadgen's workload (the four packs' events, as `kiungo-loadgen`
+//! publishes them) is mapped first, as the ingest pipeline maps it
+//! (`kiungo::ingest::prepare`); then the prepared events are committed in
+//! batches of `--batch` (the default `ingest.max_events`), one after the
+//! other, as the committer does. Reported over the commit loop only:
+//! events per second, this process's CPU per event (SQLite runs in it;
+//! PostgreSQL's own CPU is not counted, the client's is), and the rows
+//! written per event. `--batches-before N` commits N batches untimed
+//! first, so that the timed part writes into a store that already holds
+//! them. `--sql FILE` runs a script on the new store first (to compare a
+//! schema change before writing it as a migration).
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use kiungo::ingest::{Limits, Origin, prepare};
+use kiungo::store::scratch::ScratchDb;
+use kiungo::store::{Backend, Ingest, Store};
+use kiungo_tests::workload::{Mix, generate_with, load_mappings, packs_dir};
+
+struct Args {
+    events: usize,
+    batch: usize,
+    backend: Backend,
+    before: usize,
+    sql: Option<std::path::PathBuf>,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        events: 50_000,
+        batch: 500,
+        backend: Backend::Sqlite,
+        before: 0,
+        sql: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--events" => a.events = value()?.parse()?,
+            "--batch" => a.batch = value()?.parse()?,
+            "--batches-before" => a.before = value()?.parse()?,
+            "--sql" => a.sql = Some(value()?.into()),
+            "--store" => {
+                a.backend = match value()?.as_str() {
+                    "sqlite" => Backend::Sqlite,
+                    "postgres" => Backend::Postgres,
+                    other => bail!("--store {other}: sqlite or postgres"),
+                }
+            }
+            other => bail!(
+                "unknown flag {other}; flags: --events N --batch N --batches-before N --store sqlite|postgres --sql FILE"
+            ),
+        }
+    }
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    Ok(a)
+}
+
+/// This process's user + system CPU seconds (`/proc/self/stat`).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Rows in the tables an ingest commit writes.
+async fn rows(store: &Store) -> anyhow::Result<Vec<(&'static str, i64)>> {
+    let mut out = Vec::new();
+    for table in [
+        "events",
+        "event_versions",
+        "fhir_outbox",
+        "dhis2_contributions",
+        "dhis2_dirty",
+    ] {
+        out.push((table, store.count_rows(table).await?));
+    }
+    Ok(out)
+}
+
+/// The allocator `kiungo run` uses, so that the commit's own allocations
+/// cost here what they cost there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let mappings = load_mappings(&packs_dir())?;
+    let total = args.events + args.before * args.batch;
+    let workload = generate_with(
+        &mappings,
+        total,
+        42,
+        Mix {
+            duplicates: 0.0,
+            edits: 0.0,
+            poison: 0.0,
+        },
+    )?;
+    let prepared: Vec<Ingest> = workload
+        .messages
+        .into_iter()
+        .map(|m| {
+            let origin = Origin {
+                source: m.source,
+                queue: Some("commitbench".into()),
+                message_id: Some(m.message_id),
+                timestamp_ms: Some(i64::try_from(m.timestamp).unwrap_or(i64::MAX) * 1000),
+                headers: None,
+                route: Ok(None),
+            };
+            prepare(&mappings, origin, m.body, Limits { max_bytes: 1 << 20 })
+        })
+        .collect();
+    let rejected = prepared.iter().filter(|i| i.result.is_err()).count();
+    let scratch = ScratchDb::new(args.backend).await?;
+    let store = Store::open(&scratch.config).await?;
+    if let Some(file) = &args.sql {
+        let script =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        store.execute_script(&script).await?;
+        println!("ran {} on the new store", file.display());
+    }
+    let (warm, timed) = prepared.split_at(args.before * args.batch);
+    for batch in warm.chunks(args.batch) {
+        store.commit(batch).await?;
+    }
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    for batch in timed.chunks(args.batch) {
+        store.commit(batch).await?;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let n = timed.len() as f64;
+    println!(
+        "store {:?}: {} events committed in batches of {} after {} untimed ({} rejected by mapping)",
+        args.backend,
+        timed.len(),
+        args.batch,
+        warm.len(),
+        rejected
+    );
+    println!(
+        "{:.0} events/s, {} CPU µs/event (this process)",
+        n / wall,
+        cpu.map_or("?".into(), |c| format!("{:.1}", 1e6 * c / n))
+    );
+    for (table, count) in rows(&store).await? {
+        println!(
+            "  {table}: {count} rows ({:.2} per event)",
+            count as f64 / total as f64
+        );
+    }
+    Ok(())
+}
