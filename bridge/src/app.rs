@@ -77,8 +77,16 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Starts everything; returns once the HTTP port is bound.
-    pub async fn build(config: Config) -> Result<Self, StartError> {
+    pub async fn build(mut config: Config) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
+        if let (Some(limit), Some(budget)) = (config.memory_limit, config.apply_memory_limit()) {
+            info!(
+                memory_limit = %limit,
+                prefetch = budget.prefetch,
+                max_events = budget.max_events,
+                "memory_limit sizes the events held in flight: rabbitmq.prefetch per queue and ingest.max_events"
+            );
+        }
         let key = config.pseudonym_key().map_err(StartError::PseudonymKey)?;
         if key.is_none() {
             warn!(

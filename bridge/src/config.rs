@@ -62,6 +62,11 @@ pub struct Config {
     /// Log signals: how often the INFO summary line is written.
     #[serde(default)]
     pub log: crate::signals::LogConfig,
+    /// Memory Kiungo may use (`96MiB`, `1GiB`): when set, it caps
+    /// `rabbitmq.prefetch` and `ingest.max_events` so that the events held
+    /// in flight fit (see `memory_budget`); off by default.
+    #[serde(default)]
+    pub memory_limit: Option<crate::memory_budget::ByteSize>,
 }
 
 /// `http:`.
@@ -134,6 +139,7 @@ impl Default for Config {
             admin: crate::admin::AdminConfig::default(),
             feedback: None,
             log: crate::signals::LogConfig::default(),
+            memory_limit: None,
         }
     }
 }
@@ -292,6 +298,29 @@ impl Config {
         }
     }
 
+    /// Caps `rabbitmq.prefetch` and `ingest.max_events` to what
+    /// `memory_limit` leaves (nothing without one, or when the limit is too
+    /// small: `problems` reports that). Returns the budget applied.
+    pub fn apply_memory_limit(&mut self) -> Option<crate::memory_budget::MemoryBudget> {
+        let limit = self.memory_limit?;
+        let (queues, prefetch) = self
+            .rabbitmq
+            .as_ref()
+            .map_or((0, u16::MAX), |r| (r.queues.len(), r.prefetch));
+        let budget = crate::memory_budget::MemoryBudget::plan(
+            limit,
+            queues,
+            prefetch,
+            self.ingest.max_events,
+        )
+        .ok()?;
+        if let Some(r) = self.rabbitmq.as_mut() {
+            r.prefetch = budget.prefetch;
+        }
+        self.ingest.max_events = budget.max_events;
+        Some(budget)
+    }
+
     /// Applies `KIUNGO_*` overrides.
     pub fn apply_env(&mut self) {
         if let Ok(url) = std::env::var("KIUNGO_STORE_URL") {
@@ -355,6 +384,12 @@ impl Config {
                     "feedback.url: needed when there is no `rabbitmq` section to take the broker from"
                         .into(),
                 );
+            }
+        }
+        if let Some(limit) = self.memory_limit {
+            let queues = self.rabbitmq.as_ref().map_or(0, |r| r.queues.len());
+            if let Err(e) = crate::memory_budget::MemoryBudget::plan(limit, queues, 1, 1) {
+                problems.push(format!("memory_limit: {e}"));
             }
         }
         if self.ingest.max_events == 0 {
@@ -457,6 +492,43 @@ mod tests {
         std::fs::write(&file, "destinations:\n  fhir:\n    server: {base_url: 'http://x'}\n    retry: {base_delay: 1m, max_delay: 1s}\n").expect("write");
         let err = Config::load(&file).expect_err("bad retry").to_string();
         assert!(err.contains("destinations.fhir.retry.base_delay"), "{err}");
+    }
+
+    #[test]
+    fn memory_limit_caps_prefetch_and_batch() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("k.yaml");
+        let queues = "rabbitmq:\n  url: amqp://localhost\n  queues:\n    - {name: a, source: a}\n    - {name: b, source: b}\n    - {name: c, source: c}\n    - {name: d, source: d}\n";
+        std::fs::write(&file, format!("memory_limit: 100MiB\n{queues}")).expect("write");
+        let mut config = Config::load(&file).expect("loads");
+        assert_eq!(config.rabbitmq.as_ref().map(|r| r.prefetch), Some(500));
+        let budget = config.apply_memory_limit().expect("a budget");
+        assert!(
+            budget.prefetch < 500 && budget.max_events < 500,
+            "{budget:?}"
+        );
+        assert_eq!(
+            config.rabbitmq.as_ref().map(|r| r.prefetch),
+            Some(budget.prefetch)
+        );
+        assert_eq!(config.ingest.max_events, budget.max_events);
+
+        // Without a limit nothing changes.
+        std::fs::write(&file, queues).expect("write");
+        let mut config = Config::load(&file).expect("loads");
+        assert!(config.apply_memory_limit().is_none());
+        assert_eq!(config.ingest.max_events, 500);
+
+        // Too small, or not a size: named, with what would do.
+        std::fs::write(&file, format!("memory_limit: 20MiB\n{queues}")).expect("write");
+        let err = Config::load(&file).expect_err("too small").to_string();
+        assert!(err.contains("memory_limit: 20 MiB is below the"), "{err}");
+        std::fs::write(&file, "memory_limit: lots\n").expect("write");
+        let err = Config::load(&file).expect_err("not a size").to_string();
+        assert!(
+            err.contains("memory_limit") && err.contains("96MiB"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod dlq_cli;
 pub mod feedback;
 pub mod ingest;
+pub mod memory_budget;
 pub mod metrics;
 pub mod reconcile;
 pub mod run;

@@ -54,6 +54,7 @@ struct Args {
     duplicates: f64,
     edits: f64,
     batch: usize,
+    memory_limit: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -64,6 +65,7 @@ fn args() -> anyhow::Result<Args> {
         duplicates: 0.0,
         edits: 0.0,
         batch: 500,
+        memory_limit: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +76,7 @@ fn args() -> anyhow::Result<Args> {
             "--duplicates" => a.duplicates = value()?.parse()?,
             "--edits" => a.edits = value()?.parse()?,
             "--batch" => a.batch = value()?.parse()?,
+            "--memory-limit" => a.memory_limit = Some(value()?),
             "--store" => {
                 a.backend = match value()?.as_str() {
                     "sqlite" => Backend::Sqlite,
@@ -82,7 +85,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N"
+                "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N --memory-limit SIZE"
             ),
         }
     }
@@ -137,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
         &db,
         args.prefetch,
         args.batch,
+        args.memory_limit.as_deref(),
         &workload,
     )
     .await?;
@@ -293,6 +297,7 @@ async fn kiungo(
     db: &ScratchDb,
     prefetch: u16,
     batch: usize,
+    memory_limit: Option<&str>,
     workload: &kiungo_tests::workload::Workload,
 ) -> anyhow::Result<(f64, Option<f64>, u64, u64)> {
     let dir = tempfile::tempdir()?;
@@ -312,10 +317,11 @@ async fn kiungo(
     std::fs::write(
         &config,
         format!(
-            "mappings: {}\npseudonym_key_file: {}\nstore:\n  url: {}\nrabbitmq:\n  url: {url}\n  prefetch: {prefetch}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\ningest:\n  max_events: {batch}\n",
+            "mappings: {}\npseudonym_key_file: {}\nstore:\n  url: {}\nrabbitmq:\n  url: {url}\n  prefetch: {prefetch}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\ningest:\n  max_events: {batch}\n{}",
             packs_dir().display(),
             key.display(),
-            db.config.url
+            db.config.url,
+            memory_limit.map_or(String::new(), |m| format!("memory_limit: {m}\n")),
         ),
     )?;
     let mut child = std::process::Command::new(kiungo_release_binary()?)

@@ -102,6 +102,12 @@ the chart owns (mappings folder, listen address, SQLite path).
 {{- $_ := set $store "url" (include "kiungo.sqliteUrl" .) }}
 {{- $_ := set $config "store" $store }}
 {{- end }}
+{{- /* The container's memory limit sizes what Kiungo holds in flight,
+unless config.memory_limit says otherwise (Ki, Mi and Gi limits only). */}}
+{{- $limit := ((.Values.resources | default dict).limits | default dict).memory | default "" | toString }}
+{{- if and (not (hasKey $config "memory_limit")) (regexMatch "^[0-9]+(Ki|Mi|Gi)$" $limit) }}
+{{- $_ := set $config "memory_limit" $limit }}
+{{- end }}
 {{- toYaml $config }}
 {{- end }}
 
