@@ -38,6 +38,9 @@ pub enum StartError {
     /// The admin tokens are unusable (each problem with its place).
     #[error("{}", .0.join("; "))]
     Admin(Vec<String>),
+    /// Span export cannot start.
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::StartError),
     /// The HTTP address cannot be bound.
     #[error("http.listen {addr}: {error}")]
     Bind {
@@ -65,6 +68,7 @@ pub struct Application {
     committer_task: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
     delivery: Vec<tokio::task::JoinHandle<()>>,
+    telemetry: Option<crate::telemetry::Export>,
 }
 
 impl std::fmt::Debug for Application {
@@ -108,6 +112,7 @@ impl Application {
         }
         let store = Store::open(&config.store).await?;
         info!(backend = ?store.backend(), "store open");
+        let telemetry = crate::telemetry::start(config.otel.as_ref())?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let (committer, committer_task) =
             Committer::spawn(store.clone(), config.ingest, Some(wake.clone()));
@@ -281,6 +286,7 @@ impl Application {
             committer_task,
             retention,
             delivery,
+            telemetry,
         })
     }
 
@@ -355,6 +361,9 @@ impl Application {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.store.close().await;
+        if let Some(t) = self.telemetry {
+            t.shutdown().await;
+        }
         info!("stopped");
     }
 }

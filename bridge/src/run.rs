@@ -67,8 +67,15 @@ fn ensure_min_stack() {
 pub fn run(config: Option<&Path>) -> ExitCode {
     ensure_min_stack();
     init_logging();
-    let config = match Config::load_or_default(config) {
+    let mut config = match Config::load_or_default(config) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    config.otel = match crate::telemetry::OtlpSettings::from_env() {
+        Ok(otel) => otel,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);

@@ -292,11 +292,32 @@ impl Dhis2Destination for Dhis2Sink {
                 push.rejected
                     .insert(index_of_sent[j], (code.to_owned(), message.to_owned()));
             };
-            let outcome = match self
+            // A push carries totals of many events: its `deliver` span
+            // starts a trace of its own.
+            let mut otel = crate::telemetry::deliver(None, "dhis2");
+            otel.set_count("kiungo.values", chunk.len() as u64);
+            let traceparent = crate::telemetry::outgoing_traceparent(&otel, None);
+            let posted = self
                 .client
-                .post_data_values(&chunk, Some(&crate::trace::continue_or_start(None)))
-                .await
-            {
+                .post_data_values(&chunk, Some(&traceparent))
+                .await;
+            match &posted {
+                Ok(o) if o.is_batch_rejected() => {
+                    otel.set("kiungo.outcome", "rejected");
+                    otel.fail("dhis2_rejected");
+                }
+                Ok(_) => otel.set("kiungo.outcome", "delivered"),
+                Err(e) if e.is_values_conflict() => {
+                    otel.set("kiungo.outcome", "conflict");
+                    otel.fail("dhis2_conflict");
+                }
+                Err(e) => {
+                    otel.set("kiungo.outcome", "failed");
+                    otel.fail(&super::warn_limit::failure_class(&e.to_string()));
+                }
+            }
+            otel.end();
+            let outcome = match posted {
                 Ok(outcome) => outcome,
                 Err(e) if e.is_values_conflict() => {
                     // Permanent for these values, whatever the rest:
