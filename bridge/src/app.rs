@@ -80,8 +80,20 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Starts everything; returns once the HTTP port is bound.
+    /// Starts everything; returns once the HTTP port is bound. No spans
+    /// are exported (see [`Self::build_traced`]).
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_traced(config, None).await
+    }
+
+    /// [`Self::build`], exporting spans as `otel` says: `kiungo run`
+    /// reads it from the `OTEL_*` environment variables
+    /// ([`crate::telemetry::OtlpSettings::from_env`]), tests build it;
+    /// off when `None`.
+    pub async fn build_traced(
+        config: Config,
+        otel: Option<crate::telemetry::OtlpSettings>,
+    ) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         let key = config.pseudonym_key().map_err(StartError::PseudonymKey)?;
         if key.is_none() {
@@ -112,7 +124,7 @@ impl Application {
         }
         let store = Store::open(&config.store).await?;
         info!(backend = ?store.backend(), "store open");
-        let telemetry = crate::telemetry::start(config.otel.as_ref())?;
+        let telemetry = crate::telemetry::start(otel.as_ref())?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let (committer, committer_task) =
             Committer::spawn(store.clone(), config.ingest, Some(wake.clone()));

@@ -62,11 +62,6 @@ pub struct Config {
     /// Log signals: how often the INFO summary line is written.
     #[serde(default)]
     pub log: crate::signals::LogConfig,
-    /// Span export, from the `OTEL_*` environment variables rather than
-    /// the file (`kiungo run` reads them at start-up; tests set this):
-    /// off when `None`.
-    #[serde(skip)]
-    pub otel: Option<crate::telemetry::OtlpSettings>,
 }
 
 /// `http:`.
@@ -137,7 +132,6 @@ impl Default for Config {
             destinations: DestinationsConfig::default(),
             pseudonym_key_file: None,
             admin: crate::admin::AdminConfig::default(),
-            otel: None,
             feedback: None,
             log: crate::signals::LogConfig::default(),
         }

@@ -67,14 +67,14 @@ fn ensure_min_stack() {
 pub fn run(config: Option<&Path>) -> ExitCode {
     ensure_min_stack();
     init_logging();
-    let mut config = match Config::load_or_default(config) {
+    let config = match Config::load_or_default(config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
-    config.otel = match crate::telemetry::OtlpSettings::from_env() {
+    let otel = match crate::telemetry::OtlpSettings::from_env() {
         Ok(otel) => otel,
         Err(e) => {
             eprintln!("error: {e}");
@@ -92,7 +92,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let app = match Application::build(config).await {
+        let app = match Application::build_traced(config, otel).await {
             Ok(app) => app,
             Err(e) => {
                 error!(error = %e, "cannot start");

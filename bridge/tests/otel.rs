@@ -5,6 +5,7 @@
 //! and `deliver` spans in the app's trace, and the FHIR server's request
 //! is a child of the exported `deliver` span; `kiungo run` exports when
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set and sends nothing when it is not.
+#![cfg(feature = "otel")]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -295,9 +296,12 @@ async fn spans_continue_the_apps_trace_over_amqp_and_http() {
         &fhir,
         &format!("rabbitmq:\n  url: '{amqp_url}'\n  queues: [{{name: '{queue}', source: cht}}]\n"),
     );
-    let mut config = Config::load(&file).expect("config");
-    config.otel = Some(OtlpSettings::for_endpoint(&collector.uri()));
-    let app = Application::build(config).await.expect("start");
+    let app = Application::build_traced(
+        Config::load(&file).expect("config"),
+        Some(OtlpSettings::for_endpoint(&collector.uri())),
+    )
+    .await
+    .expect("start");
 
     // Over AMQP, with the app's traceparent in the headers.
     let conn = Connection::connect(amqp_url, ConnectionProperties::default())

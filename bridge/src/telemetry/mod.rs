@@ -32,6 +32,7 @@ pub fn start(settings: Option<&OtlpSettings>) -> Result<Option<Export>, StartErr
     }
     #[cfg(not(feature = "otel"))]
     {
+        let _ = settings;
         tracing::warn!(
             "OTEL_EXPORTER_OTLP_ENDPOINT is set but this kiungo was built without the `otel` feature: no spans are exported"
         );

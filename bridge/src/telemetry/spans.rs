@@ -141,7 +141,10 @@ impl Span {
 
     /// Ends the span now.
     pub fn end(self) {
-        drop(self);
+        #[cfg(feature = "otel")]
+        drop(self.inner);
+        #[cfg(not(feature = "otel"))]
+        let _ = self;
     }
 }
 
@@ -175,9 +178,7 @@ fn start(
     let Some(t) = tracer() else {
         return Span::none();
     };
-    let cx = parent
-        .and_then(remote_parent)
-        .unwrap_or_else(opentelemetry::Context::new);
+    let cx = parent.and_then(remote_parent).unwrap_or_default();
     Span {
         inner: Some(
             t.span_builder(name)
