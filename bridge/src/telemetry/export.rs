@@ -213,3 +213,106 @@ impl<E: SpanExporter> SpanExporter for Reporting<E> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::Tracer as _;
+
+    /// Counts the spans it is given; fails every export when `fail`.
+    #[derive(Debug, Clone, Default)]
+    struct Counting {
+        spans: Arc<AtomicUsize>,
+        fail: bool,
+    }
+
+    impl SpanExporter for Counting {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            if self.fail {
+                return Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "collector answered HTTP 503".into(),
+                ));
+            }
+            self.spans.fetch_add(batch.len(), Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn counted(result: &str) -> u64 {
+        crate::metrics::metrics()
+            .otel_spans
+            .get_or_create(&crate::metrics::SpanLabels {
+                result: result.to_owned(),
+            })
+            .get()
+    }
+
+    /// A provider whose batch processor exports only when flushed, behind
+    /// a bound of `max` spans.
+    fn provider(exporter: Counting, max: usize) -> SdkTracerProvider {
+        let queued = Arc::new(AtomicUsize::new(0));
+        let batch = BatchSpanProcessor::builder(Reporting {
+            inner: exporter,
+            queued: queued.clone(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(64)
+                .with_scheduled_delay(Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+        SdkTracerProvider::builder()
+            .with_span_processor(Bounded {
+                inner: batch,
+                queued,
+                max,
+            })
+            .build()
+    }
+
+    #[test]
+    fn a_full_queue_drops_spans_counts_them_and_takes_more_once_exported() {
+        let exporter = Counting::default();
+        let provider = provider(exporter.clone(), 4);
+        let tracer = provider.tracer("test");
+        let dropped = counted("dropped");
+        for _ in 0..10 {
+            drop(tracer.start("x"));
+        }
+        assert_eq!(counted("dropped") - dropped, 6, "4 queued, 6 dropped");
+        provider.force_flush().expect("flush");
+        assert_eq!(exporter.spans.load(Ordering::SeqCst), 4);
+        // Exported: the queue has room again.
+        for _ in 0..3 {
+            drop(tracer.start("x"));
+        }
+        provider.force_flush().expect("flush");
+        assert_eq!(exporter.spans.load(Ordering::SeqCst), 7);
+        assert_eq!(counted("dropped") - dropped, 6);
+        provider.shutdown().expect("shutdown");
+    }
+
+    #[test]
+    fn a_failed_export_is_counted_and_does_not_panic() {
+        let provider = provider(
+            Counting {
+                fail: true,
+                ..Counting::default()
+            },
+            100,
+        );
+        let tracer = provider.tracer("test");
+        let failed = counted("failed");
+        for _ in 0..3 {
+            drop(tracer.start("x"));
+        }
+        assert!(provider.force_flush().is_err(), "the export failed");
+        assert_eq!(counted("failed") - failed, 3);
+        // Spans keep being taken after a failure.
+        drop(tracer.start("x"));
+        let _ = provider.force_flush();
+        assert_eq!(counted("failed") - failed, 4);
+        let _ = provider.shutdown();
+    }
+}
