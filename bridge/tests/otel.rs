@@ -2,9 +2,10 @@
 //! server taking `POST /v1/traces`, whose bodies are decoded as OTLP
 //! protobuf): events published over AMQP and posted over HTTP with a
 //! known `traceparent`, and one without, yield `ingest`, `map`, `commit`
-//! and `deliver` spans in the app's trace, and the FHIR server's request
-//! is a child of the exported `deliver` span; `kiungo run` exports when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set and sends nothing when it is not.
+//! and `deliver` spans in the app's trace (none for a trace the app did
+//! not sample), and the FHIR server's request is a child of the exported
+//! `deliver` span; `kiungo run` exports when `OTEL_EXPORTER_OTLP_ENDPOINT`
+//! is set and sends nothing when it is not.
 #![cfg(feature = "otel")]
 
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ const APP_TOKEN: &str = "otel-test-cht-app-token-5b8d2e4f6a1c3e7b9d0f";
 /// The app's span over HTTP and over AMQP.
 const HTTP_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const AMQP_PARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+/// An app's span it chose not to sample (flags `00`).
+const UNSAMPLED_PARENT: &str = "00-5e1c0ffee0ddba11cafe000000000042-1122334455667788-00";
 /// Generous: the test waits for conditions, never for a time.
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -350,8 +353,10 @@ async fn spans_continue_the_apps_trace_over_amqp_and_http() {
     let bare_event = event("anc-visit-1-facility.json", "otel-http-2");
     post(&addr, http_event.clone(), Some(HTTP_PARENT)).await;
     post(&addr, bare_event.clone(), None).await;
+    let unsampled_event = event("anc-visit-3-outreach-no-vitals.json", "otel-http-3");
+    post(&addr, unsampled_event.clone(), Some(UNSAMPLED_PARENT)).await;
 
-    let sent = sent_traceparents(&fhir_requests(&fhir, 3).await);
+    let sent = sent_traceparents(&fhir_requests(&fhir, 4).await);
     // Shutdown exports what is queued.
     app.run_until(async {}).await;
     let _ = channel
@@ -378,18 +383,32 @@ async fn spans_continue_the_apps_trace_over_amqp_and_http() {
         &trace_of(HTTP_PARENT),
         Some(&parent_of(HTTP_PARENT)),
     );
+    // Not sampled by the app: no span, and forwarded as without export
+    // (a child, still not sampled).
+    let unsampled = trace_of(UNSAMPLED_PARENT);
+    assert!(
+        spans.iter().all(|s| s.trace != unsampled),
+        "spans of an unsampled trace: {spans:#?}"
+    );
+    let forwarded: Vec<&String> = sent.iter().filter(|tp| trace_of(tp) == unsampled).collect();
+    assert_eq!(forwarded.len(), 1, "{sent:?}");
+    assert!(forwarded[0].ends_with("-00"), "{sent:?}");
+    assert_ne!(parent_of(forwarded[0]), parent_of(UNSAMPLED_PARENT));
     // The event without one: a trace Kiungo started at its ingest span.
     let other: Vec<&String> = sent
         .iter()
         .filter(|tp| {
-            ![AMQP_PARENT, HTTP_PARENT]
+            ![AMQP_PARENT, HTTP_PARENT, UNSAMPLED_PARENT]
                 .iter()
                 .any(|app| trace_of(app) == trace_of(tp))
         })
         .collect();
     assert_eq!(other.len(), 1, "{sent:?}");
     check_trace(&spans, &sent, &trace_of(other[0]), None);
-    check_no_payload_values(&spans, &[amqp_event, http_event, bare_event]);
+    check_no_payload_values(
+        &spans,
+        &[amqp_event, http_event, bare_event, unsampled_event],
+    );
 }
 
 /// A free local port.

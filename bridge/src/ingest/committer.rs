@@ -419,10 +419,6 @@ fn minimal_letter(ing: &Ingest, e: &StoreError) -> Ingest {
     }
 }
 
-/// Counts committed events into the metrics: consumed by transport,
-/// committed by outcome, parked by reason. Counted per batch (one label
-/// lookup per distinct label set, not per event): this runs on the
-/// commit path.
 /// The stable name of an outcome (metrics labels, span attributes).
 const fn outcome_name(outcome: &Outcome) -> &'static str {
     match outcome {
@@ -459,6 +455,10 @@ fn commit_spans(
     }
 }
 
+/// Counts committed events into the metrics: consumed by transport,
+/// committed by outcome, parked by reason. Counted per batch (one label
+/// lookup per distinct label set, not per event): this runs on the
+/// commit path.
 fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Done]) {
     let m = crate::metrics::metrics();
     let mut consumed: HashMap<(&str, &'static str), u64> = HashMap::new();
