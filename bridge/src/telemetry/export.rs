@@ -48,7 +48,7 @@ pub struct Exporter {
 
 impl Exporter {
     /// Starts exporting to `settings`' endpoint and makes the spans of
-    /// [`super::spans`] record.
+    /// [`super::ingest`], [`super::deliver`] and their children record.
     pub fn start(settings: &OtlpSettings) -> Result<Self, ExportStartError> {
         let otlp = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
