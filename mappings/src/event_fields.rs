@@ -158,21 +158,26 @@ impl MappingSet {
                     field: read.field.clone(),
                     message: String::new(),
                 };
-                match closest(name, &missing.keys) {
-                    Some(key) => {
-                        message.push_str(&format!(
-                            "; did you mean `{parent}{}`? (if both are real fields, add a test \
-                             event that has this one)",
-                            step(key)
-                        ));
-                        report.errors.push(LoadError { message, ..error });
-                    }
-                    None => {
+                let near = closest(name, &missing.keys);
+                match near.as_slice() {
+                    [] => {
                         message.push_str(
                             " (fine for an optional field read with `is defined` or `default`; \
                              otherwise add a test event that has it)",
                         );
                         report.warnings.push(LoadError { message, ..error });
+                    }
+                    keys => {
+                        let meant: Vec<String> = keys
+                            .iter()
+                            .map(|k| format!("`{parent}{}`", step(k)))
+                            .collect();
+                        message.push_str(&format!(
+                            "; did you mean {}? (if both are real fields, add a test event that \
+                             has this one)",
+                            meant.join(" or ")
+                        ));
+                        report.errors.push(LoadError { message, ..error });
                     }
                 }
             }
@@ -221,18 +226,21 @@ fn objects_in<'a>(
     out
 }
 
-/// The key of `keys` closest to `name`, if close enough to be the name
-/// meant: the same but for case, `_` and `-`, or within an edit distance
-/// that grows with the name (none up to 3 characters, 1 up to 6, else 2).
-/// Keys that do not look like field names are never offered.
-fn closest<'k>(name: &str, keys: &'k BTreeSet<String>) -> Option<&'k str> {
+/// The keys of `keys` closest to `name` (all those as close as the
+/// closest, at most [`MAX_SUGGESTIONS`], in name order), if close enough
+/// to be the name meant: the same but for case, `_` and `-`, or within an
+/// edit distance that grows with the name (none up to 3 characters, 1 up
+/// to 6, else 2). Keys that do not look like field names are never
+/// offered.
+fn closest<'k>(name: &str, keys: &'k BTreeSet<String>) -> Vec<&'k str> {
     let folded = fold(name);
     let allowed = match name.chars().count() {
         0..=3 => 0,
         4..=6 => 1,
         _ => 2,
     };
-    keys.iter()
+    let near: Vec<(usize, &str)> = keys
+        .iter()
         .filter(|k| name_like(k) && k.as_str() != name)
         .filter_map(|k| {
             let d = if fold(k) == folded {
@@ -242,9 +250,19 @@ fn closest<'k>(name: &str, keys: &'k BTreeSet<String>) -> Option<&'k str> {
             };
             (d <= allowed).then_some((d, k.as_str()))
         })
-        .min()
+        .collect();
+    let Some(best) = near.iter().map(|(d, _)| *d).min() else {
+        return Vec::new();
+    };
+    near.into_iter()
+        .filter(|(d, _)| *d == best)
         .map(|(_, k)| k)
+        .take(MAX_SUGGESTIONS)
+        .collect()
 }
+
+/// At most this many equally close keys are suggested.
+const MAX_SUGGESTIONS: usize = 3;
 
 /// The name without case, `_` and `-`.
 fn fold(name: &str) -> String {
@@ -325,22 +343,32 @@ mod tests {
     fn distance_counts_edits_and_swaps() {
         assert_eq!(distance("anc_visitz", "anc_visit"), 1);
         assert_eq!(distance("recieved", "received"), 1);
-        assert_eq!(distance("sex", "age"), 2);
+        assert_eq!(distance("sex", "age"), 3);
+        assert_eq!(distance("age", "agee"), 1);
         assert_eq!(distance("", "abc"), 3);
         assert_eq!(distance("weight", "weight"), 0);
     }
 
     #[test]
     fn close_names_are_suggested_far_ones_are_not() {
-        let k = keys(&["anc_visit", "patient_uuid", "sex", "Weight", "0712345678"]);
-        assert_eq!(closest("anc_visitz", &k), Some("anc_visit"));
-        assert_eq!(closest("patientuuid", &k), Some("patient_uuid"));
-        assert_eq!(closest("weight", &k), Some("Weight"));
+        let k = keys(&[
+            "anc_visit",
+            "patient_id",
+            "patient_uuid",
+            "sex",
+            "Weight",
+            "0712345678",
+        ]);
+        assert_eq!(closest("anc_visitz", &k), ["anc_visit"]);
+        assert_eq!(closest("patientuuid", &k), ["patient_uuid"]);
+        assert_eq!(closest("weight", &k), ["Weight"]);
+        // Equally close keys are all offered.
+        assert_eq!(closest("patient_uid", &k), ["patient_id", "patient_uuid"]);
         // Short names need an exact match but for case and `_`.
-        assert_eq!(closest("age", &k), None);
-        assert_eq!(closest("nickname", &k), None);
+        assert!(closest("age", &k).is_empty());
+        assert!(closest("nickname", &k).is_empty());
         // A key that looks like data is never offered.
-        assert_eq!(closest("0712345679", &k), None);
+        assert!(closest("0712345679", &k).is_empty());
     }
 
     #[test]
