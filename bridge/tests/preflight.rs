@@ -4,7 +4,9 @@
 //! credentials and the calendar are checked too, and the shipped packs
 //! check out. Against a sandbox in the Ethiopian calendar, a deployment
 //! configured `calendar: ethiopian` passes the preflight and lands its
-//! values in Ethiopian periods; one left on `iso8601` is told.
+//! values in Ethiopian periods; one left on `iso8601` is told. An
+//! attribute option combo of another category combo than the data set's
+//! is reported at its line.
 //!
 //! The broken mapping is the CHT pack with three faults: `facilities.csv`
 //! gains Kambia (a district assigned no data set of ANC visits) and an
@@ -359,5 +361,76 @@ async fn an_ethiopian_deployment_lands_its_values_in_an_ethiopian_dhis2() {
     assert_eq!(value["orgUnit"], "DiszpKrYNg8", "{landed}");
     assert_eq!(value["value"], "1", "{landed}");
     app.run_until(async {}).await;
+    sandbox.handle().stop().await;
+}
+
+/// The CHT pack sending its ANC visits under "Target" of the "Target vs
+/// Result" attribute combo, whereas Reproductive Health, the data set
+/// holding ANC 1st visit, has the default category combo: reported at the
+/// rule's `attribute_option_combo` line. The default (the shipped pack)
+/// checks out, as above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attribute_option_combo_of_another_category_combo_is_reported_at_its_line() {
+    kiungo::tls::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut metadata: Value =
+        serde_json::from_str(kiungo::sandbox::DEFAULT_METADATA).expect("metadata");
+    metadata["attributeOptionCombos"] = serde_json::json!([
+        {"id": "TgtResAoc01", "name": "Target", "categoryCombo": {"id": "WBW7RjsApsv"}}
+    ]);
+    let metadata_file = dir.path().join("metadata.json");
+    std::fs::write(&metadata_file, metadata.to_string()).expect("metadata");
+    let mut sandbox_config = SandboxConfig::for_test();
+    sandbox_config.dhis2.metadata = Some(metadata_file);
+    let sandbox = Sandbox::start(sandbox_config).await.expect("sandbox");
+
+    let mappings = dir.path().join("mappings");
+    let cht = mappings.join("cht-anc");
+    std::fs::create_dir_all(cht.join("fixtures")).expect("mkdir");
+    let from = packs().join("cht-anc");
+    for entry in std::fs::read_dir(from.join("fixtures")).expect("fixtures") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(
+            &path,
+            cht.join("fixtures").join(path.file_name().expect("name")),
+        )
+        .expect("copy fixture");
+    }
+    std::fs::copy(from.join("facilities.csv"), cht.join("facilities.csv")).expect("csv");
+    let mapping = std::fs::read_to_string(from.join("anc-visit.yaml")).expect("mapping");
+    let period = "    period: { type: Monthly, date: visit_day }\n";
+    let line = mapping
+        .lines()
+        .position(|l| format!("{l}\n") == period)
+        .expect("the pack changed: adapt this test")
+        + 2;
+    std::fs::write(
+        cht.join("anc-visit.yaml"),
+        mapping.replace(
+            period,
+            &format!("{period}    attribute_option_combo: TgtResAoc01\n"),
+        ),
+    )
+    .expect("write mapping");
+
+    let store = format!("sqlite:{}", dir.path().join("k.db").display());
+    let file = config(dir.path(), &mappings, &store, &sandbox.dhis2_url(), "");
+    let out = check_online(&file).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let m = cht.join("anc-visit.yaml").display().to_string();
+    let expected = format!(
+        "{m}:{line}: cht-anc-visit dhis2[0].attribute_option_combo: attribute option combo \
+         `TgtResAoc01` (Target) belongs to category combo `WBW7RjsApsv`, but the Monthly data \
+         sets holding data element "
+    );
+    assert!(
+        stderr.contains(&expected),
+        "missing:\n{expected}\nin:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("take `bjDvmb4bfuf` (`QX4ZTUbOt3a` (Reproductive Health))"),
+        "{stderr}"
+    );
     sandbox.handle().stop().await;
 }

@@ -30,7 +30,8 @@
 //! another file of the same shape. Attribute option combos: the default
 //! `HllvX50cXC0`, the option combos of any ATTRIBUTE category combo that
 //! lists them, and (sandbox extension) a top-level `attributeOptionCombos`
-//! array of `{id, code?, name?}`.
+//! array of `{id, code?, name?, categoryCombo?: {id}}`; those with a known
+//! category combo are listed by `/api/categoryOptionCombos` too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -108,6 +109,10 @@ pub struct Metadata {
     cocs: Vec<(Named, String)>,
     coc_index: HashMap<String, usize>,
     aocs: HashSet<String>,
+    /// The attribute option combos whose category combo is known (those
+    /// of ATTRIBUTE category combos, and top-level ones that name theirs),
+    /// served by `/api/categoryOptionCombos` beside the others.
+    aoc_combos: Vec<(Named, String)>,
     data_sets: HashMap<String, DataSet>,
 }
 
@@ -164,6 +169,7 @@ impl Metadata {
             .collect::<Result<Vec<_>, _>>()?;
         let mut cocs = Vec::new();
         let mut aocs = HashSet::from([DEFAULT_COC.to_owned()]);
+        let mut aoc_combos = Vec::new();
         for cc in array(&doc, "categoryCombos") {
             let cc_id = str_field(cc, "id")
                 .ok_or_else(|| MetadataError::Shape("categoryCombo without id".into()))?;
@@ -173,13 +179,18 @@ impl Metadata {
                 let coc = named(coc)?;
                 if attribute {
                     aocs.insert(coc.id.clone());
+                    aoc_combos.push((coc, cc_id.clone()));
                 } else {
                     cocs.push((coc, cc_id.clone()));
                 }
             }
         }
         for aoc in array(&doc, "attributeOptionCombos") {
-            aocs.insert(named(aoc)?.id);
+            let n = named(aoc)?;
+            aocs.insert(n.id.clone());
+            if let Some(cc) = aoc.pointer("/categoryCombo/id").and_then(Value::as_str) {
+                aoc_combos.push((n, cc.to_owned()));
+            }
         }
         let mut data_sets = HashMap::new();
         for ds in array(&doc, "dataSets") {
@@ -226,6 +237,7 @@ impl Metadata {
             cocs,
             coc_index,
             aocs,
+            aoc_combos,
             data_sets,
         })
     }
@@ -1505,6 +1517,7 @@ fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Va
         Collection::Cocs => md
             .cocs
             .iter()
+            .chain(&md.aoc_combos)
             .map(|(n, cc)| {
                 let mut m = Map::new();
                 m.insert("categoryCombo".into(), id(cc));
