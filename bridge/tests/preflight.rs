@@ -6,7 +6,8 @@
 //! configured `calendar: ethiopian` passes the preflight and lands its
 //! values in Ethiopian periods; one left on `iso8601` is told. An
 //! attribute option combo of another category combo than the data set's
-//! is reported at its line.
+//! is reported at its line, and a completeness grace past the data set's
+//! `timelyDays` is a warning that does not fail the check.
 //!
 //! The broken mapping is the CHT pack with three faults: `facilities.csv`
 //! gains Kambia (a district assigned no data set of ANC visits) and an
@@ -432,5 +433,68 @@ async fn an_attribute_option_combo_of_another_category_combo_is_reported_at_its_
         stderr.contains("take `bjDvmb4bfuf` (`QX4ZTUbOt3a` (Reproductive Health))"),
         "{stderr}"
     );
+    sandbox.handle().stop().await;
+}
+
+/// Reproductive Health has `timelyDays: 10` in the sandbox: a 12-day
+/// grace makes every registration late, which is a warning on both
+/// outputs (the check passes, `/v1/preflight` stays complete); a 2-day
+/// grace says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completeness_grace_past_timely_days_is_a_warning() {
+    kiungo::tls::install_crypto_provider();
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
+    let completeness = |grace: &str| {
+        format!("    completeness:\n      - {{data_set: QX4ZTUbOt3a, grace: {grace}}}\n")
+    };
+    let warning = "destinations.dhis2.completeness[0].grace: warning: 12days is not shorter \
+                   than data set `QX4ZTUbOt3a` (Reproductive Health)'s timelyDays (10)";
+
+    let file = config(
+        dir.path(),
+        &packs(),
+        &db.config.url,
+        &sandbox.dhis2_url(),
+        &completeness("2d"),
+    );
+    let out = check_online(&file).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains("warning"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let file = config(
+        dir.path(),
+        &packs(),
+        &db.config.url,
+        &sandbox.dhis2_url(),
+        &completeness("12d"),
+    );
+    let out = check_online(&file).await;
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(warning), "{stdout}");
+
+    let app = Application::build(Config::load(&file).expect("config loads"))
+        .await
+        .expect("start");
+    let view = static_preflight(&app).await;
+    assert_eq!(view["complete"], true, "{view}");
+    assert_eq!(view["static"]["problems_total"], 1, "{view}");
+    let p = &view["static"]["problems"][0];
+    assert_eq!(p["kind"], "grace_after_timely_days", "{p}");
+    assert_eq!(p["severity"], "warning", "{p}");
+    assert_eq!(p["field"], "completeness[0].grace", "{p}");
+    assert!(
+        p["text"].as_str().is_some_and(|t| t.starts_with(warning)),
+        "{p}"
+    );
+    app.run_until(async {}).await;
     sandbox.handle().stop().await;
 }

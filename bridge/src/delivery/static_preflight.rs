@@ -14,6 +14,10 @@
 //!   as DHIS2's import checks (E7635) and its completeness and reports
 //!   count by data set.
 //!
+//! With completeness configured, each data set's `timelyDays` is read too:
+//! a `grace` that makes every registration late is a warning
+//! ([`super::completeness_preflight`]).
+//!
 //! Each problem names the mapping file and line of the field (and the
 //! lookup-table cell the id comes from), the id, and what was expected.
 //! Used at start-up (merged into `/v1/preflight` beside the check of the
@@ -28,6 +32,8 @@ use kiungo_connectors::dhis2::{
     DataElementLinks, Dhis2Client, Dhis2Error, MetadataLinks, References,
 };
 use kiungo_mappings::period::Calendar;
+
+use super::completeness::CompletenessConfig;
 use kiungo_mappings::static_refs::{RefField, StaticDhis2Rule, StaticRef};
 use serde::Serialize;
 
@@ -54,6 +60,21 @@ pub enum ProblemKind {
     /// The attribute option combo is not one of the category combo of
     /// any data set that takes the data element in the rule's period type.
     AttributeComboMismatch,
+    /// A completeness `grace` at or past the data set's `timelyDays`:
+    /// DHIS2 counts every registration late (a warning).
+    GraceAfterTimelyDays,
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Values would be refused or land where they should not: fix before
+    /// relying on the deployment (`kiungo config check --online` fails).
+    #[default]
+    Error,
+    /// Everything lands, but something DHIS2 reports will look wrong.
+    Warning,
 }
 
 /// One problem, with its place.
@@ -61,6 +82,8 @@ pub enum ProblemKind {
 pub struct Problem {
     /// What it is about.
     pub kind: ProblemKind,
+    /// How bad it is.
+    pub severity: Severity,
     /// The mapping (or shared) file of the field, for a mapping problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -89,7 +112,13 @@ impl fmt::Display for Problem {
         match (&self.file, self.line) {
             (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
             (Some(file), None) => write!(f, "{file}: ")?,
-            _ => f.write_str("destinations.dhis2: ")?,
+            _ => match (&self.mapping, &self.field) {
+                (None, Some(field)) => write!(f, "destinations.dhis2.{field}: ")?,
+                _ => f.write_str("destinations.dhis2: ")?,
+            },
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
         }
         if let (Some(m), Some(field)) = (&self.mapping, &self.field) {
             write!(f, "{m} {field}: ")?;
@@ -121,13 +150,14 @@ pub struct StaticReport {
 }
 
 /// Runs the static preflight: `/api/me`, `/api/system/info`, then the
-/// batched metadata look-ups. Credentials DHIS2 refuses are a problem of
-/// the report (nothing else can be checked then); DHIS2 not answering is
-/// the error.
+/// batched metadata look-ups, and the `timelyDays` of the `completeness`
+/// data sets. Credentials DHIS2 refuses are a problem of the report
+/// (nothing else can be checked then); DHIS2 not answering is the error.
 pub async fn run(
     client: &Dhis2Client,
     rules: &[StaticDhis2Rule],
     calendar: Calendar,
+    completeness: &[CompletenessConfig],
 ) -> Result<StaticReport, Dhis2Error> {
     let mut report = StaticReport {
         rules: rules.len(),
@@ -142,6 +172,7 @@ pub async fn run(
         }) => {
             report.problems.push(Problem {
                 kind: ProblemKind::Credentials,
+                severity: Severity::Error,
                 file: None,
                 line: None,
                 mapping: None,
@@ -165,6 +196,7 @@ pub async fn run(
     {
         report.problems.push(Problem {
             kind: ProblemKind::CalendarMismatch,
+            severity: Severity::Error,
             file: None,
             line: None,
             mapping: None,
@@ -189,6 +221,16 @@ pub async fn run(
         .count();
     let links = client.metadata_links(&refs).await?;
     report.problems.extend(check(rules, &links));
+    if !completeness.is_empty() {
+        let ids = completeness.iter().map(|c| c.data_set.clone()).collect();
+        let timeliness = client.data_set_timeliness(&ids).await?;
+        report
+            .problems
+            .extend(super::completeness_preflight::grace_problems(
+                completeness,
+                &timeliness,
+            ));
+    }
     Ok(report)
 }
 
@@ -228,6 +270,7 @@ pub fn check(rules: &[StaticDhis2Rule], links: &MetadataLinks) -> Vec<Problem> {
     for rule in rules {
         let problem = |kind, field: RefField, r: &StaticRef, message: String| Problem {
             kind,
+            severity: Severity::Error,
             file: Some(rule.file.display().to_string()),
             line: Some(match field {
                 RefField::DataElement => rule.data_element.line,

@@ -1,7 +1,8 @@
 //! A DHIS2 2.40 simulator: aggregate data value import, read-back and the
 //! metadata look-ups Kiungo's preflight uses (data elements with their
 //! category combo and data sets, org units with their data sets, option
-//! combos with their category combo, data sets with their period type;
+//! combos with their category combo, data sets with their period type,
+//! category combo and `timelyDays`;
 //! `/api/me`, `/api/system/info`).
 //!
 //! Guarantee: `POST /api/dataValueSets` answers as a 2.40 server does
@@ -93,6 +94,9 @@ struct DataSet {
     period_type: Option<String>,
     /// The attribute category combo.
     category_combo: Option<String>,
+    /// Days after a period within which a completeness registration is on
+    /// time.
+    timely_days: Option<i64>,
     /// The org units it is assigned to (`organisationUnits_in_subset`, or
     /// `organisationUnits: [{id}]`).
     org_units: HashSet<String>,
@@ -222,6 +226,7 @@ impl Metadata {
                         .pointer("/categoryCombo/id")
                         .and_then(Value::as_str)
                         .map(str::to_owned),
+                    timely_days: ds.get("timelyDays").and_then(Value::as_i64),
                     org_units,
                 },
             );
@@ -1533,6 +1538,9 @@ fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Va
                 }
                 if let Some(cc) = &ds.category_combo {
                     m.insert("categoryCombo".into(), id(cc));
+                }
+                if let Some(days) = ds.timely_days {
+                    m.insert("timelyDays".into(), json!(days));
                 }
                 (&ds.named, m)
             })

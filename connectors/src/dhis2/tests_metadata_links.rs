@@ -195,6 +195,41 @@ async fn metadata_links_batches_each_kind_and_reads_the_2_40_shapes() {
     );
 }
 
+/// The completeness grace check reads `timelyDays` (2.40: an integer)
+/// of the configured data sets in one request; one DHIS2 does not know is
+/// absent.
+#[tokio::test]
+async fn data_set_timeliness_reads_timely_days() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/dataSets"))
+        .and(query_param(
+            "filter",
+            "id:in:[BfMAe6Itzgt,NoSuchSet01,QX4ZTUbOt3a]",
+        ))
+        .and(query_param("fields", "id,name,timelyDays"))
+        .and(query_param("paging", "false"))
+        .respond_with(list(
+            "dataSets",
+            json!([{"id": "QX4ZTUbOt3a", "name": "Reproductive Health", "timelyDays": 10},
+                   {"id": "BfMAe6Itzgt", "name": "Child Health", "timelyDays": 0}]),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sets = client(&server)
+        .data_set_timeliness(&set(&["QX4ZTUbOt3a", "BfMAe6Itzgt", "NoSuchSet01"]))
+        .await
+        .expect("timeliness");
+    assert_eq!(sets["QX4ZTUbOt3a"].timely_days, Some(10));
+    assert_eq!(
+        sets["QX4ZTUbOt3a"].name.as_deref(),
+        Some("Reproductive Health")
+    );
+    assert_eq!(sets["BfMAe6Itzgt"].timely_days, Some(0));
+    assert!(!sets.contains_key("NoSuchSet01"));
+}
+
 /// 250 org units: three requests of at most 100 ids each.
 #[tokio::test]
 async fn metadata_links_asks_for_at_most_100_ids_at_a_time() {
