@@ -187,8 +187,9 @@ impl Dhis2Sink {
         &self,
         rules: &[kiungo_mappings::static_refs::StaticDhis2Rule],
         calendar: kiungo_mappings::period::Calendar,
+        completeness: &[super::completeness::CompletenessConfig],
     ) -> Result<super::static_preflight::StaticReport, SinkFailure> {
-        super::static_preflight::run(&self.client, rules, calendar)
+        super::static_preflight::run(&self.client, rules, calendar, completeness)
             .await
             .map_err(|e| dhis2_failure(&e))
     }
@@ -523,7 +524,8 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
     let mut view = serde_json::json!({
         "checked_at_ms": crate::store::now_ms(),
         "attempts": attempts,
-        "complete": report.missing.is_empty() && problems.is_empty(),
+        "complete": report.missing.is_empty()
+            && problems.iter().all(|p| p.severity == super::static_preflight::Severity::Warning),
         "resolved": resolved,
         "missing": missing,
     });
@@ -544,7 +546,14 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
     remember_preflight(view);
     if let Some(s) = &answer.static_report {
         for p in s.problems.iter().take(MAX_LOGGED_PROBLEMS) {
-            warn!(problem = %p, "dhis2 preflight: mapping or server problem");
+            match p.severity {
+                super::static_preflight::Severity::Error => {
+                    warn!(problem = %p, "dhis2 preflight: mapping or server problem");
+                }
+                super::static_preflight::Severity::Warning => {
+                    warn!(problem = %p, "dhis2 preflight: warning");
+                }
+            }
         }
         if s.problems.len() > MAX_LOGGED_PROBLEMS {
             warn!(
@@ -552,7 +561,10 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
                 "dhis2 preflight: more problems, listed at /v1/preflight"
             );
         }
-        if s.problems.is_empty() {
+        if s.problems
+            .iter()
+            .all(|p| p.severity == super::static_preflight::Severity::Warning)
+        {
             info!(
                 rules = s.rules,
                 references = s.references,
