@@ -38,6 +38,9 @@ pub enum StartError {
     /// The admin tokens are unusable (each problem with its place).
     #[error("{}", .0.join("; "))]
     Admin(Vec<String>),
+    /// Span export cannot start.
+    #[error("{0}")]
+    Telemetry(#[from] crate::telemetry::StartError),
     /// The HTTP address cannot be bound.
     #[error("http.listen {addr}: {error}")]
     Bind {
@@ -65,6 +68,7 @@ pub struct Application {
     committer_task: tokio::task::JoinHandle<()>,
     retention: tokio::task::JoinHandle<()>,
     delivery: Vec<tokio::task::JoinHandle<()>>,
+    telemetry: Option<crate::telemetry::Export>,
 }
 
 impl std::fmt::Debug for Application {
@@ -76,8 +80,20 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Starts everything; returns once the HTTP port is bound.
-    pub async fn build(mut config: Config) -> Result<Self, StartError> {
+    /// Starts everything; returns once the HTTP port is bound. No spans
+    /// are exported (see [`Self::build_traced`]).
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        Self::build_traced(config, None).await
+    }
+
+    /// [`Self::build`], exporting spans as `otel` says: `kiungo run`
+    /// reads it from the `OTEL_*` environment variables
+    /// ([`crate::telemetry::OtlpSettings::from_env`]), tests build it;
+    /// off when `None`.
+    pub async fn build_traced(
+        mut config: Config,
+        otel: Option<crate::telemetry::OtlpSettings>,
+    ) -> Result<Self, StartError> {
         crate::tls::install_crypto_provider();
         if let (Some(limit), Some(budget)) = (config.memory_limit, config.apply_memory_limit()) {
             info!(
@@ -116,6 +132,7 @@ impl Application {
         }
         let store = Store::open(&config.store).await?;
         info!(backend = ?store.backend(), "store open");
+        let telemetry = crate::telemetry::start(otel.as_ref())?;
         let wake = Arc::new(tokio::sync::Notify::new());
         let (committer, committer_task) =
             Committer::spawn(store.clone(), config.ingest, Some(wake.clone()));
@@ -289,6 +306,7 @@ impl Application {
             committer_task,
             retention,
             delivery,
+            telemetry,
         })
     }
 
@@ -363,6 +381,9 @@ impl Application {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
         self.store.close().await;
+        if let Some(t) = self.telemetry {
+            t.shutdown().await;
+        }
         info!("stopped");
     }
 }

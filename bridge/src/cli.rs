@@ -210,8 +210,21 @@ fn validate(dir: &std::path::Path) -> ExitCode {
         Ok(set) => {
             // Each test case must be able to run: its expected file there,
             // its event mapped (or refused, when it expects an error).
-            let problems = set.check_tests();
+            let mut problems = set.check_tests();
+            // Each event field read must be in a test event: a near miss
+            // of one that is fails, a field no test event has is shown.
+            let fields = set.check_event_fields();
+            problems.extend(fields.errors);
+            for w in &fields.warnings {
+                eprintln!("warning: {w}");
+            }
+            for n in &fields.unchecked {
+                eprintln!("note: {n}");
+            }
             if !problems.is_empty() {
+                // In file order: a misspelt field before the test cases it breaks.
+                problems
+                    .sort_by(|a, b| (&a.file, a.line, a.column).cmp(&(&b.file, b.line, b.column)));
                 for e in &problems {
                     eprintln!("error: {e}");
                 }
@@ -222,7 +235,14 @@ fn validate(dir: &std::path::Path) -> ExitCode {
             for m in set.mappings() {
                 let _ = writeln!(out, "ok  {} v{}  ({})", m.id, m.version, m.file.display());
             }
-            let _ = writeln!(out, "{} mapping(s) valid", set.mappings().len());
+            let _ = match fields.warnings.len() {
+                0 => writeln!(out, "{} mapping(s) valid", set.mappings().len()),
+                n => writeln!(
+                    out,
+                    "{} mapping(s) valid, {n} warning(s): event fields no test event has",
+                    set.mappings().len()
+                ),
+            };
             ExitCode::SUCCESS
         }
         Err(code) => code,

@@ -139,7 +139,10 @@ fn online_problems(
         .map_err(|e| vec![format!("--online: cannot start: {e}")])?;
     let report = runtime
         .block_on(crate::delivery::static_preflight::run(
-            &client, &rules, d.calendar,
+            &client,
+            &rules,
+            d.calendar,
+            &d.completeness,
         ))
         .map_err(|e| {
             vec![format!(
@@ -147,11 +150,15 @@ fn online_problems(
                 crate::delivery::sinks::redact(&e.to_string())
             )]
         })?;
-    if !report.problems.is_empty() {
+    let (warnings, errors): (Vec<_>, Vec<_>) = report
+        .problems
+        .iter()
+        .partition(|p| p.severity == crate::delivery::static_preflight::Severity::Warning);
+    if !errors.is_empty() {
         return Err(report.problems.iter().map(ToString::to_string).collect());
     }
     Ok(format!(
-        "; dhis2 {} (calendar {}): {} references of {} rules check out{}",
+        "; dhis2 {} (calendar {}): {} references of {} rules check out{}{}",
         report.version.as_deref().unwrap_or("(version unknown)"),
         report.calendar.as_deref().unwrap_or("unknown"),
         report.references,
@@ -159,7 +166,11 @@ fn online_problems(
         match report.computed_fields {
             0 => String::new(),
             n => format!(" ({n} fields computed from events, checked at delivery)"),
-        }
+        },
+        warnings
+            .iter()
+            .map(|w| format!("\n{w}"))
+            .collect::<String>()
     ))
 }
 

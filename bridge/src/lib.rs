@@ -20,6 +20,7 @@ pub mod run;
 pub mod sandbox;
 pub mod signals;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod trace;
 pub mod yaml_problems;

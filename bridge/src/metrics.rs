@@ -117,6 +117,14 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// `{result}` of exported spans.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `failed` (the collector refused or was unreachable) or
+    /// `dropped` (the export queue was full).
+    pub result: String,
+}
+
 /// Every metric of the process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -156,6 +164,8 @@ pub struct Metrics {
     /// Data set completeness registrations and undos, by data set and
     /// result.
     pub dhis2_completeness: Family<CompletenessLabels, Counter>,
+    /// OpenTelemetry spans by what became of them (only with export on).
+    pub otel_spans: Family<SpanLabels, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -263,6 +273,12 @@ impl Metrics {
             "Data set completeness registrations (registered, undone) and failures (retried, parked), per data set",
             dhis2_completeness.clone(),
         );
+        let otel_spans = Family::<SpanLabels, Counter>::default();
+        registry.register(
+            "otel_spans",
+            "OpenTelemetry spans exported, failed (the collector refused or was unreachable) or dropped (the export queue was full)",
+            otel_spans.clone(),
+        );
         Self {
             registry,
             known_sources: RwLock::new(HashSet::new()),
@@ -283,7 +299,17 @@ impl Metrics {
             feedback_pending,
             dhis2_drift,
             dhis2_completeness,
+            otel_spans,
         }
+    }
+
+    /// Counts `n` spans with `result` (`kiungo_otel_spans_total{result}`).
+    pub fn otel_span(&self, result: &str, n: u64) {
+        self.otel_spans
+            .get_or_create(&SpanLabels {
+                result: result.to_owned(),
+            })
+            .inc_by(n);
     }
 
     /// Counts one completeness result

@@ -74,6 +74,13 @@ pub fn run(config: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let otel = match crate::telemetry::OtlpSettings::from_env() {
+        Ok(otel) => otel,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,7 +92,7 @@ pub fn run(config: Option<&Path>) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let app = match Application::build(config).await {
+        let app = match Application::build_traced(config, otel).await {
             Ok(app) => app,
             Err(e) => {
                 error!(error = %e, "cannot start");

@@ -21,8 +21,11 @@ fn text(bytes: &[u8]) -> String {
 #[test]
 fn validate_accepts_the_shipped_packs() {
     let out = kiungo(&["mappings", "validate", packs().to_str().expect("path")]);
-    let stdout = text(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}{stderr}");
+    // Every event field the packs read is in their fixtures, or optional.
+    assert!(!stderr.contains("error:"), "{stderr}");
+    assert!(!stderr.contains("note:"), "{stderr}");
     for id in [
         "cht-anc-visit",
         "commcare-immunization",
@@ -36,6 +39,86 @@ fn validate_accepts_the_shipped_packs() {
             "{id} missing from:\n{stdout}"
         );
     }
+}
+
+/// A pack whose mapping reads `read` in a `when` that hides it from its
+/// test cases; its test event has `anc_visit`, never `anc_visitz` nor
+/// `nickname`. Returns the directory and the mapping file.
+fn pack_reading(read: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("anc.yaml");
+    let lines = [
+        "id: anc",
+        "version: 1",
+        "description: d",
+        "source: cht",
+        "match: event.form == 'visit'",
+        "event_id: event._id",
+        "fhir:",
+        "  - name: patient",
+        &format!("    when: {read}"),
+        "    resource:",
+        "      resourceType: Patient",
+        "      gender: =event.fields.sex",
+        "tests:",
+        "  - name: a visit",
+        "    event: visit.json",
+        "    expect: { event_id: v1 }",
+        "",
+    ];
+    std::fs::write(&file, lines.join("\n")).expect("write mapping");
+    std::fs::write(
+        dir.path().join("visit.json"),
+        r#"{ "_id": "v1", "form": "visit", "fields": { "anc_visit": "Wanjiru-secret", "sex": "other" } }"#,
+    )
+    .expect("write event");
+    (dir, file)
+}
+
+#[test]
+fn validate_fails_on_a_misspelt_event_field_naming_its_place_and_the_field_meant() {
+    // Issue 17: guarded with `is defined`, the misspelling hid from the test.
+    let (dir, file) = pack_reading("event.fields.anc_visitz is defined");
+    let out = kiungo(&["mappings", "validate", dir.path().to_str().expect("path")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: {}:9:11: fhir[0].when: `event.fields.anc_visitz`: no test event has \
+             `anc_visitz` under `event.fields`; did you mean `event.fields.anc_visit`?",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 problem(s) found"), "{stderr}");
+    assert!(!stderr.contains("secret"), "a value is shown: {stderr}");
+    assert!(
+        !text(&out.stdout).contains("valid"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn validate_warns_of_an_optional_event_field_no_test_event_has_and_succeeds() {
+    let (dir, file) = pack_reading("event.fields.nickname is defined");
+    let out = kiungo(&["mappings", "validate", dir.path().to_str().expect("path")]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}:9:11: fhir[0].when: `event.fields.nickname`: no test event has \
+             `nickname` under `event.fields`",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("error:"), "{stderr}");
+    assert!(!stderr.contains("secret"), "a value is shown: {stderr}");
+    assert!(
+        stdout.contains("1 mapping(s) valid, 1 warning(s): event fields no test event has"),
+        "{stdout}"
+    );
 }
 
 #[test]

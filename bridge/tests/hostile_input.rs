@@ -305,6 +305,7 @@ async fn through_committer(store: &Store, events: Vec<Ingest>) -> Vec<Outcome> {
             .send(Work {
                 ingest,
                 done: Done::Http(tx),
+                span: kiungo::telemetry::Span::none(),
             })
             .await
             .expect("committer running");

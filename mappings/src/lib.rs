@@ -22,6 +22,7 @@
 
 mod context;
 mod error;
+mod event_fields;
 mod expr;
 mod functions;
 mod include;
@@ -38,6 +39,7 @@ mod testcase;
 mod yaml_place;
 
 pub use error::{LoadError, LoadErrors, MapError, TemplatePlace};
+pub use event_fields::FieldReport;
 pub use expr::PseudonymKey;
 pub use mapping::{Event, LoadOptions, Mapping, MappingSet};
 pub use output::{Aggregation, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent};

@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 
 use crate::context::{RUNTIME, Runtime, Scope};
 use crate::error::{Failure, LoadError, LoadErrors, MapError, TemplatePlace};
+use crate::event_fields::EventRead;
 use crate::expr::{Expr, PseudonymKey};
 use crate::functions::KIUNGO_NS;
 use crate::output::{
@@ -69,6 +70,8 @@ pub struct Mapping {
     fhir: Vec<FhirRule>,
     pub(crate) dhis2: Vec<Dhis2Rule>,
     pub(crate) tests: Vec<TestCase>,
+    /// Every place an expression reads a field of the event.
+    pub(crate) event_reads: Vec<EventRead>,
 }
 
 #[derive(Debug)]
@@ -157,15 +160,22 @@ struct Problems<'a> {
     /// file anyway.
     prefix: String,
     list: Vec<LoadError>,
+    /// Every place an expression reads a field of the event, for
+    /// [`MappingSet::check_event_fields`].
+    reads: Vec<EventRead>,
 }
 
 impl Problems<'_> {
-    fn at(&mut self, field: impl Into<String>, line: u64, column: u64, message: impl Into<String>) {
-        let field = field.into();
-        let field = match field.strip_prefix(self.prefix.as_str()) {
+    /// `field` without the shared file's prefix: load errors name the file.
+    fn unprefixed(&self, field: String) -> String {
+        match field.strip_prefix(self.prefix.as_str()) {
             Some(rest) if !self.prefix.is_empty() => rest.to_owned(),
             _ => field,
-        };
+        }
+    }
+
+    fn at(&mut self, field: impl Into<String>, line: u64, column: u64, message: impl Into<String>) {
+        let field = self.unprefixed(field.into());
         self.list.push(LoadError {
             file: self.file.to_path_buf(),
             line: Some(line),
@@ -200,6 +210,7 @@ impl Problems<'_> {
         match Expr::compile(&src.value, field.to_owned(), src.referenced.line()) {
             Ok(e) => {
                 self.check_vars(&e, src.referenced.column(), allowed, fhir_names);
+                self.note_reads(&e, src.referenced.column());
                 Some(e)
             }
             Err(msg) => {
@@ -221,6 +232,13 @@ impl Problems<'_> {
         }
     }
 
+    /// Notes the event fields `e` (at `column` of its line) reads.
+    fn note_reads(&mut self, e: &Expr, column: u64) {
+        let field = self.unprefixed(e.field.clone());
+        self.reads
+            .extend(EventRead::of(e, self.file, &field, column));
+    }
+
     fn template(
         &mut self,
         node: &Spanned<RawNode>,
@@ -229,11 +247,19 @@ impl Problems<'_> {
         fhir_names: Option<&HashSet<String>>,
     ) -> Tpl {
         let mut found = Vec::new();
-        let tpl = template::compile(node, field, &mut found, &mut |e, errs| {
+        let mut compiled = Vec::new();
+        let tpl = template::compile(node, field, &mut found, &mut |e, column, errs| {
             for message in undefined_names(e, allowed, fhir_names) {
                 errs.push((e.field.clone(), e.line, 0, message));
             }
+            compiled.push((e.field.clone(), e.nested_variables(), e.line, column));
         });
+        for (field, paths, line, column) in compiled {
+            let field = self.unprefixed(field);
+            self.reads.extend(EventRead::from_paths(
+                paths, self.file, &field, line, column,
+            ));
+        }
         for (field, line, column, message) in found {
             self.at(field, line, column, message);
             if column == 0
@@ -792,6 +818,7 @@ impl Mapping {
             file,
             prefix: String::new(),
             list: Vec::new(),
+            reads: Vec::new(),
         };
 
         let id = raw.id.value.clone();
@@ -1045,6 +1072,7 @@ impl Mapping {
             fhir,
             dhis2,
             tests,
+            event_reads: p.reads,
         })
     }
 
@@ -1913,6 +1941,16 @@ impl MappingSet {
 
     pub(crate) fn map_for_test(&self, event: &Event) -> Result<MappedEvent, MapError> {
         self.map_at(event, &self.test_runtime, Calendar::Iso8601)
+    }
+
+    /// Whether `m` takes the test event `event`: same source, and its
+    /// `match` holds (one that fails counts as no).
+    pub(crate) fn takes_for_test(&self, m: &Mapping, event: &Event) -> bool {
+        if event.source != m.source {
+            return false;
+        }
+        let (_, scope) = base_scope(event, &self.test_runtime);
+        m.matches(&scope, "(test)").unwrap_or(false)
     }
 
     fn map_at(

@@ -473,8 +473,8 @@ impl PeriodType {
     ///
     /// With `iso8601` this is [`PeriodType::parse_id`]. Elsewhere the day
     /// and month-based types are read in the calendar's own months (`200913`
-    /// is no Ethiopian period: DHIS2 puts Pagume in none; `20790432` exists
-    /// on a Nepali server because Shrawan 2079 has 32 days); week types are
+    /// is no Ethiopian period: DHIS2 puts Pagume in none; `20790332` exists
+    /// on a Nepali server because Ashadh 2079 has 32 days); week types are
     /// not recognised there, as [`PeriodType::period_id_in`] refuses them.
     ///
     /// ```

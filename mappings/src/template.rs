@@ -40,14 +40,15 @@ pub(crate) struct RenderError {
 /// A load problem: field, line, column (0 when unknown) and message.
 pub(crate) type Problem = (String, u64, u64, String);
 
-/// Compiles a template. `check` is called on every expression so that the
-/// caller can verify its free variables; problems go to `errors` as
-/// (field, line, column, message) and compilation goes on to find them all.
+/// Compiles a template. `check` is called on every expression, with the
+/// column of its node, so that the caller can verify its free variables
+/// and note what it reads; problems go to `errors` as (field, line,
+/// column, message) and compilation goes on to find them all.
 pub(crate) fn compile(
     node: &Spanned<RawNode>,
     field: &str,
     errors: &mut Vec<Problem>,
-    check: &mut dyn FnMut(&Expr, &mut Vec<Problem>),
+    check: &mut dyn FnMut(&Expr, u64, &mut Vec<Problem>),
 ) -> Tpl {
     let line = node.referenced.line();
     let column = node.referenced.column();
@@ -56,7 +57,7 @@ pub(crate) fn compile(
         Some(Leaf::Expr(src)) => {
             return match Expr::compile(src, field.to_owned(), line) {
                 Ok(expr) => {
-                    check(&expr, errors);
+                    check(&expr, column, errors);
                     Tpl::Expr(Box::new(expr))
                 }
                 Err(msg) => {

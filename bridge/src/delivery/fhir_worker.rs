@@ -14,6 +14,7 @@ use super::circuit::Circuit;
 use super::retry::{Clock, NextStep, RetryParams, jitter_unit};
 use super::{PassReport, SinkFailure};
 use crate::store::{Delivery, OutboxItem, Store, StoreError};
+use crate::telemetry::outgoing_traceparent;
 
 /// Where bundles go: a FHIR server (or a fake in tests).
 pub trait FhirDestination: Send + Sync + 'static {
@@ -24,6 +25,26 @@ pub trait FhirDestination: Send + Sync + 'static {
         bundle: &str,
         traceparent: Option<&str>,
     ) -> impl Future<Output = Result<Vec<String>, SinkFailure>> + Send;
+}
+
+/// A `deliver` span's outcome: `delivered`, `retry` or `parked`, with
+/// the failure's class (`http_503`, `transport`) or the parking reason.
+fn record(span: &mut crate::telemetry::Span, delivery: &Delivery) {
+    match delivery {
+        Delivery::Delivered { .. } => span.set("kiungo.outcome", "delivered"),
+        Delivery::DeliveredWithdrawalRefused { .. } => {
+            span.set("kiungo.outcome", "delivered");
+            span.set("kiungo.reason", "withdrawal_refused");
+        }
+        Delivery::Retry { error, .. } => {
+            span.set("kiungo.outcome", "retry");
+            span.fail(&super::warn_limit::failure_class(error));
+        }
+        Delivery::Dead { reason_code, .. } => {
+            span.set("kiungo.outcome", "parked");
+            span.fail(reason_code);
+        }
+    }
 }
 
 /// One WARN line per failure class of a pass (retried: by HTTP status or
@@ -237,7 +258,11 @@ impl<D: FhirDestination> FhirWorker<D> {
         };
         let combined = super::fhir_batch::combine(&parsed);
         let first = group[0].0;
-        let traceparent = first.traceparent.as_deref().map(crate::trace::child);
+        // One request, one span: in the first event's trace (whose
+        // `traceparent` the request carries), with the others counted.
+        let mut otel = crate::telemetry::deliver(first.traceparent.as_deref(), "fhir");
+        otel.set_count("kiungo.events", group.len() as u64);
+        let traceparent = Some(outgoing_traceparent(&otel, first.traceparent.as_deref()));
         let span = tracing::debug_span!(
             "deliver",
             destination = "fhir",
@@ -252,6 +277,18 @@ impl<D: FhirDestination> FhirWorker<D> {
             .instrument(span)
             .await;
         crate::metrics::metrics().observe_request("fhir", started.elapsed().as_secs_f64());
+        match &sent {
+            Ok(_) => otel.set("kiungo.outcome", "delivered"),
+            Err(f) if f.retryable => {
+                otel.set("kiungo.outcome", "retry");
+                otel.fail(&super::warn_limit::failure_class(&f.message));
+            }
+            Err(f) => {
+                otel.set("kiungo.outcome", "split");
+                otel.fail(&super::warn_limit::failure_class(&f.message));
+            }
+        }
+        otel.end();
         match sent {
             Ok(server_ids) => {
                 self.circuit.success();
@@ -286,8 +323,27 @@ impl<D: FhirDestination> FhirWorker<D> {
         }
     }
 
+    /// Sends one event's bundle, in a `deliver` span of its trace.
     async fn deliver(&self, item: &OutboxItem) -> Delivery {
-        let traceparent = item.traceparent.as_deref().map(crate::trace::child);
+        if super::withdrawal::with_withdrawals(item).is_none()
+            && super::withdrawal::is_empty(&item.bundle)
+        {
+            // An edit's bundle that only withdraws, with nothing placed to
+            // withdraw: nothing to send.
+            return Delivery::Delivered {
+                server_ids: Vec::new(),
+            };
+        }
+        let mut otel = crate::telemetry::deliver(item.traceparent.as_deref(), "fhir");
+        otel.set("kiungo.source", &item.source);
+        otel.set("kiungo.mapping", &item.mapping);
+        let traceparent = outgoing_traceparent(&otel, item.traceparent.as_deref());
+        let delivery = self.deliver_with(item, Some(traceparent)).await;
+        record(&mut otel, &delivery);
+        delivery
+    }
+
+    async fn deliver_with(&self, item: &OutboxItem, traceparent: Option<String>) -> Delivery {
         let span = tracing::debug_span!(
             "deliver",
             destination = "fhir",
@@ -298,13 +354,6 @@ impl<D: FhirDestination> FhirWorker<D> {
         );
         let with = super::withdrawal::with_withdrawals(item);
         let own_empty = super::withdrawal::is_empty(&item.bundle);
-        if with.is_none() && own_empty {
-            // An edit's bundle that only withdraws, with nothing placed to
-            // withdraw: nothing to send.
-            return Delivery::Delivered {
-                server_ids: Vec::new(),
-            };
-        }
         let started = std::time::Instant::now();
         let sent = self
             .destination

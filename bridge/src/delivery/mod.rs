@@ -13,6 +13,7 @@
 
 pub mod circuit;
 pub mod completeness;
+pub mod completeness_preflight;
 mod completeness_sink;
 pub mod config;
 mod dhis2_worker;

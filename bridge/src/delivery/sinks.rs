@@ -187,8 +187,9 @@ impl Dhis2Sink {
         &self,
         rules: &[kiungo_mappings::static_refs::StaticDhis2Rule],
         calendar: kiungo_mappings::period::Calendar,
+        completeness: &[super::completeness::CompletenessConfig],
     ) -> Result<super::static_preflight::StaticReport, SinkFailure> {
-        super::static_preflight::run(&self.client, rules, calendar)
+        super::static_preflight::run(&self.client, rules, calendar, completeness)
             .await
             .map_err(|e| dhis2_failure(&e))
     }
@@ -292,11 +293,32 @@ impl Dhis2Destination for Dhis2Sink {
                 push.rejected
                     .insert(index_of_sent[j], (code.to_owned(), message.to_owned()));
             };
-            let outcome = match self
+            // A push carries totals of many events: its `deliver` span
+            // starts a trace of its own.
+            let mut otel = crate::telemetry::deliver(None, "dhis2");
+            otel.set_count("kiungo.values", chunk.len() as u64);
+            let traceparent = crate::telemetry::outgoing_traceparent(&otel, None);
+            let posted = self
                 .client
-                .post_data_values(&chunk, Some(&crate::trace::continue_or_start(None)))
-                .await
-            {
+                .post_data_values(&chunk, Some(&traceparent))
+                .await;
+            match &posted {
+                Ok(o) if o.is_batch_rejected() => {
+                    otel.set("kiungo.outcome", "rejected");
+                    otel.fail("dhis2_rejected");
+                }
+                Ok(_) => otel.set("kiungo.outcome", "delivered"),
+                Err(e) if e.is_values_conflict() => {
+                    otel.set("kiungo.outcome", "conflict");
+                    otel.fail("dhis2_conflict");
+                }
+                Err(e) => {
+                    otel.set("kiungo.outcome", "failed");
+                    otel.fail(&super::warn_limit::failure_class(&e.to_string()));
+                }
+            }
+            otel.end();
+            let outcome = match posted {
                 Ok(outcome) => outcome,
                 Err(e) if e.is_values_conflict() => {
                     // Permanent for these values, whatever the rest:
@@ -502,7 +524,8 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
     let mut view = serde_json::json!({
         "checked_at_ms": crate::store::now_ms(),
         "attempts": attempts,
-        "complete": report.missing.is_empty() && problems.is_empty(),
+        "complete": report.missing.is_empty()
+            && problems.iter().all(|p| p.severity == super::static_preflight::Severity::Warning),
         "resolved": resolved,
         "missing": missing,
     });
@@ -523,7 +546,14 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
     remember_preflight(view);
     if let Some(s) = &answer.static_report {
         for p in s.problems.iter().take(MAX_LOGGED_PROBLEMS) {
-            warn!(problem = %p, "dhis2 preflight: mapping or server problem");
+            match p.severity {
+                super::static_preflight::Severity::Error => {
+                    warn!(problem = %p, "dhis2 preflight: mapping or server problem");
+                }
+                super::static_preflight::Severity::Warning => {
+                    warn!(problem = %p, "dhis2 preflight: warning");
+                }
+            }
         }
         if s.problems.len() > MAX_LOGGED_PROBLEMS {
             warn!(
@@ -531,7 +561,10 @@ pub fn log_preflight(answer: &super::preflight::Answer, attempts: u32) {
                 "dhis2 preflight: more problems, listed at /v1/preflight"
             );
         }
-        if s.problems.is_empty() {
+        if s.problems
+            .iter()
+            .all(|p| p.severity == super::static_preflight::Severity::Warning)
+        {
             info!(
                 rules = s.rules,
                 references = s.references,

@@ -90,6 +90,7 @@ pub fn start(
             let (store, w, rx) = (store.clone(), worker.clone(), shutdown.clone());
             let rules = Arc::new(mappings.static_dhis2_rules());
             let calendar = d.calendar;
+            let completeness = Arc::new(d.completeness.clone());
             tokio::spawn(async move {
                 match store.referenced_metadata().await {
                     Ok([des, ous, cocs, aocs]) => {
@@ -101,10 +102,13 @@ pub fn start(
                         });
                         let retry = w.retry;
                         let check = || {
-                            let (w, rules, refs) = (w.clone(), rules.clone(), refs.clone());
+                            let (w, rules, refs, completeness) =
+                                (w.clone(), rules.clone(), refs.clone(), completeness.clone());
                             async move {
-                                let static_report =
-                                    w.destination.static_check(&rules, calendar).await?;
+                                let static_report = w
+                                    .destination
+                                    .static_check(&rules, calendar, &completeness)
+                                    .await?;
                                 let refused = static_report.problems.iter().any(|p| {
                                     p.kind == super::static_preflight::ProblemKind::Credentials
                                 });

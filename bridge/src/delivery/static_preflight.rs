@@ -7,7 +7,16 @@
 //! - the data element is in a data set of the rule's period type;
 //! - the org unit is assigned such a data set;
 //! - the category option combo belongs to the data element's category
-//!   combo.
+//!   combo;
+//! - the attribute option combo belongs to the attribute category combo
+//!   of a data set that takes the data element in the rule's period type
+//!   (the default combo for a data set with the default category combo),
+//!   as DHIS2's import checks (E7635) and its completeness and reports
+//!   count by data set.
+//!
+//! With completeness configured, each data set's `timelyDays` is read too:
+//! a `grace` that makes every registration late is a warning
+//! ([`super::completeness_preflight`]).
 //!
 //! Each problem names the mapping file and line of the field (and the
 //! lookup-table cell the id comes from), the id, and what was expected.
@@ -23,6 +32,8 @@ use kiungo_connectors::dhis2::{
     DataElementLinks, Dhis2Client, Dhis2Error, MetadataLinks, References,
 };
 use kiungo_mappings::period::Calendar;
+
+use super::completeness::CompletenessConfig;
 use kiungo_mappings::static_refs::{RefField, StaticDhis2Rule, StaticRef};
 use serde::Serialize;
 
@@ -46,6 +57,24 @@ pub enum ProblemKind {
     /// The category option combo is not one of the data element's
     /// category combo.
     ComboMismatch,
+    /// The attribute option combo is not one of the category combo of
+    /// any data set that takes the data element in the rule's period type.
+    AttributeComboMismatch,
+    /// A completeness `grace` at or past the data set's `timelyDays`:
+    /// DHIS2 counts every registration late (a warning).
+    GraceAfterTimelyDays,
+}
+
+/// How bad a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Values would be refused or land where they should not: fix before
+    /// relying on the deployment (`kiungo config check --online` fails).
+    #[default]
+    Error,
+    /// Everything lands, but something DHIS2 reports will look wrong.
+    Warning,
 }
 
 /// One problem, with its place.
@@ -53,6 +82,8 @@ pub enum ProblemKind {
 pub struct Problem {
     /// What it is about.
     pub kind: ProblemKind,
+    /// How bad it is.
+    pub severity: Severity,
     /// The mapping (or shared) file of the field, for a mapping problem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -81,7 +112,13 @@ impl fmt::Display for Problem {
         match (&self.file, self.line) {
             (Some(file), Some(line)) => write!(f, "{file}:{line}: ")?,
             (Some(file), None) => write!(f, "{file}: ")?,
-            _ => f.write_str("destinations.dhis2: ")?,
+            _ => match (&self.mapping, &self.field) {
+                (None, Some(field)) => write!(f, "destinations.dhis2.{field}: ")?,
+                _ => f.write_str("destinations.dhis2: ")?,
+            },
+        }
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
         }
         if let (Some(m), Some(field)) = (&self.mapping, &self.field) {
             write!(f, "{m} {field}: ")?;
@@ -113,13 +150,14 @@ pub struct StaticReport {
 }
 
 /// Runs the static preflight: `/api/me`, `/api/system/info`, then the
-/// batched metadata look-ups. Credentials DHIS2 refuses are a problem of
-/// the report (nothing else can be checked then); DHIS2 not answering is
-/// the error.
+/// batched metadata look-ups, and the `timelyDays` of the `completeness`
+/// data sets. Credentials DHIS2 refuses are a problem of the report
+/// (nothing else can be checked then); DHIS2 not answering is the error.
 pub async fn run(
     client: &Dhis2Client,
     rules: &[StaticDhis2Rule],
     calendar: Calendar,
+    completeness: &[CompletenessConfig],
 ) -> Result<StaticReport, Dhis2Error> {
     let mut report = StaticReport {
         rules: rules.len(),
@@ -134,6 +172,7 @@ pub async fn run(
         }) => {
             report.problems.push(Problem {
                 kind: ProblemKind::Credentials,
+                severity: Severity::Error,
                 file: None,
                 line: None,
                 mapping: None,
@@ -157,6 +196,7 @@ pub async fn run(
     {
         report.problems.push(Problem {
             kind: ProblemKind::CalendarMismatch,
+            severity: Severity::Error,
             file: None,
             line: None,
             mapping: None,
@@ -181,6 +221,16 @@ pub async fn run(
         .count();
     let links = client.metadata_links(&refs).await?;
     report.problems.extend(check(rules, &links));
+    if !completeness.is_empty() {
+        let ids = completeness.iter().map(|c| c.data_set.clone()).collect();
+        let timeliness = client.data_set_timeliness(&ids).await?;
+        report
+            .problems
+            .extend(super::completeness_preflight::grace_problems(
+                completeness,
+                &timeliness,
+            ));
+    }
     Ok(report)
 }
 
@@ -220,6 +270,7 @@ pub fn check(rules: &[StaticDhis2Rule], links: &MetadataLinks) -> Vec<Problem> {
     for rule in rules {
         let problem = |kind, field: RefField, r: &StaticRef, message: String| Problem {
             kind,
+            severity: Severity::Error,
             file: Some(rule.file.display().to_string()),
             line: Some(match field {
                 RefField::DataElement => rule.data_element.line,
@@ -274,6 +325,7 @@ pub fn check(rules: &[StaticDhis2Rule], links: &MetadataLinks) -> Vec<Problem> {
         // and those data sets; combo → the data elements it does not fit.
         let mut unassigned: Vec<(&StaticRef, Vec<String>, BTreeSet<String>)> = Vec::new();
         let mut misfits: Vec<(&StaticRef, Vec<String>)> = Vec::new();
+        let mut attribute_misfits: Vec<(&StaticRef, Vec<String>)> = Vec::new();
         for de_ref in &rule.data_element.refs {
             let Some(de) = links.data_elements.get(&de_ref.id) else {
                 continue;
@@ -332,6 +384,14 @@ pub fn check(rules: &[StaticDhis2Rule], links: &MetadataLinks) -> Vec<Problem> {
                     }
                 }
             }
+            attribute_misfits_of(
+                rule,
+                de_ref,
+                &de_name,
+                &fitting,
+                links,
+                &mut attribute_misfits,
+            );
             let Some(combo) = &de.category_combo else {
                 continue;
             };
@@ -377,8 +437,79 @@ pub fn check(rules: &[StaticDhis2Rule], links: &MetadataLinks) -> Vec<Problem> {
                 ),
             ));
         }
+        for (aoc_ref, sets) in attribute_misfits {
+            let aoc = links.option_combos.get(&aoc_ref.id);
+            out.push(problem(
+                ProblemKind::AttributeComboMismatch,
+                RefField::AttributeOptionCombo,
+                aoc_ref,
+                format!(
+                    "attribute option combo {} belongs to category combo `{}`, but {}",
+                    named(&aoc_ref.id, aoc.and_then(|c| c.name.as_deref())),
+                    aoc.and_then(|c| c.category_combo.as_deref()).unwrap_or("?"),
+                    sets.join("; ")
+                ),
+            ));
+        }
     }
     out
+}
+
+/// Notes in `misfits` each attribute option combo of `rule` (paired with
+/// `de_ref`) whose category combo is that of none of the `fitting` data
+/// sets of the data element: DHIS2 refuses such values under strict
+/// checks (E7635), and completeness and reports, which count by data set
+/// and attribute option combo, never see them. Data sets whose category
+/// combo DHIS2 did not say are taken to fit.
+fn attribute_misfits_of<'r>(
+    rule: &'r StaticDhis2Rule,
+    de_ref: &StaticRef,
+    de_name: &str,
+    fitting: &BTreeSet<&str>,
+    links: &MetadataLinks,
+    misfits: &mut Vec<(&'r StaticRef, Vec<String>)>,
+) {
+    if fitting.is_empty() {
+        return;
+    }
+    let combos: BTreeMap<&str, Option<&str>> = fitting
+        .iter()
+        .map(|ds| {
+            let combo = links
+                .data_sets
+                .get(*ds)
+                .and_then(|d| d.category_combo.as_deref());
+            (*ds, combo)
+        })
+        .collect();
+    for aoc_ref in &rule.attribute_option_combo.refs {
+        let Some(aoc) = links.option_combos.get(&aoc_ref.id) else {
+            continue;
+        };
+        let Some(own) = aoc.category_combo.as_deref() else {
+            continue;
+        };
+        if !paired(de_ref, aoc_ref) || combos.values().any(|c| c.is_none_or(|c| c == own)) {
+            continue;
+        }
+        let takes = format!(
+            "the {} data sets holding data element {de_name} take {}",
+            rule.period_type.name(),
+            combos
+                .iter()
+                .map(|(ds, combo)| format!(
+                    "`{}` ({})",
+                    combo.unwrap_or("?"),
+                    named(ds, links.data_sets.get(*ds).and_then(|d| d.name.as_deref()))
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        match misfits.iter_mut().find(|(r, _)| r.id == aoc_ref.id) {
+            Some((_, all)) => all.push(takes),
+            None => misfits.push((aoc_ref, vec![takes])),
+        }
+    }
 }
 
 /// Whether two ids can be sent together: ids from the same lookup table
@@ -659,6 +790,62 @@ mod tests {
             vec![literal("DiszpKrYNg8")],
         );
         assert_eq!(check(&[r], &l), []);
+    }
+
+    /// The default attribute option combo fits a data set with the
+    /// default category combo; one of "Target vs Result" does not, and
+    /// the data set with that combo takes it but not the default.
+    #[test]
+    fn attribute_option_combos_must_be_of_the_data_sets_category_combo() {
+        let mut l = links();
+        l.option_combos.insert(
+            "TargetAoc01".into(),
+            OptionComboLinks {
+                id: "TargetAoc01".into(),
+                name: Some("Target".into()),
+                category_combo: Some("WBW7RjsApsv".into()),
+            },
+        );
+        let mut r = rule(
+            PeriodType::Monthly,
+            vec![literal("fbfJHSPpUQD")],
+            vec![literal("pq2XI5kz2BY")],
+            vec![literal("DiszpKrYNg8")],
+        );
+        assert_eq!(check(std::slice::from_ref(&r), &l), []);
+        r.attribute_option_combo.refs = vec![literal("TargetAoc01")];
+        let problems = check(std::slice::from_ref(&r), &l);
+        assert_eq!(
+            kinds(&problems),
+            [(
+                ProblemKind::AttributeComboMismatch,
+                Some(10),
+                Some("TargetAoc01")
+            )]
+        );
+        assert_eq!(
+            problems[0].to_string(),
+            "m.yaml:10: demo dhis2[0].attribute_option_combo: attribute option combo \
+             `TargetAoc01` (Target) belongs to category combo `WBW7RjsApsv`, but the Monthly \
+             data sets holding data element `fbfJHSPpUQD` (ANC 1st visit) take `bjDvmb4bfuf` \
+             (`QX4ZTUbOt3a` (Reproductive Health))"
+        );
+
+        // The data set now has the attribute combo: the default no longer
+        // fits it.
+        if let Some(ds) = l.data_sets.get_mut("QX4ZTUbOt3a") {
+            ds.category_combo = Some("WBW7RjsApsv".into());
+        }
+        assert_eq!(check(std::slice::from_ref(&r), &l), []);
+        r.attribute_option_combo.refs = vec![literal("HllvX50cXC0")];
+        assert_eq!(
+            kinds(&check(&[r], &l)),
+            [(
+                ProblemKind::AttributeComboMismatch,
+                Some(10),
+                Some("HllvX50cXC0")
+            )]
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use kiungo_mappings::MappingSet;
 use tokio::sync::mpsc;
 
 use super::committer::{CommitterHandle, Done, Work};
-use super::prepare::{Limits, Origin, prepare};
+use super::prepare::{Limits, Origin, prepare_received};
 use crate::store::Rejection;
 
 /// Maps deliveries in arrival order and queues them for commit. Ends when
@@ -34,7 +34,7 @@ pub async fn run_mapper(
         };
         let body = std::mem::take(&mut msg.body);
         let kept = body.len();
-        let mut ingest = prepare(&set, origin, body, limits);
+        let (mut ingest, span) = prepare_received(&set, origin, body, limits);
         if msg.overflow {
             ingest.result = Err(parked_by_broker(&msg, kept));
         } else if !msg.unreadable.is_empty() {
@@ -69,6 +69,7 @@ pub async fn run_mapper(
             .send(Work {
                 ingest,
                 done: Done::Amqp(Box::new(msg)),
+                span,
             })
             .await
             .is_err()

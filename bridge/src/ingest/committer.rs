@@ -69,6 +69,10 @@ pub struct Work {
     pub ingest: Ingest,
     /// Who waits for the commit.
     pub done: Done,
+    /// The event's `ingest` span, ended once it is committed and
+    /// acknowledged or answered ([`crate::telemetry::Span::none`] when
+    /// spans are not exported).
+    pub span: crate::telemetry::Span,
 }
 
 /// Counters the committer keeps (also read by benchmarks).
@@ -158,9 +162,16 @@ impl Committer {
     }
 
     async fn commit(&self, batch: Vec<Work>) {
-        let (ingests, dones): (Vec<Ingest>, Vec<Done>) =
-            batch.into_iter().map(|w| (w.ingest, w.done)).unzip();
+        let mut spans = Vec::with_capacity(batch.len());
+        let (ingests, dones): (Vec<Ingest>, Vec<Done>) = batch
+            .into_iter()
+            .map(|w| {
+                spans.push(w.span);
+                (w.ingest, w.done)
+            })
+            .unzip();
         let started = std::time::Instant::now();
+        let started_at = std::time::SystemTime::now();
         let events = ingests.len();
         let labels: Vec<(String, String)> = ingests
             .iter()
@@ -174,6 +185,7 @@ impl Committer {
             .collect();
         let outcomes = self.commit_all(ingests).await;
         count_outcomes(&labels, &outcomes, &dones);
+        commit_spans(&mut spans, &outcomes, started_at);
         debug!(
             events,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -225,6 +237,8 @@ impl Committer {
             }
         });
         join_all(acks).await;
+        // Each event's `ingest` span ends here, acknowledged or answered.
+        drop(spans);
     }
 
     /// Commits, retrying transient failures (the messages stay
@@ -405,6 +419,42 @@ fn minimal_letter(ing: &Ingest, e: &StoreError) -> Ingest {
     }
 }
 
+/// The stable name of an outcome (metrics labels, span attributes).
+const fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Stored => "stored",
+        Outcome::Replaced => "replaced",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Stale => "stale",
+        Outcome::Superseded => "superseded",
+        Outcome::Parked { .. } => "parked",
+    }
+}
+
+/// A `commit` span for each event of a batch committed since `started`,
+/// child of its `ingest` span, both with the outcome (and a parked
+/// event's reason code).
+fn commit_spans(
+    spans: &mut [crate::telemetry::Span],
+    outcomes: &[Outcome],
+    started: std::time::SystemTime,
+) {
+    let events = spans.len() as u64;
+    for (span, outcome) in spans.iter_mut().zip(outcomes) {
+        if !span.is_recording() {
+            continue;
+        }
+        let mut commit = span.child("commit", started);
+        commit.set_count("kiungo.batch_events", events);
+        for s in [&mut commit, &mut *span] {
+            s.set("kiungo.outcome", outcome_name(outcome));
+            if let Outcome::Parked { reason, .. } = outcome {
+                s.fail(reason);
+            }
+        }
+    }
+}
+
 /// Counts committed events into the metrics: consumed by transport,
 /// committed by outcome, parked by reason. Counted per batch (one label
 /// lookup per distinct label set, not per event): this runs on the
@@ -420,17 +470,10 @@ fn count_outcomes(labels: &[(String, String)], outcomes: &[Outcome], dones: &[Do
             Done::Http(_) => "http",
         };
         *consumed.entry((source, transport)).or_default() += 1;
-        let name = match outcome {
-            Outcome::Stored => "stored",
-            Outcome::Replaced => "replaced",
-            Outcome::Duplicate => "duplicate",
-            Outcome::Stale => "stale",
-            Outcome::Superseded => "superseded",
-            Outcome::Parked { reason, .. } => {
-                *parked.entry((source, reason)).or_default() += 1;
-                "parked"
-            }
-        };
+        if let Outcome::Parked { reason, .. } = outcome {
+            *parked.entry((source, reason)).or_default() += 1;
+        }
+        let name = outcome_name(outcome);
         *committed.entry((source, mapping, name)).or_default() += 1;
     }
     for ((source, transport), n) in consumed {

@@ -41,7 +41,7 @@ use super::auth;
 use super::committer::{CommitterHandle, Done, Work};
 use super::content_type;
 use super::http_config::IngestAuth;
-use super::prepare::{Limits, Origin, prepare};
+use super::prepare::{Limits, Origin, prepare_received};
 use super::rate_limit::RateLimiter;
 use super::refusal::Refusal;
 use crate::admin::Tokens;
@@ -226,7 +226,7 @@ async fn commit(
         headers: header(req, "traceparent").map(|tp| serde_json::json!({ "traceparent": tp })),
         route: Ok(header(req, "x-kiungo-mapping")),
     };
-    let ingest = prepare(&state.mappings, origin, body, state.limits);
+    let (ingest, span) = prepare_received(&state.mappings, origin, body, state.limits);
     let (event_id, rejection) = match &ingest.result {
         Ok(m) => (Some(m.event_id.clone()), None),
         Err(r) => (None, Some(r.clone())),
@@ -237,6 +237,7 @@ async fn commit(
         .send(Work {
             ingest,
             done: Done::Http(tx),
+            span,
         })
         .await
         .is_err()

@@ -29,5 +29,5 @@ pub mod refusal;
 pub use amqp::run_mapper;
 pub use committer::{BatchConfig, Committer, CommitterHandle, Counters, Done, Work};
 pub use http_config::{HttpIngestConfig, IngestAuth};
-pub use prepare::{Limits, Origin, prepare};
+pub use prepare::{Limits, Origin, prepare, prepare_received};
 pub use rate_limit::RateLimitConfig;

@@ -5,10 +5,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use kiungo_mappings::{Event, MappingSet};
 
 use crate::store::{Ingest, Outputs, Rejection};
+use crate::telemetry::Span;
 
 /// Input limits.
 #[derive(Debug, Clone, Copy)]
@@ -62,15 +64,71 @@ pub fn clamp_version_ts(ts: Option<i64>, received_at: i64) -> (Option<i64>, Opti
 /// The event's W3C `traceparent` (a valid one from the headers, or a new
 /// trace) is kept in its headers under `traceparent`; the store saves it
 /// with the FHIR bundle and delivery forwards it.
-pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limits) -> Ingest {
-    let traceparent = crate::trace::continue_or_start(
-        origin
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("traceparent"))
-            .and_then(serde_json::Value::as_str),
-    );
+pub fn prepare(set: &MappingSet, origin: Origin, body: Vec<u8>, limits: Limits) -> Ingest {
+    prepare_inner(set, origin, body, limits, false).0
+}
+
+/// [`prepare`] for an event just received: also its `ingest` span (with
+/// its `map` child, ended), which the caller ends once the event is
+/// committed. When spans are exported and the message came without a
+/// valid `traceparent`, the new trace starts at the `ingest` span, and
+/// that span is the event's `traceparent`.
+pub fn prepare_received(
+    set: &MappingSet,
+    origin: Origin,
+    body: Vec<u8>,
+    limits: Limits,
+) -> (Ingest, Span) {
+    prepare_inner(set, origin, body, limits, true)
+}
+
+fn prepare_inner(
+    set: &MappingSet,
+    mut origin: Origin,
+    body: Vec<u8>,
+    limits: Limits,
+    received: bool,
+) -> (Ingest, Span) {
+    let incoming = origin
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::trace::parse)
+        .map(str::to_owned);
+    let mut span = if received {
+        crate::telemetry::ingest(
+            incoming.as_deref(),
+            &origin.source,
+            origin.queue.is_some(),
+            SystemTime::now(),
+        )
+    } else {
+        Span::none()
+    };
+    let traceparent = incoming.unwrap_or_else(|| {
+        span.traceparent()
+            .unwrap_or_else(|| crate::trace::continue_or_start(None))
+    });
+    let map_start = SystemTime::now();
     let result = classify(set, &origin, &body, limits);
+    if span.is_recording() {
+        let mut map = span.child("map", map_start);
+        match &result {
+            Ok(o) => {
+                map.set("kiungo.mapping", &o.mapping);
+                span.set("kiungo.mapping", &o.mapping);
+            }
+            Err(r) => {
+                if let Some(m) = &r.mapping {
+                    map.set("kiungo.mapping", m);
+                    span.set("kiungo.mapping", m);
+                }
+                map.fail(&r.code);
+            }
+        }
+        map.end();
+    }
     let received_at = crate::store::now_ms();
     let (version_ts, clamped) = clamp_version_ts(origin.timestamp_ms, received_at);
     match origin.headers.as_mut() {
@@ -83,13 +141,13 @@ pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limi
     {
         h.insert(CLAMPED_HEADER.into(), original.into());
     }
-    let span = tracing::debug_span!(
+    let log_span = tracing::debug_span!(
         "event",
         source = %origin.source,
         event_id = result.as_ref().map_or("", |o| o.event_id.as_str()),
         trace_id = crate::trace::trace_id(&traceparent),
     );
-    span.in_scope(|| {
+    log_span.in_scope(|| {
         if let (Some(original), Some(used)) = (clamped, version_ts) {
             tracing::warn!(
                 publisher_ts_ms = original,
@@ -102,7 +160,7 @@ pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limi
             Err(r) => tracing::debug!(reason = %r.code, "event rejected; it will be parked"),
         }
     });
-    Ingest {
+    let ingest = Ingest {
         source: origin.source,
         queue: origin.queue,
         message_id: origin.message_id,
@@ -111,7 +169,8 @@ pub fn prepare(set: &MappingSet, mut origin: Origin, body: Vec<u8>, limits: Limi
         payload: body,
         headers: origin.headers,
         result,
-    }
+    };
+    (ingest, span)
 }
 
 fn reject(code: &str, reason: String) -> Rejection {

@@ -1,7 +1,8 @@
 //! A DHIS2 2.40 simulator: aggregate data value import, read-back and the
 //! metadata look-ups Kiungo's preflight uses (data elements with their
 //! category combo and data sets, org units with their data sets, option
-//! combos with their category combo, data sets with their period type;
+//! combos with their category combo, data sets with their period type,
+//! category combo and `timelyDays`;
 //! `/api/me`, `/api/system/info`).
 //!
 //! Guarantee: `POST /api/dataValueSets` answers as a 2.40 server does
@@ -12,6 +13,12 @@
 //! are `ignored`). A data-set-level problem (E7600, E7603, E7604) aborts
 //! the whole import: status ERROR, nothing stored. A faulted or
 //! unauthorised request changes nothing.
+//!
+//! Periods exist in the configured system calendar only
+//! ([`SystemCalendar`], `iso8601` by default): an id that names no period
+//! there is E7611 on import, dropped on read-back (409 E2002 when no
+//! period is left), 409 E1101 on `/api/dataValues` and a `Period not
+//! valid` conflict on completeness registration, as in 2.40.
 //!
 //! Compression, as DHIS2 2.38+ (`StreamUtils.wrapAndCheckCompressionFormat`
 //! in the import): a `dataValueSets` body that starts with the gzip magic
@@ -24,7 +31,8 @@
 //! another file of the same shape. Attribute option combos: the default
 //! `HllvX50cXC0`, the option combos of any ATTRIBUTE category combo that
 //! lists them, and (sandbox extension) a top-level `attributeOptionCombos`
-//! array of `{id, code?, name?}`.
+//! array of `{id, code?, name?, categoryCombo?: {id}}`; those with a known
+//! category combo are listed by `/api/categoryOptionCombos` too.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,8 +43,11 @@ use serde_json::{Map, Value, json};
 
 use super::faults::{Fault, FaultControl};
 
+mod calendar;
 mod completeness;
 mod data_sets;
+
+pub use calendar::{SystemCalendar, UnknownSystemCalendar};
 
 /// The metadata shipped with the sandbox (Sierra Leone demo subset, 2.40).
 pub const DEFAULT_METADATA: &str = include_str!("../../sandbox/dhis2-metadata.json");
@@ -83,6 +94,9 @@ struct DataSet {
     period_type: Option<String>,
     /// The attribute category combo.
     category_combo: Option<String>,
+    /// Days after a period within which a completeness registration is on
+    /// time.
+    timely_days: Option<i64>,
     /// The org units it is assigned to (`organisationUnits_in_subset`, or
     /// `organisationUnits: [{id}]`).
     org_units: HashSet<String>,
@@ -99,6 +113,10 @@ pub struct Metadata {
     cocs: Vec<(Named, String)>,
     coc_index: HashMap<String, usize>,
     aocs: HashSet<String>,
+    /// The attribute option combos whose category combo is known (those
+    /// of ATTRIBUTE category combos, and top-level ones that name theirs),
+    /// served by `/api/categoryOptionCombos` beside the others.
+    aoc_combos: Vec<(Named, String)>,
     data_sets: HashMap<String, DataSet>,
 }
 
@@ -155,6 +173,7 @@ impl Metadata {
             .collect::<Result<Vec<_>, _>>()?;
         let mut cocs = Vec::new();
         let mut aocs = HashSet::from([DEFAULT_COC.to_owned()]);
+        let mut aoc_combos = Vec::new();
         for cc in array(&doc, "categoryCombos") {
             let cc_id = str_field(cc, "id")
                 .ok_or_else(|| MetadataError::Shape("categoryCombo without id".into()))?;
@@ -164,13 +183,18 @@ impl Metadata {
                 let coc = named(coc)?;
                 if attribute {
                     aocs.insert(coc.id.clone());
+                    aoc_combos.push((coc, cc_id.clone()));
                 } else {
                     cocs.push((coc, cc_id.clone()));
                 }
             }
         }
         for aoc in array(&doc, "attributeOptionCombos") {
-            aocs.insert(named(aoc)?.id);
+            let n = named(aoc)?;
+            aocs.insert(n.id.clone());
+            if let Some(cc) = aoc.pointer("/categoryCombo/id").and_then(Value::as_str) {
+                aoc_combos.push((n, cc.to_owned()));
+            }
         }
         let mut data_sets = HashMap::new();
         for ds in array(&doc, "dataSets") {
@@ -202,6 +226,7 @@ impl Metadata {
                         .pointer("/categoryCombo/id")
                         .and_then(Value::as_str)
                         .map(str::to_owned),
+                    timely_days: ds.get("timelyDays").and_then(Value::as_i64),
                     org_units,
                 },
             );
@@ -217,6 +242,7 @@ impl Metadata {
             cocs,
             coc_index,
             aocs,
+            aoc_combos,
             data_sets,
         })
     }
@@ -666,6 +692,8 @@ struct Traffic {
 /// The simulator's state.
 pub struct Dhis2State {
     metadata: Metadata,
+    /// The system calendar: which period ids exist.
+    calendar: SystemCalendar,
     values: Mutex<BTreeMap<ValueKey, Stored>>,
     registrations: completeness::Registrations,
     traffic: Mutex<Traffic>,
@@ -694,10 +722,11 @@ fn now() -> String {
 }
 
 impl Dhis2State {
-    /// A simulator over `metadata` with `faults`.
-    pub fn new(metadata: Metadata, faults: FaultControl) -> Self {
+    /// A simulator over `metadata` in `calendar` with `faults`.
+    pub fn new(metadata: Metadata, calendar: SystemCalendar, faults: FaultControl) -> Self {
         Self {
             metadata,
+            calendar,
             values: Mutex::new(BTreeMap::new()),
             registrations: completeness::Registrations::default(),
             traffic: Mutex::new(Traffic::default()),
@@ -937,7 +966,7 @@ impl Dhis2State {
                 counts.ignored += 1;
                 continue;
             };
-            let Some(period) = normalize_period(&pe) else {
+            let Some(period) = self.calendar.canonical_period(&pe) else {
                 conflicts.add(
                     Some(i),
                     "E7611",
@@ -1095,7 +1124,11 @@ impl Dhis2State {
         )
     }
 
-    fn read_set(&self, query: &[(String, String)]) -> Value {
+    /// `GET /api/dataValueSets`: the stored values the query selects. As
+    /// 2.40 (`DefaultDataValueSetService`), period ids that do not exist
+    /// in the system calendar are dropped; when periods were asked for and
+    /// none exists, the query is refused (409 E2002).
+    fn read_set(&self, query: &[(String, String)]) -> Result<Value, IllegalQuery> {
         let all = |k: &str| -> Vec<&str> {
             query
                 .iter()
@@ -1122,10 +1155,17 @@ impl Dhis2State {
                 .chain(asked.iter().copied())
                 .collect();
         }
+        let asked_periods = !periods.is_empty();
         let periods: Vec<String> = periods
             .iter()
-            .map(|p| normalize_period(p).unwrap_or_else(|| (*p).to_owned()))
+            .filter_map(|p| self.calendar.canonical_period(p))
             .collect();
+        if asked_periods && periods.is_empty() {
+            return Err(IllegalQuery {
+                code: "E2002",
+                message: "At least one period, start/end dates, last updated or last updated duration must be specified".into(),
+            });
+        }
         let des: Option<HashSet<&str>> = (!sets.is_empty()).then(|| {
             sets.iter()
                 .filter_map(|s| self.metadata.data_sets.get(*s))
@@ -1154,7 +1194,7 @@ impl Dhis2State {
             out.insert("orgUnit".into(), json!(ou));
         }
         out.insert("dataValues".into(), Value::Array(list));
-        Value::Object(out)
+        Ok(Value::Object(out))
     }
 }
 
@@ -1227,6 +1267,24 @@ fn web_message(
         m.insert("response".into(), r);
     }
     HttpResponse::build(code).json(Value::Object(m))
+}
+
+/// A query DHIS2 refuses (its `IllegalQueryException`).
+struct IllegalQuery {
+    code: &'static str,
+    message: String,
+}
+
+/// DHIS2's answer to an `IllegalQueryException`: a 409 WebMessage with
+/// its error code.
+fn illegal_query(code: &str, message: &str) -> HttpResponse {
+    HttpResponse::Conflict().json(json!({
+        "httpStatus": "Conflict",
+        "httpStatusCode": 409,
+        "status": "ERROR",
+        "message": message,
+        "errorCode": code,
+    }))
 }
 
 fn fault_response(fault: Fault) -> HttpResponse {
@@ -1374,10 +1432,15 @@ async fn get_data_value_sets(state: web::Data<Dhis2State>, req: HttpRequest) -> 
         return r;
     }
     let query = super::query_pairs(req.query_string());
-    HttpResponse::Ok().json(state.read_set(&query))
+    match state.read_set(&query) {
+        Ok(set) => HttpResponse::Ok().json(set),
+        Err(refused) => illegal_query(refused.code, &refused.message),
+    }
 }
 
-/// `GET /api/dataValues?de=&pe=&ou=&co=&cc=`: `["value"]`, or 404.
+/// `GET /api/dataValues?de=&pe=&ou=&co=&cc=`: `["value"]`, or 404; a
+/// period that does not exist in the system calendar is 409 E1101, as
+/// 2.40's `DataValidator.getAndValidatePeriod`.
 async fn get_data_value(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
     if let Some(r) = gate(&state, &req).await {
         return r;
@@ -1389,11 +1452,13 @@ async fn get_data_value(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpR
             .find(|(key, _)| key == k)
             .map(|(_, v)| v.clone())
     };
+    let pe = get("pe").unwrap_or_default();
+    let Some(period) = state.calendar.canonical_period(&pe) else {
+        return illegal_query("E1101", &format!("Period is invalid: `{pe}`"));
+    };
     let key = ValueKey {
         data_element: get("de").unwrap_or_default(),
-        period: get("pe")
-            .map(|p| normalize_period(&p).unwrap_or(p))
-            .unwrap_or_default(),
+        period,
         org_unit: get("ou").unwrap_or_default(),
         category_option_combo: get("co").unwrap_or_else(|| DEFAULT_COC.into()),
         attribute_option_combo: get("cc").unwrap_or_else(|| DEFAULT_COC.into()),
@@ -1457,6 +1522,7 @@ fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Va
         Collection::Cocs => md
             .cocs
             .iter()
+            .chain(&md.aoc_combos)
             .map(|(n, cc)| {
                 let mut m = Map::new();
                 m.insert("categoryCombo".into(), id(cc));
@@ -1472,6 +1538,9 @@ fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Va
                 }
                 if let Some(cc) = &ds.category_combo {
                     m.insert("categoryCombo".into(), id(cc));
+                }
+                if let Some(days) = ds.timely_days {
+                    m.insert("timelyDays".into(), json!(days));
                 }
                 (&ds.named, m)
             })
@@ -1639,15 +1708,15 @@ async fn data_sets(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpRespon
     list_metadata(state, req, Collection::DataSets, "dataSets").await
 }
 
-/// `/api/system/info`: a 2.40.3 server in the `iso8601` calendar (the
-/// only one whose periods the simulator reads).
+/// `/api/system/info`: a 2.40.3 server in the configured system
+/// calendar (`iso8601` unless `--calendar` says otherwise).
 async fn system_info(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
     if let Some(r) = gate(&state, &req).await {
         return r;
     }
     HttpResponse::Ok().json(json!({
         "version": "2.40.3", "revision": "sandbox", "systemName": "Kiungo DHIS2 sandbox",
-        "calendar": "iso8601", "dateFormat": "yyyy-mm-dd"
+        "calendar": state.calendar.name(), "dateFormat": "yyyy-mm-dd"
     }))
 }
 

@@ -24,6 +24,8 @@ mod faults;
 mod fhir;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_calendar;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,7 +37,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use serde::{Deserialize, Serialize};
 
 pub use dhis2::{
-    BASIC_USER, DEFAULT_COC, DEFAULT_METADATA, Metadata, MetadataError, normalize_period, valid_pat,
+    BASIC_USER, DEFAULT_COC, DEFAULT_METADATA, Metadata, MetadataError, SystemCalendar,
+    UnknownSystemCalendar, normalize_period, valid_pat,
 };
 pub use faults::{Fault, FaultControl, Faults, FaultsError, Outage};
 pub use fhir::operation_outcome;
@@ -84,6 +87,9 @@ pub struct Dhis2Config {
     /// Metadata document (the shape of `bridge/sandbox/dhis2-metadata.json`,
     /// which is embedded and used when this is absent).
     pub metadata: Option<PathBuf>,
+    /// The system calendar (default `iso8601`): reported by
+    /// `/api/system/info`, and the only periods the simulator accepts.
+    pub calendar: SystemCalendar,
     /// Faults to inject from the start.
     pub faults: Faults,
 }
@@ -93,6 +99,7 @@ impl Default for Dhis2Config {
         Self {
             listen: "127.0.0.1:8081".into(),
             metadata: None,
+            calendar: SystemCalendar::default(),
             faults: Faults::default(),
         }
     }
@@ -230,6 +237,7 @@ impl Sandbox {
         };
         let dhis2 = Arc::new(dhis2::Dhis2State::new(
             metadata,
+            config.dhis2.calendar,
             FaultControl::new(config.dhis2.faults.clone())?,
         ));
         let fhir = Arc::new(fhir::FhirState::new(
@@ -400,6 +408,10 @@ pub struct SandboxArgs {
     /// DHIS2 metadata file (default: the embedded Sierra Leone subset).
     #[arg(long)]
     pub metadata: Option<PathBuf>,
+    /// The DHIS2 simulator's system calendar: iso8601, gregorian,
+    /// ethiopian or nepali. Period ids that do not exist in it are refused.
+    #[arg(long, default_value = "iso8601")]
+    pub calendar: SystemCalendar,
     /// Share of requests (0..1) answered 503 or 500, on both simulators.
     #[arg(long, default_value_t = 0.0)]
     pub error_rate: f64,
@@ -435,6 +447,7 @@ pub fn run_cli(args: SandboxArgs) -> ExitCode {
         dhis2: Dhis2Config {
             listen: args.dhis2,
             metadata: args.metadata,
+            calendar: args.calendar,
             faults: faults.clone(),
         },
         fhir: FhirConfig {
@@ -462,7 +475,7 @@ pub fn run_cli(args: SandboxArgs) -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        println!("DHIS2 sandbox: {}/api  (Basic admin:district, or any valid d2pat_ token)", sandbox.dhis2_url());
+        println!("DHIS2 sandbox: {}/api  (calendar {}; Basic admin:district, or any valid d2pat_ token)", sandbox.dhis2_url(), args.calendar);
         println!("FHIR sandbox:  {}  (R4 transactions POST to the base)", sandbox.fhir_url());
         println!("Inspect: {0}/sandbox/values  {1}/sandbox/resources; faults: POST {{..}}/sandbox/faults. Ctrl-C stops.", sandbox.dhis2_url(), sandbox.fhir_url());
         let _ = tokio::signal::ctrl_c().await;

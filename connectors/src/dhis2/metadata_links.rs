@@ -67,6 +67,19 @@ pub struct DataSetLinks {
     pub category_combo: Option<String>,
 }
 
+/// A data set's timeliness (`timelyDays`), for the completeness grace
+/// check.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DataSetTimeliness {
+    /// Its UID.
+    pub id: String,
+    /// Its name, for messages.
+    pub name: Option<String>,
+    /// Days after a period's last day within which a completeness
+    /// registration counts as on time (DHIS2's `timelyDays`).
+    pub timely_days: Option<i64>,
+}
+
 /// What DHIS2 says about a set of references. A reference that is not a
 /// key of its map was not found (or the user may not see it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -109,6 +122,8 @@ struct Object {
     data_sets: Vec<Id>,
     #[serde(default)]
     period_type: Option<String>,
+    #[serde(default)]
+    timely_days: Option<i64>,
 }
 
 impl Dhis2Client {
@@ -203,6 +218,29 @@ impl Dhis2Client {
             );
         }
         Ok(links)
+    }
+
+    /// The `timelyDays` of the data sets `ids` (UIDs), by UID: one
+    /// `GET /api/dataSets?filter=id:in:[…]&fields=id,name,timelyDays` per
+    /// 100. A data set missing from the answer was not found.
+    pub async fn data_set_timeliness(
+        &self,
+        ids: &BTreeSet<String>,
+    ) -> Result<BTreeMap<String, DataSetTimeliness>, Dhis2Error> {
+        let sets = self.objects("dataSets", "id,name,timelyDays", ids).await?;
+        Ok(sets
+            .into_iter()
+            .map(|(_, o)| {
+                (
+                    o.id.clone(),
+                    DataSetTimeliness {
+                        id: o.id,
+                        name: o.name,
+                        timely_days: o.timely_days,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// The objects of `endpoint` that `refs` (UIDs or `code:CODE`) name,

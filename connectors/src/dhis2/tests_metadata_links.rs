@@ -132,11 +132,12 @@ async fn metadata_links_batches_each_kind_and_reads_the_2_40_shapes() {
         .await;
     Mock::given(method("GET"))
         .and(path("/api/categoryOptionCombos"))
-        .and(query_param("filter", "id:in:[HllvX50cXC0,pq2XI5kz2BY]"))
+        .and(query_param("filter", "id:in:[HllvX50cXC0,TgtResAoc01,pq2XI5kz2BY]"))
         .and(query_param("fields", "id,code,name,categoryCombo[id]"))
         .respond_with(list(
             "categoryOptionCombos",
             json!([{"id": "HllvX50cXC0", "code": "default", "name": "default", "categoryCombo": {"id": "bjDvmb4bfuf"}},
+                   {"id": "TgtResAoc01", "name": "Target", "categoryCombo": {"id": "WBW7RjsApsv"}},
                    {"id": "pq2XI5kz2BY", "name": "Fixed", "categoryCombo": {"id": "KYYSTxeVw28"}}]),
         ))
         .expect(1)
@@ -159,7 +160,7 @@ async fn metadata_links_batches_each_kind_and_reads_the_2_40_shapes() {
         data_elements: set(&["fbfJHSPpUQD", "NoSuchDE001", "code:MAL_RDT_TESTED"]),
         org_units: set(&["DiszpKrYNg8", "NoSuchOU001"]),
         category_option_combos: set(&["pq2XI5kz2BY", "HllvX50cXC0"]),
-        attribute_option_combos: set(&["HllvX50cXC0"]),
+        attribute_option_combos: set(&["HllvX50cXC0", "TgtResAoc01"]),
     };
     let links = client(&server).metadata_links(&refs).await.expect("links");
 
@@ -182,6 +183,51 @@ async fn metadata_links_batches_each_kind_and_reads_the_2_40_shapes() {
         Some("Monthly")
     );
     assert_eq!(links.data_sets.len(), 2);
+    // What the attribute option combo check compares: an attribute
+    // combo's category combo, and each data set's.
+    assert_eq!(
+        links.option_combos["TgtResAoc01"].category_combo.as_deref(),
+        Some("WBW7RjsApsv")
+    );
+    assert_eq!(
+        links.data_sets["QX4ZTUbOt3a"].category_combo.as_deref(),
+        Some("bjDvmb4bfuf")
+    );
+}
+
+/// The completeness grace check reads `timelyDays` (2.40: an integer)
+/// of the configured data sets in one request; one DHIS2 does not know is
+/// absent.
+#[tokio::test]
+async fn data_set_timeliness_reads_timely_days() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/dataSets"))
+        .and(query_param(
+            "filter",
+            "id:in:[BfMAe6Itzgt,NoSuchSet01,QX4ZTUbOt3a]",
+        ))
+        .and(query_param("fields", "id,name,timelyDays"))
+        .and(query_param("paging", "false"))
+        .respond_with(list(
+            "dataSets",
+            json!([{"id": "QX4ZTUbOt3a", "name": "Reproductive Health", "timelyDays": 10},
+                   {"id": "BfMAe6Itzgt", "name": "Child Health", "timelyDays": 0}]),
+        ))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let sets = client(&server)
+        .data_set_timeliness(&set(&["QX4ZTUbOt3a", "BfMAe6Itzgt", "NoSuchSet01"]))
+        .await
+        .expect("timeliness");
+    assert_eq!(sets["QX4ZTUbOt3a"].timely_days, Some(10));
+    assert_eq!(
+        sets["QX4ZTUbOt3a"].name.as_deref(),
+        Some("Reproductive Health")
+    );
+    assert_eq!(sets["BfMAe6Itzgt"].timely_days, Some(0));
+    assert!(!sets.contains_key("NoSuchSet01"));
 }
 
 /// 250 org units: three requests of at most 100 ids each.

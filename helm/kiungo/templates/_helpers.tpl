@@ -117,6 +117,7 @@ may not name them.
 */}}
 {{- define "kiungo.reservedEnv" -}}
 KIUNGO_STORE_URL KIUNGO_HTTP_LISTEN KIUNGO_LOG_FORMAT RUST_LOG
+{{- if .Values.otel.endpoint }} OTEL_EXPORTER_OTLP_ENDPOINT OTEL_SERVICE_NAME{{ end }}
 {{- end }}
 
 {{/*
@@ -182,12 +183,12 @@ Render-time checks the schema cannot express. Included by the Deployment.
 {{- $reserved := splitList " " (include "kiungo.reservedEnv" .) }}
 {{- range $name, $_ := $v.secretEnv }}
 {{- if has $name $reserved }}
-{{- fail (printf "secretEnv.%s: set by the chart (see store.postgres.existingSecret, containerPort, logFormat, logLevel)." $name) }}
+{{- fail (printf "secretEnv.%s: set by the chart (see store.postgres.existingSecret, containerPort, logFormat, logLevel, otel)." $name) }}
 {{- end }}
 {{- end }}
 {{- range $v.extraEnv }}
 {{- if has .name $reserved }}
-{{- fail (printf "extraEnv: %s is set by the chart (see store.postgres.existingSecret, containerPort, logFormat, logLevel)." .name) }}
+{{- fail (printf "extraEnv: %s is set by the chart (see store.postgres.existingSecret, containerPort, logFormat, logLevel, otel)." .name) }}
 {{- end }}
 {{- if hasKey $v.secretEnv .name }}
 {{- fail (printf "extraEnv: %s is also in secretEnv." .name) }}

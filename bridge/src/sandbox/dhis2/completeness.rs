@@ -11,7 +11,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::{DEFAULT_COC, Dhis2State, gate, normalize_period, web_message};
+use super::{DEFAULT_COC, Dhis2State, gate, web_message};
 
 /// Data set, period, org unit, attribute option combo.
 pub(crate) type RegistrationKey = (String, String, String, String);
@@ -21,7 +21,8 @@ pub(crate) type RegistrationKey = (String, String, String, String);
 pub(crate) struct Registrations(pub(crate) Mutex<BTreeSet<RegistrationKey>>);
 
 impl Dhis2State {
-    /// Checks one registration against the metadata: its key, or DHIS2's
+    /// Checks one registration against the metadata and the calendar, in
+    /// 2.40's order (data set, period, org unit): its key, or DHIS2's
     /// conflict (object, message).
     fn check_registration(&self, r: &Value) -> Result<RegistrationKey, (String, String)> {
         let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
@@ -37,15 +38,17 @@ impl Dhis2State {
                 format!("Data set not found or not accessible: `{ds}`"),
             ));
         }
+        // As 2.40 (`DefaultCompleteDataSetRegistrationExchangeService`):
+        // a period that does not exist in the system calendar.
+        let Some(pe) = self.calendar.canonical_period(&pe) else {
+            return Err((pe, "Period not valid".to_owned()));
+        };
         if !self.metadata.ou_index.contains_key(&ou) {
             return Err((
                 ou.clone(),
                 format!("Organisation unit not found or not accessible: `{ou}`"),
             ));
         }
-        let Some(pe) = normalize_period(&pe) else {
-            return Err((pe.clone(), format!("Period not valid: `{pe}`")));
-        };
         Ok((ds, pe, ou, aoc))
     }
 }
@@ -127,11 +130,12 @@ pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> Http
             .unwrap_or_default()
     };
     let pe = get("pe");
-    let Some(pe) = normalize_period(&pe) else {
+    // As 2.40's `CompleteDataSetRegistrationController`.
+    let Some(pe) = state.calendar.canonical_period(&pe) else {
         return web_message(
             StatusCode::CONFLICT,
             "ERROR",
-            &format!("Period not valid: `{pe}`"),
+            &format!("Illegal period identifier: {pe}"),
             None,
         );
     };
