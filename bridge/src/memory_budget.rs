@@ -82,7 +82,7 @@ impl ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % MIB == 0 {
+        if self.0.is_multiple_of(MIB) {
             write!(f, "{} MiB", self.0 / MIB)
         } else {
             write!(f, "{} KiB", self.0.div_ceil(KIB))
