@@ -21,6 +21,8 @@ use prost::Message as _;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
+mod support;
+
 /// The app token that posts the events.
 const APP_TOKEN: &str = "otel-test-cht-app-token-5b8d2e4f6a1c3e7b9d0f";
 /// The app's span over HTTP and over AMQP.
@@ -43,25 +45,6 @@ fn event(fixture: &str, id: &str) -> Vec<u8> {
         serde_json::from_slice(&std::fs::read(path).expect("fixture")).expect("json");
     v["_id"] = id.into();
     serde_json::to_vec(&v).expect("json")
-}
-
-/// A FHIR server answering every transaction.
-async fn fhir_server() -> MockServer {
-    let fhir = MockServer::start().await;
-    let response = serde_json::json!({
-        "resourceType": "Bundle", "type": "transaction-response",
-        "entry": (0..8).map(|i| serde_json::json!({
-            "response": {"status": "201 Created", "location": format!("Observation/{i}/_history/1")}
-        })).collect::<Vec<_>>(),
-    });
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw(response.to_string().into_bytes(), "application/fhir+json"),
-        )
-        .mount(&fhir)
-        .await;
-    fhir
 }
 
 /// The collector stand-in, on `listener` (any free port when `None`).
@@ -288,7 +271,7 @@ async fn spans_continue_the_apps_trace_over_amqp_and_http() {
     use lapin::{BasicProperties, Connection, ConnectionProperties};
 
     kiungo::tls::install_crypto_provider();
-    let fhir = fhir_server().await;
+    let fhir = support::fhir_accepting_every_transaction().await;
     let collector = collector(None).await;
     let dir = tempfile::tempdir().expect("dir");
     let amqp_url = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -482,7 +465,7 @@ async fn run_binary(dir: &Path, fhir: &MockServer, otel_env: &[(&str, &str)]) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiungo_run_exports_to_the_endpoint_in_the_environment() {
-    let fhir = fhir_server().await;
+    let fhir = support::fhir_accepting_every_transaction().await;
     let collector = collector(None).await;
     let dir = tempfile::tempdir().expect("dir");
     let sent = run_binary(
@@ -508,7 +491,7 @@ async fn kiungo_run_exports_to_the_endpoint_in_the_environment() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiungo_run_without_the_variables_sends_nothing() {
-    let fhir = fhir_server().await;
+    let fhir = support::fhir_accepting_every_transaction().await;
     // Where an exporter on by default would send: the OTLP/HTTP default
     // endpoint, localhost:4318.
     let default_port = std::net::TcpListener::bind("127.0.0.1:4318")

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use kiungo::app::Application;
 use kiungo::config::Config;
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
+
+mod support;
 
 /// The app token that posts the events.
 const APP_TOKEN: &str = "trace-test-cht-app-token-3e9a1c7b5d2f4a6e8c0b";
@@ -18,20 +18,7 @@ const INCOMING: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traceparent_reaches_the_fhir_server_as_a_child() {
     kiungo::tls::install_crypto_provider();
-    let fhir = MockServer::start().await;
-    let response = serde_json::json!({
-        "resourceType": "Bundle", "type": "transaction-response",
-        "entry": (0..8).map(|i| serde_json::json!({
-            "response": {"status": "201 Created", "location": format!("Observation/{i}/_history/1")}
-        })).collect::<Vec<_>>(),
-    });
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw(response.to_string().into_bytes(), "application/fhir+json"),
-        )
-        .mount(&fhir)
-        .await;
+    let fhir = support::fhir_accepting_every_transaction().await;
     let dir = tempfile::tempdir().expect("dir");
     let packs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs");
     std::fs::write(

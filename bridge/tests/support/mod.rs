@@ -126,3 +126,25 @@ pub async fn commit_dhis2(
     };
     store.commit(&[ingest]).await.expect("commit");
 }
+
+/// A FHIR server (wiremock) answering every transaction `201 Created`
+/// for up to eight entries.
+pub async fn fhir_accepting_every_transaction() -> wiremock::MockServer {
+    use wiremock::matchers::method;
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let fhir = MockServer::start().await;
+    let response = json!({
+        "resourceType": "Bundle", "type": "transaction-response",
+        "entry": (0..8).map(|i| json!({
+            "response": {"status": "201 Created", "location": format!("Observation/{i}/_history/1")}
+        })).collect::<Vec<_>>(),
+    });
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(response.to_string().into_bytes(), "application/fhir+json"),
+        )
+        .mount(&fhir)
+        .await;
+    fhir
+}
