@@ -658,3 +658,16 @@ pub fn metadata_without_malaria_codes() -> anyhow::Result<serde_json::Value> {
     }
     Ok(metadata)
 }
+
+/// User + system CPU seconds of process `pid` (`self` for this one), from
+/// `/proc/PID/stat`; `None` off Linux or when the process is gone.
+pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime 15.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}

@@ -69,15 +69,6 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// This process's user + system CPU seconds (`/proc/self/stat`).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 /// Rows in the tables an ingest commit writes.
 async fn rows(store: &Store) -> anyhow::Result<Vec<(&'static str, i64)>> {
     let mut out = Vec::new();
@@ -141,13 +132,15 @@ async fn main() -> anyhow::Result<()> {
     for batch in warm.chunks(args.batch) {
         store.commit(batch).await?;
     }
-    let cpu0 = cpu_seconds();
+    let cpu0 = kiungo_tests::harness::process_cpu_seconds("self");
     let t = Instant::now();
     for batch in timed.chunks(args.batch) {
         store.commit(batch).await?;
     }
     let wall = t.elapsed().as_secs_f64();
-    let cpu = cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_seconds("self")
+        .zip(cpu0)
+        .map(|(b, a)| b - a);
     let n = timed.len() as f64;
     println!(
         "store {:?}: {} events committed in batches of {} after {} untimed ({} rejected by mapping)",

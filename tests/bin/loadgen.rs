@@ -216,7 +216,7 @@ async fn bare_consumer(
     // t0: every consumer is registered, the point from which Kiungo's
     // `/readyz` answers.
     let t0 = Instant::now();
-    let cpu0 = cpu_seconds("self");
+    let cpu0 = kiungo_tests::harness::process_cpu_seconds("self");
     let tasks = queues
         .into_iter()
         .map(|(channel, consumer, want)| tokio::spawn(drain(channel, consumer, want)));
@@ -229,7 +229,9 @@ async fn bare_consumer(
     .into_iter()
     .sum::<anyhow::Result<usize>>()?;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds("self").zip(cpu0).map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_seconds("self")
+        .zip(cpu0)
+        .map(|(b, a)| b - a);
     conn.close(200, "done".into()).await?;
     Ok((acked as f64 / secs, cpu))
 }
@@ -266,20 +268,6 @@ fn kiungo_release_binary() -> anyhow::Result<PathBuf> {
         bail!("{} missing: cargo build --release -p kiungo", bin.display());
     }
     Ok(bin)
-}
-
-/// User plus system CPU seconds of a process (`self` or a pid), from
-/// `/proc/PID/stat` (fields 14 and 15, in clock ticks of 1/100 s, the
-/// Linux default).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest starts at field 3 (state): utime is field 14, stime 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
 }
 
 fn rss_kb(pid: u32, field: &str) -> Option<u64> {
@@ -339,7 +327,7 @@ async fn kiungo(
         return Err(e);
     }
     let t0 = Instant::now();
-    let cpu0 = cpu_seconds(&pid.to_string());
+    let cpu0 = kiungo_tests::harness::process_cpu_seconds(&pid.to_string());
     let store = Store::open(&db.config).await?;
     let want = workload
         .messages
@@ -361,7 +349,9 @@ async fn kiungo(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(&pid.to_string()).zip(cpu0).map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_seconds(&pid.to_string())
+        .zip(cpu0)
+        .map(|(b, a)| b - a);
     let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
