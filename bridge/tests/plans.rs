@@ -403,7 +403,7 @@ async fn hot_statements_stay_proportional(backend: Backend) {
             "fhir_outbox_notify",
             "dead_letters_notify",
             "fhir_withdrawals_notify",
-            "dhis2_contributions_notify",
+            "dhis2_contributions_unnotified",
             // Known and open (issue 16): which DHIS2 contributions can be
             // told "delivered" is found by joining every unpublished
             // contribution with its pushed total, so a round costs in
@@ -434,7 +434,8 @@ async fn hot_statements_stay_proportional(backend: Backend) {
         "backlog gauges",
         &st,
         &[
-            "fhir_outbox_in_flight",
+            "fhir_outbox_ready",
+            "fhir_outbox_leased",
             "dhis2_dirty",
             "dead_letters_open",
             // PostgreSQL reads the table itself when the backlog is most

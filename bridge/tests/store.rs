@@ -395,7 +395,115 @@ async fn a_future_timestamp_does_not_lock_the_event(backend: Backend) {
     );
 }
 
+/// `GET /v1/events/{id}` without a source finds the id under every
+/// source that sent it (looked up under each source through the primary
+/// key, migration 0014), in source order, and only there.
+async fn one_event_id_under_several_sources(backend: Backend) {
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let from = |source: &str, id: &str| Ingest {
+        source: source.into(),
+        ..ingest(&set, &cht_visit(id, "facility", ""), None)
+    };
+    let batch = [
+        from("odk", "shared"),
+        from("cht", "shared"),
+        from("kobo", "other"),
+        from("zz-last", "shared"),
+        from("aa-first", "other"),
+    ];
+    assert!(
+        store
+            .commit(&batch)
+            .await
+            .expect("commit")
+            .iter()
+            .all(|o| *o == Outcome::Stored)
+    );
+    let sources = |list: Vec<kiungo::store::EventStatus>| {
+        list.into_iter().map(|s| s.source).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sources(store.event_status("shared", None).await.expect("status")),
+        ["cht", "odk", "zz-last"]
+    );
+    assert_eq!(
+        sources(store.event_status("other", None).await.expect("status")),
+        ["aa-first", "kobo"]
+    );
+    assert_eq!(
+        sources(
+            store
+                .event_status("shared", Some("odk"))
+                .await
+                .expect("status")
+        ),
+        ["odk"]
+    );
+    assert!(
+        store
+            .event_status("nowhere", None)
+            .await
+            .expect("status")
+            .is_empty()
+    );
+}
+
+/// The backlog gauge counts bundles never tried, retrying and being sent
+/// (each state through its own partial index, migration 0014), and the
+/// oldest of them.
+async fn backlog_counts_each_state(backend: Backend) {
+    use kiungo::store::Delivery;
+    let set = packs();
+    let (_db, store) = open(backend).await;
+    let batch: Vec<Ingest> = ["b1", "b2", "b3", "b4"]
+        .iter()
+        .map(|id| ingest(&set, &cht_visit(id, "facility", ""), None))
+        .collect();
+    store.commit(&batch).await.expect("commit");
+    let now = kiungo::store::now_ms();
+    let claimed = store.claim_fhir(2, now, 60_000).await.expect("claim");
+    assert_eq!(claimed.len(), 2);
+    // One fails and waits for a retry in an hour; the other stays in flight.
+    store
+        .record_fhir(
+            &claimed[0],
+            &Delivery::Retry {
+                next_attempt_at: now + 3_600_000,
+                error: "503".into(),
+            },
+            now,
+        )
+        .await
+        .expect("record");
+    let b = store.backlog().await.expect("backlog");
+    assert_eq!(
+        (b.fhir_pending, b.fhir_retrying, b.fhir_delivering),
+        (2, 1, 1),
+        "{b:?}"
+    );
+    let oldest = b.fhir_oldest_at.expect("oldest");
+    assert!(oldest <= now, "{oldest} after {now}");
+    // Delivered bundles leave the backlog.
+    store
+        .record_fhir(
+            &claimed[1],
+            &Delivery::Delivered { server_ids: vec![] },
+            now,
+        )
+        .await
+        .expect("record");
+    let b = store.backlog().await.expect("backlog");
+    assert_eq!(
+        (b.fhir_pending, b.fhir_retrying, b.fhir_delivering),
+        (2, 1, 0),
+        "{b:?}"
+    );
+}
+
 kiungo::on_both_backends!(
+    backlog_counts_each_state,
+    one_event_id_under_several_sources,
     a_future_timestamp_does_not_lock_the_event,
     leases_have_one_holder,
     versions_and_edits,

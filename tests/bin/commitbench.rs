@@ -84,6 +84,38 @@ async fn rows(store: &Store) -> anyhow::Result<Vec<(&'static str, i64)>> {
     Ok(out)
 }
 
+/// CPU seconds of this process's threads, summed by thread name (the
+/// SQLite connection threads are `sqlx-sqlite-worker-N`, cut to 15
+/// characters by the kernel).
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+            .map(|n| n.trim().to_owned())
+            .unwrap_or_default();
+        if let Some(cpu) = kiungo_tests::harness::process_cpu_seconds(&format!("self/task/{tid}")) {
+            *out.entry(name).or_insert(0.0) += cpu;
+        }
+    }
+    out
+}
+
+/// This process's I/O counters from `/proc/self/io`: bytes and calls
+/// written and read through system calls (`wchar`, `syscw`, `rchar`,
+/// `syscr`), whether or not they reached the disk.
+fn io_counters() -> std::collections::BTreeMap<String, f64> {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter_map(|(k, v)| Some((k.trim().to_owned(), v.trim().parse::<f64>().ok()?)))
+        .collect()
+}
+
 /// The allocator `kiungo run` uses, so that the commit's own allocations
 /// cost here what they cost there.
 #[global_allocator]
@@ -120,6 +152,13 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect();
     let rejected = prepared.iter().filter(|i| i.result.is_err()).count();
+    let payload_bytes: usize = prepared.iter().map(|i| i.payload.len()).sum();
+    let bundle_bytes: usize = prepared
+        .iter()
+        .filter_map(|i| i.result.as_ref().ok())
+        .filter_map(|o| o.bundle.as_ref())
+        .map(|(b, _)| b.len())
+        .sum();
     let scratch = ScratchDb::new(args.backend).await?;
     let store = Store::open(&scratch.config).await?;
     if let Some(file) = &args.sql {
@@ -132,6 +171,8 @@ async fn main() -> anyhow::Result<()> {
     for batch in warm.chunks(args.batch) {
         store.commit(batch).await?;
     }
+    let threads0 = cpu_by_thread();
+    let io0 = io_counters();
     let cpu0 = kiungo_tests::harness::process_cpu_seconds("self");
     let t = Instant::now();
     for batch in timed.chunks(args.batch) {
@@ -142,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
         .zip(cpu0)
         .map(|(b, a)| b - a);
     let n = timed.len() as f64;
+    let threads1 = cpu_by_thread();
+    let io1 = io_counters();
     println!(
         "store {:?}: {} events committed in batches of {} after {} untimed ({} rejected by mapping)",
         args.backend,
@@ -154,6 +197,30 @@ async fn main() -> anyhow::Result<()> {
         "{:.0} events/s, {} CPU µs/event (this process)",
         n / wall,
         cpu.map_or("?".into(), |c| format!("{:.1}", 1e6 * c / n))
+    );
+    for (name, after) in &threads1 {
+        let spent = after - threads0.get(name).copied().unwrap_or(0.0);
+        if spent > 0.0 {
+            println!("  thread {name}: {:.1} CPU µs/event", 1e6 * spent / n);
+        }
+    }
+    let io =
+        |k: &str| (io1.get(k).copied().unwrap_or(0.0) - io0.get(k).copied().unwrap_or(0.0)) / n;
+    // SQLite's file I/O (journal, checkpoint, pages read back); on
+    // PostgreSQL the server does its own.
+    if args.backend == Backend::Sqlite {
+        println!(
+            "  file I/O per event: {:.0} bytes written in {:.1} calls, {:.0} bytes read in {:.1} calls",
+            io("wchar"),
+            io("syscw"),
+            io("rchar"),
+            io("syscr")
+        );
+    }
+    println!(
+        "  per event: {} payload bytes, {} bundle bytes",
+        payload_bytes / total.max(1),
+        bundle_bytes / total.max(1)
     );
     for (table, count) in rows(&store).await? {
         println!(

@@ -288,7 +288,7 @@ impl Store {
                WHERE d.data_element = c.data_element AND d.period = c.period \
                AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc) \
              AND NOT {refused} \
-             ORDER BY c.source, c.event_id LIMIT $1",
+             ORDER BY c.created_at, c.source, c.event_id LIMIT $1",
                 refused = super::dhis2::DHIS2_REFUSED
             ),
             vec![limit.into()],

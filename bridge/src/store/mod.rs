@@ -169,14 +169,24 @@ impl Store {
                             // the two connections for no measurable gain in
                             // ingest); statement journals stay in memory;
                             // checkpoints every ~64 MB of WAL rather than
-                            // 4 MB write hot pages fewer times.
+                            // 4 MB write hot pages fewer times. A write
+                            // transaction may hold up to 8 MB of changed
+                            // pages before it spills them to the WAL: an
+                            // ingest batch of 500 events changes 2-4 MB,
+                            // and spilling it mid-transaction wrote a
+                            // third more and cost the commit 10 % more CPU
+                            // (BENCHMARKS.md, issue 16); past 8 MB a
+                            // transaction still spills, so memory stays
+                            // bounded whatever its size.
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                                 PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 16000;",
+                                 PRAGMA cache_size = -2000; PRAGMA cache_spill = 2048; PRAGMA temp_store = MEMORY; \
+                                 PRAGMA wal_autocheckpoint = 16000;",
                             )
                             .await?;
                             conn.execute(format!("PRAGMA synchronous = {sync};").as_str())
                                 .await?;
+
                             Ok(())
                         })
                     })

@@ -189,10 +189,15 @@ impl Store {
     /// The backlog of every destination.
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         let mut b = Backlog::default();
+        // Each state through its own partial index (`fhir_outbox_ready`,
+        // `fhir_outbox_leased`): the rows in flight, not the table.
         let rows = query(
             self.backend,
-            "SELECT state, CASE WHEN attempts > 0 THEN 1 ELSE 0 END, COUNT(*), MIN(created_at) \
-             FROM fhir_outbox WHERE state IN ('pending', 'delivering') GROUP BY 1, 2"
+            "SELECT 'pending', CASE WHEN attempts > 0 THEN 1 ELSE 0 END, COUNT(*), MIN(created_at) \
+             FROM fhir_outbox WHERE state = 'pending' GROUP BY 2 \
+             UNION ALL \
+             SELECT 'delivering', 0, COUNT(*), MIN(created_at) FROM fhir_outbox \
+             WHERE state = 'delivering' HAVING COUNT(*) > 0"
                 .to_owned(),
             vec![],
         )
@@ -306,9 +311,18 @@ impl Store {
         event_id: &str,
         source: Option<&str>,
     ) -> Result<Vec<EventStatus>, StoreError> {
+        // The id under each source through the primary key: the sources
+        // are found by a loose scan of its first column (one probe per
+        // source), so no index of every event id is kept for this lookup.
         let rows = query(
             self.backend,
-            "SELECT source, state, mapping, received_at FROM events WHERE event_id = $1 ORDER BY source"
+            "WITH RECURSIVE sources (source) AS ( \
+               SELECT MIN(source) FROM events \
+               UNION ALL \
+               SELECT (SELECT MIN(n.source) FROM events n WHERE n.source > sources.source) \
+               FROM sources WHERE sources.source IS NOT NULL) \
+             SELECT e.source, e.state, e.mapping, e.received_at FROM sources \
+             JOIN events e ON e.source = sources.source AND e.event_id = $1 ORDER BY e.source"
                 .to_owned(),
             vec![event_id.into()],
         )

@@ -138,7 +138,7 @@ impl Store {
     /// event, or a bundle of the event it replaces, is in flight.
     ///
     /// Each candidate costs index probes only: older versions through
-    /// `fhir_outbox_in_flight` by (source, event id), replaced events
+    /// the unique (source, event id, version) index, replaced events
     /// through `events_superseded_by`, then their bundles by (source,
     /// event id). The replaced-event check is a nested `EXISTS`, not a
     /// join: SQLite, which plans without statistics, planned the join as
