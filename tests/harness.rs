@@ -671,3 +671,40 @@ pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// The command line of process `pid`, its arguments joined by spaces;
+/// `None` when the process is gone.
+pub fn process_cmdline(pid: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
+/// CPU seconds of every process whose command line `pick` accepts,
+/// summed (processes that ended are no longer counted).
+pub fn processes_cpu_seconds(pick: impl Fn(&str) -> bool) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| process_cmdline(pid).is_some_and(|c| pick(&c)))
+        .filter_map(|pid| process_cpu_seconds(&pid))
+        .sum()
+}
+
+/// Busy and total CPU seconds of the whole machine since boot, from the
+/// first line of `/proc/stat` (idle and iowait count as not busy).
+pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    Some(((total - idle) / 100.0, total / 100.0))
+}

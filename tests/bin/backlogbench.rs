@@ -93,37 +93,14 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Clock ticks per second of `/proc/*/stat` (100 on Linux).
-const TICKS: f64 = 100.0;
-
-/// user + system CPU seconds of a process.
+/// user + system CPU seconds of a process (0 when it is gone).
 fn process_cpu(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, after)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / TICKS
+    kiungo_tests::harness::process_cpu_seconds(&pid.to_string()).unwrap_or(0.0)
 }
 
 /// Busy CPU seconds of the whole machine since boot.
 fn machine_cpu() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
-        return 0.0;
-    };
-    let Some(line) = stat.lines().next() else {
-        return 0.0;
-    };
-    let v: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-    (v.iter().sum::<f64>() - idle) / TICKS
+    kiungo_tests::harness::machine_cpu_seconds().map_or(0.0, |(busy, _)| busy)
 }
 
 /// Grows the store from its `base` events to `size` by copying them under

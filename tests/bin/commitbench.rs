@@ -12,9 +12,11 @@
 //! (`kiungo::ingest::prepare`); then the prepared events are committed in
 //! batches of `--batch` (the default `ingest.max_events`), one after the
 //! other, as the committer does. Reported over the commit loop only:
-//! events per second, this process's CPU per event (SQLite runs in it;
-//! PostgreSQL's own CPU is not counted, the client's is), and the rows
-//! written per event. `--batches-before N` commits N batches untimed
+//! events per second, this process's CPU per event and per thread (SQLite
+//! runs in it, on its connection threads), on SQLite the file I/O per
+//! event (journal writes, checkpoints, pages read back), on PostgreSQL
+//! the CPU of the server's backends for this store's database, and the
+//! rows written per event. `--batches-before N` commits N batches untimed
 //! first, so that the timed part writes into a store that already holds
 //! them. `--sql FILE` runs a script on the new store first (to compare a
 //! schema change before writing it as a migration).
@@ -171,6 +173,21 @@ async fn main() -> anyhow::Result<()> {
     for batch in warm.chunks(args.batch) {
         store.commit(batch).await?;
     }
+    // PostgreSQL's backends serving this store (`postgres: USER DB …`).
+    let database = scratch
+        .config
+        .url
+        .rsplit('/')
+        .next()
+        .and_then(|d| d.split('?').next())
+        .unwrap_or_default()
+        .to_owned();
+    let server_cpu = || {
+        kiungo_tests::harness::processes_cpu_seconds(|c| {
+            c.starts_with("postgres:") && c.split_whitespace().nth(2) == Some(database.as_str())
+        })
+    };
+    let server0 = server_cpu();
     let threads0 = cpu_by_thread();
     let io0 = io_counters();
     let cpu0 = kiungo_tests::harness::process_cpu_seconds("self");
@@ -184,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(b, a)| b - a);
     let n = timed.len() as f64;
     let threads1 = cpu_by_thread();
+    let server = server_cpu() - server0;
     let io1 = io_counters();
     println!(
         "store {:?}: {} events committed in batches of {} after {} untimed ({} rejected by mapping)",
@@ -207,7 +225,13 @@ async fn main() -> anyhow::Result<()> {
     let io =
         |k: &str| (io1.get(k).copied().unwrap_or(0.0) - io0.get(k).copied().unwrap_or(0.0)) / n;
     // SQLite's file I/O (journal, checkpoint, pages read back); on
-    // PostgreSQL the server does its own.
+    // PostgreSQL the server does its own, in its backends.
+    if args.backend == Backend::Postgres {
+        println!(
+            "  PostgreSQL backends of this store: {:.1} CPU µs/event",
+            1e6 * server / n
+        );
+    }
     if args.backend == Backend::Sqlite {
         println!(
             "  file I/O per event: {:.0} bytes written in {:.1} calls, {:.0} bytes read in {:.1} calls",

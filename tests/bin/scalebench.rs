@@ -72,20 +72,10 @@ fn args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// Clock ticks per second of `/proc/*/stat` (100 on Linux).
-const TICKS: f64 = 100.0;
-
 /// user + system CPU seconds of a process, and its command line.
 fn proc_cpu(pid: &str) -> Option<(f64, String)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces.
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-    Some(((utime + stime) / TICKS, cmdline))
+    use kiungo_tests::harness::{process_cmdline, process_cpu_seconds};
+    Some((process_cpu_seconds(pid)?, process_cmdline(pid)?))
 }
 
 /// CPU seconds per process group at one instant.
@@ -94,7 +84,7 @@ struct Cpu {
     /// By pid, so that a process that ends is still counted up to its
     /// last sample.
     by_pid: HashMap<String, (String, f64)>,
-    /// Busy and total jiffies of the whole machine.
+    /// Busy and total CPU seconds of the whole machine.
     machine: (f64, f64),
 }
 
@@ -143,17 +133,8 @@ fn sample(into: &mut Cpu, replicas: &[u32], db: &str) {
             }
         }
     }
-    if let Ok(stat) = std::fs::read_to_string("/proc/stat")
-        && let Some(line) = stat.lines().next()
-    {
-        let v: Vec<f64> = line
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        let total: f64 = v.iter().sum();
-        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-        into.machine = (total - idle, total);
+    if let Some(machine) = kiungo_tests::harness::machine_cpu_seconds() {
+        into.machine = machine;
     }
 }
 
@@ -382,7 +363,7 @@ async fn run(
         last.machine.1 - before.machine.1,
     );
     let cpu = delta(&before, &last);
-    let other = (busy / TICKS - cpu.values().sum::<f64>()).max(0.0);
+    let other = (busy - cpu.values().sum::<f64>()).max(0.0);
     Ok(Run {
         other,
         replicas: n_replicas,
