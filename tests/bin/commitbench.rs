@@ -184,7 +184,8 @@ async fn main() -> anyhow::Result<()> {
         .to_owned();
     let server_cpu = || {
         kiungo_tests::harness::processes_cpu_seconds(|c| {
-            c.starts_with("postgres:") && c.split_whitespace().nth(2) == Some(database.as_str())
+            // `postgres: [CLUSTER: ]USER DATABASE HOST(PORT) STATE`
+            c.starts_with("postgres:") && c.split_whitespace().any(|w| w == database)
         })
     };
     let server0 = server_cpu();

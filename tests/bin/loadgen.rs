@@ -55,6 +55,7 @@ struct Args {
     edits: f64,
     batch: usize,
     memory_limit: Option<String>,
+    max_wait: Option<String>,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -66,6 +67,7 @@ fn args() -> anyhow::Result<Args> {
         edits: 0.0,
         batch: 500,
         memory_limit: None,
+        max_wait: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -77,6 +79,7 @@ fn args() -> anyhow::Result<Args> {
             "--edits" => a.edits = value()?.parse()?,
             "--batch" => a.batch = value()?.parse()?,
             "--memory-limit" => a.memory_limit = Some(value()?),
+            "--max-wait" => a.max_wait = Some(value()?),
             "--store" => {
                 a.backend = match value()?.as_str() {
                     "sqlite" => Backend::Sqlite,
@@ -85,7 +88,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N --memory-limit SIZE"
+                "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N --max-wait DURATION --memory-limit SIZE"
             ),
         }
     }
@@ -140,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
         &db,
         args.prefetch,
         args.batch,
-        args.memory_limit.as_deref(),
+        &extra_config(&args),
         &workload,
     )
     .await?;
@@ -279,13 +282,26 @@ fn rss_kb(pid: u32, field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Config lines the flags add: `ingest.max_wait` (in the `ingest:`
+/// block the config ends with) and `memory_limit`.
+fn extra_config(args: &Args) -> String {
+    let mut out = String::new();
+    if let Some(wait) = &args.max_wait {
+        out.push_str(&format!("  max_wait: {wait}\n"));
+    }
+    if let Some(limit) = &args.memory_limit {
+        out.push_str(&format!("memory_limit: {limit}\n"));
+    }
+    out
+}
+
 async fn kiungo(
     url: &str,
     prefix: &str,
     db: &ScratchDb,
     prefetch: u16,
     batch: usize,
-    memory_limit: Option<&str>,
+    extra: &str,
     workload: &kiungo_tests::workload::Workload,
 ) -> anyhow::Result<(f64, Option<f64>, u64, u64)> {
     let dir = tempfile::tempdir()?;
@@ -305,11 +321,10 @@ async fn kiungo(
     std::fs::write(
         &config,
         format!(
-            "mappings: {}\npseudonym_key_file: {}\nstore:\n  url: {}\nrabbitmq:\n  url: {url}\n  prefetch: {prefetch}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\ningest:\n  max_events: {batch}\n{}",
+            "mappings: {}\npseudonym_key_file: {}\nstore:\n  url: {}\nrabbitmq:\n  url: {url}\n  prefetch: {prefetch}\n  queues:\n{queues}http:\n  listen: 127.0.0.1:{port}\ningest:\n  max_events: {batch}\n{extra}",
             packs_dir().display(),
             key.display(),
             db.config.url,
-            memory_limit.map_or(String::new(), |m| format!("memory_limit: {m}\n")),
         ),
     )?;
     let mut child = std::process::Command::new(kiungo_release_binary()?)
