@@ -476,12 +476,9 @@ async fn backlog_counts_each_state(backend: Backend) {
         )
         .await
         .expect("record");
+    let fhir = |b: &kiungo::store::Backlog| (b.fhir_pending, b.fhir_retrying, b.fhir_delivering);
     let b = store.backlog().await.expect("backlog");
-    assert_eq!(
-        (b.fhir_pending, b.fhir_retrying, b.fhir_delivering),
-        (2, 1, 1),
-        "{b:?}"
-    );
+    assert_eq!(fhir(&b), (2, 1, 1), "{b:?}");
     let oldest = b.fhir_oldest_at.expect("oldest");
     assert!(oldest <= now, "{oldest} after {now}");
     // Delivered bundles leave the backlog.
@@ -494,11 +491,7 @@ async fn backlog_counts_each_state(backend: Backend) {
         .await
         .expect("record");
     let b = store.backlog().await.expect("backlog");
-    assert_eq!(
-        (b.fhir_pending, b.fhir_retrying, b.fhir_delivering),
-        (2, 1, 0),
-        "{b:?}"
-    );
+    assert_eq!(fhir(&b), (2, 1, 0), "{b:?}");
 }
 
 kiungo::on_both_backends!(
