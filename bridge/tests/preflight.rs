@@ -28,6 +28,13 @@ use serde_json::Value;
 const VIEWER: &str = "preflight-test-viewer-token-4f2a9c7e1b3d5a8c6e0f";
 const OPERATOR: &str = "preflight-test-operator-token-8d1e6b0a7c2f4e9d3b5a";
 
+/// The sandbox DHIS2 and FHIR servers, started with `config` (TLS set
+/// up first, as the service does).
+async fn sandbox(config: SandboxConfig) -> Sandbox {
+    kiungo::tls::install_crypto_provider();
+    Sandbox::start(config).await.expect("sandbox")
+}
+
 fn packs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../mappings/packs")
 }
@@ -129,10 +136,7 @@ fn assert_the_three_faults(out: &str, mapping: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_check_online_reports_each_problem_with_its_file_and_line() {
-    kiungo::tls::install_crypto_provider();
-    let sandbox = Sandbox::start(SandboxConfig::for_test())
-        .await
-        .expect("sandbox");
+    let sandbox = sandbox(SandboxConfig::for_test()).await;
     let dir = tempfile::tempdir().expect("dir");
     let store = format!("sqlite:{}", dir.path().join("k.db").display());
 
@@ -210,10 +214,7 @@ async fn config_check_online_reports_each_problem_with_its_file_and_line() {
 /// the (empty) stored-values check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_start_up_preflight_shows_mapping_problems_with_an_empty_store() {
-    kiungo::tls::install_crypto_provider();
-    let sandbox = Sandbox::start(SandboxConfig::for_test())
-        .await
-        .expect("sandbox");
+    let sandbox = sandbox(SandboxConfig::for_test()).await;
     let dir = tempfile::tempdir().expect("dir");
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
     let mappings = broken_pack(dir.path());
@@ -292,10 +293,9 @@ async fn static_preflight(app: &Application) -> Value {
 /// sandbox tells a deployment left on `iso8601`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ethiopian_deployment_lands_its_values_in_an_ethiopian_dhis2() {
-    kiungo::tls::install_crypto_provider();
     let mut sandbox_config = SandboxConfig::for_test();
     sandbox_config.dhis2.calendar = SystemCalendar::Ethiopian;
-    let sandbox = Sandbox::start(sandbox_config).await.expect("sandbox");
+    let sandbox = sandbox(sandbox_config).await;
     let dir = tempfile::tempdir().expect("dir");
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
 
@@ -372,7 +372,6 @@ async fn an_ethiopian_deployment_lands_its_values_in_an_ethiopian_dhis2() {
 /// checks out, as above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_attribute_option_combo_of_another_category_combo_is_reported_at_its_line() {
-    kiungo::tls::install_crypto_provider();
     let dir = tempfile::tempdir().expect("dir");
     let mut metadata: Value =
         serde_json::from_str(kiungo::sandbox::DEFAULT_METADATA).expect("metadata");
@@ -383,7 +382,7 @@ async fn an_attribute_option_combo_of_another_category_combo_is_reported_at_its_
     std::fs::write(&metadata_file, metadata.to_string()).expect("metadata");
     let mut sandbox_config = SandboxConfig::for_test();
     sandbox_config.dhis2.metadata = Some(metadata_file);
-    let sandbox = Sandbox::start(sandbox_config).await.expect("sandbox");
+    let sandbox = sandbox(sandbox_config).await;
 
     let mappings = dir.path().join("mappings");
     let cht = mappings.join("cht-anc");
@@ -442,10 +441,7 @@ async fn an_attribute_option_combo_of_another_category_combo_is_reported_at_its_
 /// grace says nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completeness_grace_past_timely_days_is_a_warning() {
-    kiungo::tls::install_crypto_provider();
-    let sandbox = Sandbox::start(SandboxConfig::for_test())
-        .await
-        .expect("sandbox");
+    let sandbox = sandbox(SandboxConfig::for_test()).await;
     let dir = tempfile::tempdir().expect("dir");
     let db = ScratchDb::new(Backend::Sqlite).await.expect("db");
     let completeness = |grace: &str| {
