@@ -41,6 +41,12 @@ pub(crate) struct Expr {
     pub(crate) field: String,
     /// Line of the field in the mapping file.
     pub(crate) line: u64,
+    /// For an expression that is a dotted path alone (`event.fields.visit`,
+    /// `event_id`): its names, looked up attribute by attribute without
+    /// starting minijinja's VM, which does the same lookups (most of a
+    /// pack's expressions are such paths). Any name not found falls back
+    /// to the compiled expression, so errors read as before.
+    path: Option<Box<[Box<str>]>>,
 }
 
 impl fmt::Debug for Expr {
@@ -65,6 +71,7 @@ impl Expr {
             .map_err(|e| full_text(&e))?;
         Ok(Self {
             compiled,
+            path: dotted_path(source),
             source: Arc::from(source),
             field,
             line,
@@ -96,6 +103,9 @@ impl Expr {
 
     /// Evaluates against a scope.
     pub(crate) fn eval(&self, scope: &Value) -> Result<Value, Failure> {
+        if let Some(value) = self.path.as_deref().and_then(|p| lookup(scope, p)) {
+            return Ok(value);
+        }
         self.compiled.eval(scope.clone()).map_err(|err| {
             let undefined = err.kind() == minijinja::ErrorKind::UndefinedError;
             let mut failure = describe(err);
@@ -141,6 +151,39 @@ impl Expr {
         }
         None
     }
+}
+
+/// Names minijinja reads as literals or operators, never as variables.
+const KEYWORDS: &[&str] = &[
+    "true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else",
+];
+
+/// The names of `source` when it is a dotted path of plain names whose
+/// first is neither a function nor a keyword; `None` otherwise.
+fn dotted_path(source: &str) -> Option<Box<[Box<str>]>> {
+    let names: Vec<&str> = source.trim().split('.').collect();
+    let plain = |n: &&str| {
+        let mut chars = n.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !KEYWORDS.contains(n)
+    };
+    if !names.iter().all(plain) || GLOBALS.contains(names[0]) {
+        return None;
+    }
+    Some(names.into_iter().map(Box::from).collect())
+}
+
+/// Walks `path` from `scope` as minijinja's `a.b.c` does; `None` at the
+/// first name that is not there (the compiled expression then says why).
+fn lookup(scope: &Value, path: &[Box<str>]) -> Option<Value> {
+    let mut value = scope.clone();
+    for name in path {
+        value = value.get_attr(name).ok().filter(|v| !v.is_undefined())?;
+    }
+    Some(value)
 }
 
 /// A minijinja error's whole text, for load errors: the expression is the
@@ -358,6 +401,38 @@ mod tests {
         )
         .expect("compiles");
         assert_eq!(e.free_variables(), vec!["event", "source", "visit_date"]);
+    }
+
+    #[test]
+    fn dotted_paths_read_what_the_compiled_expression_reads() {
+        // The event as mappings read it (lazy JSON nodes).
+        let scope = crate::json::lazy(Arc::new(serde_json::json!({
+            "event_id": "e1",
+            "event": {"fields": {"visit": {"n": 3, "none_here": null}}, "list": [1, 2]},
+        })));
+        for (src, path) in [
+            ("event_id", true),
+            ("event.fields.visit.n", true),
+            (" event.fields.visit ", true),
+            ("event.fields.visit.none_here", true),
+            ("event.list", true),
+            ("none", false),
+            ("range", false),
+            ("event.list[0]", false),
+            ("event.fields.visit.n + 1", false),
+        ] {
+            let e = Expr::compile(src, "f".into(), 1).expect("compiles");
+            assert_eq!(e.path.is_some(), path, "{src}");
+            let vm = e.compiled.eval(scope.clone()).expect("vm");
+            assert_eq!(e.eval(&scope).expect("eval"), vm, "{src}");
+        }
+        // A name not there: the compiled expression's error, as before.
+        let e = Expr::compile("event.fields.visitz.n", "f".into(), 1).expect("compiles");
+        let err = e.eval(&scope).expect_err("undefined");
+        assert_eq!(
+            err.message,
+            "undefined value: `event.fields.visitz.n` (`event.fields` has no key `visitz`)"
+        );
     }
 
     #[test]
