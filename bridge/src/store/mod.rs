@@ -186,7 +186,6 @@ impl Store {
                             .await?;
                             conn.execute(format!("PRAGMA synchronous = {sync};").as_str())
                                 .await?;
-
                             Ok(())
                         })
                     })
