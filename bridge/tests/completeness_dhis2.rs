@@ -69,6 +69,7 @@ fn key(org_unit: &str) -> CompletenessKey {
         data_set: REPRODUCTIVE.into(),
         period: PERIOD.into(),
         org_unit: org_unit.into(),
+        attribute_option_combo: "HllvX50cXC0".into(),
     }
 }
 

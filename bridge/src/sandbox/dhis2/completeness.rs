@@ -1,7 +1,9 @@
 //! `POST /api/completeDataSetRegistrations` (the 2.38–2.41 JSON shape,
 //! answered with an ImportSummary in a WebMessage: 200, or 409 with a
 //! conflict per refused registration), `DELETE
-//! /api/completeDataSetRegistrations?ds=&pe=&ou=` (204), and
+//! /api/completeDataSetRegistrations?ds=&pe=&ou=[&cc=&cp=]` (204; the
+//! attribute option combo named by its category combo and options, as
+//! DHIS2 takes it, the default without them), and
 //! `GET /sandbox/registrations`, what is registered.
 
 use std::collections::BTreeSet;
@@ -11,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::{DEFAULT_COC, Dhis2State, gate, web_message};
+use super::{DEFAULT_COC, Dhis2State, gate, illegal_query, web_message};
 
 /// Data set, period, org unit, attribute option combo.
 pub(crate) type RegistrationKey = (String, String, String, String);
@@ -116,7 +118,7 @@ pub(super) async fn register(
     }
 }
 
-/// `DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=`.
+/// `DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=[&cc=&cp=]`.
 pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
     if let Some(r) = gate(&state, &req).await {
         return r;
@@ -139,7 +141,30 @@ pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> Http
             None,
         );
     };
-    let key = (get("ds"), pe, get("ou"), DEFAULT_COC.to_owned());
+    // As 2.40's `InputUtils.getAttributeOptionCombo`: `cc` and `cp`
+    // together or neither (E2040), an unknown combination refused (E2041).
+    let aoc = match (get("cc"), get("cp")) {
+        (cc, cp) if cc.is_empty() && cp.is_empty() => DEFAULT_COC.to_owned(),
+        (cc, cp) if cc.is_empty() || cp.is_empty() => {
+            return illegal_query(
+                "E2040",
+                "Both category combination and category options must be specified",
+            );
+        }
+        (cc, cp) => {
+            let options: Vec<String> = cp.split(';').map(str::to_owned).collect();
+            match state.metadata.attribute_combo_of(&cc, &options) {
+                Some(aoc) => aoc.to_owned(),
+                None => {
+                    return illegal_query(
+                        "E2041",
+                        "Attribute option combo does not exist for given category combo and category options",
+                    );
+                }
+            }
+        }
+    };
+    let key = (get("ds"), pe, get("ou"), aoc);
     state
         .registrations
         .0
