@@ -786,7 +786,107 @@ async fn store_notes_claims_and_changes(backend: Backend) {
     assert!(!values.held && !values.in_flight, "{values:?}");
 }
 
+/// A store made before migration 0013: its rows, notes and dead letters
+/// were all of the default attribute option combo, and keep it. The
+/// migrations up to 0012 are run from the source tree, the rows written
+/// as 0012 shaped them, then the store opens (0013 and on).
+async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
+    let db = ScratchDb::new(backend).await.expect("db");
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let before = tempfile::tempdir().expect("dir");
+    for entry in std::fs::read_dir(&source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "0013" {
+            std::fs::copy(&path, before.path().join(&name)).expect("copy");
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let url = match backend {
+        Backend::Sqlite => format!("{}?mode=rwc", db.config.url),
+        Backend::Postgres => db.config.url.clone(),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrator")
+        .run(&pool)
+        .await
+        .expect("migrate to 0012");
+    for sql in [
+        format!(
+            "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, registered, check_at, updated_at) \
+             VALUES ('{SET}', '{OLD}', '{OU1}', 0, 0, 0, 0)"
+        ),
+        format!(
+            "INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied) \
+             VALUES ('{ANC1}', '{OLD}', '{OU2}', 1, 0)"
+        ),
+        format!(
+            "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, received_at, last_seen_at) \
+             VALUES ('dhis2-completeness:{SET}:{OLD}:{OU1}', 'dhis2', 'dhis2', 'dhis2_conflict', 'refused', 0, 0)"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect("insert");
+    }
+    pool.close().await;
+
+    let store = Store::open(&db.config).await.expect("open migrates");
+    let now = kiungo::store::now_ms();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    store
+        .drain_completeness_changes(10, now, move |c| {
+            noted
+                .lock()
+                .expect("lock")
+                .push(c.attribute_option_combo.clone());
+            Vec::new()
+        })
+        .await
+        .expect("drain");
+    assert_eq!(*seen.lock().expect("lock"), vec![DEFAULT_AOC.to_owned()]);
+    let claimed = store
+        .claim_completeness(10, now, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].key.attribute_option_combo, DEFAULT_AOC);
+    // A success resolves the letter parked before 0013 (its fingerprint
+    // now names the default combo).
+    store
+        .finish_completeness(&[(claimed[0].clone(), CompletenessResult::Registered)], now)
+        .await
+        .expect("finish");
+    let letters = store
+        .dead_letters(&DeadLetterFilter {
+            stage: Some("dhis2".into()),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .expect("letters");
+    assert_eq!(
+        letters.iter().map(|l| l.state.as_str()).collect::<Vec<_>>(),
+        vec!["replayed"],
+        "{letters:?}"
+    );
+    let rows = store.completeness_rows(SET).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0].registered);
+}
+
 kiungo::on_both_backends!(
+    rows_from_before_0013_keep_the_default_combo,
     registrations_wait_for_the_period_end_plus_grace_and_go_once,
     late_values_register_at_once_and_withdrawn_values_undo,
     values_still_on_their_way_hold_the_registration_back,
