@@ -236,6 +236,55 @@ mod tests {
             .unwrap();
         assert_eq!(r.status().as_u16(), 204);
         assert_eq!(listed(&sb).await, 0);
+        // As DHIS2: `cc` without `cp` is refused (E2040), and so is a
+        // combination no attribute option combo has (E2041).
+        for (cc, cp, code) in [
+            ("WBW7RjsApsv", "", "E2040"),
+            ("WBW7RjsApsv", "NoSuchOpt01", "E2041"),
+        ] {
+            let r = http
+                .delete(&url)
+                .basic_auth("admin", Some("district"))
+                .query(&[
+                    ("ds", "BfMAe6Itzgt"),
+                    ("pe", "202401"),
+                    ("ou", "DiszpKrYNg8"),
+                    ("cc", cc),
+                    ("cp", cp),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 409);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["errorCode"], code);
+        }
         sb.stop().await;
+    }
+
+    /// An attribute option combo is found by its category combo and
+    /// options, whatever their order.
+    #[test]
+    fn an_attribute_combo_is_found_by_its_category_combo_and_options() {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(crate::sandbox::DEFAULT_METADATA).unwrap();
+        doc["attributeOptionCombos"] = json!([
+            {"id": "TgtResAoc01", "categoryCombo": {"id": "WBW7RjsApsv"},
+                "categoryOptions": ["STgy27fGvaU", "JvIqWKLPPkt"]}
+        ]);
+        let md = crate::sandbox::dhis2::Metadata::parse(&doc.to_string()).unwrap();
+        let options = |o: &[&str]| o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            md.attribute_combo_of("WBW7RjsApsv", &options(&["JvIqWKLPPkt", "STgy27fGvaU"])),
+            Some("TgtResAoc01")
+        );
+        assert_eq!(
+            md.attribute_combo_of("WBW7RjsApsv", &options(&["STgy27fGvaU"])),
+            None
+        );
+        assert_eq!(
+            md.attribute_combo_of("O4VaNks6tta", &options(&["JvIqWKLPPkt", "STgy27fGvaU"])),
+            None
+        );
     }
 }
