@@ -832,17 +832,44 @@ async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
             "INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied) \
              VALUES ('{ANC1}', '{OLD}', '{OU2}', 1, 0)"
         ),
-        format!(
-            "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, received_at, last_seen_at) \
-             VALUES ('dhis2-completeness:{SET}:{OLD}:{OU1}', 'dhis2', 'dhis2', 'dhis2_conflict', 'refused', 0, 0)"
-        ),
     ] {
         sqlx::query(&sql).execute(&pool).await.expect("insert");
     }
+    // A refusal parked before 0013: its detail names no combo.
+    let detail =
+        serde_json::json!({"dataSet": SET, "period": OLD, "orgUnit": OU1, "action": "register"});
+    sqlx::query(
+        "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, payload, received_at, last_seen_at) \
+         VALUES ($1, 'dhis2', 'dhis2', 'dhis2_conflict', 'refused', $2, 0, 0)",
+    )
+    .bind(format!("dhis2-completeness:{SET}:{OLD}:{OU1}"))
+    .bind(detail.to_string().into_bytes())
+    .execute(&pool)
+    .await
+    .expect("letter");
     pool.close().await;
 
     let store = Store::open(&db.config).await.expect("open migrates");
-    let now = kiungo::store::now_ms();
+    // Its replay has the default combo's row looked at again.
+    let letter = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("letters")
+        .pop()
+        .expect("the letter");
+    assert_eq!(
+        kiungo::dlq::replay(
+            &store,
+            &support::packs(),
+            kiungo::ingest::Limits { max_bytes: 1 << 20 },
+            letter.id,
+            "ops",
+        )
+        .await
+        .expect("replay"),
+        kiungo::dlq::ReplayResult::Remarked
+    );
+    let now = kiungo::store::now_ms() + 1;
     let seen = Arc::new(Mutex::new(Vec::new()));
     let noted = seen.clone();
     store
@@ -862,10 +889,15 @@ async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
         .expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].key.attribute_option_combo, DEFAULT_AOC);
-    // A success resolves the letter parked before 0013 (its fingerprint
-    // now names the default combo).
+    // Refused again: counted on the letter parked before 0013 (its
+    // fingerprint now names the default combo), not a second one.
+    let refused = CompletenessResult::Refused {
+        code: "dhis2_conflict".into(),
+        message: "refused".into(),
+        undo: false,
+    };
     store
-        .finish_completeness(&[(claimed[0].clone(), CompletenessResult::Registered)], now)
+        .finish_completeness(&[(claimed[0].clone(), refused)], now)
         .await
         .expect("finish");
     let letters = store
@@ -876,13 +908,16 @@ async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
         .await
         .expect("letters");
     assert_eq!(
-        letters.iter().map(|l| l.state.as_str()).collect::<Vec<_>>(),
-        vec!["replayed"],
+        letters
+            .iter()
+            .map(|l| (l.id, l.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(letter.id, "open")],
         "{letters:?}"
     );
     let rows = store.completeness_rows(SET).await.expect("rows");
     assert_eq!(rows.len(), 1);
-    assert!(rows[0].registered);
+    assert_eq!(rows[0].key.attribute_option_combo, DEFAULT_AOC);
 }
 
 kiungo::on_both_backends!(
