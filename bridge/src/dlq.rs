@@ -99,6 +99,10 @@ pub async fn replay(
                     data_set,
                     period,
                     org_unit,
+                    // Letters parked before migration 0013 name no combo:
+                    // theirs was the default.
+                    attribute_option_combo: field("attributeOptionCombo")
+                        .unwrap_or_else(|| kiungo_mappings::DEFAULT_COMBO.to_owned()),
                 };
                 return finish_replay(
                     store,

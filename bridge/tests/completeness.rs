@@ -5,7 +5,9 @@
 //! once; withdrawing all of an org unit's values undoes its registration;
 //! values still on their way hold a registration back; failures retry on
 //! the schedule behind the circuit breaker; a refusal is parked as a
-//! DHIS2 dead letter and a replay sends it again.
+//! DHIS2 dead letter and a replay sends it again; a data set with an
+//! attribute category combo is registered once per attribute option combo
+//! that holds values, and undone per combo.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,11 @@ const OU1: &str = "DiszpKrYNg8";
 const OU2: &str = "ImspTQPwCqd";
 const OU3: &str = "O6uvpzGd5pu";
 const OLD: &str = "202401";
+/// The default attribute option combo, and two of a data set's attribute
+/// category combo (projects).
+const DEFAULT_AOC: &str = "HllvX50cXC0";
+const PROJECT_A: &str = "AocProjectA";
+const PROJECT_B: &str = "code:PROJECT_B";
 const DAY: i64 = 24 * 3600 * 1000;
 
 const RETRY: RetryParams = RetryParams {
@@ -48,13 +55,18 @@ const RETRY: RetryParams = RetryParams {
 };
 
 fn contribution(de: &str, period: &str, ou: &str) -> Dhis2Contribution {
+    contribution_for(de, period, ou, DEFAULT_AOC)
+}
+
+/// A value for attribute option combo `aoc`.
+fn contribution_for(de: &str, period: &str, ou: &str, aoc: &str) -> Dhis2Contribution {
     Dhis2Contribution {
         rule: format!("rule-{de}"),
         data_element: de.into(),
         period: period.into(),
         org_unit: ou.into(),
         category_option_combo: "HllvX50cXC0".into(),
-        attribute_option_combo: "HllvX50cXC0".into(),
+        attribute_option_combo: aoc.into(),
         value: 1.into(),
         aggregation: Aggregation::Count,
         date: "2024-01-15".into(),
@@ -83,8 +95,9 @@ impl Dhis2Destination for Values {
     }
 }
 
-/// A request: `register` or `undo`, period, org unit.
-type Call = (&'static str, String, String);
+/// A request: `register` or `undo`, period, org unit, attribute option
+/// combo.
+type Call = (&'static str, String, String, String);
 
 /// DHIS2 for completeness: one data set, answers from a script, then
 /// done; records every request.
@@ -114,7 +127,7 @@ impl Registrations {
         self.script.lock().expect("lock").push_back(answer);
     }
 
-    /// `(register|undo, period, org unit)` of every request so far.
+    /// `(register|undo, period, org unit, combo)` of every request so far.
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().expect("lock").clone()
     }
@@ -125,10 +138,12 @@ impl Registrations {
         key: &CompletenessKey,
     ) -> Result<CompletionAnswer, SinkFailure> {
         assert_eq!(key.data_set, SET);
-        self.calls
-            .lock()
-            .expect("lock")
-            .push((what, key.period.clone(), key.org_unit.clone()));
+        self.calls.lock().expect("lock").push((
+            what,
+            key.period.clone(),
+            key.org_unit.clone(),
+            key.attribute_option_combo.clone(),
+        ));
         self.script
             .lock()
             .expect("lock")
@@ -254,6 +269,17 @@ impl Setup {
             .advance(Duration::from_millis((at - now).unsigned_abs()));
     }
 
+    /// Each row's attribute option combo and whether it is registered.
+    async fn registered_by_combo(&self) -> Vec<(String, bool)> {
+        self.store
+            .completeness_rows(SET)
+            .await
+            .expect("rows")
+            .into_iter()
+            .map(|r| (r.key.attribute_option_combo, r.registered))
+            .collect()
+    }
+
     async fn registered(&self) -> Vec<(String, String)> {
         self.pass
             .store
@@ -268,7 +294,11 @@ impl Setup {
 }
 
 fn call(what: &'static str, period: &str, ou: &str) -> Call {
-    (what, period.to_owned(), ou.to_owned())
+    call_for(what, period, ou, DEFAULT_AOC)
+}
+
+fn call_for(what: &'static str, period: &str, ou: &str, aoc: &str) -> Call {
+    (what, period.to_owned(), ou.to_owned(), aoc.to_owned())
 }
 
 async fn registrations_wait_for_the_period_end_plus_grace_and_go_once(backend: Backend) {
@@ -403,6 +433,93 @@ async fn late_values_register_at_once_and_withdrawn_values_undo(backend: Backend
     assert_eq!(s.dhis2.calls().len(), 5);
 }
 
+/// One org unit with values of the set under two attribute option combos
+/// in one period: two registrations, each with its combo; withdrawing all
+/// values of one combo undoes its registration only.
+async fn each_attribute_option_combo_is_registered_and_undone_on_its_own(backend: Backend) {
+    let s = setup(backend, 5).await;
+    commit(
+        &s.store,
+        "a1",
+        1,
+        vec![contribution_for(ANC1, OLD, OU1, PROJECT_A)],
+    )
+    .await;
+    commit(
+        &s.store,
+        "b1",
+        1,
+        vec![
+            contribution_for(ANC1, OLD, OU1, PROJECT_B),
+            contribution_for(ANC4_CODE, OLD, OU1, PROJECT_B),
+        ],
+    )
+    .await;
+    assert_eq!(s.push_values().await.delivered, 3);
+    assert_eq!(
+        s.store.completeness_changes_waiting().await.expect("n"),
+        3,
+        "one note per data element, period, org unit and combo"
+    );
+    assert_eq!(s.completeness().await.delivered, 2, "long past due");
+    let mut calls = s.dhis2.calls();
+    calls.sort();
+    assert_eq!(
+        calls,
+        vec![
+            call_for("register", OLD, OU1, PROJECT_A),
+            call_for("register", OLD, OU1, PROJECT_B),
+        ]
+    );
+    assert_eq!(
+        s.registered_by_combo().await,
+        vec![(PROJECT_A.into(), true), (PROJECT_B.into(), true)],
+        "one row per combo"
+    );
+
+    // Project A's only value withdrawn: its registration alone is undone.
+    commit(&s.store, "a1", 2, vec![]).await;
+    assert_eq!(s.push_values().await.delivered, 1);
+    assert_eq!(s.completeness().await.delivered, 1);
+    assert_eq!(s.dhis2.calls()[2], call_for("undo", OLD, OU1, PROJECT_A));
+    assert_eq!(
+        s.registered_by_combo().await,
+        vec![(PROJECT_A.into(), false), (PROJECT_B.into(), true)]
+    );
+
+    // Project A reports again and project B loses one of its two values:
+    // A is registered again, B keeps its registration.
+    commit(
+        &s.store,
+        "a1",
+        3,
+        vec![contribution_for(ANC1, OLD, OU1, PROJECT_A)],
+    )
+    .await;
+    commit(
+        &s.store,
+        "b1",
+        2,
+        vec![contribution_for(ANC1, OLD, OU1, PROJECT_B)],
+    )
+    .await;
+    assert_eq!(
+        s.push_values().await.delivered,
+        3,
+        "A's value, B's deletion and B's remaining value"
+    );
+    assert_eq!(s.completeness().await.delivered, 1);
+    assert_eq!(
+        s.dhis2.calls()[3],
+        call_for("register", OLD, OU1, PROJECT_A)
+    );
+    assert_eq!(s.dhis2.calls().len(), 4, "project B keeps a value: no undo");
+    assert_eq!(
+        s.registered_by_combo().await,
+        vec![(PROJECT_A.into(), true), (PROJECT_B.into(), true)]
+    );
+}
+
 async fn values_still_on_their_way_hold_the_registration_back(backend: Backend) {
     let s = setup(backend, 5).await;
     commit(&s.store, "e1", 1, vec![contribution(ANC1, OLD, OU1)]).await;
@@ -498,7 +615,8 @@ async fn failures_retry_behind_the_circuit_and_refusals_are_parked(backend: Back
         serde_json::from_slice(shown.payload.as_deref().expect("detail")).expect("json");
     assert_eq!(
         detail,
-        serde_json::json!({"dataSet": SET, "period": OLD, "orgUnit": OU3, "action": "register"})
+        serde_json::json!({"dataSet": SET, "period": OLD, "orgUnit": OU3,
+            "attributeOptionCombo": DEFAULT_AOC, "action": "register"})
     );
 
     // Fixed in DHIS2, the letter replayed: registered.
@@ -662,16 +780,160 @@ async fn store_notes_claims_and_changes(backend: Backend) {
     assert!(rows[0].registered);
     assert_eq!(rows[0].check_at, Some(now), "looked at again");
     let values = store
-        .completeness_values(&[ANC1.to_owned()], OLD, OU1)
+        .completeness_values(
+            &[ANC1.to_owned()],
+            &CompletenessKey {
+                data_set: SET.into(),
+                period: OLD.into(),
+                org_unit: OU1.into(),
+                attribute_option_combo: DEFAULT_AOC.into(),
+            },
+        )
         .await
         .expect("values");
     assert!(!values.held && !values.in_flight, "{values:?}");
 }
 
+/// A store made before migration 0013: its rows, notes and dead letters
+/// were all of the default attribute option combo, and keep it. The
+/// migrations up to 0012 are run from the source tree, the rows written
+/// as 0012 shaped them, then the store opens (0013 and on).
+async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
+    let db = ScratchDb::new(backend).await.expect("db");
+    let folder = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+    };
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let before = tempfile::tempdir().expect("dir");
+    for entry in std::fs::read_dir(&source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < "0013" {
+            std::fs::copy(&path, before.path().join(&name)).expect("copy");
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let url = match backend {
+        Backend::Sqlite => format!("{}?mode=rwc", db.config.url),
+        Backend::Postgres => db.config.url.clone(),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrator")
+        .run(&pool)
+        .await
+        .expect("migrate to 0012");
+    for sql in [
+        format!(
+            "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, registered, check_at, updated_at) \
+             VALUES ('{SET}', '{OLD}', '{OU1}', 0, 0, 0, 0)"
+        ),
+        format!(
+            "INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied) \
+             VALUES ('{ANC1}', '{OLD}', '{OU2}', 1, 0)"
+        ),
+    ] {
+        sqlx::query(&sql).execute(&pool).await.expect("insert");
+    }
+    // A refusal parked before 0013: its detail names no combo.
+    let detail =
+        serde_json::json!({"dataSet": SET, "period": OLD, "orgUnit": OU1, "action": "register"});
+    sqlx::query(
+        "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, payload, received_at, last_seen_at) \
+         VALUES ($1, 'dhis2', 'dhis2', 'dhis2_conflict', 'refused', $2, 0, 0)",
+    )
+    .bind(format!("dhis2-completeness:{SET}:{OLD}:{OU1}"))
+    .bind(detail.to_string().into_bytes())
+    .execute(&pool)
+    .await
+    .expect("letter");
+    pool.close().await;
+
+    let store = Store::open(&db.config).await.expect("open migrates");
+    // Its replay has the default combo's row looked at again.
+    let letter = store
+        .dead_letters(&DeadLetterFilter::default())
+        .await
+        .expect("letters")
+        .pop()
+        .expect("the letter");
+    assert_eq!(
+        kiungo::dlq::replay(
+            &store,
+            &support::packs(),
+            kiungo::ingest::Limits { max_bytes: 1 << 20 },
+            letter.id,
+            "ops",
+        )
+        .await
+        .expect("replay"),
+        kiungo::dlq::ReplayResult::Remarked
+    );
+    let now = kiungo::store::now_ms() + 1;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    store
+        .drain_completeness_changes(10, now, move |c| {
+            noted
+                .lock()
+                .expect("lock")
+                .push(c.attribute_option_combo.clone());
+            Vec::new()
+        })
+        .await
+        .expect("drain");
+    assert_eq!(*seen.lock().expect("lock"), vec![DEFAULT_AOC.to_owned()]);
+    let claimed = store
+        .claim_completeness(10, now, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].key.attribute_option_combo, DEFAULT_AOC);
+    // Refused again: counted on the letter parked before 0013 (its
+    // fingerprint now names the default combo), not a second one.
+    let refused = CompletenessResult::Refused {
+        code: "dhis2_conflict".into(),
+        message: "refused".into(),
+        undo: false,
+    };
+    store
+        .finish_completeness(&[(claimed[0].clone(), refused)], now)
+        .await
+        .expect("finish");
+    let letters = store
+        .dead_letters(&DeadLetterFilter {
+            stage: Some("dhis2".into()),
+            ..DeadLetterFilter::default()
+        })
+        .await
+        .expect("letters");
+    assert_eq!(
+        letters
+            .iter()
+            .map(|l| (l.id, l.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(letter.id, "open")],
+        "{letters:?}"
+    );
+    let rows = store.completeness_rows(SET).await.expect("rows");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].key.attribute_option_combo, DEFAULT_AOC);
+}
+
 kiungo::on_both_backends!(
+    rows_from_before_0013_keep_the_default_combo,
     registrations_wait_for_the_period_end_plus_grace_and_go_once,
     late_values_register_at_once_and_withdrawn_values_undo,
     values_still_on_their_way_hold_the_registration_back,
+    each_attribute_option_combo_is_registered_and_undone_on_its_own,
     failures_retry_behind_the_circuit_and_refusals_are_parked,
     store_notes_claims_and_changes,
 );

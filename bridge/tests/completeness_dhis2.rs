@@ -39,6 +39,14 @@ const FIXED: &str = "pq2XI5kz2BY";
 const NGELEHUN: &str = "DiszpKrYNg8";
 const OTHER: &str = "aQoqXL4cZaF";
 const PERIOD: &str = "202401";
+/// The "Target vs Result" attribute category combo (Sierra Leone demo),
+/// its two options, and the option combo of each (UIDs made up for the
+/// tests; the demo lists none).
+const TARGET_RESULT: &str = "WBW7RjsApsv";
+const TARGET_OPTION: &str = "STgy27fGvaU";
+const RESULT_OPTION: &str = "JvIqWKLPPkt";
+const TARGET: &str = "TgtResAoc01";
+const RESULT: &str = "TgtResAoc02";
 
 fn client(uri: &str, api_version: Option<u16>) -> Dhis2Client {
     kiungo::tls::install_crypto_provider();
@@ -65,10 +73,17 @@ fn sink(uri: &str, api_version: Option<u16>) -> Dhis2Sink {
 }
 
 fn key(org_unit: &str) -> CompletenessKey {
+    key_for(org_unit, "HllvX50cXC0")
+}
+
+/// The key of `org_unit`'s registration under attribute option combo
+/// `aoc` (as a mapping wrote it).
+fn key_for(org_unit: &str, aoc: &str) -> CompletenessKey {
     CompletenessKey {
         data_set: REPRODUCTIVE.into(),
         period: PERIOD.into(),
         org_unit: org_unit.into(),
+        attribute_option_combo: aoc.into(),
     }
 }
 
@@ -293,14 +308,110 @@ async fn an_undo_deletes_and_a_409_web_message_is_a_refusal() {
     assert!(message.contains(&format!("`{OTHER}`")), "{message}");
 }
 
+/// The registration of another attribute option combo carries its UID
+/// (resolved from `code:` as for values); its undo cannot (DHIS2
+/// 2.38–2.41's `DELETE` takes no combo UID): the combo's category combo
+/// and options are read from DHIS2 and sent as `cc` and `cp`. A combo
+/// DHIS2 does not have is a refusal.
+#[tokio::test]
+async fn another_attribute_option_combo_is_registered_by_uid_and_undone_by_cc_and_cp() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/categoryOptionCombos"))
+        .and(query_param("filter", "code:in:[TARGET]"))
+        .respond_with(json_body(
+            200,
+            &json!({"categoryOptionCombos": [{"id": TARGET, "code": "TARGET", "name": "Target"}]}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(body_string_contains(format!(
+            "\"organisationUnit\":\"{NGELEHUN}\",\"attributeOptionCombo\":\"{TARGET}\",\"completed\":true"
+        )))
+        .respond_with(json_body(200, &imported()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/categoryOptionCombos"))
+        .and(query_param("filter", format!("id:in:[{TARGET}]")))
+        .and(query_param(
+            "fields",
+            "id,code,categoryCombo[id],categoryOptions[id]",
+        ))
+        .respond_with(json_body(
+            200,
+            &json!({"categoryOptionCombos": [{"id": TARGET, "code": "TARGET",
+                "categoryCombo": {"id": TARGET_RESULT}, "categoryOptions": [{"id": TARGET_OPTION}]}]}),
+        ))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/categoryOptionCombos"))
+        .and(query_param("filter", "id:in:[GoneAoc0001]"))
+        .respond_with(json_body(200, &json!({"categoryOptionCombos": []})))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(query_param("ds", REPRODUCTIVE))
+        .and(query_param("pe", PERIOD))
+        .and(query_param("ou", NGELEHUN))
+        .and(query_param("cc", TARGET_RESULT))
+        .and(query_param("cp", TARGET_OPTION))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let s = sink(&server.uri(), None);
+    assert_eq!(
+        s.register(&key_for(NGELEHUN, "code:TARGET"))
+            .await
+            .expect("answer"),
+        CompletionAnswer::Done
+    );
+    assert_eq!(
+        s.undo(&key_for(NGELEHUN, "code:TARGET"))
+            .await
+            .expect("answer"),
+        CompletionAnswer::Done
+    );
+    assert_eq!(
+        s.undo(&key_for(NGELEHUN, "GoneAoc0001"))
+            .await
+            .expect("a refusal is an answer"),
+        CompletionAnswer::Refused {
+            code: "unknown_reference".into(),
+            message: "attribute option combo `GoneAoc0001` not found in DHIS2".into(),
+        }
+    );
+    // No DELETE without its combo's cc and cp: the default's would undo
+    // another registration.
+    let deletes = server
+        .received_requests()
+        .await
+        .expect("recorded")
+        .into_iter()
+        .filter(|r| r.method.as_str() == "DELETE")
+        .count();
+    assert_eq!(deletes, 1);
+}
+
 fn contribution(de: &str, ou: &str) -> Dhis2Contribution {
+    contribution_for(de, ou, "HllvX50cXC0")
+}
+
+/// A value under attribute option combo `aoc`.
+fn contribution_for(de: &str, ou: &str, aoc: &str) -> Dhis2Contribution {
     Dhis2Contribution {
         rule: format!("rule-{de}"),
         data_element: de.into(),
         period: PERIOD.into(),
         org_unit: ou.into(),
         category_option_combo: FIXED.into(),
-        attribute_option_combo: "HllvX50cXC0".into(),
+        attribute_option_combo: aoc.into(),
         value: 1.into(),
         aggregation: Aggregation::Count,
         date: "2024-01-15".into(),
@@ -314,6 +425,16 @@ async fn commit(store: &Store, id: &str, version: u32, dhis2: Vec<Dhis2Contribut
 /// What the sandbox DHIS2 holds as registered: `(data set, period, org
 /// unit)`.
 async fn registrations(sandbox: &Sandbox) -> Vec<(String, String, String)> {
+    registrations_by_combo(sandbox)
+        .await
+        .into_iter()
+        .map(|(ds, pe, ou, _)| (ds, pe, ou))
+        .collect()
+}
+
+/// What the sandbox DHIS2 holds as registered: `(data set, period, org
+/// unit, attribute option combo)`, sorted.
+async fn registrations_by_combo(sandbox: &Sandbox) -> Vec<(String, String, String, String)> {
     let url = format!("{}/sandbox/registrations", sandbox.dhis2_url());
     let doc: Value = reqwest::get(url)
         .await
@@ -327,15 +448,28 @@ async fn registrations(sandbox: &Sandbox) -> Vec<(String, String, String)> {
         .iter()
         .map(|r| {
             let f = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
-            (f("dataSet"), f("period"), f("organisationUnit"))
+            (
+                f("dataSet"),
+                f("period"),
+                f("organisationUnit"),
+                f("attributeOptionCombo"),
+            )
         })
         .collect()
 }
 
-async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
-    let sandbox = Sandbox::start(SandboxConfig::for_test())
-        .await
-        .expect("sandbox");
+/// The value worker and the completeness pass against the sandbox, on a
+/// new store and a clock moved by hand.
+async fn workers(
+    sandbox: &Sandbox,
+    backend: Backend,
+) -> (
+    Store,
+    ScratchDb,
+    ManualClock,
+    Dhis2Worker<Dhis2Sink>,
+    CompletenessWorker<Dhis2Sink>,
+) {
     let db = ScratchDb::new(backend).await.expect("db");
     let store = Store::open(&db.config).await.expect("open");
     let clock = ManualClock::at(kiungo::store::now_ms() + 60_000);
@@ -372,6 +506,14 @@ async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
         idle: Duration::from_millis(10),
         metadata: DataSetCache::default(),
     };
+    (store, db, clock, values, pass)
+}
+
+async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
+    let sandbox = Sandbox::start(SandboxConfig::for_test())
+        .await
+        .expect("sandbox");
+    let (store, _db, clock, values, pass) = workers(&sandbox, backend).await;
     let push = || async {
         clock.advance(Duration::from_secs(3));
         values.run_once().await.expect("values pass")
@@ -406,6 +548,71 @@ async fn registrations_land_in_the_sandbox_and_are_undone(backend: Backend) {
         registrations(&sandbox).await,
         vec![(REPRODUCTIVE.to_owned(), PERIOD.to_owned(), OTHER.to_owned())]
     );
+    assert_eq!(pass.run_once().await.expect("pass").claimed, 0);
+    sandbox.stop().await;
+}
+
+/// One org unit reporting under two attribute option combos ("Target"
+/// and "Result" of "Target vs Result", known to the sandbox with their
+/// category options): two registrations in the sandbox, each with its
+/// combo; withdrawing Target's values undoes Target's alone (the sandbox
+/// finds it by the `cc` and `cp` DHIS2 takes).
+async fn each_attribute_option_combo_is_registered_in_the_sandbox(backend: Backend) {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut metadata: Value =
+        serde_json::from_str(kiungo::sandbox::DEFAULT_METADATA).expect("metadata");
+    metadata["attributeOptionCombos"] = json!([
+        {"id": TARGET, "name": "Target", "categoryCombo": {"id": TARGET_RESULT},
+            "categoryOptions": [TARGET_OPTION]},
+        {"id": RESULT, "name": "Result", "categoryCombo": {"id": TARGET_RESULT},
+            "categoryOptions": [RESULT_OPTION]}
+    ]);
+    let metadata_file = dir.path().join("metadata.json");
+    std::fs::write(&metadata_file, metadata.to_string()).expect("metadata");
+    let mut config = SandboxConfig::for_test();
+    config.dhis2.metadata = Some(metadata_file);
+    let sandbox = Sandbox::start(config).await.expect("sandbox");
+    let (store, _db, clock, values, pass) = workers(&sandbox, backend).await;
+    let push = || async {
+        clock.advance(Duration::from_secs(3));
+        values.run_once().await.expect("values pass")
+    };
+
+    commit(
+        &store,
+        "t1",
+        1,
+        vec![contribution_for(ANC1, NGELEHUN, TARGET)],
+    )
+    .await;
+    commit(
+        &store,
+        "r1",
+        1,
+        vec![contribution_for(ANC4_CODE, NGELEHUN, RESULT)],
+    )
+    .await;
+    let pushed = push().await;
+    assert_eq!((pushed.delivered, pushed.parked), (2, 0), "{pushed:?}");
+    let r = pass.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked, r.retried), (2, 0, 0), "{r:?}");
+    let held = |aoc: &str| {
+        (
+            REPRODUCTIVE.to_owned(),
+            PERIOD.to_owned(),
+            NGELEHUN.to_owned(),
+            aoc.to_owned(),
+        )
+    };
+    let mut got = registrations_by_combo(&sandbox).await;
+    got.sort();
+    assert_eq!(got, vec![held(TARGET), held(RESULT)]);
+
+    commit(&store, "t1", 2, vec![]).await;
+    assert_eq!(push().await.delivered, 1, "the deletion");
+    let r = pass.run_once().await.expect("pass");
+    assert_eq!((r.delivered, r.parked), (1, 0), "{r:?}");
+    assert_eq!(registrations_by_combo(&sandbox).await, vec![held(RESULT)]);
     assert_eq!(pass.run_once().await.expect("pass").claimed, 0);
     sandbox.stop().await;
 }
@@ -505,5 +712,6 @@ async fn start_up_runs_the_pass_only_when_configured(backend: Backend) {
 
 kiungo::on_both_backends!(
     registrations_land_in_the_sandbox_and_are_undone,
+    each_attribute_option_combo_is_registered_in_the_sandbox,
     start_up_runs_the_pass_only_when_configured,
 );

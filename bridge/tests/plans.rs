@@ -20,8 +20,8 @@ mod support;
 use kiungo::store::plan::{Recorded, record};
 use kiungo::store::scratch::ScratchDb;
 use kiungo::store::{
-    Backend, CompletenessResult, CompletenessTarget, Delivery, DestinationUpdate, Ingest,
-    Rejection, StatusOrigin, Store, TotalResult,
+    Backend, CompletenessKey, CompletenessResult, CompletenessTarget, Delivery, DestinationUpdate,
+    Ingest, Rejection, StatusOrigin, Store, TotalResult,
 };
 use kiungo_mappings::MappingSet;
 use serde_json::Value;
@@ -110,11 +110,11 @@ fn backlog_sql(backend: Backend) -> String {
            CASE WHEN i % 3 = 0 THEN 'open' WHEN i % 3 = 1 THEN 'replayed' ELSE 'discarded' END, i, i, \
            CASE WHEN i % 4 = 0 THEN 0 ELSE 1 END, {blob}, CASE WHEN i % 3 <> 0 THEN i END \
          FROM n WHERE i % 8 = 0; \
-         {n} INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, registered, check_at, updated_at) \
-         SELECT 'ds' || (i % 3), '2026' || (i % 9 + 10), 'ou' || i, 0, CASE WHEN i % 100 = 0 THEN 0 ELSE 1 END, \
+         {n} INSERT INTO dhis2_completeness (data_set, period, org_unit, aoc, due_at, registered, check_at, updated_at) \
+         SELECT 'ds' || (i % 3), '2026' || (i % 9 + 10), 'ou' || i, 'aoc' || (i % 2), 0, CASE WHEN i % 100 = 0 THEN 0 ELSE 1 END, \
            CASE WHEN i % 100 = 0 THEN i WHEN i % 100 = 1 THEN 9000000000000 END, 0 FROM n; \
-         {n} INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied) \
-         SELECT 'de' || (i % 7), '2026' || (i % 9 + 10), 'ouc' || i, 1, i % 5 / 4 FROM n WHERE i % 2 = 0; \
+         {n} INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, aoc, filled, emptied) \
+         SELECT 'de' || (i % 7), '2026' || (i % 9 + 10), 'ouc' || i, 'aoc' || (i % 3), 1, i % 5 / 4 FROM n WHERE i % 2 = 0; \
          {analyze}"
     )
 }
@@ -359,7 +359,13 @@ async fn hot_statements_stay_proportional(backend: Backend) {
     assert_eq!(claimed.len(), 50, "the backlog has due rows");
     check(&store, "completeness claim", &st, &[], &mut problems).await;
     let des = ["de3".to_owned(), "code:DE_3".to_owned()];
-    let (out, st) = record(store.completeness_values(&des, "202612", "ou3")).await;
+    let row = CompletenessKey {
+        data_set: "ds0".into(),
+        period: "202612".into(),
+        org_unit: "ou3".into(),
+        attribute_option_combo: "aoc".into(),
+    };
+    let (out, st) = record(store.completeness_values(&des, &row)).await;
     out.expect("values");
     check(&store, "completeness values", &st, &[], &mut problems).await;
     let results: Vec<_> = claimed

@@ -42,6 +42,8 @@ pub use error::{LoadError, LoadErrors, MapError, TemplatePlace};
 pub use event_fields::FieldReport;
 pub use expr::PseudonymKey;
 pub use mapping::{Event, LoadOptions, Mapping, MappingSet};
-pub use output::{Aggregation, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent};
+pub use output::{
+    Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
+};
 pub use period::PeriodType;
 pub use testcase::{TestFailure, TestReport};

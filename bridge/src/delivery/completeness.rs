@@ -1,8 +1,9 @@
 //! The completeness pass (`destinations.dhis2.completeness`, off when
 //! absent): once a period has ended plus a data set's grace, register the
 //! set complete with DHIS2 (`completeDataSetRegistrations`) for each org
-//! unit where DHIS2 holds values of the set from Kiungo, once; undo the
-//! registration when all of them are withdrawn. See
+//! unit and attribute option combo where DHIS2 holds values of the set
+//! from Kiungo, once; undo the registration when all of them are
+//! withdrawn. See
 //! `docs/dhis2-completeness.md`.
 //!
 //! The data set's period type and data elements come from DHIS2
@@ -107,7 +108,8 @@ pub trait CompletenessDestination: Send + Sync + 'static {
     /// The data set's period type and data elements. A data set DHIS2
     /// does not have is a permanent failure.
     fn data_set(&self, id: &str) -> impl Future<Output = Result<DataSetMeta, SinkFailure>> + Send;
-    /// Registers the data set complete for the period and org unit.
+    /// Registers the data set complete for the period, org unit and
+    /// attribute option combo.
     fn register(
         &self,
         key: &CompletenessKey,
@@ -389,7 +391,7 @@ impl<D: CompletenessDestination> CompletenessWorker<D> {
         };
         let values = self
             .store
-            .completeness_values(&set.elements, &c.key.period, &c.key.org_unit)
+            .completeness_values(&set.elements, &c.key)
             .await?;
         if values.in_flight {
             let until = now.saturating_add(super::ms(self.recheck));

@@ -130,17 +130,19 @@ impl Dhis2Sink {
         &self.client
     }
 
-    /// The UID of an org unit as a mapping wrote it: itself, or the UID
-    /// of a `code:` reference from the cache (asking DHIS2 when it is not
-    /// known); `Ok(Err(why))` when DHIS2 has no such org unit.
-    pub(super) async fn org_unit_uid(
+    /// The UID of an org unit or attribute option combo (`kind`) as a
+    /// mapping wrote it: itself, or the UID of a `code:` reference from the
+    /// cache (asking DHIS2 when it is not known); `Ok(Err(why))` when
+    /// DHIS2 has no such object.
+    pub(super) async fn reference_uid(
         &self,
+        kind: ReferenceKind,
         written: &str,
     ) -> Result<Result<String, String>, SinkFailure> {
         if !written.starts_with("code:") {
             return Ok(Ok(written.to_owned()));
         }
-        let key = (ReferenceKind::OrgUnit, written.to_owned());
+        let key = (kind, written.to_owned());
         let known = |k: &Known| {
             k.resolved
                 .get(&key)
@@ -152,10 +154,19 @@ impl Dhis2Sink {
             return Ok(answer);
         }
         let mut refs = References::default();
-        refs.org_units.insert(written.to_owned());
+        match kind {
+            ReferenceKind::DataElement => refs.data_elements.insert(written.to_owned()),
+            ReferenceKind::OrgUnit => refs.org_units.insert(written.to_owned()),
+            ReferenceKind::CategoryOptionCombo => {
+                refs.category_option_combos.insert(written.to_owned())
+            }
+            ReferenceKind::AttributeOptionCombo => {
+                refs.attribute_option_combos.insert(written.to_owned())
+            }
+        };
         self.check(&refs).await?;
         Ok(known(&*self.known.lock().await)
-            .unwrap_or_else(|| Err(format!("org unit `{written}` not found in DHIS2"))))
+            .unwrap_or_else(|| Err(format!("{kind} `{written}` not found in DHIS2"))))
     }
 
     /// Checks references against DHIS2 and remembers the answer. Returns

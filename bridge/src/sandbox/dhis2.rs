@@ -31,8 +31,9 @@
 //! another file of the same shape. Attribute option combos: the default
 //! `HllvX50cXC0`, the option combos of any ATTRIBUTE category combo that
 //! lists them, and (sandbox extension) a top-level `attributeOptionCombos`
-//! array of `{id, code?, name?, categoryCombo?: {id}}`; those with a known
-//! category combo are listed by `/api/categoryOptionCombos` too.
+//! array of `{id, code?, name?, categoryCombo?: {id}, categoryOptions?:
+//! [id]}`; those with a known category combo are listed by
+//! `/api/categoryOptionCombos` too, with their category options.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -117,6 +118,11 @@ pub struct Metadata {
     /// of ATTRIBUTE category combos, and top-level ones that name theirs),
     /// served by `/api/categoryOptionCombos` beside the others.
     aoc_combos: Vec<(Named, String)>,
+    /// Each option combo's category options (UIDs, sorted), where the
+    /// document lists them: `/api/categoryOptionCombos` serves them, and
+    /// the undo of a registration finds its attribute option combo by
+    /// them (`cc` and `cp`).
+    combo_options: HashMap<String, Vec<String>>,
     data_sets: HashMap<String, DataSet>,
 }
 
@@ -128,6 +134,17 @@ fn array<'a>(doc: &'a Value, key: &str) -> &'a [Value] {
     doc.get(key)
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
+}
+
+/// The category options an option combo lists (`categoryOptions` as ids
+/// or `{id}` objects), sorted; `None` when it lists none.
+fn category_options(v: &Value) -> Option<Vec<String>> {
+    let mut ids: Vec<String> = array(v, "categoryOptions")
+        .iter()
+        .filter_map(|o| o.as_str().map(str::to_owned).or_else(|| str_field(o, "id")))
+        .collect();
+    ids.sort();
+    (!ids.is_empty()).then_some(ids)
 }
 
 fn named(v: &Value) -> Result<Named, MetadataError> {
@@ -145,6 +162,18 @@ fn named(v: &Value) -> Result<Named, MetadataError> {
 }
 
 impl Metadata {
+    /// The attribute option combo of category combo `cc` whose category
+    /// options are `options` (as DHIS2 finds the combo an undo's `cc` and
+    /// `cp` name).
+    pub(crate) fn attribute_combo_of(&self, cc: &str, options: &[String]) -> Option<&str> {
+        let mut wanted = options.to_vec();
+        wanted.sort();
+        self.aoc_combos
+            .iter()
+            .find(|(n, combo)| combo == cc && self.combo_options.get(&n.id) == Some(&wanted))
+            .map(|(n, _)| n.id.as_str())
+    }
+
     /// Parses a metadata document (the shape of `dhis2-metadata.json`).
     pub fn parse(text: &str) -> Result<Self, MetadataError> {
         let doc: Value = serde_json::from_str(text)?;
@@ -174,13 +203,18 @@ impl Metadata {
         let mut cocs = Vec::new();
         let mut aocs = HashSet::from([DEFAULT_COC.to_owned()]);
         let mut aoc_combos = Vec::new();
+        let mut combo_options = HashMap::new();
         for cc in array(&doc, "categoryCombos") {
             let cc_id = str_field(cc, "id")
                 .ok_or_else(|| MetadataError::Shape("categoryCombo without id".into()))?;
             let attribute =
                 cc.get("dataDimensionType").and_then(Value::as_str) == Some("ATTRIBUTE");
             for coc in array(cc, "categoryOptionCombos") {
+                let options = category_options(coc);
                 let coc = named(coc)?;
+                if let Some(options) = options {
+                    combo_options.insert(coc.id.clone(), options);
+                }
                 if attribute {
                     aocs.insert(coc.id.clone());
                     aoc_combos.push((coc, cc_id.clone()));
@@ -192,6 +226,9 @@ impl Metadata {
         for aoc in array(&doc, "attributeOptionCombos") {
             let n = named(aoc)?;
             aocs.insert(n.id.clone());
+            if let Some(options) = category_options(aoc) {
+                combo_options.insert(n.id.clone(), options);
+            }
             if let Some(cc) = aoc.pointer("/categoryCombo/id").and_then(Value::as_str) {
                 aoc_combos.push((n, cc.to_owned()));
             }
@@ -243,6 +280,7 @@ impl Metadata {
             coc_index,
             aocs,
             aoc_combos,
+            combo_options,
             data_sets,
         })
     }
@@ -1526,6 +1564,10 @@ fn collection_items(md: &Metadata, c: Collection) -> Vec<(&Named, Map<String, Va
             .map(|(n, cc)| {
                 let mut m = Map::new();
                 m.insert("categoryCombo".into(), id(cc));
+                if let Some(options) = md.combo_options.get(&n.id) {
+                    let options: Vec<Value> = options.iter().map(|o| id(o)).collect();
+                    m.insert("categoryOptions".into(), options.into());
+                }
                 (n, m)
             })
             .collect(),

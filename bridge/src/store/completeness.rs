@@ -1,9 +1,10 @@
 //! DHIS2 data set completeness seen from the store: where DHIS2's values
 //! from Kiungo changed (noted with each push's result), one row per data
-//! set, period and org unit to register complete with DHIS2 or to undo,
-//! claimed once due, and what DHIS2 said.
+//! set, period, org unit and attribute option combo to register complete
+//! with DHIS2 or to undo, claimed once due, and what DHIS2 said.
 //!
-//! **The guarantee**: a data set, period and org unit is registered once,
+//! **The guarantee**: a data set, period, org unit and attribute option
+//! combo (DHIS2's key of a registration) is registered once,
 //! when its period has ended plus the grace and DHIS2 holds at least one
 //! of the set's values there from Kiungo (`dhis2_pushed`), none of them
 //! still on its way (`dhis2_dirty`); the registration is undone once
@@ -25,16 +26,17 @@ use super::sql::{Bind, multi_row, query};
 use super::{Backend, Store, StoreError, TotalResult};
 
 /// The fingerprint of a completeness dead letter (one letter per data
-/// set, period and org unit).
+/// set, period, org unit and attribute option combo; migration 0013 gave
+/// the letters made before it the default combo).
 fn fingerprint(key: &CompletenessKey) -> String {
     format!(
-        "dhis2-completeness:{}:{}:{}",
-        key.data_set, key.period, key.org_unit
+        "dhis2-completeness:{}:{}:{}:{}",
+        key.data_set, key.period, key.org_unit, key.attribute_option_combo
     )
 }
 
-/// A data set, period and org unit (as the mappings wrote it: a UID or
-/// `code:X`).
+/// A data set, period, org unit and attribute option combo (the org unit
+/// and combo as the mappings wrote them: a UID or `code:X`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CompletenessKey {
     /// Data set UID.
@@ -43,10 +45,12 @@ pub struct CompletenessKey {
     pub period: String,
     /// Org unit, as written.
     pub org_unit: String,
+    /// Attribute option combo, as written (`HllvX50cXC0` the default).
+    pub attribute_option_combo: String,
 }
 
-/// Where DHIS2's values from Kiungo changed: a data element, period and
-/// org unit.
+/// Where DHIS2's values from Kiungo changed: a data element, period, org
+/// unit and attribute option combo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletenessChange {
     /// Data element, as written.
@@ -55,6 +59,8 @@ pub struct CompletenessChange {
     pub period: String,
     /// Org unit, as written.
     pub org_unit: String,
+    /// Attribute option combo, as written.
+    pub attribute_option_combo: String,
     /// A value was stored there.
     pub filled: bool,
     /// A value was deleted there.
@@ -139,7 +145,8 @@ pub struct CompletenessRow {
     pub last_error: Option<String>,
 }
 
-/// What DHIS2 holds of a data set's values for one period and org unit.
+/// What DHIS2 holds of a data set's values for one period, org unit and
+/// attribute option combo.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SetValues {
     /// A total of the set is still to be pushed (changed, or retrying).
@@ -150,19 +157,19 @@ pub struct SetValues {
 
 /// Notes where the values DHIS2 accepted changed, in the transaction that
 /// records the push (`Store::finish_totals_noting`): one row per data
-/// element, period and org unit.
+/// element, period, org unit and attribute option combo.
 pub(super) async fn note_changes(
     backend: Backend,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     results: &[(DirtyTotal, TotalResult)],
 ) -> Result<(), StoreError> {
-    let mut notes: BTreeMap<(&str, &str, &str), (bool, bool)> = BTreeMap::new();
+    let mut notes: BTreeMap<(&str, &str, &str, &str), (bool, bool)> = BTreeMap::new();
     for (t, r) in results {
         if *r != TotalResult::Pushed {
             continue;
         }
-        let (de, pe, ou, _, _) = &t.key;
-        let n = notes.entry((de, pe, ou)).or_default();
+        let (de, pe, ou, _, aoc) = &t.key;
+        let n = notes.entry((de, pe, ou, aoc)).or_default();
         if t.value.is_empty() {
             n.1 = true;
         } else {
@@ -174,22 +181,23 @@ pub(super) async fn note_changes(
     }
     let rows: Vec<Vec<Bind>> = notes
         .into_iter()
-        .map(|((de, pe, ou), (filled, emptied))| {
+        .map(|((de, pe, ou, aoc), (filled, emptied))| {
             vec![
                 de.into(),
                 pe.into(),
                 ou.into(),
+                aoc.into(),
                 i64::from(filled).into(),
                 i64::from(emptied).into(),
             ]
         })
         .collect();
     for (sql, binds) in multi_row(
-        "INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, filled, emptied)",
-        "ON CONFLICT (data_element, period, org_unit) DO UPDATE SET \
+        "INSERT INTO dhis2_completeness_changes (data_element, period, org_unit, aoc, filled, emptied)",
+        "ON CONFLICT (data_element, period, org_unit, aoc) DO UPDATE SET \
          filled = CASE WHEN excluded.filled = 1 THEN 1 ELSE dhis2_completeness_changes.filled END, \
          emptied = CASE WHEN excluded.emptied = 1 THEN 1 ELSE dhis2_completeness_changes.emptied END",
-        5,
+        6,
         rows,
     ) {
         query(backend, sql, binds).execute(&mut **tx).await?;
@@ -231,7 +239,7 @@ impl Store {
         let mut tx = self.begin_write().await?;
         let rows = query(
             self.backend,
-            format!("{take} RETURNING data_element, period, org_unit, filled, emptied"),
+            format!("{take} RETURNING data_element, period, org_unit, aoc, filled, emptied"),
             vec![limit.into()],
         )
         .fetch_all(&mut *tx)
@@ -244,8 +252,9 @@ impl Store {
                 data_element: row.try_get(0)?,
                 period: row.try_get(1)?,
                 org_unit: row.try_get(2)?,
-                filled: row.try_get::<i64, _>(3)? != 0,
-                emptied: row.try_get::<i64, _>(4)? != 0,
+                attribute_option_combo: row.try_get(3)?,
+                filled: row.try_get::<i64, _>(4)? != 0,
+                emptied: row.try_get::<i64, _>(5)? != 0,
             };
             for target in targets(&change) {
                 let w = wanted
@@ -253,6 +262,7 @@ impl Store {
                         data_set: target.data_set,
                         period: change.period.clone(),
                         org_unit: change.org_unit.clone(),
+                        attribute_option_combo: change.attribute_option_combo.clone(),
                     })
                     .or_insert((target.due_at, false, false));
                 w.1 |= change.filled;
@@ -267,6 +277,7 @@ impl Store {
                     k.data_set.as_str().into(),
                     k.period.as_str().into(),
                     k.org_unit.as_str().into(),
+                    k.attribute_option_combo.as_str().into(),
                     (*due_at).into(),
                     (*due_at).max(now).into(),
                     now.into(),
@@ -276,12 +287,12 @@ impl Store {
         // A value stored: a row to register once due, unless Kiungo's
         // registration is there with nothing to do.
         for (sql, binds) in multi_row(
-            "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, check_at, updated_at)",
-            "ON CONFLICT (data_set, period, org_unit) DO UPDATE SET due_at = excluded.due_at, \
+            "INSERT INTO dhis2_completeness (data_set, period, org_unit, aoc, due_at, check_at, updated_at)",
+            "ON CONFLICT (data_set, period, org_unit, aoc) DO UPDATE SET due_at = excluded.due_at, \
              check_at = COALESCE(dhis2_completeness.check_at, excluded.check_at), \
              changes = dhis2_completeness.changes + 1, updated_at = excluded.updated_at \
              WHERE dhis2_completeness.registered = 0 OR dhis2_completeness.check_at IS NOT NULL",
-            6,
+            7,
             filled,
         ) {
             query(self.backend, sql, binds).execute(&mut *tx).await?;
@@ -292,7 +303,7 @@ impl Store {
                 self.backend,
                 "UPDATE dhis2_completeness SET check_at = COALESCE(check_at, $1), \
                  changes = changes + 1, updated_at = $1 \
-                 WHERE data_set = $2 AND period = $3 AND org_unit = $4 \
+                 WHERE data_set = $2 AND period = $3 AND org_unit = $4 AND aoc = $5 \
                  AND (registered = 1 OR check_at IS NOT NULL)"
                     .to_owned(),
                 vec![
@@ -300,6 +311,7 @@ impl Store {
                     key.data_set.as_str().into(),
                     key.period.as_str().into(),
                     key.org_unit.as_str().into(),
+                    key.attribute_option_combo.as_str().into(),
                 ],
             )
             .execute(&mut *tx)
@@ -328,10 +340,10 @@ impl Store {
             self.backend,
             format!(
                 "UPDATE dhis2_completeness SET claim = $1, check_at = $2 \
-                 WHERE (data_set, period, org_unit) IN ( \
-                   SELECT data_set, period, org_unit FROM dhis2_completeness \
+                 WHERE (data_set, period, org_unit, aoc) IN ( \
+                   SELECT data_set, period, org_unit, aoc FROM dhis2_completeness \
                    WHERE check_at IS NOT NULL AND check_at <= $3 ORDER BY check_at LIMIT $4 {lock}) \
-                 RETURNING data_set, period, org_unit, registered, due_at, changes, attempts, failing_since"
+                 RETURNING data_set, period, org_unit, aoc, registered, due_at, changes, attempts, failing_since"
             ),
             vec![
                 token.as_str().into(),
@@ -348,11 +360,11 @@ impl Store {
             .map(|r| {
                 Ok(ClaimedCompleteness {
                     key: completeness_key(r)?,
-                    registered: r.try_get::<i64, _>(3)? != 0,
-                    due_at: r.try_get(4)?,
-                    changes: r.try_get(5)?,
-                    attempts: r.try_get(6)?,
-                    failing_since: r.try_get(7)?,
+                    registered: r.try_get::<i64, _>(4)? != 0,
+                    due_at: r.try_get(5)?,
+                    changes: r.try_get(6)?,
+                    attempts: r.try_get(7)?,
+                    failing_since: r.try_get(8)?,
                     claim: token.clone(),
                 })
             })
@@ -362,14 +374,15 @@ impl Store {
     }
 
     /// Whether a total of `data_elements` (as written: UIDs and `code:X`)
-    /// for `period` and `org_unit` is still to be pushed, and whether
-    /// DHIS2 holds a non-empty value of one from Kiungo: one probe of each
-    /// totals table's key index per data element.
+    /// for the period, org unit and attribute option combo of `key` is
+    /// still to be pushed, and whether DHIS2 holds a non-empty value of
+    /// one from Kiungo: one probe of each totals table's key index per
+    /// data element (its category option combos walked, the attribute
+    /// option combo checked on each).
     pub async fn completeness_values(
         &self,
         data_elements: &[String],
-        period: &str,
-        org_unit: &str,
+        key: &CompletenessKey,
     ) -> Result<SetValues, StoreError> {
         if data_elements.is_empty() {
             return Ok(SetValues::default());
@@ -382,21 +395,25 @@ impl Store {
                 .join(", ")
         };
         let sql = format!(
-            "SELECT (SELECT CAST(1 AS BIGINT) FROM dhis2_dirty WHERE data_element IN ({}) AND period = ${} AND org_unit = ${} LIMIT 1), \
+            "SELECT (SELECT CAST(1 AS BIGINT) FROM dhis2_dirty WHERE data_element IN ({}) AND period = ${} AND org_unit = ${} \
+             AND aoc = ${} LIMIT 1), \
              (SELECT CAST(1 AS BIGINT) FROM dhis2_pushed WHERE data_element IN ({}) AND period = ${} AND org_unit = ${} \
-             AND value <> '' LIMIT 1)",
+             AND aoc = ${} AND value <> '' LIMIT 1)",
             list(1),
             n + 1,
             n + 2,
-            list(n + 3),
-            2 * n + 3,
-            2 * n + 4
+            n + 3,
+            list(n + 4),
+            2 * n + 4,
+            2 * n + 5,
+            2 * n + 6
         );
-        let mut binds: Vec<Bind> = Vec::with_capacity(2 * n + 4);
+        let mut binds: Vec<Bind> = Vec::with_capacity(2 * n + 6);
         for _ in 0..2 {
             binds.extend(data_elements.iter().map(|d| Bind::from(d.as_str())));
-            binds.push(period.into());
-            binds.push(org_unit.into());
+            binds.push(key.period.as_str().into());
+            binds.push(key.org_unit.as_str().into());
+            binds.push(key.attribute_option_combo.as_str().into());
         }
         let row = query(self.backend, sql, binds)
             .fetch_one(&self.pool)
@@ -422,11 +439,12 @@ impl Store {
         for (c, result) in ordered {
             let where_claimed = |first: usize| {
                 format!(
-                    "WHERE data_set = ${} AND period = ${} AND org_unit = ${} AND claim = ${}",
+                    "WHERE data_set = ${} AND period = ${} AND org_unit = ${} AND aoc = ${} AND claim = ${}",
                     first,
                     first + 1,
                     first + 2,
-                    first + 3
+                    first + 3,
+                    first + 4
                 )
             };
             let key_binds = || -> Vec<Bind> {
@@ -434,6 +452,7 @@ impl Store {
                     c.key.data_set.as_str().into(),
                     c.key.period.as_str().into(),
                     c.key.org_unit.as_str().into(),
+                    c.key.attribute_option_combo.as_str().into(),
                     c.claim.as_str().into(),
                 ]
             };
@@ -517,6 +536,7 @@ impl Store {
                     let detail = serde_json::json!({
                         "dataSet": c.key.data_set, "period": c.key.period,
                         "orgUnit": c.key.org_unit,
+                        "attributeOptionCombo": c.key.attribute_option_combo,
                         "action": if *undo { "undo" } else { "register" },
                     });
                     statements.push((
@@ -557,13 +577,15 @@ impl Store {
         let n = query(
             self.backend,
             "UPDATE dhis2_completeness SET check_at = $1, changes = changes + 1, attempts = 0, \
-             failing_since = NULL, updated_at = $1 WHERE data_set = $2 AND period = $3 AND org_unit = $4"
+             failing_since = NULL, updated_at = $1 \
+             WHERE data_set = $2 AND period = $3 AND org_unit = $4 AND aoc = $5"
                 .to_owned(),
             vec![
                 now.into(),
                 key.data_set.as_str().into(),
                 key.period.as_str().into(),
                 key.org_unit.as_str().into(),
+                key.attribute_option_combo.as_str().into(),
             ],
         )
         .execute(&self.pool)
@@ -572,7 +594,8 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Every row of `data_set`, by period and org unit (tests and
+    /// Every row of `data_set`, by period, org unit and attribute option
+    /// combo (tests and
     /// inspection; reads the data set's part of the table).
     pub async fn completeness_rows(
         &self,
@@ -580,8 +603,8 @@ impl Store {
     ) -> Result<Vec<CompletenessRow>, StoreError> {
         let rows = query(
             self.backend,
-            "SELECT data_set, period, org_unit, registered, check_at, attempts, last_error \
-             FROM dhis2_completeness WHERE data_set = $1 ORDER BY period, org_unit"
+            "SELECT data_set, period, org_unit, aoc, registered, check_at, attempts, last_error \
+             FROM dhis2_completeness WHERE data_set = $1 ORDER BY period, org_unit, aoc"
                 .to_owned(),
             vec![data_set.into()],
         )
@@ -591,10 +614,10 @@ impl Store {
             .map(|r| {
                 Ok(CompletenessRow {
                     key: completeness_key(r)?,
-                    registered: r.try_get::<i64, _>(3)? != 0,
-                    check_at: r.try_get(4)?,
-                    attempts: r.try_get(5)?,
-                    last_error: r.try_get(6)?,
+                    registered: r.try_get::<i64, _>(4)? != 0,
+                    check_at: r.try_get(5)?,
+                    attempts: r.try_get(6)?,
+                    last_error: r.try_get(7)?,
                 })
             })
             .collect()
@@ -613,12 +636,13 @@ impl Store {
     }
 }
 
-/// The key of a row whose first three columns are data set, period and
-/// org unit.
+/// The key of a row whose first four columns are data set, period, org
+/// unit and attribute option combo.
 fn completeness_key(r: &sqlx::any::AnyRow) -> Result<CompletenessKey, sqlx::Error> {
     Ok(CompletenessKey {
         data_set: r.try_get(0)?,
         period: r.try_get(1)?,
         org_unit: r.try_get(2)?,
+        attribute_option_combo: r.try_get(3)?,
     })
 }

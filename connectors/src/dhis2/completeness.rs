@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::client::{Dhis2Client, send_error};
 use super::import_summary::{Dhis2Error, ImportOutcome, error_from_body, parse_import_response};
+use super::metadata_links::AttributeOptions;
 use crate::retry::{StatusClass, classify_status, retry_after_header};
 
 /// One completeness registration.
@@ -72,18 +73,28 @@ impl Dhis2Client {
     }
 
     /// Undoes the registration of `data_set` for `period` at `org_unit`
-    /// with the default attribute option combo (`DELETE
-    /// /api/completeDataSetRegistrations?ds=&pe=&ou=`; DHIS2 answers 204).
-    /// Another attribute option combo needs its category combo and
-    /// options (`cc`, `cp`): not supported yet.
+    /// (`DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=`; DHIS2
+    /// answers 204). DHIS2 (2.38–2.41 alike) takes no attribute option
+    /// combo UID there: `attribute` names a combo other than the default
+    /// by its category combo (`cc`) and category options (`cp`, joined by
+    /// `;`); `None` is the default combo (neither sent).
     pub async fn undo_completion(
         &self,
         data_set: &str,
         period: &str,
         org_unit: &str,
+        attribute: Option<&AttributeOptions>,
     ) -> Result<(), Dhis2Error> {
         let url = format!("{}/completeDataSetRegistrations", self.api);
-        let query = [("ds", data_set), ("pe", period), ("ou", org_unit)];
+        let mut query: Vec<(&str, String)> = vec![
+            ("ds", data_set.to_owned()),
+            ("pe", period.to_owned()),
+            ("ou", org_unit.to_owned()),
+        ];
+        if let Some(a) = attribute {
+            query.push(("cc", a.category_combo.clone()));
+            query.push(("cp", a.category_options.join(";")));
+        }
         let build = || {
             self.http
                 .delete(&url)

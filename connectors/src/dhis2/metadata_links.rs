@@ -80,6 +80,17 @@ pub struct DataSetTimeliness {
     pub timely_days: Option<i64>,
 }
 
+/// What names an attribute option combo where DHIS2 takes no combo UID
+/// (the `cc` and `cp` of `DELETE /api/completeDataSetRegistrations`): its
+/// category combo and category options.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttributeOptions {
+    /// The UID of its (attribute) category combo.
+    pub category_combo: String,
+    /// The UIDs of its category options, one per category of the combo.
+    pub category_options: Vec<String>,
+}
+
 /// What DHIS2 says about a set of references. A reference that is not a
 /// key of its map was not found (or the user may not see it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -124,6 +135,8 @@ struct Object {
     period_type: Option<String>,
     #[serde(default)]
     timely_days: Option<i64>,
+    #[serde(default)]
+    category_options: Vec<Id>,
 }
 
 impl Dhis2Client {
@@ -241,6 +254,34 @@ impl Dhis2Client {
                 )
             })
             .collect())
+    }
+
+    /// The category combo and category options of the attribute option
+    /// combo `aoc` (a UID or `code:CODE`): one `GET
+    /// /api/categoryOptionCombos?filter=…&fields=id,code,categoryCombo[id],categoryOptions[id]`.
+    /// `None` when DHIS2 has no such combo (or it has no category combo).
+    pub async fn attribute_options(
+        &self,
+        aoc: &str,
+    ) -> Result<Option<AttributeOptions>, Dhis2Error> {
+        let refs = BTreeSet::from([aoc.to_owned()]);
+        let found = self
+            .objects(
+                "categoryOptionCombos",
+                "id,code,categoryCombo[id],categoryOptions[id]",
+                &refs,
+            )
+            .await?;
+        Ok(found.into_iter().find_map(|(_, o)| {
+            let category_combo = o.category_combo?.id;
+            let mut category_options: Vec<String> =
+                o.category_options.into_iter().map(|c| c.id).collect();
+            category_options.sort();
+            Some(AttributeOptions {
+                category_combo,
+                category_options,
+            })
+        }))
     }
 
     /// The objects of `endpoint` that `refs` (UIDs or `code:CODE`) name,

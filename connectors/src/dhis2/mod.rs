@@ -34,8 +34,8 @@ pub use config::Dhis2Config;
 pub use import_summary::{Conflict, Dhis2Error, ImportOutcome, ImportStatus};
 pub use metadata::{MissingReference, PreflightReport, ReferenceKind, References};
 pub use metadata_links::{
-    DataElementLinks, DataSetLinks, DataSetTimeliness, MetadataLinks, OptionComboLinks,
-    OrgUnitLinks,
+    AttributeOptions, DataElementLinks, DataSetLinks, DataSetTimeliness, MetadataLinks,
+    OptionComboLinks, OrgUnitLinks,
 };
 pub use read_back::{
     DataSetElement, MAX_POLITE_WAIT, ORG_UNITS_PER_READ, ReadRequest, StoredValue,

@@ -114,9 +114,82 @@ async fn an_undo_deletes_with_ds_pe_ou_and_takes_204() {
         .mount(&server)
         .await;
     client(&server)
-        .undo_completion("BfMAe6Itzgt", "202401", "DiszpKrYNg8")
+        .undo_completion("BfMAe6Itzgt", "202401", "DiszpKrYNg8", None)
         .await
         .expect("undone");
+    // The default combo: neither `cc` nor `cp` (DHIS2 falls back to it).
+    let received = server.received_requests().await.expect("recorded");
+    let query = received[0].url.query().unwrap_or_default().to_owned();
+    assert!(!query.contains("cc=") && !query.contains("cp="), "{query}");
+}
+
+/// DHIS2 2.38–2.41's `DELETE` takes no attribute option combo UID: the
+/// combo is named by its category combo (`cc`) and its category options
+/// (`cp`, joined by `;`), as `InputUtils.getAttributeOptionCombo` reads
+/// them.
+#[tokio::test]
+async fn an_undo_of_another_combo_names_its_category_combo_and_options() {
+    let server = MockServer::start().await;
+    Mock::given(method("DELETE"))
+        .and(path("/api/completeDataSetRegistrations"))
+        .and(query_param("ds", "Lpw6GcnTrmS"))
+        .and(query_param("pe", "202401"))
+        .and(query_param("ou", "DiszpKrYNg8"))
+        .and(query_param("cc", "WBW7RjsApsv"))
+        .and(query_param("cp", "Fc9gK0xnqGx;Zq3WTjpkeJx"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let attribute = crate::dhis2::AttributeOptions {
+        category_combo: "WBW7RjsApsv".into(),
+        category_options: vec!["Fc9gK0xnqGx".into(), "Zq3WTjpkeJx".into()],
+    };
+    client(&server)
+        .undo_completion("Lpw6GcnTrmS", "202401", "DiszpKrYNg8", Some(&attribute))
+        .await
+        .expect("undone");
+}
+
+/// An attribute option combo's category combo and options, by UID or
+/// code, from `/api/categoryOptionCombos`; `None` when DHIS2 has none.
+#[tokio::test]
+async fn an_attribute_combos_options_are_read_from_dhis2() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/categoryOptionCombos"))
+        .and(query_param("filter", "id:in:[AocProjectA]"))
+        .and(query_param(
+            "fields",
+            "id,code,categoryCombo[id],categoryOptions[id]",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "categoryOptionCombos": [{"id": "AocProjectA", "categoryCombo": {"id": "WBW7RjsApsv"},
+                "categoryOptions": [{"id": "Zq3WTjpkeJx"}, {"id": "Fc9gK0xnqGx"}]}]
+        })))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/categoryOptionCombos"))
+        .and(query_param("filter", "id:in:[NoSuchCombo]"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"categoryOptionCombos": []})),
+        )
+        .mount(&server)
+        .await;
+    let c = client(&server);
+    assert_eq!(
+        c.attribute_options("AocProjectA").await.expect("answer"),
+        Some(crate::dhis2::AttributeOptions {
+            category_combo: "WBW7RjsApsv".into(),
+            category_options: vec!["Fc9gK0xnqGx".into(), "Zq3WTjpkeJx".into()],
+        })
+    );
+    assert_eq!(
+        c.attribute_options("NoSuchCombo").await.expect("answer"),
+        None
+    );
 }
 
 #[tokio::test]
@@ -131,7 +204,7 @@ async fn a_refused_undo_is_permanent_with_dhis2s_message() {
         .mount(&server)
         .await;
     let e = client(&server)
-        .undo_completion("BfMAe6Itzgt", "2024W70", "DiszpKrYNg8")
+        .undo_completion("BfMAe6Itzgt", "2024W70", "DiszpKrYNg8", None)
         .await
         .expect_err("409");
     assert!(!e.is_retryable(), "{e}");

@@ -1,7 +1,9 @@
 //! `POST /api/completeDataSetRegistrations` (the 2.38–2.41 JSON shape,
 //! answered with an ImportSummary in a WebMessage: 200, or 409 with a
 //! conflict per refused registration), `DELETE
-//! /api/completeDataSetRegistrations?ds=&pe=&ou=` (204), and
+//! /api/completeDataSetRegistrations?ds=&pe=&ou=[&cc=&cp=]` (204; the
+//! attribute option combo named by its category combo and options, as
+//! DHIS2 takes it, the default without them), and
 //! `GET /sandbox/registrations`, what is registered.
 
 use std::collections::BTreeSet;
@@ -11,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::{DEFAULT_COC, Dhis2State, gate, web_message};
+use super::{DEFAULT_COC, Dhis2State, gate, illegal_query, web_message};
 
 /// Data set, period, org unit, attribute option combo.
 pub(crate) type RegistrationKey = (String, String, String, String);
@@ -116,7 +118,7 @@ pub(super) async fn register(
     }
 }
 
-/// `DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=`.
+/// `DELETE /api/completeDataSetRegistrations?ds=&pe=&ou=[&cc=&cp=]`.
 pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> HttpResponse {
     if let Some(r) = gate(&state, &req).await {
         return r;
@@ -139,7 +141,30 @@ pub(super) async fn undo(state: web::Data<Dhis2State>, req: HttpRequest) -> Http
             None,
         );
     };
-    let key = (get("ds"), pe, get("ou"), DEFAULT_COC.to_owned());
+    // As 2.40's `InputUtils.getAttributeOptionCombo`: `cc` and `cp`
+    // together or neither (E2040), an unknown combination refused (E2041).
+    let aoc = match (get("cc"), get("cp")) {
+        (cc, cp) if cc.is_empty() && cp.is_empty() => DEFAULT_COC.to_owned(),
+        (cc, cp) if cc.is_empty() || cp.is_empty() => {
+            return illegal_query(
+                "E2040",
+                "Both category combination and category options must be specified",
+            );
+        }
+        (cc, cp) => {
+            let options: Vec<String> = cp.split(';').map(str::to_owned).collect();
+            match state.metadata.attribute_combo_of(&cc, &options) {
+                Some(aoc) => aoc.to_owned(),
+                None => {
+                    return illegal_query(
+                        "E2041",
+                        "Attribute option combo does not exist for given category combo and category options",
+                    );
+                }
+            }
+        }
+    };
+    let key = (get("ds"), pe, get("ou"), aoc);
     state
         .registrations
         .0
@@ -211,6 +236,55 @@ mod tests {
             .unwrap();
         assert_eq!(r.status().as_u16(), 204);
         assert_eq!(listed(&sb).await, 0);
+        // As DHIS2: `cc` without `cp` is refused (E2040), and so is a
+        // combination no attribute option combo has (E2041).
+        for (cc, cp, code) in [
+            ("WBW7RjsApsv", "", "E2040"),
+            ("WBW7RjsApsv", "NoSuchOpt01", "E2041"),
+        ] {
+            let r = http
+                .delete(&url)
+                .basic_auth("admin", Some("district"))
+                .query(&[
+                    ("ds", "BfMAe6Itzgt"),
+                    ("pe", "202401"),
+                    ("ou", "DiszpKrYNg8"),
+                    ("cc", cc),
+                    ("cp", cp),
+                ])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 409);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["errorCode"], code);
+        }
         sb.stop().await;
+    }
+
+    /// An attribute option combo is found by its category combo and
+    /// options, whatever their order.
+    #[test]
+    fn an_attribute_combo_is_found_by_its_category_combo_and_options() {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(crate::sandbox::DEFAULT_METADATA).unwrap();
+        doc["attributeOptionCombos"] = json!([
+            {"id": "TgtResAoc01", "categoryCombo": {"id": "WBW7RjsApsv"},
+                "categoryOptions": ["STgy27fGvaU", "JvIqWKLPPkt"]}
+        ]);
+        let md = crate::sandbox::dhis2::Metadata::parse(&doc.to_string()).unwrap();
+        let options = |o: &[&str]| o.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            md.attribute_combo_of("WBW7RjsApsv", &options(&["JvIqWKLPPkt", "STgy27fGvaU"])),
+            Some("TgtResAoc01")
+        );
+        assert_eq!(
+            md.attribute_combo_of("WBW7RjsApsv", &options(&["STgy27fGvaU"])),
+            None
+        );
+        assert_eq!(
+            md.attribute_combo_of("O4VaNks6tta", &options(&["JvIqWKLPPkt", "STgy27fGvaU"])),
+            None
+        );
     }
 }
