@@ -12,8 +12,8 @@
 //! quarter of what fits, at most the configured one), then the prefetch of
 //! each queue from what is left. The configured values are upper bounds:
 //! a limit only ever lowers them. The per-event figures come from
-//! measurements of `kiungo-loadgen` (BENCHMARKS.md, "Memory follows
-//! `memory_limit`"); HTTP ingest is bounded by `http.max_connections` and
+//! measurements of `kiungo-loadgen` (BENCHMARKS.md, "The commit alone,
+//! and memory following `memory_limit`"); HTTP ingest is bounded by `http.max_connections` and
 //! its body limit, not by this.
 
 use std::fmt;

@@ -36,6 +36,15 @@ fn data_set_failure(id: &str, e: &Dhis2Error) -> SinkFailure {
     }
 }
 
+/// A reference (org unit, attribute option combo) DHIS2 does not have:
+/// a refusal, recorded as such.
+fn unknown_reference(message: String) -> CompletionAnswer {
+    CompletionAnswer::Refused {
+        code: "unknown_reference".into(),
+        message,
+    }
+}
+
 /// The org unit and attribute option combo of a request, as sent (UIDs).
 struct Sent {
     ou: String,
@@ -157,13 +166,10 @@ impl CompletenessDestination for Dhis2Sink {
             match self.client().attribute_options(&sent.aoc).await {
                 Ok(Some(a)) => Some(a),
                 Ok(None) => {
-                    return Ok(CompletionAnswer::Refused {
-                        code: "unknown_reference".into(),
-                        message: format!(
-                            "attribute option combo `{}` not found in DHIS2",
-                            key.attribute_option_combo
-                        ),
-                    });
+                    return Ok(unknown_reference(format!(
+                        "attribute option combo `{}` not found in DHIS2",
+                        key.attribute_option_combo
+                    )));
                 }
                 Err(e) => return Err(dhis2_failure(&e)),
             }
@@ -186,16 +192,12 @@ impl Dhis2Sink {
         &self,
         key: &CompletenessKey,
     ) -> Result<Result<Sent, CompletionAnswer>, SinkFailure> {
-        let unknown = |message| CompletionAnswer::Refused {
-            code: "unknown_reference".into(),
-            message,
-        };
         let ou = match self
             .reference_uid(ReferenceKind::OrgUnit, &key.org_unit)
             .await?
         {
             Ok(ou) => ou,
-            Err(why) => return Ok(Err(unknown(why))),
+            Err(why) => return Ok(Err(unknown_reference(why))),
         };
         let aoc = match self
             .reference_uid(
@@ -205,7 +207,7 @@ impl Dhis2Sink {
             .await?
         {
             Ok(aoc) => aoc,
-            Err(why) => return Ok(Err(unknown(why))),
+            Err(why) => return Ok(Err(unknown_reference(why))),
         };
         Ok(Ok(Sent { ou, aoc }))
     }

@@ -49,6 +49,19 @@ pub struct CompletenessKey {
     pub attribute_option_combo: String,
 }
 
+impl CompletenessKey {
+    /// Data set, period, org unit and attribute option combo, bound in the
+    /// order of the table's key.
+    fn binds(&self) -> Vec<Bind> {
+        vec![
+            self.data_set.as_str().into(),
+            self.period.as_str().into(),
+            self.org_unit.as_str().into(),
+            self.attribute_option_combo.as_str().into(),
+        ]
+    }
+}
+
 /// Where DHIS2's values from Kiungo changed: a data element, period, org
 /// unit and attribute option combo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,15 +286,9 @@ impl Store {
             .iter()
             .filter(|(_, w)| w.1)
             .map(|(k, (due_at, _, _))| {
-                vec![
-                    k.data_set.as_str().into(),
-                    k.period.as_str().into(),
-                    k.org_unit.as_str().into(),
-                    k.attribute_option_combo.as_str().into(),
-                    (*due_at).into(),
-                    (*due_at).max(now).into(),
-                    now.into(),
-                ]
+                let mut row = k.binds();
+                row.extend([(*due_at).into(), (*due_at).max(now).into(), now.into()]);
+                row
             })
             .collect();
         // A value stored: a row to register once due, unless Kiungo's
@@ -306,13 +313,7 @@ impl Store {
                  WHERE data_set = $2 AND period = $3 AND org_unit = $4 AND aoc = $5 \
                  AND (registered = 1 OR check_at IS NOT NULL)"
                     .to_owned(),
-                vec![
-                    now.into(),
-                    key.data_set.as_str().into(),
-                    key.period.as_str().into(),
-                    key.org_unit.as_str().into(),
-                    key.attribute_option_combo.as_str().into(),
-                ],
+                std::iter::once(now.into()).chain(key.binds()).collect(),
             )
             .execute(&mut *tx)
             .await?;
@@ -448,13 +449,9 @@ impl Store {
                 )
             };
             let key_binds = || -> Vec<Bind> {
-                vec![
-                    c.key.data_set.as_str().into(),
-                    c.key.period.as_str().into(),
-                    c.key.org_unit.as_str().into(),
-                    c.key.attribute_option_combo.as_str().into(),
-                    c.claim.as_str().into(),
-                ]
+                let mut binds = c.key.binds();
+                binds.push(c.claim.as_str().into());
+                binds
             };
             // Done with it (sent, or nothing to send): nothing more to do
             // unless its values changed meanwhile.
@@ -580,13 +577,7 @@ impl Store {
              failing_since = NULL, updated_at = $1 \
              WHERE data_set = $2 AND period = $3 AND org_unit = $4 AND aoc = $5"
                 .to_owned(),
-            vec![
-                now.into(),
-                key.data_set.as_str().into(),
-                key.period.as_str().into(),
-                key.org_unit.as_str().into(),
-                key.attribute_option_combo.as_str().into(),
-            ],
+            std::iter::once(now.into()).chain(key.binds()).collect(),
         )
         .execute(&self.pool)
         .await?

@@ -223,17 +223,20 @@ mod tests {
             }
         };
         assert_eq!(listed(&sb).await, 1);
-        let r = http
-            .delete(&url)
-            .basic_auth("admin", Some("district"))
-            .query(&[
+        // The undo of the 202401 registration, with `extra` parameters.
+        let undo = |extra: &[(&'static str, &'static str)]| {
+            let mut query = vec![
                 ("ds", "BfMAe6Itzgt"),
                 ("pe", "202401"),
                 ("ou", "DiszpKrYNg8"),
-            ])
-            .send()
-            .await
-            .unwrap();
+            ];
+            query.extend_from_slice(extra);
+            http.delete(&url)
+                .basic_auth("admin", Some("district"))
+                .query(&query)
+                .send()
+        };
+        let r = undo(&[]).await.unwrap();
         assert_eq!(r.status().as_u16(), 204);
         assert_eq!(listed(&sb).await, 0);
         // As DHIS2: `cc` without `cp` is refused (E2040), and so is a
@@ -242,19 +245,7 @@ mod tests {
             ("WBW7RjsApsv", "", "E2040"),
             ("WBW7RjsApsv", "NoSuchOpt01", "E2041"),
         ] {
-            let r = http
-                .delete(&url)
-                .basic_auth("admin", Some("district"))
-                .query(&[
-                    ("ds", "BfMAe6Itzgt"),
-                    ("pe", "202401"),
-                    ("ou", "DiszpKrYNg8"),
-                    ("cc", cc),
-                    ("cp", cp),
-                ])
-                .send()
-                .await
-                .unwrap();
+            let r = undo(&[("cc", cc), ("cp", cp)]).await.unwrap();
             assert_eq!(r.status().as_u16(), 409);
             let body: serde_json::Value = r.json().await.unwrap();
             assert_eq!(body["errorCode"], code);
