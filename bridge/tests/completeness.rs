@@ -800,37 +800,7 @@ async fn store_notes_claims_and_changes(backend: Backend) {
 /// as 0012 shaped them, then the store opens (0013 and on).
 async fn rows_from_before_0013_keep_the_default_combo(backend: Backend) {
     let db = ScratchDb::new(backend).await.expect("db");
-    let folder = match backend {
-        Backend::Sqlite => "sqlite",
-        Backend::Postgres => "postgres",
-    };
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("migrations")
-        .join(folder);
-    let before = tempfile::tempdir().expect("dir");
-    for entry in std::fs::read_dir(&source).expect("migrations") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        if name.as_str() < "0013" {
-            std::fs::copy(&path, before.path().join(&name)).expect("copy");
-        }
-    }
-    sqlx::any::install_default_drivers();
-    let url = match backend {
-        Backend::Sqlite => format!("{}?mode=rwc", db.config.url),
-        Backend::Postgres => db.config.url.clone(),
-    };
-    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
-    sqlx::migrate::Migrator::new(before.path())
-        .await
-        .expect("migrator")
-        .run(&pool)
-        .await
-        .expect("migrate to 0012");
+    let pool = support::store_before_migration(&db, backend, "0013").await;
     for sql in [
         format!(
             "INSERT INTO dhis2_completeness (data_set, period, org_unit, due_at, registered, check_at, updated_at) \

@@ -1115,6 +1115,249 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
     );
 }
 
+/// The DHIS2 "delivered" a status message tells and `/v1/events/{id}`
+/// shows follow the pushes DHIS2 accepted (issue 16): a contribution is
+/// delivered once an accepted push included it, even while its total
+/// waits to go out again with newer contributions; a push during which a
+/// contribution arrived tells no one (the next push does); a refusal after acceptance
+/// parks every contributor until DHIS2 accepts the total again. (The
+/// round reads only accepted contributions: `plans.rs`.)
+async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
+    let (_db, store, clock) = open(backend).await;
+    let set = packs();
+    let dhis2_status = |status: Vec<kiungo::store::EventStatus>| {
+        status[0]
+            .destinations
+            .iter()
+            .find(|d| d.destination == "dhis2")
+            .map(|d| d.status.clone())
+    };
+    let status_of =
+        async |id: &str| dhis2_status(store.event_status(id, None).await.expect("status"));
+    // Publishes a round: the DHIS2 statuses told, as (event, status).
+    let round = async || {
+        let messages = store.pending_statuses(1000).await.expect("statuses");
+        let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
+        store.mark_statuses(&origins).await.expect("mark");
+        let mut told: Vec<(String, String)> = messages
+            .into_iter()
+            .filter(|m| m.destination == "dhis2" && m.publish)
+            .map(|m| (m.event_id.unwrap_or_default(), m.status))
+            .collect();
+        told.sort();
+        told
+    };
+    let told = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(e, s)| ((*e).to_owned(), (*s).to_owned()))
+            .collect()
+    };
+    for id in ["a1", "a2"] {
+        ingest(&store, &set, &visit(id, "facility")).await;
+    }
+    catch_up(&clock);
+
+    // DHIS2 down: the contributions wait; nothing is told.
+    let dest = ScriptedDhis2::default();
+    dest.script
+        .lock()
+        .expect("lock")
+        .push_back(Err(transient(None)));
+    let w = dhis2_worker(&store, dest.clone(), &clock);
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").retried, 1);
+    assert_eq!(round().await, told(&[]));
+    assert_eq!(status_of("a1").await.as_deref(), Some("pending"));
+
+    // DHIS2 back: both told once.
+    clock.advance(Duration::from_secs(10));
+    assert_eq!(w.run_once().await.expect("pass").delivered, 1);
+    assert_eq!(
+        round().await,
+        told(&[("a1", "delivered"), ("a2", "delivered")])
+    );
+    assert_eq!(round().await, told(&[]), "told once");
+
+    // a3 arrives while the push of a0 is in flight: the value DHIS2
+    // accepts lacks a3, and which of the waiting contributions it holds
+    // is not known, so a0 and a3 wait for the next push; a1 stays
+    // delivered while the total waits to go out again.
+    ingest(&store, &set, &visit("a0", "facility")).await;
+    catch_up(&clock);
+    clock.advance(Duration::from_secs(3));
+    let claimed = store
+        .claim_totals(100, clock.now_ms(), 0, 0, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    ingest(&store, &set, &visit("a3", "facility")).await;
+    catch_up(&clock);
+    let results: Vec<_> = claimed
+        .into_iter()
+        .map(|t| (t, kiungo::store::TotalResult::Pushed))
+        .collect();
+    store
+        .finish_totals(&results, clock.now_ms())
+        .await
+        .expect("finish");
+    assert_eq!(round().await, told(&[]));
+    assert_eq!(status_of("a0").await.as_deref(), Some("pending"));
+    assert_eq!(status_of("a3").await.as_deref(), Some("pending"));
+    assert_eq!(status_of("a1").await.as_deref(), Some("delivered"));
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").delivered, 1);
+    assert_eq!(
+        round().await,
+        told(&[("a0", "delivered"), ("a3", "delivered")])
+    );
+    assert_eq!(status_of("a3").await.as_deref(), Some("delivered"));
+
+    // Refused after it was accepted: every contributor is told parked,
+    // and none is told delivered while the refusal stands.
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
+    }));
+    store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").parked, 1);
+    let all = |status: &str| -> Vec<(String, String)> {
+        ["a0", "a1", "a2", "a3"]
+            .iter()
+            .map(|e| ((*e).to_owned(), status.to_owned()))
+            .collect()
+    };
+    assert_eq!(round().await, all("parked"));
+    assert_eq!(round().await, told(&[]));
+    assert_eq!(status_of("a1").await.as_deref(), Some("parked"));
+
+    // Accepted again: every contributor is told delivered again.
+    store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(w.run_once().await.expect("pass").delivered, 1);
+    assert_eq!(round().await, all("delivered"));
+    assert_eq!(status_of("a2").await.as_deref(), Some("delivered"));
+    assert_eq!(
+        dest.values
+            .lock()
+            .expect("lock")
+            .values()
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec!["4".to_owned()],
+        "four facility visits"
+    );
+}
+
+/// A store from before migration 0015: contributions the old rule could
+/// already tell "delivered" (their total pushed since they arrived, not
+/// dirty, not refused) stay ready to tell; the rest wait for their
+/// total's next accepted push; those told stay told.
+async fn contributions_from_before_0015_are_sorted(backend: Backend) {
+    let db = ScratchDb::new(backend).await.expect("db");
+    let pool = support::store_before_migration(&db, backend, "0015").await;
+    // (event, total's data element, created at, notified)
+    let rows = [
+        ("ready", "de_pushed", 50, 0),
+        ("told", "de_pushed", 60, 1),
+        ("dirty", "de_dirty", 50, 0),
+        ("late", "de_dirty", 150, 0),
+        ("refused", "de_refused", 50, 0),
+    ];
+    for (event, de, created, notified) in rows {
+        for sql in [
+            format!(
+                "INSERT INTO events (source, event_id, state, mapping, version_hash, versions, \
+                 received_at, updated_at) VALUES ('cht', '{event}', 'live', 'm', 'h', 1, 0, 0)"
+            ),
+            format!(
+                "INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, \
+                 org_unit, coc, aoc, aggregation, value, value_num, event_date, created_at, notified) \
+                 VALUES ('cht', '{event}', 'r', '{de}', '202601', 'ou', 'coc', 'aoc', 'count', '1', 1, \
+                 '2026-01-01', {created}, {notified})"
+            ),
+        ] {
+            sqlx::query(&sql).execute(&pool).await.expect("insert");
+        }
+    }
+    for de in ["de_pushed", "de_dirty", "de_refused"] {
+        sqlx::query(&format!(
+            "INSERT INTO dhis2_pushed (data_element, period, org_unit, coc, aoc, value, pushed_at) \
+             VALUES ('{de}', '202601', 'ou', 'coc', 'aoc', '1', 100)"
+        ))
+        .execute(&pool)
+        .await
+        .expect("pushed");
+    }
+    sqlx::query(
+        "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at) \
+         VALUES ('de_dirty', '202601', 'ou', 'coc', 'aoc', 0)",
+    )
+    .execute(&pool)
+    .await
+    .expect("dirty");
+    sqlx::query(
+        "INSERT INTO dead_letters (fingerprint, stage, source, reason_code, reason, received_at, \
+         last_seen_at, notified) VALUES ('dhis2:de_refused:202601:ou:coc:aoc', 'dhis2', 'dhis2', \
+         'E7640', 'expired', 0, 0, 1)",
+    )
+    .execute(&pool)
+    .await
+    .expect("letter");
+    pool.close().await;
+
+    let store = Store::open(&db.config).await.expect("open migrates");
+    let told = |messages: Vec<kiungo::store::StatusMessage>| -> Vec<String> {
+        messages
+            .into_iter()
+            .filter(|m| m.destination == "dhis2")
+            .filter_map(|m| m.event_id)
+            .collect()
+    };
+    let messages = store.pending_statuses(100).await.expect("statuses");
+    let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
+    assert_eq!(told(messages), vec!["ready".to_owned()]);
+    store.mark_statuses(&origins).await.expect("mark");
+    let status = async |id: &str| {
+        store.event_status(id, None).await.expect("status")[0]
+            .destinations
+            .iter()
+            .find(|d| d.destination == "dhis2")
+            .map(|d| d.status.clone())
+    };
+    for (event, expected) in [
+        ("ready", "delivered"),
+        ("told", "delivered"),
+        ("dirty", "pending"),
+        ("late", "pending"),
+        ("refused", "parked"),
+    ] {
+        assert_eq!(status(event).await.as_deref(), Some(expected), "{event}");
+    }
+    // The dirty total accepted: its two contributions are told.
+    let now = kiungo::store::now_ms();
+    let claimed = store
+        .claim_totals(100, now, 0, 0, 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let results: Vec<_> = claimed
+        .into_iter()
+        .map(|t| (t, kiungo::store::TotalResult::Pushed))
+        .collect();
+    store.finish_totals(&results, now).await.expect("finish");
+    let mut events = told(store.pending_statuses(100).await.expect("statuses"));
+    events.sort();
+    assert_eq!(events, vec!["dirty".to_owned(), "late".to_owned()]);
+}
+
 /// A claimed total names the source and mapping behind it, for the labels
 /// of the DHIS2 delivery metrics: the one source and mapping when every
 /// contribution shares them, `mixed` once another source contributes.
@@ -1213,6 +1456,8 @@ kiungo::on_both_backends!(
     dhis2_totals_wait_until_settled,
     several_events_share_a_transaction,
     dhis2_later_acceptance_resolves_the_dead_letter,
+    dhis2_statuses_follow_accepted_pushes,
+    contributions_from_before_0015_are_sorted,
     dhis2_totals_name_their_source_and_mapping,
     dhis2_withdrawn_total_never_accepted_is_not_sent,
 );

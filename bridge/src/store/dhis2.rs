@@ -93,6 +93,14 @@ pub enum TotalResult {
 /// DHIS2 accepts after a refusal resolves its letter
 /// ([`Store::finish_totals`]); a letter an operator discarded no longer
 /// counts.
+/// `dhis2_contributions.notified` of a contribution no push DHIS2 accepted
+/// has included yet (migration 0015): new, or its total refused since.
+pub(super) const CONTRIBUTION_WAITING: i64 = 2;
+
+/// `notified` of a contribution an accepted push included, not yet told
+/// "delivered" by a status message (`store/feedback.rs`).
+pub(super) const CONTRIBUTION_ACCEPTED: i64 = 0;
+
 pub(super) const DHIS2_REFUSED: &str = "EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
      AND dl.fingerprint = 'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit \
      || ':' || c.coc || ':' || c.aoc)";
@@ -330,7 +338,29 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                     let (sql, b) = clear(t.changes);
-                    query(self.backend, sql, b).execute(&mut *tx).await?;
+                    let cleared = query(self.backend, sql, b)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    // No change arrived while the push was in flight: the
+                    // value DHIS2 accepted holds every contribution
+                    // waiting, so each can be told "delivered". (After a
+                    // change in flight, the next push will include it.)
+                    // One seek on the total's index for its waiting rows.
+                    if cleared == 1 {
+                        let mut b = vec![CONTRIBUTION_ACCEPTED.into()];
+                        b.extend(key_binds());
+                        b.push(CONTRIBUTION_WAITING.into());
+                        query(
+                            self.backend,
+                            "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
+                             AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified = $7"
+                                .to_owned(),
+                            b,
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     // Accepted after a refusal: the refusal is over. The
                     // letter counts as replayed (delivered after all);
                     // its detail goes with `payload_retention`.

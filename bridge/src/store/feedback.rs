@@ -9,6 +9,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::dhis2::{CONTRIBUTION_ACCEPTED, CONTRIBUTION_WAITING};
 use super::sql::query;
 use super::{Store, StoreError};
 
@@ -274,21 +275,22 @@ impl Store {
                 });
             }
         }
-        // Contributions whose total DHIS2 accepted: not waiting for a push,
-        // pushed at least once, and not refused (an open dead letter: the
-        // rule the event status uses).
+        // Contributions a push DHIS2 accepted included (moved from
+        // waiting by that push, `store/dhis2.rs`), unless their total was
+        // refused since (an open dead letter: the rule the event status
+        // uses; telling "parked" moves them back to waiting). Contributions
+        // still waiting for their total are not read, however many an
+        // outage leaves.
         let rows = query(
             self.backend,
             format!(
-            "SELECT c.source, c.event_id, c.rule, p.pushed_at, c.created_at FROM dhis2_contributions c \
-             JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
+            "SELECT c.source, c.event_id, c.rule, COALESCE(p.pushed_at, c.created_at), c.created_at \
+             FROM dhis2_contributions c \
+             LEFT JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
                AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
-             WHERE c.notified = 0 AND p.pushed_at >= c.created_at \
-             AND NOT EXISTS (SELECT 1 FROM dhis2_dirty d \
-               WHERE d.data_element = c.data_element AND d.period = c.period \
-               AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc) \
-             AND NOT {refused} \
+             WHERE c.notified = {accepted} AND NOT {refused} \
              ORDER BY c.created_at, c.source, c.event_id LIMIT $1",
+                accepted = CONTRIBUTION_ACCEPTED,
                 refused = super::dhis2::DHIS2_REFUSED
             ),
             vec![limit.into()],
@@ -413,21 +415,34 @@ impl Store {
                 } => {
                     let marked = query(
                         self.backend,
-                        "UPDATE dead_letters SET notified = 1 WHERE id = $1 AND seen_count = $2"
+                        "UPDATE dead_letters SET notified = 1 WHERE id = $1 AND seen_count = $2 \
+                         RETURNING state"
                             .to_owned(),
                         vec![(*id).into(), (*seen).into()],
                     )
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if let (1, Some(key)) = (marked, dhis2_key) {
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let (Some(row), Some(key)) = (marked, dhis2_key) {
+                        let state: String = row.try_get(0)?;
                         // Told "parked": tell "delivered" once accepted.
+                        // Still refused: the total's contributions wait
+                        // for the push DHIS2 accepts next. Accepted since
+                        // (the letter replayed) or given up (discarded):
+                        // those told "delivered" before are told again.
+                        let (set, from) = if state == "open" {
+                            (CONTRIBUTION_WAITING, format!("<> {CONTRIBUTION_WAITING}"))
+                        } else {
+                            (CONTRIBUTION_ACCEPTED, "= 1".to_owned())
+                        };
+                        let mut b: Vec<_> = vec![set.into()];
+                        b.extend(key.iter().map(|k| k.as_str().into()));
                         query(
                             self.backend,
-                            "UPDATE dhis2_contributions SET notified = 0 WHERE data_element = $1 \
-                             AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND notified = 1"
-                                .to_owned(),
-                            key.iter().map(|k| k.as_str().into()).collect(),
+                            format!(
+                                "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
+                                 AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified {from}"
+                            ),
+                            b,
                         )
                         .execute(&mut *tx)
                         .await?;
@@ -441,9 +456,11 @@ impl Store {
                     for (rule, created) in rules {
                         query(
                             self.backend,
-                            "UPDATE dhis2_contributions SET notified = 1 WHERE source = $1 \
-                             AND event_id = $2 AND rule = $3 AND created_at = $4"
-                                .to_owned(),
+                            format!(
+                                "UPDATE dhis2_contributions SET notified = 1 WHERE source = $1 \
+                                 AND event_id = $2 AND rule = $3 AND created_at = $4 \
+                                 AND notified = {CONTRIBUTION_ACCEPTED}"
+                            ),
                             vec![
                                 source.as_str().into(),
                                 event_id.as_str().into(),

@@ -38,6 +38,7 @@ use sqlx::Row;
 
 mod screen;
 
+use super::dhis2::CONTRIBUTION_WAITING;
 use super::read::{TotalKey, total_key};
 use super::sql::{by_keys, multi_row, query};
 use super::{Store, StoreError};
@@ -494,14 +495,15 @@ impl Store {
                     c.date.as_str().into(),
                     now.into(),
                     mapping.into(),
+                    CONTRIBUTION_WAITING.into(),
                 ]);
             }
         }
         self.execute_all(&mut tx, multi_row(
             "INSERT INTO dhis2_contributions (source, event_id, rule, data_element, period, org_unit, \
-             coc, aoc, aggregation, value, value_num, event_date, created_at, mapping)",
+             coc, aoc, aggregation, value, value_num, event_date, created_at, mapping, notified)",
             "",
-            14,
+            15,
             contributions,
         )).await?;
 

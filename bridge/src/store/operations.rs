@@ -474,43 +474,40 @@ impl Store {
         source: &str,
         event_id: &str,
     ) -> Result<Vec<DestinationStatus>, StoreError> {
-        // Each contribution's total: waiting (dirty), parked (an open
-        // dead letter for the total: the rule the status messages use),
-        // or pushed.
+        // Each contribution: delivered once a push DHIS2 accepted included
+        // it (`notified` no longer waiting), unless its total is refused
+        // since (an open dead letter); otherwise pending while its total
+        // waits for a push (dirty), parked when it does not (refused, or
+        // its letter discarded). The rule the status messages use.
         let row = query(
             self.backend,
             format!(
             "SELECT COUNT(*), \
-             COALESCE(SUM(CASE WHEN d.data_element IS NOT NULL THEN 1 ELSE 0 END), 0), \
-             COALESCE(SUM(CASE WHEN d.data_element IS NULL AND p.data_element IS NULL THEN 1 ELSE 0 END), 0), \
-             MAX(d.last_error), \
-             COALESCE(SUM(CASE WHEN {refused} THEN 1 ELSE 0 END), 0) \
+             COALESCE(SUM(CASE WHEN {undelivered} AND d.data_element IS NOT NULL THEN 1 ELSE 0 END), 0), \
+             COALESCE(SUM(CASE WHEN {undelivered} AND d.data_element IS NULL THEN 1 ELSE 0 END), 0), \
+             MAX(d.last_error) \
              FROM dhis2_contributions c \
              LEFT JOIN dhis2_dirty d ON d.data_element = c.data_element AND d.period = c.period \
                AND d.org_unit = c.org_unit AND d.coc = c.coc AND d.aoc = c.aoc \
-             LEFT JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
-               AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
              WHERE c.source = $1 AND c.event_id = $2",
-                refused = super::dhis2::DHIS2_REFUSED
+                undelivered = format_args!(
+                    "(c.notified = {} OR {})",
+                    super::dhis2::CONTRIBUTION_WAITING,
+                    super::dhis2::DHIS2_REFUSED
+                ),
             ),
             vec![source.into(), event_id.into()],
         )
         .fetch_one(&self.pool)
         .await?;
-        let (n, dirty, never_pushed, refused): (i64, i64, i64, i64) = (
-            row.try_get(0)?,
-            row.try_get(1)?,
-            row.try_get(2)?,
-            row.try_get(4)?,
-        );
+        let (n, waiting, stuck): (i64, i64, i64) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
         if n == 0 {
             return Ok(Vec::new());
         }
-        let status = if dirty > 0 {
+        let status = if waiting > 0 {
             "pending"
-        } else if refused > 0 || never_pushed > 0 {
-            // Not waiting, and refused (an open dead letter for the total)
-            // or never accepted.
+        } else if stuck > 0 {
             "parked"
         } else {
             "delivered"

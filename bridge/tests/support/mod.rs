@@ -148,3 +148,46 @@ pub async fn fhir_accepting_every_transaction() -> wiremock::MockServer {
         .await;
     fhir
 }
+
+/// A pool on `db` with only the migrations named before `first_left_out`
+/// (e.g. `"0013"`) run from the source tree: a store as an earlier
+/// release left it, for rows to be written as that schema shaped them
+/// before `Store::open` runs the rest.
+pub async fn store_before_migration(
+    db: &kiungo::store::scratch::ScratchDb,
+    backend: kiungo::store::Backend,
+    first_left_out: &str,
+) -> sqlx::AnyPool {
+    let folder = match backend {
+        kiungo::store::Backend::Sqlite => "sqlite",
+        kiungo::store::Backend::Postgres => "postgres",
+    };
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(folder);
+    let before = tempfile::tempdir().expect("dir");
+    for entry in std::fs::read_dir(&source).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        if name.as_str() < first_left_out {
+            std::fs::copy(&path, before.path().join(&name)).expect("copy");
+        }
+    }
+    sqlx::any::install_default_drivers();
+    let url = match backend {
+        kiungo::store::Backend::Sqlite => format!("{}?mode=rwc", db.config.url),
+        kiungo::store::Backend::Postgres => db.config.url.clone(),
+    };
+    let pool = sqlx::AnyPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrator")
+        .run(&pool)
+        .await
+        .expect("migrate");
+    pool
+}
