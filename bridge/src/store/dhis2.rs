@@ -300,6 +300,40 @@ impl Store {
         let mut ordered: Vec<&(DirtyTotal, TotalResult)> = results.iter().collect();
         ordered.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         let mut tx = self.begin_write().await?;
+        // Accepted, and no change arrived while the push was in flight:
+        // the value DHIS2 accepted holds every contribution waiting, so
+        // each can be told "delivered" (after a change in flight, the next
+        // push will include it). One seek on the total's index for its
+        // waiting rows. Done before any dirty row is locked below, so
+        // that this transaction, like the ingest commit, locks
+        // contributions before totals (PostgreSQL).
+        for (t, _) in ordered
+            .iter()
+            .filter(|(_, r)| matches!(r, TotalResult::Pushed))
+        {
+            let (de, pe, ou, coc, aoc) = &t.key;
+            query(
+                self.backend,
+                "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
+                 AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified = $7 \
+                 AND EXISTS (SELECT 1 FROM dhis2_dirty d WHERE d.data_element = $2 AND d.period = $3 \
+                   AND d.org_unit = $4 AND d.coc = $5 AND d.aoc = $6 AND d.changes = $8 AND d.claim = $9)"
+                    .to_owned(),
+                vec![
+                    CONTRIBUTION_ACCEPTED.into(),
+                    de.as_str().into(),
+                    pe.as_str().into(),
+                    ou.as_str().into(),
+                    coc.as_str().into(),
+                    aoc.as_str().into(),
+                    CONTRIBUTION_WAITING.into(),
+                    t.changes.into(),
+                    t.claim.as_str().into(),
+                ],
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
         for (t, result) in ordered {
             let (de, pe, ou, coc, aoc) = &t.key;
             let key_binds = || {
@@ -338,29 +372,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
                     let (sql, b) = clear(t.changes);
-                    let cleared = query(self.backend, sql, b)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    // No change arrived while the push was in flight: the
-                    // value DHIS2 accepted holds every contribution
-                    // waiting, so each can be told "delivered". (After a
-                    // change in flight, the next push will include it.)
-                    // One seek on the total's index for its waiting rows.
-                    if cleared == 1 {
-                        let mut b = vec![CONTRIBUTION_ACCEPTED.into()];
-                        b.extend(key_binds());
-                        b.push(CONTRIBUTION_WAITING.into());
-                        query(
-                            self.backend,
-                            "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
-                             AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified = $7"
-                                .to_owned(),
-                            b,
-                        )
-                        .execute(&mut *tx)
-                        .await?;
-                    }
+                    query(self.backend, sql, b).execute(&mut *tx).await?;
                     // Accepted after a refusal: the refusal is over. The
                     // letter counts as replayed (delivered after all);
                     // its detail goes with `payload_retention`.
