@@ -1135,10 +1135,18 @@ async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
     let status_of =
         async |id: &str| dhis2_status(store.event_status(id, None).await.expect("status"));
     // Publishes a round: the DHIS2 statuses told, as (event, status).
+    // Every status id told is kept: apps drop a repeated one.
+    let ids = std::cell::RefCell::new(Vec::new());
     let round = async || {
         let messages = store.pending_statuses(1000).await.expect("statuses");
         let origins: Vec<_> = messages.iter().map(|m| m.origin.clone()).collect();
         store.mark_statuses(&origins).await.expect("mark");
+        ids.borrow_mut().extend(
+            messages
+                .iter()
+                .filter(|m| m.destination == "dhis2" && m.publish)
+                .map(|m| m.status_id.clone()),
+        );
         let mut told: Vec<(String, String)> = messages
             .into_iter()
             .filter(|m| m.destination == "dhis2" && m.publish)
@@ -1253,6 +1261,31 @@ async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
             .collect::<Vec<_>>(),
         vec!["4".to_owned()],
         "four facility visits"
+    );
+
+    // Refused, then accepted again before any round: nothing to tell,
+    // the "delivered" told before stands.
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
+    }));
+    for _ in 0..2 {
+        store
+            .remark_all_totals(clock.now_ms())
+            .await
+            .expect("remark");
+        clock.advance(Duration::from_secs(3));
+        w.run_once().await.expect("pass");
+    }
+    assert_eq!(open_dhis2_letters(&store).await, 0);
+    assert_eq!(round().await, told(&[]));
+    assert_eq!(status_of("a0").await.as_deref(), Some("delivered"));
+    let ids = ids.into_inner();
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        ids.len(),
+        "a status id told twice: {ids:#?}"
     );
 }
 

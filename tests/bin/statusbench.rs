@@ -24,6 +24,7 @@
 //!
 //! Each is run `--rounds` times; the median wall time per round is
 //! reported (the machine is shared: read the ratio between sizes).
+//! `--explain` also prints the plan of each statement the round runs.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ struct Args {
     backend: Backend,
     rounds: usize,
     limit: i64,
+    explain: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -44,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         backend: Backend::Sqlite,
         rounds: 20,
         limit: 500,
+        explain: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -57,6 +60,7 @@ fn args() -> anyhow::Result<Args> {
             }
             "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
             "--limit" => a.limit = value()?.parse().context("--limit")?,
+            "--explain" => a.explain = true,
             "--store" => {
                 a.backend = match value()?.as_str() {
                     "sqlite" => Backend::Sqlite,
@@ -65,7 +69,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; flags: --sizes N,N --rounds N --limit N --store sqlite|postgres"
+                "unknown flag {other}; flags: --sizes N,N --rounds N --limit N --store sqlite|postgres --explain"
             ),
         }
     }
@@ -141,6 +145,17 @@ async fn main() -> anyhow::Result<()> {
         store
             .execute_script(&backlog_sql(args.backend, size, args.limit))
             .await?;
+        if args.explain {
+            let (out, statements) =
+                kiungo::store::plan::record(store.pending_statuses(args.limit)).await;
+            out?;
+            for st in &statements {
+                println!("{}", st.sql);
+                for line in store.explain(st).await? {
+                    println!("    {line}");
+                }
+            }
+        }
         let mut kiungo = Vec::with_capacity(args.rounds);
         for _ in 0..args.rounds {
             let t = Instant::now();

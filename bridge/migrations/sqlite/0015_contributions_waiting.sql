@@ -11,13 +11,15 @@
 -- - 1: told "delivered" by a status message.
 -- A round of status messages reads only rows at 0 (dhis2_contributions_
 -- unnotified, oldest first, under its LIMIT), however many wait behind an
--- outage. The push that accepts a total finds its waiting rows by the
+-- outage, and reads the time DHIS2 accepted them from accepted_at, set by
+-- the push that moved them (no join with the totals). The push that accepts a total finds its waiting rows by the
 -- total's index, which now ends with notified, without reading the rows
 -- already accepted.
 --
 -- Rows at 0 that the old rule could not yet tell (their total not pushed
 -- since they arrived, dirty again, or refused: an open dead letter) wait
 -- for the next accepted push.
+ALTER TABLE dhis2_contributions ADD COLUMN accepted_at INTEGER;
 UPDATE dhis2_contributions SET notified = 2
 WHERE notified = 0 AND (
     EXISTS (SELECT 1 FROM dhis2_dirty d
@@ -31,6 +33,11 @@ WHERE notified = 0 AND (
     OR EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open'
         AND dl.fingerprint = 'dhis2:' || dhis2_contributions.data_element || ':' || dhis2_contributions.period
         || ':' || dhis2_contributions.org_unit || ':' || dhis2_contributions.coc || ':' || dhis2_contributions.aoc));
+UPDATE dhis2_contributions SET accepted_at = (SELECT p.pushed_at FROM dhis2_pushed p
+    WHERE p.data_element = dhis2_contributions.data_element AND p.period = dhis2_contributions.period
+    AND p.org_unit = dhis2_contributions.org_unit AND p.coc = dhis2_contributions.coc
+    AND p.aoc = dhis2_contributions.aoc)
+WHERE notified = 0;
 DROP INDEX dhis2_contributions_total;
 CREATE INDEX dhis2_contributions_total
     ON dhis2_contributions (data_element, period, org_unit, coc, aoc, notified);

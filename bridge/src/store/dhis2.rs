@@ -98,7 +98,8 @@ pub enum TotalResult {
 pub(super) const CONTRIBUTION_WAITING: i64 = 2;
 
 /// `notified` of a contribution an accepted push included, not yet told
-/// "delivered" by a status message (`store/feedback.rs`).
+/// "delivered" by a status message (`store/feedback.rs`); `accepted_at`
+/// says when DHIS2 accepted it.
 pub(super) const CONTRIBUTION_ACCEPTED: i64 = 0;
 
 pub(super) const DHIS2_REFUSED: &str = "EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
@@ -314,7 +315,7 @@ impl Store {
             let (de, pe, ou, coc, aoc) = &t.key;
             query(
                 self.backend,
-                "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
+                "UPDATE dhis2_contributions SET notified = $1, accepted_at = $10 WHERE data_element = $2 \
                  AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified = $7 \
                  AND EXISTS (SELECT 1 FROM dhis2_dirty d WHERE d.data_element = $2 AND d.period = $3 \
                    AND d.org_unit = $4 AND d.coc = $5 AND d.aoc = $6 AND d.changes = $8 AND d.claim = $9)"
@@ -329,6 +330,7 @@ impl Store {
                     CONTRIBUTION_WAITING.into(),
                     t.changes.into(),
                     t.claim.as_str().into(),
+                    now.into(),
                 ],
             )
             .execute(&mut *tx)

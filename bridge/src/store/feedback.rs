@@ -284,11 +284,8 @@ impl Store {
         let rows = query(
             self.backend,
             format!(
-            "SELECT c.source, c.event_id, c.rule, COALESCE(p.pushed_at, c.created_at), c.created_at \
-             FROM dhis2_contributions c \
-             LEFT JOIN dhis2_pushed p ON p.data_element = c.data_element AND p.period = c.period \
-               AND p.org_unit = c.org_unit AND p.coc = c.coc AND p.aoc = c.aoc \
-             WHERE c.notified = {accepted} AND NOT {refused} \
+            "SELECT c.source, c.event_id, c.rule, COALESCE(c.accepted_at, c.created_at), c.created_at \
+             FROM dhis2_contributions c WHERE c.notified = {accepted} AND NOT {refused} \
              ORDER BY c.created_at, c.source, c.event_id LIMIT $1",
                 accepted = CONTRIBUTION_ACCEPTED,
                 refused = super::dhis2::DHIS2_REFUSED
@@ -422,27 +419,24 @@ impl Store {
                     )
                     .fetch_optional(&mut *tx)
                     .await?;
-                    if let (Some(row), Some(key)) = (marked, dhis2_key) {
-                        let state: String = row.try_get(0)?;
-                        // Told "parked": tell "delivered" once accepted.
-                        // Still refused: the total's contributions wait
-                        // for the push DHIS2 accepts next. Accepted since
-                        // (the letter replayed) or given up (discarded):
-                        // those told "delivered" before are told again.
-                        let (set, from) = if state == "open" {
-                            (CONTRIBUTION_WAITING, format!("<> {CONTRIBUTION_WAITING}"))
-                        } else {
-                            (CONTRIBUTION_ACCEPTED, "= 1".to_owned())
-                        };
-                        let mut b: Vec<_> = vec![set.into()];
-                        b.extend(key.iter().map(|k| k.as_str().into()));
+                    let told_parked = match marked {
+                        Some(row) => row.try_get::<String, _>(0)? == "open",
+                        None => false,
+                    };
+                    if let (true, Some(key)) = (told_parked, dhis2_key) {
+                        // Told "parked": tell "delivered" once accepted,
+                        // by the push DHIS2 accepts next. (A letter
+                        // replayed or discarded before it was told is
+                        // marked without a word: the "delivered" told
+                        // before still stands.)
                         query(
                             self.backend,
                             format!(
-                                "UPDATE dhis2_contributions SET notified = $1 WHERE data_element = $2 \
-                                 AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified {from}"
+                                "UPDATE dhis2_contributions SET notified = {CONTRIBUTION_WAITING} \
+                                 WHERE data_element = $1 AND period = $2 AND org_unit = $3 AND coc = $4 \
+                                 AND aoc = $5 AND notified <> {CONTRIBUTION_WAITING}"
                             ),
-                            b,
+                            key.iter().map(|k| k.as_str().into()).collect(),
                         )
                         .execute(&mut *tx)
                         .await?;
