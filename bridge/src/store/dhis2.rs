@@ -87,12 +87,6 @@ pub enum TotalResult {
     },
 }
 
-/// The one rule for "DHIS2 refused this contribution's total", used by
-/// the event status and the status messages alike: an open dead letter
-/// for the total (aliased `c`, a row of `dhis2_contributions`). A total
-/// DHIS2 accepts after a refusal resolves its letter
-/// ([`Store::finish_totals`]); a letter an operator discarded no longer
-/// counts.
 /// `dhis2_contributions.notified` of a contribution no push DHIS2 accepted
 /// has included yet (migration 0015): new, or its total refused since.
 pub(super) const CONTRIBUTION_WAITING: i64 = 2;
@@ -102,6 +96,12 @@ pub(super) const CONTRIBUTION_WAITING: i64 = 2;
 /// says when DHIS2 accepted it.
 pub(super) const CONTRIBUTION_ACCEPTED: i64 = 0;
 
+/// The one rule for "DHIS2 refused this contribution's total", used by
+/// the event status and the status messages alike: an open dead letter
+/// for the total (aliased `c`, a row of `dhis2_contributions`). A total
+/// DHIS2 accepts after a refusal resolves its letter
+/// ([`Store::finish_totals`]); a letter an operator discarded no longer
+/// counts.
 pub(super) const DHIS2_REFUSED: &str = "EXISTS (SELECT 1 FROM dead_letters dl WHERE dl.state = 'open' \
      AND dl.fingerprint = 'dhis2:' || c.data_element || ':' || c.period || ':' || c.org_unit \
      || ':' || c.coc || ':' || c.aoc)";
