@@ -708,3 +708,24 @@ pub fn machine_cpu_seconds() -> Option<(f64, f64)> {
     let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
     Some(((total - idle) / 100.0, total / 100.0))
 }
+
+/// A bench's `--store` value: `sqlite` or `postgres`.
+pub fn parse_store(value: &str) -> anyhow::Result<kiungo::store::Backend> {
+    match value {
+        "sqlite" => Ok(kiungo::store::Backend::Sqlite),
+        "postgres" => Ok(kiungo::store::Backend::Postgres),
+        other => anyhow::bail!("--store {other}: expected sqlite or postgres"),
+    }
+}
+
+/// A bench's `--sizes` value: numbers separated by commas.
+pub fn parse_sizes(value: &str) -> anyhow::Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--sizes {value}: {s:?} is not a number ({e})"))
+        })
+        .collect()
+}

@@ -667,6 +667,23 @@ async fn open_dhis2_letters(store: &Store) -> usize {
         .len()
 }
 
+/// The scripted DHIS2's next push refuses its first value (E7640).
+fn refuse_next(dest: &ScriptedDhis2) {
+    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
+        batch_rejected: None,
+        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
+    }));
+}
+
+/// Every total to be pushed again (the re-sync), due by the next pass.
+async fn remark_all(store: &Store, clock: &ManualClock) {
+    store
+        .remark_all_totals(clock.now_ms())
+        .await
+        .expect("remark");
+    clock.advance(Duration::from_secs(3));
+}
+
 fn dhis2_worker(
     store: &Store,
     dest: ScriptedDhis2,
@@ -1068,11 +1085,7 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
 
     // The period is opened again; the re-sync sends the same total, and
     // DHIS2 takes it.
-    store
-        .remark_all_totals(clock.now_ms())
-        .await
-        .expect("remark");
-    clock.advance(Duration::from_secs(3));
+    remark_all(&store, &clock).await;
     let r = w.run_once().await.expect("pass");
     assert_eq!((r.delivered, r.parked), (1, 0));
     assert_eq!(
@@ -1098,15 +1111,8 @@ async fn dhis2_later_acceptance_resolves_the_dead_letter(backend: Backend) {
     );
     // Refused again later: the same letter opens again, and both rules
     // say parked.
-    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
-        batch_rejected: None,
-        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
-    }));
-    store
-        .remark_all_totals(clock.now_ms())
-        .await
-        .expect("remark");
-    clock.advance(Duration::from_secs(3));
+    refuse_next(&dest);
+    remark_all(&store, &clock).await;
     assert_eq!(w.run_once().await.expect("pass").parked, 1);
     assert_eq!(open_dhis2_letters(&store).await, 1);
     assert_eq!(
@@ -1223,15 +1229,8 @@ async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
 
     // Refused after it was accepted: every contributor is told parked,
     // and none is told delivered while the refusal stands.
-    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
-        batch_rejected: None,
-        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
-    }));
-    store
-        .remark_all_totals(clock.now_ms())
-        .await
-        .expect("remark");
-    clock.advance(Duration::from_secs(3));
+    refuse_next(&dest);
+    remark_all(&store, &clock).await;
     assert_eq!(w.run_once().await.expect("pass").parked, 1);
     let all = |status: &str| -> Vec<(String, String)> {
         ["a0", "a1", "a2", "a3"]
@@ -1244,11 +1243,7 @@ async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
     assert_eq!(status_of("a1").await.as_deref(), Some("parked"));
 
     // Accepted again: every contributor is told delivered again.
-    store
-        .remark_all_totals(clock.now_ms())
-        .await
-        .expect("remark");
-    clock.advance(Duration::from_secs(3));
+    remark_all(&store, &clock).await;
     assert_eq!(w.run_once().await.expect("pass").delivered, 1);
     assert_eq!(round().await, all("delivered"));
     assert_eq!(status_of("a2").await.as_deref(), Some("delivered"));
@@ -1265,16 +1260,9 @@ async fn dhis2_statuses_follow_accepted_pushes(backend: Backend) {
 
     // Refused, then accepted again before any round: nothing to tell,
     // the "delivered" told before stands.
-    dest.script.lock().expect("lock").push_back(Ok(Dhis2Push {
-        batch_rejected: None,
-        rejected: HashMap::from([(0, ("E7640".to_owned(), "expired".to_owned()))]),
-    }));
+    refuse_next(&dest);
     for _ in 0..2 {
-        store
-            .remark_all_totals(clock.now_ms())
-            .await
-            .expect("remark");
-        clock.advance(Duration::from_secs(3));
+        remark_all(&store, &clock).await;
         w.run_once().await.expect("pass");
     }
     assert_eq!(open_dhis2_letters(&store).await, 0);

@@ -66,19 +66,8 @@ fn args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--sizes" => {
-                a.sizes = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse())
-                    .collect::<Result<_, _>>()?
-            }
-            "--store" => {
-                a.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => bail!("--store {other}: expected sqlite or postgres"),
-                }
-            }
+            "--sizes" => a.sizes = kiungo_tests::harness::parse_sizes(&value()?)?,
+            "--store" => a.backend = kiungo_tests::harness::parse_store(&value()?)?,
             "--base" => a.base = value()?.parse()?,
             "--window" => a.window = value()?.parse()?,
             other => bail!(

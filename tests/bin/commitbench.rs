@@ -53,13 +53,7 @@ fn args() -> anyhow::Result<Args> {
             "--batch" => a.batch = value()?.parse()?,
             "--batches-before" => a.before = value()?.parse()?,
             "--sql" => a.sql = Some(value()?.into()),
-            "--store" => {
-                a.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => bail!("--store {other}: sqlite or postgres"),
-                }
-            }
+            "--store" => a.backend = kiungo_tests::harness::parse_store(&value()?)?,
             other => bail!(
                 "unknown flag {other}; flags: --events N --batch N --batches-before N --store sqlite|postgres --sql FILE"
             ),

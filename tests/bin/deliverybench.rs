@@ -63,13 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
             "--pool-idle-timeout" => pool_idle_timeout = value()?,
-            "--store" => {
-                backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => bail!("--store {other}: expected sqlite or postgres"),
-                }
-            }
+            "--store" => backend = kiungo_tests::harness::parse_store(&value()?)?,
             other => bail!(
                 "unknown flag {other}; flags: --events N --rate R (0: unpaced) --store sqlite|postgres \
                  --max-push-delay D (DHIS2; 1s pushes each total once a second while it changes) \

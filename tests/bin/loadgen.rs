@@ -80,13 +80,7 @@ fn args() -> anyhow::Result<Args> {
             "--batch" => a.batch = value()?.parse()?,
             "--memory-limit" => a.memory_limit = Some(value()?),
             "--max-wait" => a.max_wait = Some(value()?),
-            "--store" => {
-                a.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => bail!("--store {other}: expected sqlite or postgres"),
-                }
-            }
+            "--store" => a.backend = kiungo_tests::harness::parse_store(&value()?)?,
             other => bail!(
                 "unknown flag {other}; flags: --events N --prefetch P --store sqlite|postgres --duplicates F --edits F --batch N --max-wait DURATION --memory-limit SIZE"
             ),

@@ -52,22 +52,11 @@ fn args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--sizes" => {
-                a.sizes = value()?
-                    .split(',')
-                    .map(|s| s.trim().parse().context("--sizes: numbers"))
-                    .collect::<anyhow::Result<_>>()?;
-            }
+            "--sizes" => a.sizes = kiungo_tests::harness::parse_sizes(&value()?)?,
             "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
             "--limit" => a.limit = value()?.parse().context("--limit")?,
             "--explain" => a.explain = true,
-            "--store" => {
-                a.backend = match value()?.as_str() {
-                    "sqlite" => Backend::Sqlite,
-                    "postgres" => Backend::Postgres,
-                    other => bail!("--store {other}: sqlite or postgres"),
-                }
-            }
+            "--store" => a.backend = kiungo_tests::harness::parse_store(&value()?)?,
             other => bail!(
                 "unknown flag {other}; flags: --sizes N,N --rounds N --limit N --store sqlite|postgres --explain"
             ),
