@@ -1299,7 +1299,10 @@ impl Mapping {
         }
 
         // Which resources exist, and their ids, before any template renders.
-        let mut included: Vec<(&FhirRule, Option<Item>, String)> = Vec::new();
+        // Each entry's rule, item, resource id and `let` values: a rule's
+        // bindings cannot read `refs`, so the values worked out here are
+        // the ones its template reads.
+        let mut included: Vec<(&FhirRule, Option<Item>, String, Vec<Value>)> = Vec::new();
         let mut refs = BTreeMap::new();
         let mut ids: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         for rule in &self.fhir {
@@ -1309,7 +1312,7 @@ impl Mapping {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
-                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+                let let_values = self.rule_lets(&rule.lets, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1330,7 +1333,7 @@ impl Mapping {
                 let key = format!("{}/{uuid}", rule.resource_type);
                 let here = (included.len(), item.as_ref().map(|i| i.index));
                 if let Some(&(first, first_item)) = ids.get(&key) {
-                    let other = included.get(first).map(|(r, _, _)| *r);
+                    let other = included.get(first).map(|(r, _, _, _)| *r);
                     return Err(self.duplicate_entry(rule, here.1, other, first_item, label));
                 }
                 ids.insert(key, here);
@@ -1339,7 +1342,7 @@ impl Mapping {
                     Method::Create | Method::ConditionalUpdate => format!("urn:uuid:{uuid}"),
                 };
                 rule_refs.push(Value::from(reference));
-                included.push((rule, item, uuid));
+                included.push((rule, item, uuid, let_values));
             }
             if rule.for_each.is_some() {
                 refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(rule_refs));
@@ -1354,11 +1357,13 @@ impl Mapping {
         // against the bundle once all its entries are made.
         let mut rules: Vec<&FhirRule> = Vec::with_capacity(included.len());
         let mut urns = Vec::new();
-        for (rule, item, uuid) in included {
+        for (rule, item, uuid, let_values) in included {
             if let Some(it) = &item {
                 set_item(scope_obj, it);
             }
-            self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+            for ((name, _), value) in rule.lets.iter().zip(let_values) {
+                scope_obj.set(name, value);
+            }
             let rendered = template::render(&rule.template, scope).map_err(|e| {
                 let failure = Failure {
                     message: e.message,
@@ -1490,19 +1495,22 @@ impl Mapping {
         })
     }
 
-    /// Evaluates a rule's own bindings for the current item.
+    /// Evaluates a rule's own bindings for the current item; their values,
+    /// in order.
     fn rule_lets(
         &self,
         lets: &[(Arc<str>, Expr)],
         scope_obj: &Scope,
         scope: &Value,
         label: &str,
-    ) -> Result<(), MapError> {
+    ) -> Result<Vec<Value>, MapError> {
+        let mut values = Vec::with_capacity(lets.len());
         for (name, e) in lets {
             let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
-            scope_obj.set(name, v);
+            scope_obj.set(name, v.clone());
+            values.push(v);
         }
-        Ok(())
+        Ok(values)
     }
 
     /// The items a rule runs for: `[None]` without `for_each`, else each
