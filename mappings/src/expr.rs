@@ -47,6 +47,11 @@ pub(crate) struct Expr {
     /// pack's expressions are such paths). Any name not found falls back
     /// to the compiled expression, so errors read as before.
     path: Option<Box<[Box<str>]>>,
+    /// For another expression of a shape [`crate::direct`] evaluates
+    /// (comparisons, `~`, `in`, tests, Kiungo's value functions, ...):
+    /// that evaluation, which leaves anything unusual to the compiled
+    /// expression.
+    direct: Option<crate::direct::Direct>,
 }
 
 impl fmt::Debug for Expr {
@@ -69,9 +74,15 @@ impl Expr {
         let compiled = ENV
             .compile_expression_owned(source.to_owned())
             .map_err(|e| full_text(&e))?;
+        let path = dotted_path(source);
+        let direct = match path {
+            Some(_) => None,
+            None => crate::direct::Direct::compile(source),
+        };
         Ok(Self {
             compiled,
-            path: dotted_path(source),
+            path,
+            direct,
             source: Arc::from(source),
             field,
             line,
@@ -106,6 +117,14 @@ impl Expr {
         if let Some(value) = self.path.as_deref().and_then(|p| lookup(scope, p)) {
             return Ok(value);
         }
+        if let Some(value) = self.direct.as_ref().and_then(|d| d.eval(scope)) {
+            return Ok(value);
+        }
+        self.eval_vm(scope)
+    }
+
+    /// Evaluates with minijinja's VM alone.
+    pub(crate) fn eval_vm(&self, scope: &Value) -> Result<Value, Failure> {
         self.compiled.eval(scope.clone()).map_err(|err| {
             let undefined = err.kind() == minijinja::ErrorKind::UndefinedError;
             let mut failure = describe(err);

@@ -398,6 +398,68 @@ fn coalesce(args: minijinja::value::Rest<Value>) -> Value {
         .unwrap_or(Value::from(()))
 }
 
+/// Kiungo's functions that [`crate::direct`] calls without the VM: each
+/// takes positional values alone and reads no engine state, so calling it
+/// here gives what the VM's call gives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Direct {
+    Date,
+    Datetime,
+    Squish,
+    Digits,
+    Number,
+    Lookup,
+    Coalesce,
+}
+
+impl Direct {
+    /// The function applied as the filter `name` without arguments.
+    pub(crate) fn filter(name: &str) -> Option<Self> {
+        Some(match name {
+            "date" => Self::Date,
+            "datetime" => Self::Datetime,
+            "squish" => Self::Squish,
+            "digits" => Self::Digits,
+            "number" => Self::Number,
+            _ => return None,
+        })
+    }
+
+    /// The function `name` called with `args` positional arguments.
+    pub(crate) fn function(name: &str, args: usize) -> Option<Self> {
+        match (name, args) {
+            ("lookup", 2 | 3) => Some(Self::Lookup),
+            ("coalesce", _) => Some(Self::Coalesce),
+            (_, 1) => Self::filter(name),
+            _ => None,
+        }
+    }
+
+    /// Whether undefined arguments are passed (else the VM takes them).
+    pub(crate) fn takes_undefined(self) -> bool {
+        matches!(self, Self::Coalesce)
+    }
+
+    /// The function's value; `None` on an error (the VM then says it) or
+    /// arguments the VM would read differently.
+    pub(crate) fn call(self, args: &[Value]) -> Option<Value> {
+        let no_kwargs = || Kwargs::from_iter(std::iter::empty::<(&str, Value)>());
+        match (self, args) {
+            (Self::Date, [v]) => date(v, no_kwargs()).ok(),
+            (Self::Datetime, [v]) => datetime(v, no_kwargs()).ok(),
+            (Self::Squish, [v]) => squish(v).ok(),
+            (Self::Digits, [v]) => digits(v).ok(),
+            (Self::Number, [v]) => number(v).ok(),
+            (Self::Lookup, [table, key]) => lookup(table, key, None).ok(),
+            (Self::Lookup, [table, key, default]) if !default.is_none() => {
+                lookup(table, key, Some(default.clone())).ok()
+            }
+            (Self::Coalesce, args) => Some(coalesce(minijinja::value::Rest(args.to_vec()))),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

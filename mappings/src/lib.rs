@@ -21,6 +21,7 @@
 //!   operators only; text made by others is cut by [`redact::external`].
 
 mod context;
+mod direct;
 mod error;
 mod event_fields;
 mod expr;
