@@ -339,10 +339,31 @@ fn contains(container: &Value, needle: &Value, spent: &mut u64) -> Option<bool> 
     Some(found)
 }
 
+/// Panics when the VM gives `scope` another value than `direct` for `e`
+/// (unit tests run it on every direct evaluation).
+#[cfg(test)]
+pub(crate) fn check_against_vm(e: &crate::expr::Expr, scope: &Value, direct: &Value) {
+    match e.eval_vm(scope) {
+        Ok(vm) => {
+            assert!(
+                vm == *direct
+                    && vm.kind() == direct.kind()
+                    && vm.to_string() == direct.to_string()
+                    && crate::json::from_value(&vm) == crate::json::from_value(direct),
+                "`{}`: direct {direct:?}, VM {vm:?}",
+                e.source
+            );
+        }
+        Err(f) => panic!("`{}`: direct {direct:?}, VM fails: {}", e.source, f.message),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
     use std::sync::Arc;
+
+    use proptest::prelude::*;
 
     use super::*;
     use crate::context::{RUNTIME, Runtime, Scope};
@@ -505,6 +526,118 @@ mod tests {
                 (Err(a), Err(b)) => assert_eq!(a.message, b.message, "{src}"),
                 (a, b) => panic!("{src}: {a:?} vs {b:?}"),
             }
+        }
+    }
+
+    /// Any JSON: nulls, booleans, numbers (whole, fractional), text
+    /// (numeric, dates, blank), lists and objects nested.
+    fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+        use serde_json::Value as J;
+        let leaf = prop_oneof![
+            Just(J::Null),
+            any::<bool>().prop_map(J::Bool),
+            any::<i64>().prop_map(J::from),
+            (-1000i64..1000).prop_map(J::from),
+            (-1e6f64..1e6).prop_map(J::from),
+            "[a-z0-9 ]{0,8}".prop_map(J::String),
+            "-?[0-9]{1,4}(\\.[0-9]{1,2})?".prop_map(J::String),
+            "20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9](T[01][0-9]:[0-5][0-9]:00(Z|\\+03:00))?"
+                .prop_map(J::String),
+            Just(J::String(String::new())),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(J::Array),
+                prop::collection::vec(("[a-z_]{1,6}", inner), 0..4)
+                    .prop_map(|kv| J::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Replaces the value `path` leads to (object keys and list items
+    /// chosen by index) with `with`.
+    fn mutate(v: &mut serde_json::Value, path: &[usize], with: serde_json::Value) {
+        let Some((&first, rest)) = path.split_first() else {
+            *v = with;
+            return;
+        };
+        match v {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                let n = map.len();
+                if let Some(child) = map.values_mut().nth(first % n) {
+                    mutate(child, rest, with);
+                }
+            }
+            serde_json::Value::Array(items) if !items.is_empty() => {
+                let n = items.len();
+                if let Some(child) = items.get_mut(first % n) {
+                    mutate(child, rest, with);
+                }
+            }
+            _ => *v = with,
+        }
+    }
+
+    /// Every shipped pack loads (running its test cases) and maps its
+    /// fixtures, and fixtures with one value anywhere replaced by any
+    /// JSON, each direct evaluation checked against the VM's
+    /// ([`check_against_vm`]).
+    #[test]
+    fn packs_evaluate_directly_as_the_vm_does() {
+        use crate::mapping::{Event, LoadOptions, MappingSet};
+        use proptest::test_runner::{Config, TestRunner};
+
+        let packs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packs");
+        let mut dirs: Vec<_> = std::fs::read_dir(&packs)
+            .expect("packs")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        assert!(dirs.len() >= 6, "{dirs:?}");
+        for dir in dirs {
+            let options = LoadOptions {
+                pseudonym_key: Some(crate::expr::PseudonymKey::for_tests()),
+                ..LoadOptions::default()
+            };
+            let set = MappingSet::load_dir(&dir, options).expect("pack loads");
+            let source = set.mappings().first().expect("a mapping").source.clone();
+            let fixtures: Vec<serde_json::Value> = std::fs::read_dir(dir.join("fixtures"))
+                .expect("fixtures")
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|x| x == "json")
+                        && !p.to_string_lossy().ends_with(".expected.json")
+                })
+                .map(|p| serde_json::from_slice(&std::fs::read(&p).expect("read")).expect("json"))
+                .collect();
+            let map = |payload: serde_json::Value| {
+                let _ = set.map(&Event {
+                    source: source.clone(),
+                    message_id: Some("m".into()),
+                    payload: Arc::new(payload),
+                });
+            };
+            for f in &fixtures {
+                map(f.clone());
+            }
+            let mut runner = TestRunner::new(Config {
+                cases: 256,
+                ..Config::default()
+            });
+            let strategy = (
+                0..fixtures.len(),
+                prop::collection::vec(any::<usize>(), 1..6),
+                arb_json(),
+            );
+            runner
+                .run(&strategy, |(i, path, with)| {
+                    let mut payload = fixtures[i].clone();
+                    mutate(&mut payload, &path, with);
+                    map(payload);
+                    Ok(())
+                })
+                .expect("direct and VM agree");
         }
     }
 

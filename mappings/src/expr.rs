@@ -118,6 +118,9 @@ impl Expr {
             return Ok(value);
         }
         if let Some(value) = self.direct.as_ref().and_then(|d| d.eval(scope)) {
+            // Every unit test checks each direct value against the VM's.
+            #[cfg(test)]
+            crate::direct::check_against_vm(self, scope, &value);
             return Ok(value);
         }
         self.eval_vm(scope)
