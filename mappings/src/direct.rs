@@ -1,15 +1,22 @@
 //! Direct evaluation of the common expression shapes, without minijinja's
-//! VM: names and attribute paths, literals, `~`, comparisons, `in`,
-//! `and`/`or`/`not`, `x if c else y`, the tests `none` and `defined`, the
-//! filter `default`, and Kiungo's own value functions (`lookup`,
-//! `coalesce`, `date`, ...).
+//! VM: names and attribute paths, literals (lists and maps too), `~`,
+//! comparisons, `in`, `and`/`or`/`not`, `x if c else y`, the tests `none`,
+//! `defined` and `mapping`, the filters `default`, `first` and `length`,
+//! and Kiungo's own value functions (`lookup`, `coalesce`, `date`, `age`,
+//! ...).
 //!
 //! The expression is read by minijinja's own parser, so precedence is the
 //! VM's; each operation is minijinja's own ([`Value`]'s comparisons,
-//! display and truth) or Kiungo's function itself. Anything else, and
-//! anything unusual at evaluation (an undefined value where the VM would
-//! fail, an error, a value too large for the fuel bound), gives `None`:
-//! the caller then runs the compiled expression, which says what it says.
+//! display and truth, its builtin filters) or Kiungo's function itself.
+//! Any other part (`fail(...)`, `selectattr`, arithmetic, ...) is kept as
+//! a mark: reaching it, or anything unusual (an undefined value where the
+//! VM would fail, an error, a value large enough to near the fuel bound),
+//! gives `None`, and the caller then runs the compiled expression, which
+//! says what it says. A part never reached (the branch not taken) costs
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use minijinja::Value;
 use minijinja::machinery::ast;
@@ -53,13 +60,30 @@ enum Node {
     If(Box<Node>, Box<Node>, Box<Node>),
     IsNone(Box<Node>),
     IsDefined(Box<Node>),
+    IsMapping(Box<Node>),
     /// `x | default` or `x | default(y)`.
     Default(Box<Node>, Option<Box<Node>>),
-    /// A filter applying one of Kiungo's functions to its operand alone.
-    Filter(crate::functions::Direct, Box<Node>),
-    /// A call of one of Kiungo's functions, named as written (a binding
-    /// of that name would shadow it).
-    Call(crate::functions::Direct, Box<str>, Vec<Node>),
+    /// `x | first`.
+    First(Box<Node>),
+    /// `x | length` (or `count`).
+    Length(Box<Node>),
+    /// A map literal.
+    Map(Vec<(Node, Node)>),
+    /// One of Kiungo's functions, as a filter (its operand first) or a
+    /// call; a call names the function, which a binding of that name
+    /// would shadow.
+    Call(Box<Call>),
+    /// A part left to the VM.
+    Vm,
+}
+
+#[derive(Debug)]
+struct Call {
+    func: crate::functions::Direct,
+    /// The name a call is written with; `None` for a filter.
+    called: Option<Box<str>>,
+    args: Vec<Node>,
+    kwargs: Vec<(Box<str>, Node)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +101,8 @@ impl Direct {
     pub(crate) fn compile(source: &str) -> Option<Self> {
         let expr = minijinja::machinery::parse_expr(source).ok()?;
         let mut nodes = 0;
-        convert(&expr, &mut nodes).map(Self)
+        let node = convert(&expr, &mut nodes);
+        (nodes <= MAX_NODES && !matches!(node, Node::Vm)).then_some(Self(node))
     }
 
     /// The expression's value in `scope`, or `None` when the VM is to
@@ -89,45 +114,52 @@ impl Direct {
     }
 }
 
-fn boxed(e: &ast::Expr<'_>, nodes: &mut usize) -> Option<Box<Node>> {
-    convert(e, nodes).map(Box::new)
+fn boxed(e: &ast::Expr<'_>, nodes: &mut usize) -> Box<Node> {
+    Box::new(convert(e, nodes))
 }
 
-/// The positional arguments alone; `None` with keyword or splat arguments.
-fn positional<'a, 'b>(args: &'b [ast::CallArg<'a>]) -> Option<Vec<&'b ast::Expr<'a>>> {
-    args.iter()
-        .map(|a| match a {
-            ast::CallArg::Pos(e) => Some(e),
-            _ => None,
-        })
-        .collect()
-}
+/// Whether the VM's map literals are what [`Node::Map`] makes: maps of
+/// minijinja's own map type, keys sorted (a minijinja built with
+/// `preserve_order` keeps them in source order; maps are then left to the
+/// VM).
+static MAP_LITERALS: LazyLock<bool> = LazyLock::new(|| {
+    let src = "{'b': 1, 'a': [2], 'b': 3, 1: none}";
+    let direct = Value::from(BTreeMap::from([
+        (Value::from("b"), Value::from(3)),
+        (Value::from("a"), Value::from(vec![Value::from(2)])),
+        (Value::from(1), Value::from(())),
+    ]));
+    crate::expr::eval_source(src).is_some_and(|vm| {
+        vm == direct
+            && vm.to_string() == direct.to_string()
+            && serde_json::to_string(&vm).ok() == serde_json::to_string(&direct).ok()
+    })
+});
 
-fn convert(e: &ast::Expr<'_>, nodes: &mut usize) -> Option<Node> {
+fn convert(e: &ast::Expr<'_>, nodes: &mut usize) -> Node {
     *nodes += 1;
-    if *nodes > MAX_NODES {
-        return None;
-    }
-    Some(match e {
+    match e {
         ast::Expr::Var(v) => Node::Var(Box::from(v.id)),
         ast::Expr::Const(c) => Node::Const(c.value.clone()),
-        ast::Expr::GetAttr(g) => Node::Attr(boxed(&g.expr, nodes)?, Box::from(g.name)),
+        ast::Expr::GetAttr(g) => Node::Attr(boxed(&g.expr, nodes), Box::from(g.name)),
         ast::Expr::GetItem(g) => match &g.subscript_expr {
             ast::Expr::Const(c)
                 if matches!(c.value.kind(), ValueKind::String | ValueKind::Number) =>
             {
-                Node::Item(boxed(&g.expr, nodes)?, c.value.clone())
+                Node::Item(boxed(&g.expr, nodes), c.value.clone())
             }
-            _ => return None,
+            _ => Node::Vm,
         },
-        ast::Expr::List(l) => Node::List(
-            l.items
+        ast::Expr::List(l) => Node::List(l.items.iter().map(|i| convert(i, nodes)).collect()),
+        ast::Expr::Map(m) if *MAP_LITERALS => Node::Map(
+            m.keys
                 .iter()
-                .map(|i| convert(i, nodes))
-                .collect::<Option<_>>()?,
+                .zip(&m.values)
+                .map(|(k, v)| (convert(k, nodes), convert(v, nodes)))
+                .collect(),
         ),
         ast::Expr::BinOp(b) => {
-            let (l, r) = (boxed(&b.left, nodes)?, boxed(&b.right, nodes)?);
+            let (l, r) = (boxed(&b.left, nodes), boxed(&b.right, nodes));
             match b.op {
                 ast::BinOpKind::Eq => Node::Compare(Cmp::Eq, l, r),
                 ast::BinOpKind::Ne => Node::Compare(Cmp::Ne, l, r),
@@ -139,60 +171,89 @@ fn convert(e: &ast::Expr<'_>, nodes: &mut usize) -> Option<Node> {
                 ast::BinOpKind::ScOr => Node::Or(l, r),
                 ast::BinOpKind::Concat => Node::Concat(l, r),
                 ast::BinOpKind::In => Node::In(l, r),
-                _ => return None,
+                _ => Node::Vm,
             }
         }
         ast::Expr::UnaryOp(u) => match u.op {
-            ast::UnaryOpKind::Not => Node::Not(boxed(&u.expr, nodes)?),
-            ast::UnaryOpKind::Neg => return None,
+            ast::UnaryOpKind::Not => Node::Not(boxed(&u.expr, nodes)),
+            ast::UnaryOpKind::Neg => Node::Vm,
         },
-        ast::Expr::IfExpr(i) => Node::If(
-            boxed(&i.true_expr, nodes)?,
-            boxed(&i.test_expr, nodes)?,
-            boxed(i.false_expr.as_ref()?, nodes)?,
-        ),
+        ast::Expr::IfExpr(i) => match &i.false_expr {
+            Some(otherwise) => Node::If(
+                boxed(&i.true_expr, nodes),
+                boxed(&i.test_expr, nodes),
+                boxed(otherwise, nodes),
+            ),
+            None => Node::Vm,
+        },
         ast::Expr::Test(t) if t.args.is_empty() => {
-            let operand = boxed(&t.expr, nodes)?;
+            let operand = boxed(&t.expr, nodes);
             match t.name {
                 "none" => Node::IsNone(operand),
                 "defined" => Node::IsDefined(operand),
                 "undefined" => Node::Not(Box::new(Node::IsDefined(operand))),
-                _ => return None,
+                "mapping" => Node::IsMapping(operand),
+                _ => Node::Vm,
             }
         }
         ast::Expr::Filter(f) => {
-            let operand = boxed(f.expr.as_ref()?, nodes)?;
-            let args = positional(&f.args)?;
-            if f.name == "default" {
-                match args.as_slice() {
-                    [] => Node::Default(operand, None),
-                    [other] => Node::Default(operand, Some(boxed(other, nodes)?)),
-                    _ => return None,
-                }
-            } else {
-                let func = crate::functions::Direct::filter(f.name)?;
-                if !args.is_empty() {
-                    return None;
-                }
-                Node::Filter(func, operand)
+            let Some(operand) = &f.expr else {
+                return Node::Vm;
+            };
+            let operand = convert(operand, nodes);
+            let no_args = f.args.is_empty();
+            match f.name {
+                "default" => match f.args.as_slice() {
+                    [] => Node::Default(Box::new(operand), None),
+                    [ast::CallArg::Pos(other)] => {
+                        Node::Default(Box::new(operand), Some(boxed(other, nodes)))
+                    }
+                    _ => Node::Vm,
+                },
+                "first" if no_args => Node::First(Box::new(operand)),
+                "length" | "count" if no_args => Node::Length(Box::new(operand)),
+                name => call(name, None, Some(operand), &f.args, nodes),
             }
         }
-        ast::Expr::Call(c) => {
-            let ast::Expr::Var(name) = &c.expr else {
-                return None;
-            };
-            let args = positional(&c.args)?;
-            let func = crate::functions::Direct::function(name.id, args.len())?;
-            Node::Call(
-                func,
-                Box::from(name.id),
-                args.into_iter()
-                    .map(|a| convert(a, nodes))
-                    .collect::<Option<_>>()?,
-            )
+        ast::Expr::Call(c) => match &c.expr {
+            ast::Expr::Var(name) => call(name.id, Some(name.id), None, &c.args, nodes),
+            _ => Node::Vm,
+        },
+        _ => Node::Vm,
+    }
+}
+
+/// A call of Kiungo's function `name`: as a filter (`operand` first) or
+/// `called` by that name.
+fn call(
+    name: &str,
+    called: Option<&str>,
+    operand: Option<Node>,
+    args: &[ast::CallArg<'_>],
+    nodes: &mut usize,
+) -> Node {
+    let mut positional: Vec<Node> = operand.into_iter().collect();
+    let mut kwargs = Vec::new();
+    for arg in args {
+        match arg {
+            ast::CallArg::Pos(e) if kwargs.is_empty() => positional.push(convert(e, nodes)),
+            ast::CallArg::Kwarg(k, e) => kwargs.push((Box::from(*k), convert(e, nodes))),
+            _ => return Node::Vm,
         }
-        _ => return None,
-    })
+    }
+    let func = match called {
+        Some(_) => crate::functions::Direct::function(name, positional.len()),
+        None => crate::functions::Direct::filter(name, positional.len()),
+    };
+    match func {
+        Some(func) if kwargs.is_empty() || func.takes_kwargs() => Node::Call(Box::new(Call {
+            func,
+            called: called.map(Box::from),
+            args: positional,
+            kwargs,
+        })),
+        _ => Node::Vm,
+    }
 }
 
 /// Counts a value's text against the budget; `None` once it is spent.
@@ -281,30 +342,51 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
                 v
             }
         }
-        Node::Filter(func, v) => {
-            let v = defined(eval(v, scope, spent)?)?;
-            func.call(std::slice::from_ref(&v))?
+        Node::IsMapping(v) => {
+            Value::from(defined(eval(v, scope, spent)?)?.kind() == ValueKind::Map)
         }
-        Node::Call(func, name, args) => {
+        Node::First(v) => minijinja::filters::first(&defined(eval(v, scope, spent)?)?).ok()?,
+        Node::Length(v) => {
+            Value::from(minijinja::filters::length(&defined(eval(v, scope, spent)?)?).ok()?)
+        }
+        Node::Map(entries) => {
+            let mut map = BTreeMap::new();
+            for (k, v) in entries {
+                let k = defined(eval(k, scope, spent)?)?;
+                let v = defined(eval(v, scope, spent)?)?;
+                map.insert(k, v);
+            }
+            Value::from(map)
+        }
+        Node::Call(c) => {
             // A binding of the same name is what the VM would call.
-            if !scope.get_attr(name).ok()?.is_undefined() {
+            if let Some(name) = &c.called
+                && !scope.get_attr(name).ok()?.is_undefined()
+            {
                 return None;
             }
-            let args = args
+            let args = c
+                .args
                 .iter()
                 .map(|a| {
                     let v = eval(a, scope, spent)?;
                     // `coalesce` is the one function made for undefined
                     // arguments.
-                    if func.takes_undefined() {
+                    if c.func.takes_undefined() {
                         Some(v)
                     } else {
                         defined(v)
                     }
                 })
                 .collect::<Option<Vec<Value>>>()?;
-            func.call(&args)?
+            let kwargs = c
+                .kwargs
+                .iter()
+                .map(|(k, v)| Some((&**k, defined(eval(v, scope, spent)?)?)))
+                .collect::<Option<Vec<(&str, Value)>>>()?;
+            c.func.call(&args, kwargs)?
         }
+        Node::Vm => return None,
     };
     charge(&value, spent)?;
     Some(value)
@@ -484,7 +566,47 @@ mod tests {
             ("event.ms | date", true),
             ("event.ms | datetime", true),
             ("event.form | date", false),
-            ("event.day | date(offset='+01:00')", false),
+            ("event.day | date(offset='+01:00')", true),
+            ("event.day | datetime(offset='+01:00')", true),
+            ("date(event.form, format='%d/%m/%Y')", false),
+            ("event.day | date(offset=event.missing)", false),
+            ("age(event.day, '2025-06-01', unit='months')", true),
+            ("event.day | age('2025-06-01', unit='days')", true),
+            ("age(event.day, '2020-06-01')", false),
+            ("age(event.day, '2025-06-01', unit='weeks')", false),
+            ("event.day | period('Monthly')", true),
+            ("period(event.day, 'Weekly')", true),
+            ("uuid5(event._id)", true),
+            (
+                "uuid5(event._id, namespace='6ba7b810-9dad-11d1-80b4-00c04fd430c8')",
+                true,
+            ),
+            ("event.form if event.yes else fail('no')", true),
+            ("event.form if event.nothing else fail('no')", false),
+            (
+                "lookup(places, 'nowhere', false) or fail('unknown place')",
+                false,
+            ),
+            (
+                "lookup(places, 'facility', false) or fail('unknown place')",
+                true,
+            ),
+            ("event.fields is mapping", true),
+            ("event.form is mapping", true),
+            ("event.list is mapping", true),
+            ("event.list | length", true),
+            ("event.list | length > 2", true),
+            ("event.form | count", true),
+            ("event.missing | length", false),
+            ("event.tags | first | default('z')", true),
+            ("[] | first | default('z')", true),
+            ("event.form | first", true),
+            ("event.missing | first", false),
+            ("{'k': event.n, 'a': event.form, 'k': 2}", true),
+            ("{'k': event.fields.visit, 'l': [event.f, none]}", true),
+            ("{'k': event.missing}", false),
+            ("{'k': 1}['k']", true),
+            ("{'k': 1} if event.nothing else none", true),
             ("lookup(places, event.fields.visit.place)", true),
             ("lookup(places, 'nowhere')", false),
             ("lookup(places, 'nowhere', 'x')", true),
@@ -501,8 +623,10 @@ mod tests {
             ("event.n + 1", false),
             ("range(3)", false),
             ("item", false),
-            ("event.tags | first", false),
-            ("{'a': 1}", false),
+            ("event.tags | first", true),
+            ("{'a': 1}", true),
+            ("event.n * 12 if event.nothing else event.n", true),
+            ("event.n * 12 if event.yes else event.n", false),
         ];
         for (src, direct) in cases {
             let e = Expr::compile(src, "f".into(), 1).expect(src);
@@ -651,8 +775,9 @@ mod tests {
             "event.list[1:2]",
             "event.x | replace('a', 'b')",
             "pseudonym(event.x)",
-            "date(event.x, offset='+03:00')",
+            "fail('no')",
             "event.x is string",
+            "event.x | lower",
         ] {
             assert!(Direct::compile(src).is_none(), "{src}");
         }

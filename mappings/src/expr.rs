@@ -175,6 +175,11 @@ impl Expr {
     }
 }
 
+/// The VM's value of `source` without variables (`None` when it fails).
+pub(crate) fn eval_source(source: &str) -> Option<Value> {
+    ENV.compile_expression(source).ok()?.eval(()).ok()
+}
+
 /// Names minijinja reads as literals or operators, never as variables.
 const KEYWORDS: &[&str] = &[
     "true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else",
