@@ -1372,7 +1372,7 @@ impl Mapping {
                 };
                 self.error_at(&e.field, e.line, label, failure)
             })?;
-            let Some(serde_json::Value::Object(body)) = rendered else {
+            let Some(serde_json::Value::Object(mut resource)) = rendered else {
                 return Err(self.invalid_fhir_at(
                     rule,
                     None,
@@ -1380,15 +1380,12 @@ impl Mapping {
                     "the resource rendered empty".into(),
                 ));
             };
-            let mut resource = serde_json::Map::with_capacity(body.len() + 1);
-            resource.insert("resourceType".into(), rule.resource_type.clone().into());
+            // `resourceType` first, then the `id` of an update, then the
+            // rest in file order: each moved (or put) in place, the other
+            // keys kept where they are.
+            resource.shift_insert(0, "resourceType".into(), rule.resource_type.clone().into());
             if rule.method == Method::Update {
-                resource.insert("id".into(), uuid.clone().into());
-            }
-            for (k, v) in body {
-                if k != "resourceType" && !(k == "id" && rule.method == Method::Update) {
-                    resource.insert(k, v);
-                }
+                resource.shift_insert(1, "id".into(), uuid.clone().into());
             }
             let resource = serde_json::Value::Object(resource);
             if validate_fhir {
