@@ -32,6 +32,7 @@ mod mapping;
 mod output;
 pub mod period;
 pub mod redact;
+mod shared_lets;
 mod spec;
 pub mod static_refs;
 mod table;

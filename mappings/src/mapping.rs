@@ -17,6 +17,7 @@ use crate::output::{
     Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
 };
 use crate::period::{Calendar, PeriodType};
+use crate::shared_lets::SharedLets;
 use crate::spec::{Method, RawAssert, RawDhis2, RawFhir, RawMapping, RawNode, RawTable};
 use crate::table::Table;
 use crate::template::{self, Place, Tpl};
@@ -69,6 +70,8 @@ pub struct Mapping {
     asserts: Vec<Assertion>,
     fhir: Vec<FhirRule>,
     pub(crate) dhis2: Vec<Dhis2Rule>,
+    /// Groups of rules that share their bindings.
+    let_groups: usize,
     pub(crate) tests: Vec<TestCase>,
     /// Every place an expression reads a field of the event.
     pub(crate) event_reads: Vec<EventRead>,
@@ -85,6 +88,8 @@ struct FhirRule {
     origin: Option<PathBuf>,
     for_each: Option<Expr>,
     lets: Vec<(Arc<str>, Expr)>,
+    /// The rules whose bindings this one shares ([`crate::shared_lets`]).
+    let_group: Option<usize>,
     when: Option<Expr>,
     id: Option<Expr>,
     method: Method,
@@ -125,6 +130,8 @@ pub(crate) struct Dhis2Rule {
     pub(crate) origin: Option<PathBuf>,
     for_each: Option<Expr>,
     pub(crate) lets: Vec<(Arc<str>, Expr)>,
+    /// The rules whose bindings this one shares ([`crate::shared_lets`]).
+    let_group: Option<usize>,
     key: Option<Expr>,
     pub(crate) data_element: IdField,
     pub(crate) category_option_combo: IdField,
@@ -517,6 +524,7 @@ fn compile_fhir(
         origin: None,
         for_each,
         lets,
+        let_group: None,
         when,
         id,
         method,
@@ -774,6 +782,7 @@ fn compile_dhis2(
         origin: None,
         for_each,
         lets,
+        let_group: None,
         key,
         data_element,
         category_option_combo,
@@ -1028,6 +1037,22 @@ impl Mapping {
             }
         }
         p.leave(file);
+        let (groups, let_groups) = crate::shared_lets::assign(
+            fhir.iter()
+                .map(|r| (r.for_each.as_ref(), r.lets.as_slice()))
+                .chain(
+                    dhis2
+                        .iter()
+                        .map(|r| (r.for_each.as_ref(), r.lets.as_slice())),
+                ),
+        );
+        let mut groups = groups.into_iter();
+        for r in &mut fhir {
+            r.let_group = groups.next().flatten();
+        }
+        for r in &mut dhis2 {
+            r.let_group = groups.next().flatten();
+        }
 
         if fhir.is_empty() && dhis2.is_empty() && p.list.is_empty() {
             p.at(
@@ -1071,6 +1096,7 @@ impl Mapping {
             asserts,
             fhir,
             dhis2,
+            let_groups,
             tests,
             event_reads: p.reads,
         })
@@ -1303,16 +1329,20 @@ impl Mapping {
         // bindings cannot read `refs`, so the values worked out here are
         // the ones its template reads.
         let mut included: Vec<(&FhirRule, Option<Item>, String, Vec<Value>)> = Vec::new();
+        let mut shared = SharedLets::new(self.let_groups);
         let mut refs = BTreeMap::new();
         let mut ids: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         for rule in &self.fhir {
             let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
             let mut rule_refs = Vec::new();
-            for item in items {
+            let count = items.len();
+            for (i, item) in items.into_iter().enumerate() {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
-                let let_values = self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+                let at = (rule.let_group, i, count);
+                let let_values =
+                    self.rule_lets(&rule.lets, at, &mut shared, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1432,11 +1462,13 @@ impl Mapping {
         let mut origins: Vec<(&Dhis2Rule, Option<usize>)> = Vec::with_capacity(self.dhis2.len());
         for rule in &self.dhis2 {
             let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
-            for item in items {
+            let count = items.len();
+            for (i, item) in items.into_iter().enumerate() {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
-                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+                let at = (rule.let_group, i, count);
+                self.rule_lets(&rule.lets, at, &mut shared, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1492,21 +1524,32 @@ impl Mapping {
         })
     }
 
-    /// Evaluates a rule's own bindings for the current item; their values,
-    /// in order.
+    /// Sets a rule's own bindings for the current item, `at` (the rule's
+    /// group, the item's index, the number of items): the values another
+    /// rule of the group worked out, else evaluated (and kept for the
+    /// others); their values, in order.
     fn rule_lets(
         &self,
         lets: &[(Arc<str>, Expr)],
+        (group, index, items): (Option<usize>, usize, usize),
+        shared: &mut SharedLets,
         scope_obj: &Scope,
         scope: &Value,
         label: &str,
     ) -> Result<Vec<Value>, MapError> {
+        if let Some(values) = shared.get(group, index, items) {
+            for ((name, _), v) in lets.iter().zip(values) {
+                scope_obj.set(name, v.clone());
+            }
+            return Ok(values.to_vec());
+        }
         let mut values = Vec::with_capacity(lets.len());
         for (name, e) in lets {
             let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
             scope_obj.set(name, v.clone());
             values.push(v);
         }
+        shared.keep(group, index, items, &values);
         Ok(values)
     }
 
