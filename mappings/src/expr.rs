@@ -126,6 +126,15 @@ impl Expr {
         self.eval_vm(scope)
     }
 
+    /// The value without minijinja's VM (the dotted-path lookup or the
+    /// direct evaluation), `None` where it would be needed.
+    pub(crate) fn eval_without_vm(&self, scope: &Value) -> Option<Value> {
+        match &self.path {
+            Some(p) => lookup(scope, p),
+            None => self.direct.as_ref()?.eval(scope),
+        }
+    }
+
     /// Evaluates with minijinja's VM alone.
     pub(crate) fn eval_vm(&self, scope: &Value) -> Result<Value, Failure> {
         self.compiled.eval(scope.clone()).map_err(|err| {

@@ -20,6 +20,7 @@
 //!   values of an event: those travel apart ([`MapError::values`]), for
 //!   operators only; text made by others is cut by [`redact::external`].
 
+mod constants;
 mod context;
 mod direct;
 mod error;

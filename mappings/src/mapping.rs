@@ -66,6 +66,9 @@ pub struct Mapping {
     event_id_first: bool,
     replaces: Option<Expr>,
     pub(crate) lets: Vec<(Arc<str>, Expr)>,
+    /// The value of each binding that reads only tables, worked out at
+    /// load ([`crate::constants`]).
+    let_constants: Vec<Option<Value>>,
     pub(crate) tables: Vec<(Arc<str>, Value)>,
     asserts: Vec<Assertion>,
     fhir: Vec<FhirRule>,
@@ -1091,6 +1094,7 @@ impl Mapping {
             event_id,
             event_id_first,
             replaces,
+            let_constants: crate::constants::of(&lets, &tables),
             lets,
             tables,
             asserts,
@@ -1289,10 +1293,13 @@ impl Mapping {
             early_id = self.eval_string(e, scope, &msg_label)?;
         }
         let let_label = early_id.clone().unwrap_or_else(|| msg_label.clone());
-        for (name, e) in &self.lets {
-            let v = e
-                .eval(scope)
-                .map_err(|m| self.field_error(e, &let_label, m))?;
+        for ((name, e), constant) in self.lets.iter().zip(&self.let_constants) {
+            let v = match constant {
+                Some(v) => v.clone(),
+                None => e
+                    .eval(scope)
+                    .map_err(|m| self.field_error(e, &let_label, m))?,
+            };
             scope_obj.set(name, v);
         }
         let event_id = match (&self.event_id, early_id) {
