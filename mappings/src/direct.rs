@@ -69,6 +69,14 @@ enum Node {
     Length(Box<Node>),
     /// A map literal.
     Map(Vec<(Node, Node)>),
+    /// `x | selectattr('path', 'eq', y)`: the items whose `path` equals `y`.
+    SelectEq(Box<Node>, Box<str>, Box<Node>),
+    /// `x | map(attribute='path')`.
+    MapAttr(Box<Node>, Box<str>),
+    /// `x | map('first')`.
+    MapFirst(Box<Node>),
+    /// `x | list` of a list.
+    List1(Box<Node>),
     /// One of Kiungo's functions, as a filter (its operand first) or a
     /// call; a call names the function, which a binding of that name
     /// would shadow.
@@ -211,6 +219,37 @@ fn convert(e: &ast::Expr<'_>, nodes: &mut usize) -> Node {
                     _ => Node::Vm,
                 },
                 "first" if no_args => Node::First(Box::new(operand)),
+                "list" if no_args => Node::List1(Box::new(operand)),
+                "selectattr" => match f.args.as_slice() {
+                    [
+                        ast::CallArg::Pos(ast::Expr::Const(path)),
+                        ast::CallArg::Pos(ast::Expr::Const(test)),
+                        ast::CallArg::Pos(arg),
+                    ] if matches!(test.value.as_str(), Some("eq" | "equalto" | "==")) => match path
+                        .value
+                        .as_str()
+                    {
+                        Some(path) => {
+                            Node::SelectEq(Box::new(operand), Box::from(path), boxed(arg, nodes))
+                        }
+                        None => Node::Vm,
+                    },
+                    _ => Node::Vm,
+                },
+                "map" => match f.args.as_slice() {
+                    [ast::CallArg::Kwarg("attribute", ast::Expr::Const(path))] => {
+                        match path.value.as_str() {
+                            Some(path) => Node::MapAttr(Box::new(operand), Box::from(path)),
+                            None => Node::Vm,
+                        }
+                    }
+                    [ast::CallArg::Pos(ast::Expr::Const(name))]
+                        if name.value.as_str() == Some("first") =>
+                    {
+                        Node::MapFirst(Box::new(operand))
+                    }
+                    _ => Node::Vm,
+                },
                 "length" | "count" if no_args => Node::Length(Box::new(operand)),
                 name => call(name, None, Some(operand), &f.args, nodes),
             }
@@ -349,6 +388,32 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
         Node::Length(v) => {
             Value::from(minijinja::filters::length(&defined(eval(v, scope, spent)?)?).ok()?)
         }
+        Node::SelectEq(of, path, arg) => {
+            let items = seq(eval(of, scope, spent)?, spent)?;
+            let arg = defined(eval(arg, scope, spent)?)?;
+            let mut kept = Vec::new();
+            for item in items {
+                let tested = get_path(&item, path)?;
+                charge(&tested, spent)?;
+                if tested == arg {
+                    kept.push(item);
+                }
+            }
+            Value::from(kept)
+        }
+        Node::MapAttr(of, path) => Value::from(
+            seq(eval(of, scope, spent)?, spent)?
+                .iter()
+                .map(|item| get_path(item, path))
+                .collect::<Option<Vec<Value>>>()?,
+        ),
+        Node::MapFirst(of) => Value::from(
+            seq(eval(of, scope, spent)?, spent)?
+                .iter()
+                .map(|item| minijinja::filters::first(&defined(item.clone())?).ok())
+                .collect::<Option<Vec<Value>>>()?,
+        ),
+        Node::List1(of) => Value::from(seq(eval(of, scope, spent)?, spent)?),
         Node::Map(entries) => {
             let mut map = BTreeMap::new();
             for (k, v) in entries {
@@ -390,6 +455,36 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
     };
     charge(&value, spent)?;
     Some(value)
+}
+
+/// The items of a list (never of text or a map, which these filters read
+/// otherwise), each counted against the budget; `None` for anything else.
+fn seq(value: Value, spent: &mut u64) -> Option<Vec<Value>> {
+    if value.kind() != ValueKind::Seq {
+        return None;
+    }
+    let len = value.len()? as u64;
+    *spent = spent.saturating_add(len.saturating_mul(ITEM_COST + NODE_COST));
+    if *spent > BUDGET {
+        return None;
+    }
+    Some(value.try_iter().ok()?.collect())
+}
+
+/// minijinja's attribute path (`a.b`, `a.0`) of a map item, as its
+/// `selectattr` and `map` read it; `None` for an item that is not a map.
+fn get_path(item: &Value, path: &str) -> Option<Value> {
+    if item.kind() != ValueKind::Map {
+        return None;
+    }
+    let mut at = item.clone();
+    for part in path.split('.') {
+        at = match part.parse::<usize>() {
+            Ok(i) => at.get_item_by_index(i).ok()?,
+            Err(_) => at.get_attr(part).ok()?,
+        };
+    }
+    Some(at)
 }
 
 /// `value` if it is defined and neither a container nor safe (marked-up)
@@ -607,6 +702,45 @@ mod tests {
             ("{'k': event.missing}", false),
             ("{'k': 1}['k']", true),
             ("{'k': 1} if event.nothing else none", true),
+            ("event.answers | selectattr('q', 'eq', 'y') | list", true),
+            (
+                "event.answers | selectattr('q', 'eq', 'y') | map(attribute='v') | first",
+                true,
+            ),
+            (
+                "event.answers | selectattr('q', 'equalto', 'z') | map(attribute='v') | first | default(0)",
+                true,
+            ),
+            (
+                "event.answers | selectattr('q', 'eq', 'x') | map(attribute='missing') | list",
+                true,
+            ),
+            ("event.answers | map(attribute='v') | list", true),
+            (
+                "event.answers | map(attribute='q') | map('first') | list",
+                true,
+            ),
+            (
+                "event.answers | map(attribute='v') | map('first') | list",
+                false,
+            ),
+            (
+                "event.answers | map(attribute='missing') | map('first') | list",
+                false,
+            ),
+            ("event.list | selectattr('k', 'eq', 'v') | list", false),
+            ("event.tags | list", true),
+            ("event.form | list", false),
+            ("event.fields | list", false),
+            ("event.missing | list", false),
+            (
+                "coalesce(event.answers | selectattr('q', 'eq', 'y') | map(attribute='v') | first)",
+                true,
+            ),
+            (
+                "coalesce(event.answers | selectattr('q', 'eq', 'w') | map(attribute='v') | first)",
+                true,
+            ),
             ("lookup(places, event.fields.visit.place)", true),
             ("lookup(places, 'nowhere')", false),
             ("lookup(places, 'nowhere', 'x')", true),
