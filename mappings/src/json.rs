@@ -52,10 +52,17 @@ impl JsonNode {
 
     /// The child `seg` of `child`'s JSON, kept for later reads.
     fn keep(&self, child: &serde_json::Value, seg: Seg) -> Value {
-        let mut path = Vec::with_capacity(self.path.len() + 1);
-        path.extend(self.path.iter().cloned());
-        path.push(seg.clone());
-        let value = node(&self.root, child, path);
+        let value = match child {
+            // Only an object or array needs its path (most reads are of
+            // scalars).
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                let mut path = Vec::with_capacity(self.path.len() + 1);
+                path.extend(self.path.iter().cloned());
+                path.push(seg.clone());
+                node(&self.root, child, path)
+            }
+            leaf => scalar(leaf),
+        };
         if let Ok(mut read) = self.read.lock() {
             read.push((seg, value.clone()));
         }
