@@ -43,7 +43,12 @@ impl Scope {
 
 impl Object for Scope {
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let key = key.as_str()?;
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    /// Every name an expression reads comes here (minijinja's fast
+    /// lookup), without making a key value first.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
         let vars = self.vars.lock().ok()?;
         vars.iter()
             .rev()

@@ -47,6 +47,11 @@ pub(crate) struct Expr {
     /// pack's expressions are such paths). Any name not found falls back
     /// to the compiled expression, so errors read as before.
     path: Option<Box<[Box<str>]>>,
+    /// For another expression of a shape [`crate::direct`] evaluates
+    /// (comparisons, `~`, `in`, tests, Kiungo's value functions, ...):
+    /// that evaluation, which leaves anything unusual to the compiled
+    /// expression.
+    direct: Option<crate::direct::Direct>,
 }
 
 impl fmt::Debug for Expr {
@@ -69,9 +74,15 @@ impl Expr {
         let compiled = ENV
             .compile_expression_owned(source.to_owned())
             .map_err(|e| full_text(&e))?;
+        let path = dotted_path(source);
+        let direct = match path {
+            Some(_) => None,
+            None => crate::direct::Direct::compile(source),
+        };
         Ok(Self {
             compiled,
-            path: dotted_path(source),
+            path,
+            direct,
             source: Arc::from(source),
             field,
             line,
@@ -106,6 +117,26 @@ impl Expr {
         if let Some(value) = self.path.as_deref().and_then(|p| lookup(scope, p)) {
             return Ok(value);
         }
+        if let Some(value) = self.direct.as_ref().and_then(|d| d.eval(scope)) {
+            // Every unit test checks each direct value against the VM's.
+            #[cfg(test)]
+            crate::direct::check_against_vm(self, scope, &value);
+            return Ok(value);
+        }
+        self.eval_vm(scope)
+    }
+
+    /// The value without minijinja's VM (the dotted-path lookup or the
+    /// direct evaluation), `None` where it would be needed.
+    pub(crate) fn eval_without_vm(&self, scope: &Value) -> Option<Value> {
+        match &self.path {
+            Some(p) => lookup(scope, p),
+            None => self.direct.as_ref()?.eval(scope),
+        }
+    }
+
+    /// Evaluates with minijinja's VM alone.
+    pub(crate) fn eval_vm(&self, scope: &Value) -> Result<Value, Failure> {
         self.compiled.eval(scope.clone()).map_err(|err| {
             let undefined = err.kind() == minijinja::ErrorKind::UndefinedError;
             let mut failure = describe(err);
@@ -151,6 +182,11 @@ impl Expr {
         }
         None
     }
+}
+
+/// The VM's value of `source` without variables (`None` when it fails).
+pub(crate) fn eval_source(source: &str) -> Option<Value> {
+    ENV.compile_expression(source).ok()?.eval(()).ok()
 }
 
 /// Names minijinja reads as literals or operators, never as variables.

@@ -398,6 +398,85 @@ fn coalesce(args: minijinja::value::Rest<Value>) -> Value {
         .unwrap_or(Value::from(()))
 }
 
+/// Kiungo's functions that [`crate::direct`] calls without the VM: each
+/// reads its arguments alone, no engine state, so calling it here gives
+/// what the VM's call gives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Direct {
+    Date,
+    Datetime,
+    Period,
+    Age,
+    Uuid5,
+    Squish,
+    Digits,
+    Number,
+    Lookup,
+    Coalesce,
+}
+
+impl Direct {
+    /// The function applied as the filter `name` to `args` values (its
+    /// operand and its positional arguments).
+    pub(crate) fn filter(name: &str, args: usize) -> Option<Self> {
+        Some(match (name, args) {
+            ("date", 1) => Self::Date,
+            ("datetime", 1) => Self::Datetime,
+            ("period", 2) => Self::Period,
+            ("age", 2) => Self::Age,
+            ("uuid5", 1) => Self::Uuid5,
+            ("squish", 1) => Self::Squish,
+            ("digits", 1) => Self::Digits,
+            ("number", 1) => Self::Number,
+            _ => return None,
+        })
+    }
+
+    /// The function `name` called with `args` positional arguments.
+    pub(crate) fn function(name: &str, args: usize) -> Option<Self> {
+        match (name, args) {
+            ("lookup", 2 | 3) => Some(Self::Lookup),
+            ("coalesce", _) => Some(Self::Coalesce),
+            _ => Self::filter(name, args),
+        }
+    }
+
+    /// Whether undefined arguments are passed (else the VM takes them).
+    pub(crate) fn takes_undefined(self) -> bool {
+        matches!(self, Self::Coalesce)
+    }
+
+    /// Whether the function takes keyword arguments.
+    pub(crate) fn takes_kwargs(self) -> bool {
+        matches!(
+            self,
+            Self::Date | Self::Datetime | Self::Period | Self::Age | Self::Uuid5
+        )
+    }
+
+    /// The function's value; `None` on an error (the VM then says it) or
+    /// arguments the VM would read differently.
+    pub(crate) fn call(self, args: &[Value], kwargs: Vec<(&str, Value)>) -> Option<Value> {
+        let kw = || Kwargs::from_iter(kwargs.iter().map(|(k, v)| (*k, v.clone())));
+        match (self, args) {
+            (Self::Date, [v]) => date(v, kw()).ok(),
+            (Self::Datetime, [v]) => datetime(v, kw()).ok(),
+            (Self::Period, [v, t]) => period(v, t.as_str()?, kw()).ok(),
+            (Self::Age, [birth, at]) => age(birth, at, kw()).ok(),
+            (Self::Uuid5, [v]) => uuid5(v, kw()).ok(),
+            (Self::Squish, [v]) => squish(v).ok(),
+            (Self::Digits, [v]) => digits(v).ok(),
+            (Self::Number, [v]) => number(v).ok(),
+            (Self::Lookup, [table, key]) => lookup(table, key, None).ok(),
+            (Self::Lookup, [table, key, default]) if !default.is_none() => {
+                lookup(table, key, Some(default.clone())).ok()
+            }
+            (Self::Coalesce, args) => Some(coalesce(minijinja::value::Rest(args.to_vec()))),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -1,6 +1,6 @@
 //! Conversions between event JSON and expression values.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use minijinja::Value;
 use minijinja::value::{Enumerator, Object, ObjectRepr, ValueKind};
@@ -13,17 +13,23 @@ pub(crate) fn lazy(root: Arc<serde_json::Value>) -> Value {
 }
 
 /// A segment of the path from the payload root to a node.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Seg {
     Key(Arc<str>),
     Index(usize),
 }
 
 /// An object or array inside a payload, addressed by its path.
+///
+/// What an expression reads under it is kept (`read`): a payload is read
+/// by a few dozen expressions per event, most through the same few
+/// objects (`event.fields.…`), and each child is then found and made
+/// once per event rather than once per read.
 #[derive(Debug)]
 struct JsonNode {
     root: Arc<serde_json::Value>,
-    path: Vec<Seg>,
+    path: Box<[Seg]>,
+    read: Mutex<Vec<(Seg, Value)>>,
 }
 
 impl JsonNode {
@@ -37,6 +43,31 @@ impl JsonNode {
         }
         Some(at)
     }
+
+    /// A child read before.
+    fn known(&self, found: impl Fn(&Seg) -> bool) -> Option<Value> {
+        let read = self.read.lock().ok()?;
+        read.iter().find(|(s, _)| found(s)).map(|(_, v)| v.clone())
+    }
+
+    /// The child `seg` of `child`'s JSON, kept for later reads.
+    fn keep(&self, child: &serde_json::Value, seg: Seg) -> Value {
+        let value = match child {
+            // Only an object or array needs its path (most reads are of
+            // scalars).
+            serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                let mut path = Vec::with_capacity(self.path.len() + 1);
+                path.extend(self.path.iter().cloned());
+                path.push(seg.clone());
+                node(&self.root, child, path)
+            }
+            leaf => scalar(leaf),
+        };
+        if let Ok(mut read) = self.read.lock() {
+            read.push((seg, value.clone()));
+        }
+        value
+    }
 }
 
 /// A value for `json`, which sits at `path` under `root`.
@@ -45,7 +76,8 @@ fn node(root: &Arc<serde_json::Value>, json: &serde_json::Value, path: Vec<Seg>)
         serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
             Value::from_object(JsonNode {
                 root: root.clone(),
-                path,
+                path: path.into_boxed_slice(),
+                read: Mutex::new(Vec::new()),
             })
         }
         leaf => scalar(leaf),
@@ -61,22 +93,30 @@ impl Object for JsonNode {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        let here = self.resolve()?;
-        let (child, seg) = match here {
+        if let Some(k) = key.as_str() {
+            return self.get_value_by_str(k);
+        }
+        let i = usize::try_from(key.as_i64()?).ok()?;
+        if let Some(v) = self.known(|s| *s == Seg::Index(i)) {
+            return Some(v);
+        }
+        match self.resolve()? {
+            serde_json::Value::Array(items) => Some(self.keep(items.get(i)?, Seg::Index(i))),
+            _ => None,
+        }
+    }
+
+    /// Attribute reads (`event.fields`), without making a key value first.
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        if let Some(v) = self.known(|s| matches!(s, Seg::Key(k) if &**k == key)) {
+            return Some(v);
+        }
+        match self.resolve()? {
             serde_json::Value::Object(map) => {
-                let k = key.as_str()?;
-                (map.get(k)?, Seg::Key(Arc::from(k)))
+                Some(self.keep(map.get(key)?, Seg::Key(Arc::from(key))))
             }
-            serde_json::Value::Array(items) => {
-                let i = usize::try_from(key.as_i64()?).ok()?;
-                (items.get(i)?, Seg::Index(i))
-            }
-            _ => return None,
-        };
-        let mut path = Vec::with_capacity(self.path.len() + 1);
-        path.extend(self.path.iter().cloned());
-        path.push(seg);
-        Some(node(&self.root, child, path))
+            _ => None,
+        }
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
@@ -177,6 +217,29 @@ mod tests {
         assert!(lazy.get_attr("missing").expect("lookup").is_undefined());
         assert_eq!(lazy.kind(), ValueKind::Map);
         assert_eq!(a.kind(), ValueKind::Seq);
+    }
+
+    #[test]
+    fn children_read_twice_read_the_same() {
+        let input = json!({"a": {"b": [1, {"c": "x"}], "n": null}, "s": "t", "k": 2});
+        let root = lazy(Arc::new(input));
+        for _ in 0..2 {
+            let a = root.get_attr("a").expect("a");
+            let b = a.get_attr("b").expect("b");
+            assert_eq!(b.get_item(&Value::from(0)).expect("0"), Value::from(1));
+            let c = b.get_item(&Value::from(1)).expect("1").get_attr("c");
+            assert_eq!(c.expect("c").as_str(), Some("x"));
+            assert!(b.get_item(&Value::from(2)).expect("2").is_undefined());
+            assert!(b.get_attr("c").expect("attr of a list").is_undefined());
+            assert!(
+                a.get_item(&Value::from(0))
+                    .expect("index of a map")
+                    .is_undefined()
+            );
+            assert!(a.get_attr("n").expect("n").is_none());
+            assert_eq!(root.get_attr("s").expect("s").as_str(), Some("t"));
+            assert_eq!(root.get_attr("k").expect("k"), Value::from(2));
+        }
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //!   values of an event: those travel apart ([`MapError::values`]), for
 //!   operators only; text made by others is cut by [`redact::external`].
 
+mod constants;
 mod context;
+mod direct;
 mod error;
 mod event_fields;
 mod expr;
@@ -31,6 +33,7 @@ mod mapping;
 mod output;
 pub mod period;
 pub mod redact;
+mod shared_lets;
 mod spec;
 pub mod static_refs;
 mod table;

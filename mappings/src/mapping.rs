@@ -17,6 +17,7 @@ use crate::output::{
     Aggregation, DEFAULT_COMBO, Dhis2Contribution, FhirEntry, FhirRequest, MappedEvent,
 };
 use crate::period::{Calendar, PeriodType};
+use crate::shared_lets::SharedLets;
 use crate::spec::{Method, RawAssert, RawDhis2, RawFhir, RawMapping, RawNode, RawTable};
 use crate::table::Table;
 use crate::template::{self, Place, Tpl};
@@ -65,10 +66,15 @@ pub struct Mapping {
     event_id_first: bool,
     replaces: Option<Expr>,
     pub(crate) lets: Vec<(Arc<str>, Expr)>,
+    /// The value of each binding that reads only tables, worked out at
+    /// load ([`crate::constants`]).
+    let_constants: Vec<Option<Value>>,
     pub(crate) tables: Vec<(Arc<str>, Value)>,
     asserts: Vec<Assertion>,
     fhir: Vec<FhirRule>,
     pub(crate) dhis2: Vec<Dhis2Rule>,
+    /// Groups of rules that share their bindings.
+    let_groups: usize,
     pub(crate) tests: Vec<TestCase>,
     /// Every place an expression reads a field of the event.
     pub(crate) event_reads: Vec<EventRead>,
@@ -85,6 +91,8 @@ struct FhirRule {
     origin: Option<PathBuf>,
     for_each: Option<Expr>,
     lets: Vec<(Arc<str>, Expr)>,
+    /// The rules whose bindings this one shares ([`crate::shared_lets`]).
+    let_group: Option<usize>,
     when: Option<Expr>,
     id: Option<Expr>,
     method: Method,
@@ -125,6 +133,8 @@ pub(crate) struct Dhis2Rule {
     pub(crate) origin: Option<PathBuf>,
     for_each: Option<Expr>,
     pub(crate) lets: Vec<(Arc<str>, Expr)>,
+    /// The rules whose bindings this one shares ([`crate::shared_lets`]).
+    let_group: Option<usize>,
     key: Option<Expr>,
     pub(crate) data_element: IdField,
     pub(crate) category_option_combo: IdField,
@@ -517,6 +527,7 @@ fn compile_fhir(
         origin: None,
         for_each,
         lets,
+        let_group: None,
         when,
         id,
         method,
@@ -774,6 +785,7 @@ fn compile_dhis2(
         origin: None,
         for_each,
         lets,
+        let_group: None,
         key,
         data_element,
         category_option_combo,
@@ -1028,6 +1040,22 @@ impl Mapping {
             }
         }
         p.leave(file);
+        let (groups, let_groups) = crate::shared_lets::assign(
+            fhir.iter()
+                .map(|r| (r.for_each.as_ref(), r.lets.as_slice()))
+                .chain(
+                    dhis2
+                        .iter()
+                        .map(|r| (r.for_each.as_ref(), r.lets.as_slice())),
+                ),
+        );
+        let mut groups = groups.into_iter();
+        for r in &mut fhir {
+            r.let_group = groups.next().flatten();
+        }
+        for r in &mut dhis2 {
+            r.let_group = groups.next().flatten();
+        }
 
         if fhir.is_empty() && dhis2.is_empty() && p.list.is_empty() {
             p.at(
@@ -1066,11 +1094,13 @@ impl Mapping {
             event_id,
             event_id_first,
             replaces,
+            let_constants: crate::constants::of(&lets, &tables),
             lets,
             tables,
             asserts,
             fhir,
             dhis2,
+            let_groups,
             tests,
             event_reads: p.reads,
         })
@@ -1263,10 +1293,13 @@ impl Mapping {
             early_id = self.eval_string(e, scope, &msg_label)?;
         }
         let let_label = early_id.clone().unwrap_or_else(|| msg_label.clone());
-        for (name, e) in &self.lets {
-            let v = e
-                .eval(scope)
-                .map_err(|m| self.field_error(e, &let_label, m))?;
+        for ((name, e), constant) in self.lets.iter().zip(&self.let_constants) {
+            let v = match constant {
+                Some(v) => v.clone(),
+                None => e
+                    .eval(scope)
+                    .map_err(|m| self.field_error(e, &let_label, m))?,
+            };
             scope_obj.set(name, v);
         }
         let event_id = match (&self.event_id, early_id) {
@@ -1299,17 +1332,24 @@ impl Mapping {
         }
 
         // Which resources exist, and their ids, before any template renders.
-        let mut included: Vec<(&FhirRule, Option<Item>, String)> = Vec::new();
+        // Each entry's rule, item, resource id and `let` values: a rule's
+        // bindings cannot read `refs`, so the values worked out here are
+        // the ones its template reads.
+        let mut included: Vec<(&FhirRule, Option<Item>, String, Vec<Value>)> = Vec::new();
+        let mut shared = SharedLets::new(self.let_groups);
         let mut refs = BTreeMap::new();
         let mut ids: HashMap<String, (usize, Option<usize>)> = HashMap::new();
         for rule in &self.fhir {
             let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
             let mut rule_refs = Vec::new();
-            for item in items {
+            let count = items.len();
+            for (i, item) in items.into_iter().enumerate() {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
-                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+                let at = (rule.let_group, i, count);
+                let let_values =
+                    self.rule_lets(&rule.lets, at, &mut shared, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1330,7 +1370,7 @@ impl Mapping {
                 let key = format!("{}/{uuid}", rule.resource_type);
                 let here = (included.len(), item.as_ref().map(|i| i.index));
                 if let Some(&(first, first_item)) = ids.get(&key) {
-                    let other = included.get(first).map(|(r, _, _)| *r);
+                    let other = included.get(first).map(|(r, _, _, _)| *r);
                     return Err(self.duplicate_entry(rule, here.1, other, first_item, label));
                 }
                 ids.insert(key, here);
@@ -1339,7 +1379,7 @@ impl Mapping {
                     Method::Create | Method::ConditionalUpdate => format!("urn:uuid:{uuid}"),
                 };
                 rule_refs.push(Value::from(reference));
-                included.push((rule, item, uuid));
+                included.push((rule, item, uuid, let_values));
             }
             if rule.for_each.is_some() {
                 refs.insert(Arc::<str>::from(rule.name.as_str()), Value::from(rule_refs));
@@ -1354,11 +1394,13 @@ impl Mapping {
         // against the bundle once all its entries are made.
         let mut rules: Vec<&FhirRule> = Vec::with_capacity(included.len());
         let mut urns = Vec::new();
-        for (rule, item, uuid) in included {
+        for (rule, item, uuid, let_values) in included {
             if let Some(it) = &item {
                 set_item(scope_obj, it);
             }
-            self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+            for ((name, _), value) in rule.lets.iter().zip(let_values) {
+                scope_obj.set(name, value);
+            }
             let rendered = template::render(&rule.template, scope).map_err(|e| {
                 let failure = Failure {
                     message: e.message,
@@ -1367,7 +1409,7 @@ impl Mapping {
                 };
                 self.error_at(&e.field, e.line, label, failure)
             })?;
-            let Some(serde_json::Value::Object(body)) = rendered else {
+            let Some(serde_json::Value::Object(mut resource)) = rendered else {
                 return Err(self.invalid_fhir_at(
                     rule,
                     None,
@@ -1375,15 +1417,12 @@ impl Mapping {
                     "the resource rendered empty".into(),
                 ));
             };
-            let mut resource = serde_json::Map::with_capacity(body.len() + 1);
-            resource.insert("resourceType".into(), rule.resource_type.clone().into());
+            // `resourceType` first, then the `id` of an update, then the
+            // rest in file order: each moved (or put) in place, the other
+            // keys kept where they are.
+            resource.shift_insert(0, "resourceType".into(), rule.resource_type.clone().into());
             if rule.method == Method::Update {
-                resource.insert("id".into(), uuid.clone().into());
-            }
-            for (k, v) in body {
-                if k != "resourceType" && !(k == "id" && rule.method == Method::Update) {
-                    resource.insert(k, v);
-                }
+                resource.shift_insert(1, "id".into(), uuid.clone().into());
             }
             let resource = serde_json::Value::Object(resource);
             if validate_fhir {
@@ -1430,11 +1469,13 @@ impl Mapping {
         let mut origins: Vec<(&Dhis2Rule, Option<usize>)> = Vec::with_capacity(self.dhis2.len());
         for rule in &self.dhis2 {
             let items = self.items(rule.for_each.as_ref(), scope_obj, scope, label)?;
-            for item in items {
+            let count = items.len();
+            for (i, item) in items.into_iter().enumerate() {
                 if let Some(it) = &item {
                     set_item(scope_obj, it);
                 }
-                self.rule_lets(&rule.lets, scope_obj, scope, label)?;
+                let at = (rule.let_group, i, count);
+                self.rule_lets(&rule.lets, at, &mut shared, scope_obj, scope, label)?;
                 if !self.eval_when(rule.when.as_ref(), scope, label)? {
                     continue;
                 }
@@ -1490,19 +1531,33 @@ impl Mapping {
         })
     }
 
-    /// Evaluates a rule's own bindings for the current item.
+    /// Sets a rule's own bindings for the current item, `at` (the rule's
+    /// group, the item's index, the number of items): the values another
+    /// rule of the group worked out, else evaluated (and kept for the
+    /// others); their values, in order.
     fn rule_lets(
         &self,
         lets: &[(Arc<str>, Expr)],
+        (group, index, items): (Option<usize>, usize, usize),
+        shared: &mut SharedLets,
         scope_obj: &Scope,
         scope: &Value,
         label: &str,
-    ) -> Result<(), MapError> {
+    ) -> Result<Vec<Value>, MapError> {
+        if let Some(values) = shared.get(group, index, items) {
+            for ((name, _), v) in lets.iter().zip(values) {
+                scope_obj.set(name, v.clone());
+            }
+            return Ok(values.to_vec());
+        }
+        let mut values = Vec::with_capacity(lets.len());
         for (name, e) in lets {
             let v = e.eval(scope).map_err(|m| self.field_error(e, label, m))?;
-            scope_obj.set(name, v);
+            scope_obj.set(name, v.clone());
+            values.push(v);
         }
-        Ok(())
+        shared.keep(group, index, items, &values);
+        Ok(values)
     }
 
     /// The items a rule runs for: `[None]` without `for_each`, else each

@@ -53,6 +53,23 @@ impl Table {
         self.rows.len()
     }
 
+    /// A table of `rows` (key, value), as an expression value.
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, rows: &[(&str, &str)]) -> Value {
+        Value::from_object(Self {
+            name: name.to_owned(),
+            rows: rows
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                .collect(),
+            value_column: Some("value".into()),
+            order: rows.iter().map(|(k, _)| ((*k).to_owned(), 0)).collect(),
+            csv: None,
+            declared_in: PathBuf::new(),
+            declared_line: 0,
+        })
+    }
+
     /// The cells of `column` that `lookup` can return, in file order, with
     /// where each is written: every row's, or the row of `key` only. A
     /// table with a `value` column returns that column only; `None` when

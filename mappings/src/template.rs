@@ -22,7 +22,38 @@ pub(crate) enum Tpl {
     /// An array.
     Array(Vec<Tpl>),
     /// An object, in file order.
-    Object(Vec<(String, Tpl)>),
+    Object(Obj),
+}
+
+/// An object of a template.
+#[derive(Debug)]
+pub(crate) struct Obj {
+    /// The entries, in file order.
+    entries: Vec<(String, Tpl)>,
+    /// What rendering starts from, when the keys are distinct: every entry
+    /// that can give a value, in file order, with its literal value or
+    /// null for the parts to render (which never render null). Cloning it
+    /// hashes no key, where inserting the keys one by one hashes each.
+    skeleton: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Obj {
+    fn new(entries: Vec<(String, Tpl)>) -> Self {
+        let mut skeleton = serde_json::Map::with_capacity(entries.len());
+        let mut distinct = true;
+        for (k, t) in &entries {
+            let value = match t {
+                Tpl::Lit(None) => continue,
+                Tpl::Lit(Some(v)) => v.clone(),
+                _ => serde_json::Value::Null,
+            };
+            distinct &= skeleton.insert(k.clone(), value).is_none();
+        }
+        Self {
+            skeleton: distinct.then_some(skeleton),
+            entries,
+        }
+    }
 }
 
 /// A failure while rendering: the field and line at fault and the message.
@@ -76,7 +107,7 @@ pub(crate) fn compile(
                 .map(|(i, item)| compile(item, &format!("{field}[{i}]"), errors, check))
                 .collect(),
         )),
-        RawNode::Map(entries) => fold(Tpl::Object(
+        RawNode::Map(entries) => fold(Tpl::Object(Obj::new(
             entries
                 .iter()
                 .map(|(k, v)| {
@@ -86,7 +117,7 @@ pub(crate) fn compile(
                     )
                 })
                 .collect(),
-        )),
+        ))),
         _ => Tpl::Lit(None),
     }
 }
@@ -204,7 +235,7 @@ pub(crate) fn shape(node: &Spanned<RawNode>, place: Place, places: &mut Vec<Plac
 fn fold(tpl: Tpl) -> Tpl {
     let all_lit = match &tpl {
         Tpl::Array(items) => items.iter().all(|t| matches!(t, Tpl::Lit(_))),
-        Tpl::Object(entries) => entries.iter().all(|(_, t)| matches!(t, Tpl::Lit(_))),
+        Tpl::Object(o) => o.entries.iter().all(|(_, t)| matches!(t, Tpl::Lit(_))),
         _ => false,
     };
     if !all_lit {
@@ -242,12 +273,37 @@ pub(crate) fn render(tpl: &Tpl, scope: &Value) -> Result<Option<serde_json::Valu
             }
             Ok((!out.is_empty()).then_some(serde_json::Value::Array(out)))
         }
-        Tpl::Object(entries) => {
-            let mut out = serde_json::Map::with_capacity(entries.len());
-            for (k, t) in entries {
-                if let Some(v) = render(t, scope)? {
-                    out.insert(k.clone(), v);
+        Tpl::Object(o) => {
+            let Some(skeleton) = &o.skeleton else {
+                let mut out = serde_json::Map::with_capacity(o.entries.len());
+                for (k, t) in &o.entries {
+                    if let Some(v) = render(t, scope)? {
+                        out.insert(k.clone(), v);
+                    }
                 }
+                return Ok((!out.is_empty()).then_some(serde_json::Value::Object(out)));
+            };
+            // The skeleton's slots are the entries that can give a value,
+            // in order: the literal ones are filled, the others rendered
+            // in order (so the first error is the one the file order
+            // gives), and those that give nothing left out.
+            let mut out = skeleton.clone();
+            let mut left_out = false;
+            let parts = o
+                .entries
+                .iter()
+                .filter(|(_, t)| !matches!(t, Tpl::Lit(None)));
+            for (slot, (_, t)) in out.values_mut().zip(parts) {
+                if matches!(t, Tpl::Lit(_)) {
+                    continue;
+                }
+                match render(t, scope)? {
+                    Some(v) => *slot = v,
+                    None => left_out = true,
+                }
+            }
+            if left_out {
+                out.retain(|_, v| !v.is_null());
             }
             Ok((!out.is_empty()).then_some(serde_json::Value::Object(out)))
         }
