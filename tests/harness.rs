@@ -672,6 +672,12 @@ pub fn process_cpu_seconds(pid: &str) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// CPU seconds `pid` (as `process_cpu_seconds` names it) spent since it
+/// had spent `before`; `None` when either reading is missing.
+pub fn process_cpu_since(pid: &str, before: Option<f64>) -> Option<f64> {
+    process_cpu_seconds(pid).zip(before).map(|(b, a)| b - a)
+}
+
 /// The command line of process `pid`, its arguments joined by spaces;
 /// `None` when the process is gone.
 pub fn process_cmdline(pid: &str) -> Option<String> {

@@ -191,9 +191,7 @@ async fn main() -> anyhow::Result<()> {
         store.commit(batch).await?;
     }
     let wall = t.elapsed().as_secs_f64();
-    let cpu = kiungo_tests::harness::process_cpu_seconds("self")
-        .zip(cpu0)
-        .map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_since("self", cpu0);
     let n = timed.len() as f64;
     let threads1 = cpu_by_thread();
     let server = server_cpu() - server0;

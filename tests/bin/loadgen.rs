@@ -226,9 +226,7 @@ async fn bare_consumer(
     .into_iter()
     .sum::<anyhow::Result<usize>>()?;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = kiungo_tests::harness::process_cpu_seconds("self")
-        .zip(cpu0)
-        .map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_since("self", cpu0);
     conn.close(200, "done".into()).await?;
     Ok((acked as f64 / secs, cpu))
 }
@@ -358,9 +356,7 @@ async fn kiungo(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = kiungo_tests::harness::process_cpu_seconds(&pid.to_string())
-        .zip(cpu0)
-        .map(|(b, a)| b - a);
+    let cpu = kiungo_tests::harness::process_cpu_since(&pid.to_string(), cpu0);
     let hwm = rss_kb(pid, "VmHWM:").unwrap_or(0);
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
