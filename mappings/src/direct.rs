@@ -410,7 +410,12 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
         Node::MapFirst(of) => Value::from(
             seq(eval(of, scope, spent)?, spent)?
                 .iter()
-                .map(|item| minijinja::filters::first(&defined(item.clone())?).ok())
+                .map(|item| {
+                    // The VM charges each item's text: `first` is called
+                    // on it as a filter is.
+                    charge(item, spent)?;
+                    minijinja::filters::first(&defined(item.clone())?).ok()
+                })
                 .collect::<Option<Vec<Value>>>()?,
         ),
         Node::List1(of) => Value::from(seq(eval(of, scope, spent)?, spent)?),
@@ -915,6 +920,42 @@ mod tests {
         ] {
             assert!(Direct::compile(src).is_none(), "{src}");
         }
+    }
+
+    /// A scope whose event is `payload`.
+    fn event_scope(payload: serde_json::Value) -> Value {
+        let mut vars: HashMap<Arc<str>, Value> = HashMap::new();
+        vars.insert(Arc::from("event"), crate::json::lazy(Arc::new(payload)));
+        Value::from_dyn_object(Scope::new(vars))
+    }
+
+    /// `map('first')` over a list of long texts: the VM charges each
+    /// item's text (it calls `first` on it as a filter), so a list of 100
+    /// texts of 40 000 bytes runs it out of fuel. The direct evaluation
+    /// counted the items but not their text and answered `['x', ...]`
+    /// where the VM fails; it now leaves such a list to the VM, and the
+    /// expression fails as the VM says.
+    #[test]
+    fn map_first_over_long_texts_is_left_to_the_vm() {
+        let src = "event.l | map('first') | list";
+        let e = Expr::compile(src, "f".into(), 1).expect("compiles");
+        let d = Direct::compile(src).expect("direct shape");
+
+        let scope = event_scope(serde_json::json!({ "l": vec!["x".repeat(40_000); 100] }));
+        let vm = e.eval_vm(&scope).expect_err("the VM runs out of fuel");
+        assert!(vm.message.contains("ran out of fuel"), "{}", vm.message);
+        assert_eq!(d.eval(&scope), None);
+        let via_eval = e.eval(&scope).expect_err("fails as the VM does");
+        assert_eq!(via_eval.message, vm.message);
+
+        // Short texts are still evaluated directly, as the VM does.
+        let scope = event_scope(serde_json::json!({ "l": ["ab", "😀c", ""] }));
+        let direct = d.eval(&scope).expect("evaluated directly");
+        let first = |s: &str| Value::from(s);
+        let expected = Value::from(vec![first("a"), first("😀"), Value::UNDEFINED]);
+        assert_eq!(direct, expected);
+        assert_eq!(direct.to_string(), "['a', '😀', undefined]");
+        assert_eq!(e.eval_vm(&scope).expect("VM"), direct);
     }
 
     #[test]
