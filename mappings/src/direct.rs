@@ -969,4 +969,220 @@ mod tests {
         let d = Direct::compile("'y' ~ 'z'").expect("direct shape");
         assert_eq!(d.eval(&scope), Some(Value::from("yz")));
     }
+    /// A payload of hostile values: numbers at the edges, text with
+    /// astral and combining characters, keys that look like numbers,
+    /// lists of non-maps, maps with missing and null paths, dates at the
+    /// calendar's edges; the names [`hostile_names`] lists.
+    fn hostile_payload() -> serde_json::Value {
+        serde_json::json!({
+            "imax": i64::MAX, "imin": i64::MIN, "umax": u64::MAX, "big": 1e308,
+            "tiny": 5e-324, "negz": -0.0, "zero": 0, "fz": 0.0, "one": 1, "onef": 1.0,
+            "t": true, "f": false, "none": null, "s": "", "space": " ",
+            "astral": "😀x", "comb": "e\u{301}", "num": "1", "numf": "1.0", "nan": "NaN",
+            "repl": "\u{fffd}", "nul": "\u{0}",
+            "empty_list": [], "empty_map": {},
+            "mixed": [1, "1", true, null, [1], {"q": 1}, 1.0, -0.0],
+            "nomaps": ["a", 1, null, ""],
+            "rows": [{"q": "y", "v": 1}, {"v": 2}, {"q": null, "v": 3}, {"q": "y", "v": null}],
+            "numkeys": {"0": "zero", "1": "one", "-1": "m", "": "blank"},
+            "nested": [[1, 2], [], ["x"], [[]]],
+            "maps_of_lists": [{"q": [1]}, {"q": [1]}, {"q": []}],
+            "deep": {"a": {"b": {"c": null}}},
+            "day0": "0000-01-01", "day9": "9999-12-31T23:59:59-12:00",
+            "msbig": 253_402_300_799_999i64, "msneg": -62_135_596_800_001i64,
+            "feb": "2024-02-29", "leap": "2100-02-29", "pad": " 2024-03-05 ",
+            "fr": "05/03/2024",
+        })
+    }
+
+    /// The payload keys of [`hostile_payload`], and one it lacks.
+    fn hostile_names() -> Vec<String> {
+        let payload = hostile_payload();
+        let mut names: Vec<String> = payload
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        names.push("missing".into());
+        names
+    }
+
+    /// `src` gives the same through [`Expr::eval`] (direct where it can,
+    /// each direct value checked by [`check_against_vm`]) as through the
+    /// VM alone: the same value (kind, text, JSON) or the same error
+    /// message. Returns whether the direct evaluation answered.
+    fn same_as_vm(src: &str, scope: &Value) -> bool {
+        let e = Expr::compile(src, "f".into(), 1).expect(src);
+        let direct = e.eval_without_vm(scope).is_some();
+        match (e.eval(scope), e.eval_vm(scope)) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a, b, "{src}");
+                assert_eq!(a.kind(), b.kind(), "{src}");
+                assert_eq!(a.to_string(), b.to_string(), "{src}");
+                assert_eq!(
+                    crate::json::from_value(&a),
+                    crate::json::from_value(&b),
+                    "{src}"
+                );
+            }
+            (Err(a), Err(b)) => assert_eq!(a.message, b.message, "{src}"),
+            (a, b) => panic!("{src}: {a:?} vs {b:?}"),
+        }
+        direct
+    }
+
+    /// Every shape the direct path covers, on every hostile value (and on
+    /// every pair of them for the operators): the result or error is the
+    /// VM's. Deterministic (no random input); about 17 000 expressions.
+    #[test]
+    fn hostile_values_evaluate_as_the_vm_does() {
+        let scope = event_scope(hostile_payload());
+        let names = hostile_names();
+        let unary = [
+            "event.{a} ~ 'x'",
+            "none ~ event.{a}",
+            "event.{a} | default('d')",
+            "event.{a} | default(none)",
+            "event.{a} | default",
+            "event.{a}.x | default('d')",
+            "event.{a}.x is defined",
+            "event.{a}['x'] is defined",
+            "event.{a} | first",
+            "(event.{a} | first) is defined",
+            "event.{a} | first | default('z')",
+            "event.{a} | length",
+            "event.{a} | count",
+            "event.{a} | list",
+            "event.{a} is none",
+            "event.{a} is not none",
+            "event.{a} is mapping",
+            "event.{a} is defined",
+            "event.{a} is undefined",
+            "not event.{a}",
+            "event.{a} or 'o'",
+            "event.{a} and 'o'",
+            "'y' if event.{a} else 'n'",
+            "event.{a} if event.t else 'n'",
+            "event.{a} | selectattr('q', 'eq', 'y') | list",
+            "event.{a} | selectattr('q', 'eq', none) | list",
+            "event.{a} | selectattr('q', 'eq', [1]) | list",
+            "event.{a} | selectattr('0', 'eq', 1) | list",
+            "event.{a} | map(attribute='q') | list",
+            "event.{a} | map(attribute='0') | list",
+            "event.{a} | map('first') | list",
+            "event.rows | selectattr('q', 'eq', event.{a}) | map(attribute='v') | list",
+            "event.{a}[0]",
+            "event.{a}['0']",
+            "event.{a}[-1]",
+            "event.{a}[1.0]",
+            "event.{a}.0",
+            "'1' in event.{a}",
+            "1 in event.{a}",
+            "none in event.{a}",
+            "'' in event.{a}",
+            "event.{a} in ['1', 1, none, true, '']",
+            "event.{a} not in event.mixed",
+            "event.{a} | number",
+            "event.{a} | squish",
+            "event.{a} | digits",
+            "coalesce(event.{a})",
+            "coalesce(event.missing, event.{a}, 'c')",
+            "[event.{a}] | first",
+            "[event.{a}, event.{a}] | length",
+            "{'k': event.{a}}",
+            "{event.{a}: 1}",
+            "{'k': event.{a}}['k']",
+            "uuid5(event.{a})",
+            "event.{a} | uuid5(namespace=event.{a})",
+            "event.{a} | date",
+            "event.{a} | datetime",
+            "event.{a} | date(bogus=1)",
+            "event.{a} | date(offset='+14:00')",
+            "event.{a} | datetime(offset='-12:00')",
+            "event.{a} | date(format='%d/%m/%Y')",
+            "age(event.{a}, '2025-06-01', unit='months')",
+            "age('2020-01-01', event.{a}, unit='days')",
+            "event.{a} | age(event.{a})",
+            "event.{a} | period('Monthly')",
+            "event.{a} | period('Weekly')",
+            "period('2024-01-01', event.{a})",
+            "lookup(event.{a}, 'x', 'd')",
+        ];
+        let binary = ["==", "!=", "<", "<=", ">", ">=", "in", "~", "and", "or"];
+        let (mut total, mut direct) = (0, 0);
+        for a in &names {
+            for t in unary {
+                let src = t.replace("{a}", a);
+                total += 1;
+                direct += usize::from(same_as_vm(&src, &scope));
+            }
+            for b in &names {
+                for op in binary {
+                    total += 1;
+                    direct += usize::from(same_as_vm(&format!("event.{a} {op} event.{b}"), &scope));
+                }
+            }
+        }
+        // The direct path answers a good share (it is what is tested).
+        assert!(direct * 3 > total, "{direct} of {total} evaluated directly");
+    }
+
+    /// Lists and texts around the size where the direct path's budget
+    /// leaves them to the VM (and where the VM's fuel runs out): either
+    /// path gives the same value or error.
+    #[test]
+    fn sizes_near_the_budget_evaluate_as_the_vm_does() {
+        let budget = usize::try_from(BUDGET).unwrap_or(usize::MAX);
+        let (item, slot) = (
+            usize::try_from(ITEM_COST).unwrap_or(1),
+            usize::try_from(ITEM_COST + NODE_COST).unwrap_or(1),
+        );
+        let byte = usize::try_from(BYTE_COST).unwrap_or(1);
+        let mut lengths = vec![budget / item, budget / slot, 50_000, 100_000];
+        lengths.extend([budget / item, budget / slot].map(|n| n + 8));
+        lengths.extend([budget / item, budget / slot].map(|n| n - 8));
+        for n in lengths {
+            let rows: Vec<serde_json::Value> = (0..n)
+                .map(|i| serde_json::json!({"q": if i % 7 == 0 { "y" } else { "n" }, "v": i}))
+                .collect();
+            let scope = event_scope(serde_json::json!({
+                "ints": (0..n).collect::<Vec<usize>>(),
+                "texts": vec!["ab"; n],
+                "rows": rows,
+            }));
+            let last = format!("{} in event.ints", n - 1);
+            for src in [
+                "-1 in event.ints",
+                last.as_str(),
+                "event.ints | list | length",
+                "event.texts | map('first') | list | length",
+                "event.rows | selectattr('q', 'eq', 'y') | map(attribute='v') | list | length",
+                "event.rows | map(attribute='q') | list | length",
+                "event.ints | length",
+                "event.ints | first",
+            ] {
+                same_as_vm(src, &scope);
+            }
+        }
+        for len in [
+            budget / byte / 2 - 8,
+            budget / byte / 2 + 8,
+            budget / byte + 8,
+        ] {
+            let scope = event_scope(
+                serde_json::json!({ "s": "é".repeat(len / 2), "l": ["x".repeat(len)] }),
+            );
+            for src in [
+                "event.s ~ event.s",
+                "event.s | length",
+                "'x' in event.s",
+                "event.s | first",
+                "event.s | squish | length",
+                "event.l | map('first') | list",
+                "event.l[0] | length",
+                "event.s == event.s",
+            ] {
+                same_as_vm(src, &scope);
+            }
+        }
+    }
 }
