@@ -429,9 +429,13 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
             Value::from(map)
         }
         Node::Call(c) => {
-            // A binding of the same name is what the VM would call.
+            // A binding of the same name is what the VM would call, even
+            // one whose value is undefined (a `let` of a missing field):
+            // the scope is asked whether it holds the name at all.
             if let Some(name) = &c.called
-                && !scope.get_attr(name).ok()?.is_undefined()
+                && scope
+                    .as_object()
+                    .is_none_or(|o| o.get_value(&Value::from(&**name)).is_some())
             {
                 return None;
             }
@@ -920,6 +924,42 @@ mod tests {
         ] {
             assert!(Direct::compile(src).is_none(), "{src}");
         }
+    }
+
+    /// A binding named like a function whose value is undefined (a
+    /// `let` of a field the event lacks) is what the VM calls, and fails
+    /// on ("value of type undefined is not callable"); the direct path
+    /// called the function and answered. The tests on what the binding
+    /// holds read it as undefined in both.
+    #[test]
+    fn an_undefined_binding_named_like_a_function_is_left_to_the_vm() {
+        let mut vars: HashMap<Arc<str>, Value> = HashMap::new();
+        vars.insert(Arc::from("date"), Value::UNDEFINED);
+        vars.insert(Arc::from("coalesce"), Value::UNDEFINED);
+        let scope = Value::from_dyn_object(Scope::new(vars));
+        for src in ["date('2024-01-02')", "coalesce(none, 'a')"] {
+            let e = Expr::compile(src, "f".into(), 1).expect("compiles");
+            assert_eq!(
+                Direct::compile(src).and_then(|d| d.eval(&scope)),
+                None,
+                "{src}"
+            );
+            let vm = e.eval_vm(&scope).expect_err("not callable");
+            assert!(vm.message.contains("not callable"), "{src}: {}", vm.message);
+            let via_eval = e.eval(&scope).expect_err("fails as the VM does");
+            assert_eq!(via_eval.message, vm.message, "{src}");
+        }
+        // As a filter, `date` is the function whatever is bound.
+        assert_eq!(
+            Direct::compile("'2024-01-02' | date").and_then(|d| d.eval(&scope)),
+            Some(Value::from("2024-01-02"))
+        );
+        // An unbound name is the function.
+        let empty = Value::from_dyn_object(Scope::new(HashMap::new()));
+        assert_eq!(
+            Direct::compile("date('2024-01-02')").and_then(|d| d.eval(&empty)),
+            Some(Value::from("2024-01-02"))
+        );
     }
 
     /// A scope whose event is `payload`.

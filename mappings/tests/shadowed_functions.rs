@@ -70,9 +70,34 @@ tests:
     expect_error: "not callable"
 "#;
 
+/// A binding `date` of a field the event may lack (its value is then
+/// undefined) before a binding that calls `date(...)`.
+const UNDEFINED: &str = r#"id: shadow-undefined
+version: 1
+description: a binding named like a function, of a missing field
+source: undefined
+event_id: event.id
+let:
+  date: event.maybe
+  day: date(event.day)
+fhir:
+  - name: day
+    resource:
+      resourceType: Location
+      name: =day
+tests:
+  - name: the binding is called
+    event: { id: e0, day: "2024-01-02" }
+    expect_error: "not callable"
+"#;
+
 fn set() -> (tempfile::TempDir, MappingSet) {
     let dir = tempfile::tempdir().expect("tempdir");
-    for (name, text) in [("constant.yaml", CONSTANT), ("shared.yaml", SHARED)] {
+    for (name, text) in [
+        ("constant.yaml", CONSTANT),
+        ("shared.yaml", SHARED),
+        ("undefined.yaml", UNDEFINED),
+    ] {
         std::fs::write(Path::new(dir.path()).join(name), text).expect("write");
     }
     let set = MappingSet::load_dir(dir.path(), LoadOptions::default()).expect("loads");
@@ -124,6 +149,25 @@ fn a_rule_binding_named_lookup_is_what_a_later_rule_calls() {
     let text = message(&e);
     assert!(
         text.contains("fhir[2]") && text.contains("not callable"),
+        "{text}"
+    );
+}
+
+/// `day` calls the binding `date`, undefined when the event lacks
+/// `maybe`: the event fails, as the VM says, rather than `date` being
+/// called as the function.
+#[test]
+fn an_undefined_binding_named_date_is_what_a_later_binding_calls() {
+    let (_dir, set) = set();
+    let e = set
+        .map(&event(
+            "undefined",
+            json!({"id": "e1", "day": "2024-01-02"}),
+        ))
+        .expect_err("undefined is not callable");
+    let text = message(&e);
+    assert!(
+        text.contains("let.day") && text.contains("not callable"),
         "{text}"
     );
 }
