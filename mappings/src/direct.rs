@@ -372,14 +372,14 @@ fn eval(node: &Node, scope: &Value, spent: &mut u64) -> Option<Value> {
         Node::IsDefined(v) => Value::from(!eval(v, scope, spent)?.is_undefined()),
         Node::Default(v, other) => {
             let v = eval(v, scope, spent)?;
-            if v.is_undefined() {
-                match other {
-                    Some(o) => defined(eval(o, scope, spent)?)?,
-                    None => Value::from(""),
-                }
-            } else {
-                v
-            }
+            // The VM works out a filter's arguments before the filter
+            // runs: the fallback is evaluated (and fails) whether or not
+            // it is used.
+            let other = match other {
+                Some(o) => defined(eval(o, scope, spent)?)?,
+                None => Value::from(""),
+            };
+            if v.is_undefined() { other } else { v }
         }
         Node::IsMapping(v) => {
             Value::from(defined(eval(v, scope, spent)?)?.kind() == ValueKind::Map)
@@ -962,6 +962,37 @@ mod tests {
         );
     }
 
+    /// `x | default(y)` with `x` defined: the VM still works out `y` (a
+    /// filter's arguments come first) and fails when `y` does; the
+    /// direct path skipped `y` and answered `x`. It now evaluates `y`
+    /// too, and leaves the expression to the VM where `y` needs it.
+    #[test]
+    fn default_evaluates_its_fallback_even_when_unused() {
+        let scope = event_scope(serde_json::json!({ "x": "kept", "space": " " }));
+        for src in [
+            "event.x | default(event.space | map('first') | number)",
+            "event.x | default(fail('never used, still run'))",
+            "event.x | default(event.missing.deeper)",
+            "true | default(event.space | map('first') | number)",
+        ] {
+            let e = Expr::compile(src, "f".into(), 1).expect("compiles");
+            assert_eq!(
+                Direct::compile(src).and_then(|d| d.eval(&scope)),
+                None,
+                "{src}"
+            );
+            let vm = e.eval_vm(&scope).expect_err("the fallback fails");
+            let via_eval = e.eval(&scope).expect_err("fails as the VM does");
+            assert_eq!(via_eval.message, vm.message, "{src}");
+        }
+        // A fallback that can be worked out: the value, directly.
+        let src = "event.x | default(event.space ~ '!')";
+        let d = Direct::compile(src).and_then(|d| d.eval(&scope));
+        assert_eq!(d, Some(Value::from("kept")));
+        let e = Expr::compile(src, "f".into(), 1).expect("compiles");
+        assert_eq!(e.eval_vm(&scope).expect("VM"), Value::from("kept"));
+    }
+
     /// A scope whose event is `payload`.
     fn event_scope(payload: serde_json::Value) -> Value {
         let mut vars: HashMap<Arc<str>, Value> = HashMap::new();
@@ -1224,5 +1255,90 @@ mod tests {
                 same_as_vm(src, &scope);
             }
         }
+    }
+    /// A random expression of the shapes the direct path covers, nested
+    /// up to `depth`, over the hostile payload's names; `next` is the
+    /// random source.
+    fn random_expr(next: &mut dyn FnMut(usize) -> usize, names: &[String], depth: u32) -> String {
+        const ATOMS: &[&str] = &[
+            "'x'",
+            "''",
+            "'1'",
+            "1",
+            "0",
+            "-1",
+            "1.5",
+            "none",
+            "true",
+            "false",
+            "[]",
+            "[1, '1', none]",
+            "{'q': 'y'}",
+            "['a', 'b']",
+        ];
+        if depth == 0 || next(4) == 0 {
+            return match next(3) {
+                0 => ATOMS[next(ATOMS.len())].to_owned(),
+                _ => format!("event.{}", names[next(names.len())]),
+            };
+        }
+        let mut sub = |next: &mut dyn FnMut(usize) -> usize| random_expr(next, names, depth - 1);
+        let a = sub(&mut *next);
+        let b = sub(&mut *next);
+        match next(24) {
+            0 => format!("({a}) == ({b})"),
+            1 => format!("({a}) != ({b})"),
+            2 => format!("({a}) < ({b})"),
+            3 => format!("({a}) >= ({b})"),
+            4 => format!("({a}) in ({b})"),
+            5 => format!("({a}) ~ ({b})"),
+            6 => format!("({a}) and ({b})"),
+            7 => format!("({a}) or ({b})"),
+            8 => format!("({a}) if ({b}) else ({})", sub(&mut *next)),
+            9 => format!("not ({a})"),
+            10 => format!("({a}) is none"),
+            11 => format!("({a}) is defined"),
+            12 => format!("({a}) is mapping"),
+            13 => format!("({a}) | default({b})"),
+            14 => format!("({a}) | first"),
+            15 => format!("({a}) | length"),
+            16 => format!("({a}) | list"),
+            17 => format!("({a}) | selectattr('q', 'eq', {b})"),
+            18 => format!("({a}) | map(attribute='q')"),
+            19 => format!("({a}) | map('first')"),
+            20 => format!("coalesce({a}, {b})"),
+            21 => format!("({a}) | number"),
+            22 => format!("[{a}, {b}]"),
+            _ => format!("{{'k': {a}}}"),
+        }
+    }
+
+    /// Random nestings of the covered shapes (deterministic seed, 4 000
+    /// expressions) on the hostile payload: each gives the VM's value or
+    /// error, whichever path runs.
+    #[test]
+    fn random_nestings_on_hostile_values_evaluate_as_the_vm_does() {
+        let scope = event_scope(hostile_payload());
+        let names = hostile_names();
+        let mut state: u64 = 0x4b69_756e_676f_2121;
+        let mut next = |k: usize| {
+            // xorshift64*
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let r = state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33;
+            usize::try_from(r).unwrap_or(0) % k.max(1)
+        };
+        let (mut total, mut direct) = (0, 0);
+        for _ in 0..4_000 {
+            let src = random_expr(&mut next, &names, 3);
+            if Expr::compile(&src, "f".into(), 1).is_err() {
+                continue;
+            }
+            total += 1;
+            direct += usize::from(same_as_vm(&src, &scope));
+        }
+        assert!(total > 3_000, "{total} expressions compile");
+        assert!(direct * 5 > total, "{direct} of {total} evaluated directly");
     }
 }
