@@ -1282,7 +1282,7 @@ mod tests {
                 _ => format!("event.{}", names[next(names.len())]),
             };
         }
-        let mut sub = |next: &mut dyn FnMut(usize) -> usize| random_expr(next, names, depth - 1);
+        let sub = |next: &mut dyn FnMut(usize) -> usize| random_expr(next, names, depth - 1);
         let a = sub(&mut *next);
         let b = sub(&mut *next);
         match next(40) {
