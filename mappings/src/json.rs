@@ -19,12 +19,20 @@ enum Seg {
     Index(usize),
 }
 
+/// How many children a node keeps ([`JsonNode::read`]). Mappings read a
+/// few named children of each object, which fit; a list or object walked
+/// whole (`x in event.list`, a filter over it, its conversion to JSON)
+/// keeps no more than this, so that finding a kept child stays a short
+/// scan rather than one that grows with every item read (quadratic in the
+/// payload's size) and the kept values stay few.
+const KEEP: usize = 32;
+
 /// An object or array inside a payload, addressed by its path.
 ///
-/// What an expression reads under it is kept (`read`): a payload is read
-/// by a few dozen expressions per event, most through the same few
-/// objects (`event.fields.…`), and each child is then found and made
-/// once per event rather than once per read.
+/// What an expression reads under it is kept (`read`, up to [`KEEP`]
+/// children): a payload is read by a few dozen expressions per event,
+/// most through the same few objects (`event.fields.…`), and each child
+/// is then found and made once per event rather than once per read.
 #[derive(Debug)]
 struct JsonNode {
     root: Arc<serde_json::Value>,
@@ -63,7 +71,9 @@ impl JsonNode {
             }
             leaf => scalar(leaf),
         };
-        if let Ok(mut read) = self.read.lock() {
+        if let Ok(mut read) = self.read.lock()
+            && read.len() < KEEP
+        {
             read.push((seg, value.clone()));
         }
         value
@@ -240,6 +250,59 @@ mod tests {
             assert_eq!(root.get_attr("s").expect("s").as_str(), Some("t"));
             assert_eq!(root.get_attr("k").expect("k"), Value::from(2));
         }
+    }
+
+    /// The children a node keeps for `value` (a payload's object or list).
+    fn kept(value: &Value) -> usize {
+        value
+            .downcast_object_ref::<JsonNode>()
+            .and_then(|n| n.read.lock().ok().map(|r| r.len()))
+            .expect("a payload node")
+    }
+
+    /// Walking a long list or a wide object whole (as `in`, a filter or
+    /// the conversion to JSON do) keeps at most `KEEP` children: a kept
+    /// child is found by a scan of what was kept, which grew with every
+    /// item read and made each walk quadratic in the payload's size (an
+    /// 80 000-item list took half a minute per expression).
+    #[test]
+    fn walking_a_long_list_or_wide_object_keeps_few_children() {
+        let n = 10_000;
+        let items: Vec<serde_json::Value> = (0..n).map(|i| json!({ "i": i })).collect();
+        let keys: serde_json::Map<String, serde_json::Value> =
+            (0..n).map(|i| (format!("k{i}"), json!([i]))).collect();
+        let input = json!({"list": items, "obj": keys});
+        let root = lazy(Arc::new(input.clone()));
+        let list = root.get_attr("list").expect("list");
+        let obj = root.get_attr("obj").expect("obj");
+        for _ in 0..2 {
+            assert_eq!(
+                from_value(&list).expect("converts"),
+                Some(input["list"].clone())
+            );
+            assert_eq!(
+                from_value(&obj).expect("converts"),
+                Some(input["obj"].clone())
+            );
+            let found = list
+                .try_iter()
+                .expect("iterates")
+                .filter(|v| v.get_attr("i").ok() == Some(Value::from(n - 1)))
+                .count();
+            assert_eq!(found, 1);
+        }
+        assert_eq!(kept(&list), KEEP);
+        assert_eq!(kept(&obj), KEEP);
+        // Children read past the bound read as the kept ones do.
+        let last = list.get_item(&Value::from(n - 1)).expect("last");
+        assert_eq!(last.get_attr("i").expect("i"), Value::from(n - 1));
+        let first = list.get_item(&Value::from(0)).expect("first");
+        assert_eq!(first.get_attr("i").expect("i"), Value::from(0));
+        let key = obj.get_attr(&format!("k{}", n - 1)).expect("key");
+        assert_eq!(
+            key.get_item(&Value::from(0)).expect("0"),
+            Value::from(n - 1)
+        );
     }
 
     #[test]

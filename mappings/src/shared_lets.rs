@@ -5,7 +5,7 @@
 //! bindings. Which rules share is decided once at load; an event's values
 //! are worked out by the first rule of a group and reused by the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use minijinja::Value;
@@ -19,9 +19,34 @@ pub(crate) fn assign<'a>(
     rules: impl Iterator<Item = (Option<&'a Expr>, &'a [(Arc<str>, Expr)])>,
 ) -> (Vec<Option<usize>>, usize) {
     type Key<'k> = (Option<&'k str>, Vec<(&'k str, &'k str)>);
+    let rules: Vec<_> = rules.collect();
+    // A rule's binding stays set for the rules after it, and one named
+    // like a function (`lookup: item.code`) shadows the function there;
+    // its name is no free variable, so loading lets a later rule call it.
+    // A rule that reads such a name (other than its own earlier binding)
+    // may get other values than the first rule of its group: it shares
+    // with none.
+    let bound: HashSet<&str> = rules
+        .iter()
+        .flat_map(|(_, lets)| lets.iter().map(|(n, _)| &**n))
+        .collect();
+    let reads_bound = |for_each: Option<&Expr>, lets: &[(Arc<str>, Expr)]| {
+        let reads = |e: &Expr, own: &[(Arc<str>, Expr)]| {
+            e.nested_variables().iter().any(|path| {
+                let head = path.split('.').next().unwrap_or(path);
+                bound.contains(head) && !own.iter().any(|(n, _)| &**n == head)
+            })
+        };
+        for_each.is_some_and(|e| reads(e, &[]))
+            || lets
+                .iter()
+                .enumerate()
+                .any(|(i, (_, e))| reads(e, lets.get(..i).unwrap_or_default()))
+    };
     let keys: Vec<Option<Key<'a>>> = rules
+        .into_iter()
         .map(|(for_each, lets)| {
-            (!lets.is_empty()).then(|| {
+            (!lets.is_empty() && !reads_bound(for_each, lets)).then(|| {
                 (
                     for_each.map(|e| &*e.source),
                     lets.iter().map(|(n, e)| (&**n, &*e.source)).collect(),
@@ -113,6 +138,37 @@ mod tests {
         ];
         let (groups, n) = assign(rules.into_iter());
         assert_eq!(groups, vec![Some(0), None, None, None, Some(0)]);
+        assert_eq!(n, 1);
+    }
+
+    /// A rule's binding named like a function (`lookup: item.k`) stays
+    /// set for the rules after it and shadows the function there: two
+    /// rules calling `lookup` in the same bindings, one before and one
+    /// after it, may get other values (the second fails per event, text
+    /// is not callable), so they share nothing. Rules whose bindings read
+    /// only their own earlier bindings still share.
+    #[test]
+    fn rules_calling_a_function_another_rule_binds_share_nothing() {
+        let list = expr("members");
+        let call = || vec![(Arc::from("x"), expr("lookup(places, item.k, 'd')"))];
+        let (a, b) = (call(), call());
+        let shadow = vec![(Arc::from("lookup"), expr("item.k"))];
+        let chain = || {
+            vec![
+                (Arc::from("lookup_k"), expr("item.k")),
+                (Arc::from("y"), expr("lookup_k ~ '!'")),
+            ]
+        };
+        let (c, d) = (chain(), chain());
+        let rules = [
+            (Some(&list), a.as_slice()),
+            (Some(&list), shadow.as_slice()),
+            (Some(&list), b.as_slice()),
+            (Some(&list), c.as_slice()),
+            (Some(&list), d.as_slice()),
+        ];
+        let (groups, n) = assign(rules.into_iter());
+        assert_eq!(groups, vec![None, None, None, Some(0), Some(0)]);
         assert_eq!(n, 1);
     }
 
