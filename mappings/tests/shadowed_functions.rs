@@ -112,26 +112,28 @@ fn event(source: &str, payload: serde_json::Value) -> Event {
     }
 }
 
-/// The message of a field error.
-fn message(e: &MapError) -> String {
-    format!("{e}")
+/// Maps `payload` from `source` and asserts that it fails "not callable"
+/// at `place` (the field that called the binding).
+fn fails_not_callable_at(source: &str, payload: serde_json::Value, place: &str) {
+    let (_dir, set) = set();
+    let e: MapError = set
+        .map(&event(source, payload))
+        .expect_err("a binding is not callable");
+    let text = format!("{e}");
+    assert!(
+        text.contains(place) && text.contains("not callable"),
+        "{text}"
+    );
 }
 
 /// `org` calls the binding `lookup` (text): the event fails, it is not
 /// made the load-time constant `OrgUnitAAA1`.
 #[test]
 fn a_mapping_binding_named_lookup_is_what_a_later_binding_calls() {
-    let (_dir, set) = set();
-    let e = set
-        .map(&event(
-            "constant",
-            json!({"id": "e1", "text": "from the event"}),
-        ))
-        .expect_err("text is not callable");
-    let text = message(&e);
-    assert!(
-        text.contains("let.org") && text.contains("not callable"),
-        "{text}"
+    fails_not_callable_at(
+        "constant",
+        json!({"id": "e1", "text": "from the event"}),
+        "let.org",
     );
 }
 
@@ -139,17 +141,10 @@ fn a_mapping_binding_named_lookup_is_what_a_later_binding_calls() {
 /// does not take the values `first` worked out.
 #[test]
 fn a_rule_binding_named_lookup_is_what_a_later_rule_calls() {
-    let (_dir, set) = set();
-    let e = set
-        .map(&event(
-            "shared",
-            json!({"id": "e1", "items": [{"code": "a"}]}),
-        ))
-        .expect_err("text is not callable");
-    let text = message(&e);
-    assert!(
-        text.contains("fhir[2]") && text.contains("not callable"),
-        "{text}"
+    fails_not_callable_at(
+        "shared",
+        json!({"id": "e1", "items": [{"code": "a"}]}),
+        "fhir[2]",
     );
 }
 
@@ -158,16 +153,9 @@ fn a_rule_binding_named_lookup_is_what_a_later_rule_calls() {
 /// called as the function.
 #[test]
 fn an_undefined_binding_named_date_is_what_a_later_binding_calls() {
-    let (_dir, set) = set();
-    let e = set
-        .map(&event(
-            "undefined",
-            json!({"id": "e1", "day": "2024-01-02"}),
-        ))
-        .expect_err("undefined is not callable");
-    let text = message(&e);
-    assert!(
-        text.contains("let.day") && text.contains("not callable"),
-        "{text}"
+    fails_not_callable_at(
+        "undefined",
+        json!({"id": "e1", "day": "2024-01-02"}),
+        "let.day",
     );
 }
