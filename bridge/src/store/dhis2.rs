@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use sqlx::Row;
 
-use super::read::{TotalKey, fold_total, total_key};
+use super::read::{TotalKey, fold_total, total_binds, total_key};
 use super::sql::query;
 
 /// At most this many contributing events are listed in a DHIS2 dead
@@ -237,19 +237,12 @@ impl Store {
             if a.num.is_some() || a.text.is_some() {
                 continue;
             }
-            let (de, pe, ou, coc, aoc) = key;
             let row = query(
                 self.backend,
                 "SELECT value FROM dhis2_pushed WHERE data_element = $1 AND period = $2 \
                  AND org_unit = $3 AND coc = $4 AND aoc = $5"
                     .to_owned(),
-                vec![
-                    de.as_str().into(),
-                    pe.as_str().into(),
-                    ou.as_str().into(),
-                    coc.as_str().into(),
-                    aoc.as_str().into(),
-                ],
+                total_binds(key),
             )
             .fetch_optional(&self.pool)
             .await?;
@@ -312,41 +305,29 @@ impl Store {
             .iter()
             .filter(|(_, r)| matches!(r, TotalResult::Pushed))
         {
-            let (de, pe, ou, coc, aoc) = &t.key;
+            let mut b = total_binds(&t.key);
+            b.extend([
+                CONTRIBUTION_ACCEPTED.into(),
+                CONTRIBUTION_WAITING.into(),
+                t.changes.into(),
+                t.claim.as_str().into(),
+                now.into(),
+            ]);
             query(
                 self.backend,
-                "UPDATE dhis2_contributions SET notified = $1, accepted_at = $10 WHERE data_element = $2 \
-                 AND period = $3 AND org_unit = $4 AND coc = $5 AND aoc = $6 AND notified = $7 \
-                 AND EXISTS (SELECT 1 FROM dhis2_dirty d WHERE d.data_element = $2 AND d.period = $3 \
-                   AND d.org_unit = $4 AND d.coc = $5 AND d.aoc = $6 AND d.changes = $8 AND d.claim = $9)"
+                "UPDATE dhis2_contributions SET notified = $6, accepted_at = $10 WHERE data_element = $1 \
+                 AND period = $2 AND org_unit = $3 AND coc = $4 AND aoc = $5 AND notified = $7 \
+                 AND EXISTS (SELECT 1 FROM dhis2_dirty d WHERE d.data_element = $1 AND d.period = $2 \
+                   AND d.org_unit = $3 AND d.coc = $4 AND d.aoc = $5 AND d.changes = $8 AND d.claim = $9)"
                     .to_owned(),
-                vec![
-                    CONTRIBUTION_ACCEPTED.into(),
-                    de.as_str().into(),
-                    pe.as_str().into(),
-                    ou.as_str().into(),
-                    coc.as_str().into(),
-                    aoc.as_str().into(),
-                    CONTRIBUTION_WAITING.into(),
-                    t.changes.into(),
-                    t.claim.as_str().into(),
-                    now.into(),
-                ],
+                b,
             )
             .execute(&mut *tx)
             .await?;
         }
         for (t, result) in ordered {
             let (de, pe, ou, coc, aoc) = &t.key;
-            let key_binds = || {
-                vec![
-                    de.as_str().into(),
-                    pe.as_str().into(),
-                    ou.as_str().into(),
-                    coc.as_str().into(),
-                    aoc.as_str().into(),
-                ]
-            };
+            let key_binds = || total_binds(&t.key);
             let clear = |changes: i64| {
                 let mut b = key_binds();
                 b.push(changes.into());
@@ -526,7 +507,8 @@ impl Store {
 
     /// Marks a total dirty again (operator replay of a parked value).
     pub async fn remark_total(&self, key: &TotalKey, now: i64) -> Result<(), StoreError> {
-        let (de, pe, ou, coc, aoc) = key;
+        let mut b = total_binds(key);
+        b.push(now.into());
         query(
             self.backend,
             "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at, changed_at) \
@@ -534,7 +516,7 @@ impl Store {
              ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1, \
              next_attempt_at = 0, attempts = 0"
                 .to_owned(),
-            vec![de.as_str().into(), pe.as_str().into(), ou.as_str().into(), coc.as_str().into(), aoc.as_str().into(), now.into()],
+            b,
         )
         .execute(&self.pool)
         .await?;

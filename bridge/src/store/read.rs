@@ -47,6 +47,18 @@ pub(crate) fn total_key(row: &sqlx::any::AnyRow) -> Result<TotalKey, sqlx::Error
     ))
 }
 
+/// A total's key as the binds `$n..$n+4` of a statement that names its
+/// columns in that order (data element, period, org unit, COC, AOC).
+pub(crate) fn total_binds((de, pe, ou, coc, aoc): &TotalKey) -> Vec<Bind> {
+    vec![
+        de.as_str().into(),
+        pe.as_str().into(),
+        ou.as_str().into(),
+        coc.as_str().into(),
+        aoc.as_str().into(),
+    ]
+}
+
 /// Folds one numeric contribution into a total by its rule's aggregation:
 /// `min` and `max` pick, `last` replaces (rows come in event order), the
 /// rest (`count`, `sum`) add.

@@ -127,7 +127,9 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
-        for (de, pe, ou, coc, aoc) in keys {
+        for key in keys {
+            let mut b = super::read::total_binds(key);
+            b.push(now.into());
             query(
                 self.backend,
                 "INSERT INTO dhis2_dirty (data_element, period, org_unit, coc, aoc, marked_at, changed_at) \
@@ -135,7 +137,7 @@ impl Store {
                  ON CONFLICT (data_element, period, org_unit, coc, aoc) DO UPDATE SET changes = dhis2_dirty.changes + 1, \
                  next_attempt_at = 0, attempts = 0"
                     .to_owned(),
-                vec![de.as_str().into(), pe.as_str().into(), ou.as_str().into(), coc.as_str().into(), aoc.as_str().into(), now.into()],
+                b,
             )
             .execute(&mut *tx)
             .await?;
